@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make up` runs the system, `make test` checks it.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/ecpds up
+
+test: $(STAMP)
+	bash tests/peers/install.sh
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy core workflows activities workers portal cli
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy core workflows activities workers portal cli
+
+bench: $(STAMP)
+	bash tests/peers/install.sh
+	$(BIN)/python bench/dissemination.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,43 @@
+"""Checksums computed in one pass over a stream: MD5 for remote sites, ADLER32 for the store."""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Digest:
+    """Running MD5 + ADLER32 (+ optional sha256/sha512) over the bytes fed to it."""
+
+    extra: tuple[str, ...] = ()
+    size: int = 0
+    _md5: Any = field(default_factory=hashlib.md5)
+    _adler: int = 1
+    _extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in self.extra:
+            if name not in ("sha256", "sha512"):
+                raise ValueError(f"unknown checksum {name!r}: use sha256 or sha512")
+            self._extra[name] = hashlib.new(name)
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        self.size += len(chunk)
+        self._md5.update(chunk)
+        self._adler = zlib.adler32(chunk, self._adler)
+        for h in self._extra.values():
+            h.update(chunk)
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
+
+    @property
+    def adler32(self) -> str:
+        return f"{self._adler & 0xFFFFFFFF:08x}"
+
+    def hexdigest(self, name: str) -> str:
+        return self._extra[name].hexdigest()

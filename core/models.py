@@ -1,0 +1,423 @@
+"""Catalog entities: data users, destinations, hosts, aliases, data files and transfers.
+
+Each entity comes as a family: Base (shared fields), Create (what a client sends),
+Update (all optional), the table, and Public (what the API returns). Secrets
+(password hashes, host credentials) live only on the table and never in Public.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_data_file_id() -> str:
+    return uuid.uuid4().hex
+
+
+class TransferStatus(StrEnum):
+    """OpenECPDS transfer codes, kept so operators read them as they always have."""
+
+    INIT = "INIT"  # arriving: bytes not yet in the store
+    SCHE = "SCHE"  # preset: waits for its scheduled time
+    FETC = "FETC"  # fetching from its source
+    HOLD = "HOLD"  # stand-by: waits for portal pick-up or a release
+    WAIT = "WAIT"  # queued
+    EXEC = "EXEC"  # transferring
+    DONE = "DONE"
+    RETR = "RETR"  # re-queued for later
+    STOP = "STOP"  # stopped by an operator
+    FAIL = "FAIL"
+    INTR = "INTR"  # interrupted
+
+
+FINAL_STATUSES = frozenset({TransferStatus.DONE, TransferStatus.FAIL, TransferStatus.STOP})
+
+
+class HostKind(StrEnum):
+    DISSEMINATION = "dissemination"
+    ACQUISITION = "acquisition"
+    BACKUP = "backup"
+    REPLICATION = "replication"
+
+
+class OnHostFailure(StrEnum):
+    NEXT_AND_STAY = "next_and_stay"  # keep using the backup host
+    NEXT_AND_RETRY = "next_and_retry"  # next transfer goes back to the primary
+
+
+class DestinationStatus(StrEnum):
+    RUNNING = "Running"
+    IDLE = "Idle"
+    WAITING = "Waiting"
+    RETRYING = "Retrying"
+    STOPPED = "Stopped"
+    FAILED = "Failed"  # on hold after too many failed cycles
+    NO_HOSTS = "NoHosts"
+
+
+class Operation(StrEnum):
+    GET = "get"
+    PUT = "put"
+    DELETE = "delete"
+    DIR = "dir"
+    MKDIR = "mkdir"
+    RENAME = "rename"
+
+
+# --- data users ---------------------------------------------------------------------------
+
+
+class DataUserBase(SQLModel):
+    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.@-]+$")
+    admin: bool = False
+    active: bool = True
+    operations: list[str] = Field(
+        default_factory=lambda: [op.value for op in Operation], sa_type=JSON
+    )
+    path_pattern: str | None = None
+    ssh_keys: list[str] = Field(default_factory=list, sa_type=JSON)
+    mqtt_topics: list[str] = Field(default_factory=list, sa_type=JSON)
+    comment: str = ""
+
+
+class DataUserCreate(DataUserBase):
+    password: str | None = Field(default=None, min_length=8)
+    destinations: list[str] = Field(default_factory=list)
+
+
+class DataUserUpdate(SQLModel):
+    admin: bool | None = None
+    active: bool | None = None
+    operations: list[str] | None = None
+    path_pattern: str | None = None
+    ssh_keys: list[str] | None = None
+    mqtt_topics: list[str] | None = None
+    comment: str | None = None
+    password: str | None = Field(default=None, min_length=8)
+    destinations: list[str] | None = None
+
+
+class DataUser(DataUserBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    password_hash: str | None = None
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DataUserPublic(DataUserBase):
+    id: int
+    destinations: list[str] = Field(default_factory=list)
+
+
+class DataUserDestination(SQLModel, table=True):
+    """Which destinations a data user may reach through the portal."""
+
+    user_id: int = Field(foreign_key="datauser.id", primary_key=True, ondelete="CASCADE")
+    destination_id: int = Field(foreign_key="destination.id", primary_key=True, ondelete="CASCADE")
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the REST API; only its SHA-256 is kept."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="datauser.id", index=True, ondelete="CASCADE")
+    token_sha256: str = Field(index=True, unique=True)
+    label: str = ""
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- destinations -------------------------------------------------------------------------
+
+
+class DestinationBase(SQLModel):
+    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.-]+$")
+    comment: str = ""
+    active: bool = True
+    # scheduler
+    max_connections: int = Field(default=4, ge=1, le=1000)
+    retry_count: int = Field(default=3, ge=0, description="full host cycles before hold")
+    retry_frequency: int = Field(default=300, ge=0, description="seconds between cycles")
+    max_start: int = Field(default=3, ge=1, description="failed starts before RETR")
+    start_frequency: int = Field(default=60, ge=0, description="seconds before a RETR restarts")
+    max_requeue: int = Field(default=3, ge=0, description="re-queues before FAIL")
+    reset_frequency: int = Field(default=3600, ge=0, description="seconds on a backup host")
+    on_host_failure: OnHostFailure = OnHostFailure.NEXT_AND_RETRY
+    active_from: str | None = Field(default=None, regex=r"^\d{2}:\d{2}$")
+    active_until: str | None = Field(default=None, regex=r"^\d{2}:\d{2}$")
+    default_priority: int = Field(default=99, ge=0, le=99)
+    default_lifetime: int = Field(default=2 * 86400, gt=0, description="seconds")
+    max_pending: int = Field(default=0, ge=0, description="0 means no limit")
+    max_file_size: int = Field(
+        default=0, ge=0, sa_type=BigInteger, description="bytes; 0 means no limit"
+    )
+    if_target_exists: str = Field(default="overwrite", regex=r"^(overwrite|resume)$")
+    compression: str | None = None
+    compression_pattern: str | None = None
+    compression_min_size: int = Field(default=0, ge=0, sa_type=BigInteger)
+    target_template: str = "{target}"
+    # notification
+    mqtt_topic: str | None = None
+    mqtt_retain: bool = False
+    mqtt_qos: int = Field(default=0, ge=0, le=2)
+    mqtt_payload: str | None = None
+    mqtt_broker_url: str | None = None
+    # incoming (portal uploads)
+    incoming_priority: int | None = Field(default=None, ge=0, le=99)
+    incoming_lifetime: int | None = Field(default=None, gt=0)
+    incoming_delay: int = Field(default=0, ge=0)
+    incoming_standby: bool = False
+    incoming_metadata: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    backup_url: str | None = None
+
+
+class DestinationCreate(DestinationBase):
+    hosts: list[str] = Field(default_factory=list, description="host names, primary first")
+
+
+class DestinationUpdate(SQLModel):
+    comment: str | None = None
+    active: bool | None = None
+    max_connections: int | None = Field(default=None, ge=1, le=1000)
+    retry_count: int | None = Field(default=None, ge=0)
+    retry_frequency: int | None = Field(default=None, ge=0)
+    max_start: int | None = Field(default=None, ge=1)
+    start_frequency: int | None = Field(default=None, ge=0)
+    max_requeue: int | None = Field(default=None, ge=0)
+    reset_frequency: int | None = Field(default=None, ge=0)
+    on_host_failure: OnHostFailure | None = None
+    active_from: str | None = Field(default=None, regex=r"^\d{2}:\d{2}$")
+    active_until: str | None = Field(default=None, regex=r"^\d{2}:\d{2}$")
+    default_priority: int | None = Field(default=None, ge=0, le=99)
+    default_lifetime: int | None = Field(default=None, gt=0)
+    max_pending: int | None = Field(default=None, ge=0)
+    max_file_size: int | None = Field(default=None, ge=0)
+    if_target_exists: str | None = Field(default=None, regex=r"^(overwrite|resume)$")
+    compression: str | None = None
+    compression_pattern: str | None = None
+    compression_min_size: int | None = None
+    target_template: str | None = None
+    mqtt_topic: str | None = None
+    mqtt_retain: bool | None = None
+    mqtt_qos: int | None = Field(default=None, ge=0, le=2)
+    mqtt_payload: str | None = None
+    mqtt_broker_url: str | None = None
+    incoming_priority: int | None = Field(default=None, ge=0, le=99)
+    incoming_lifetime: int | None = Field(default=None, gt=0)
+    incoming_delay: int | None = Field(default=None, ge=0)
+    incoming_standby: bool | None = None
+    incoming_metadata: dict[str, str] | None = None
+    backup_url: str | None = None
+    hosts: list[str] | None = None
+
+
+class Destination(DestinationBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    status: DestinationStatus = DestinationStatus.IDLE
+    on_hold: bool = False
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DestinationPublic(DestinationBase):
+    id: int
+    status: DestinationStatus
+    on_hold: bool
+    hosts: list[str] = Field(default_factory=list)
+
+
+# --- hosts --------------------------------------------------------------------------------
+
+
+class HostBase(SQLModel):
+    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.-]+$")
+    kind: HostKind = HostKind.DISSEMINATION
+    url: str = Field(min_length=3, description="protocol URL, e.g. sftp://user@host:22/dir")
+    options: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    active: bool = True
+    retry_count: int = Field(default=2, ge=0, description="retries on this host")
+    retry_frequency: int = Field(default=30, ge=0, description="seconds between retries")
+    max_connections: int = Field(default=0, ge=0, description="0 means the destination's")
+    comment: str = ""
+
+
+class HostCreate(HostBase):
+    credentials: dict[str, str] = Field(
+        default_factory=dict, description="password, private_key, token, …; stored encrypted"
+    )
+
+
+class HostUpdate(SQLModel):
+    kind: HostKind | None = None
+    url: str | None = None
+    options: dict[str, Any] | None = None
+    active: bool | None = None
+    retry_count: int | None = Field(default=None, ge=0)
+    retry_frequency: int | None = Field(default=None, ge=0)
+    max_connections: int | None = Field(default=None, ge=0)
+    comment: str | None = None
+    credentials: dict[str, str] | None = None
+
+
+class Host(HostBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    credentials_encrypted: str | None = None
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class HostPublic(HostBase):
+    id: int
+    has_credentials: bool = False
+    credential_keys: list[str] = Field(default_factory=list)
+
+
+class DestinationHost(SQLModel, table=True):
+    """The ordered host list of a destination: position 0 is the primary."""
+
+    destination_id: int = Field(foreign_key="destination.id", primary_key=True, ondelete="CASCADE")
+    host_id: int = Field(foreign_key="host.id", primary_key=True, ondelete="CASCADE")
+    position: int = 0
+
+
+# --- aliases ------------------------------------------------------------------------------
+
+
+class AliasBase(SQLModel):
+    name: str = Field(index=True, unique=True, min_length=1, max_length=128, regex=r"^[\w.-]+$")
+    pattern: str | None = Field(default=None, description="regex on the target name")
+    rewrite: str | None = Field(default=None, description="re.sub replacement for the target")
+    priority: int | None = Field(default=None, ge=0, le=99)
+    lifetime: int | None = Field(default=None, gt=0)
+    delay: int = Field(default=0, ge=0)
+    active: bool = True
+
+
+class AliasCreate(AliasBase):
+    source: str
+    target: str
+
+
+class AliasUpdate(SQLModel):
+    source: str | None = None
+    target: str | None = None
+    pattern: str | None = None
+    rewrite: str | None = None
+    priority: int | None = Field(default=None, ge=0, le=99)
+    lifetime: int | None = Field(default=None, gt=0)
+    delay: int | None = Field(default=None, ge=0)
+    active: bool | None = None
+
+
+class Alias(AliasBase, table=True):
+    __table_args__ = (UniqueConstraint("source_id", "target_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    source_id: int = Field(foreign_key="destination.id", index=True, ondelete="CASCADE")
+    target_id: int = Field(foreign_key="destination.id", ondelete="CASCADE")
+
+
+class AliasPublic(AliasBase):
+    id: int
+    source: str
+    target: str
+
+
+# --- data files and transfers -------------------------------------------------------------
+
+
+class DataFileBase(SQLModel):
+    name: str = Field(description="original name")
+    size: int = Field(default=0, sa_type=BigInteger)
+    md5: str | None = None
+    adler32: str | None = None
+    compression: str | None = None
+    meta: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    group: str | None = Field(default=None, index=True)
+    source: str | None = Field(default=None, description="URL to fetch from (async push)")
+    reqid: str | None = Field(default=None, index=True, unique=True)
+
+
+class DataFile(DataFileBase, table=True):
+    id: str = Field(default_factory=new_data_file_id, primary_key=True, max_length=32)
+    arrived: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    locations: list[str] = Field(default_factory=list, sa_type=JSON)
+    deleted: bool = False
+
+
+class DataFilePublic(DataFileBase):
+    id: str
+    arrived: datetime | None
+    created: datetime
+    expires: datetime | None
+    locations: list[str]
+
+
+class DataTransferBase(SQLModel):
+    target: str
+    priority: int = Field(default=99, ge=0, le=99)
+    scheduled: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires: datetime = Field(sa_type=UTCDateTime)
+
+
+class DataTransfer(DataTransferBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    data_file_id: str = Field(foreign_key="datafile.id", index=True, ondelete="CASCADE")
+    destination_id: int = Field(foreign_key="destination.id", index=True, ondelete="CASCADE")
+    status: TransferStatus = Field(default=TransferStatus.INIT, index=True)
+    queued: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    started: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    host_id: int | None = Field(default=None, foreign_key="host.id", ondelete="SET NULL")
+    bytes_sent: int = Field(default=0, sa_type=BigInteger)
+    size_sent: int | None = Field(default=None, sa_type=BigInteger, description="bytes at the far end")
+    rate: float | None = Field(default=None, description="bytes per second")
+    start_count: int = 0
+    requeue_count: int = 0
+    last_error: str | None = None
+    workflow_id: str | None = None
+    deleted: bool = False
+
+
+class DataTransferPublic(DataTransferBase):
+    id: int
+    data_file_id: str
+    destination: str
+    status: TransferStatus
+    queued: datetime
+    started: datetime | None
+    finished: datetime | None
+    host: str | None
+    bytes_sent: int
+    rate: float | None
+    start_count: int
+    requeue_count: int
+    last_error: str | None
+    workflow_id: str | None

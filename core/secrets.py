@@ -1,0 +1,78 @@
+"""Secrets at rest: host credentials encrypted with a Fernet key, passwords and tokens hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet, InvalidToken
+
+_hasher = PasswordHasher()
+
+
+class CredentialError(Exception):
+    """Credentials cannot be decrypted: the key changed or the data is damaged."""
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The Fernet key in `path`, generated (mode 0600) on first use."""
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = Fernet.generate_key()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    return key
+
+
+class CredentialBox:
+    """Encrypts and decrypts host credentials (a small dict of strings)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._fernet = Fernet(key)
+
+    def seal(self, credentials: dict[str, str]) -> str | None:
+        if not credentials:
+            return None
+        return self._fernet.encrypt(json.dumps(credentials).encode()).decode()
+
+    def open(self, sealed: str | None) -> dict[str, str]:
+        if not sealed:
+            return {}
+        try:
+            return json.loads(self._fernet.decrypt(sealed.encode()))
+        except InvalidToken as exc:
+            raise CredentialError(
+                "host credentials cannot be decrypted with this secret key"
+            ) from exc
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    if not password_hash:
+        return False
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)

@@ -1,0 +1,117 @@
+"""Settings for every ecpds process: ECPDS_* environment variables, then an optional TOML file."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "ECPDS_CONFIG"
+
+
+class Settings(BaseSettings):
+    """Everything a process needs to find its peers; defaults keep it all under ./var."""
+
+    model_config = SettingsConfigDict(env_prefix="ECPDS_", extra="forbid")
+
+    home: Path = Field(default=Path("var"), description="folder for state: catalog, store, keys")
+    database_url: str = Field(default="", description="SQLAlchemy URL; SQLite under home if empty")
+    store_locations: list[str] = Field(
+        default_factory=list, description="fsspec URLs of store locations; home/store if empty"
+    )
+    secret_key_file: Path | None = Field(default=None, description="Fernet key for credentials")
+
+    temporal_address: str = Field(default="", description="host:port of a running Temporal")
+    temporal_namespace: str = "default"
+    temporal_port: int = 7233
+    temporal_ui_port: int = 8233
+    task_queue: str = "ecpds"
+
+    bind: str = "127.0.0.1"
+    public_host: str = "127.0.0.1"
+    https_port: int = 4443
+    ftp_port: int = 4021
+    sftp_port: int = 4022
+    s3_port: int = 4080
+    mqtt_port: int = 4883
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    api_url: str = Field(default="", description="portal REST API, for the CLI")
+    api_user: str = "admin"
+    api_password: str = ""
+    api_token: str = ""
+    api_verify_tls: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get(CONFIG_ENV)
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+    # Derived locations: one place decides where state lives.
+    @property
+    def catalog_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'catalog.db').resolve()}"
+
+    @property
+    def store_urls(self) -> list[str]:
+        return self.store_locations or [str((self.home / "store").resolve())]
+
+    @property
+    def key_file(self) -> Path:
+        return self.secret_key_file or self.home / "secret.key"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.tls_cert or self.home / "tls" / "cert.pem"
+
+    @property
+    def cert_key_file(self) -> Path:
+        return self.tls_key or self.home / "tls" / "key.pem"
+
+    @property
+    def admin_file(self) -> Path:
+        """Credentials created on first start, readable by the operator only."""
+        return self.home / "admin.toml"
+
+    @property
+    def portal_url(self) -> str:
+        return self.api_url or f"https://{self.public_host}:{self.https_port}/api/v1"
+
+    @property
+    def temporal_target(self) -> str:
+        return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the environment, an optional TOML file and explicit overrides."""
+    if config is not None:
+        if not config.is_file():
+            raise FileNotFoundError(f"config file {config} does not exist")
+        os.environ[CONFIG_ENV] = str(config)
+    get_settings.cache_clear()
+    return Settings(**overrides)

@@ -1,0 +1,94 @@
+"""Shared fixtures: a real Temporal dev server, catalogs on SQLite and PostgreSQL, a store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from ecpds.core.db import open_catalog
+from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
+from ecpds.core.settings import Settings
+from ecpds.core.store import Store
+
+PG_URL = os.environ.get("ECPDS_TEST_DATABASE_URL", "")
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Temporal dev server for the whole session; yields its host:port."""
+    folder = tmp_path_factory.mktemp("temporal")
+    port, ui_port = free_port(), free_port()
+    log = (folder / "server.log").open("wb")
+    proc = subprocess.Popen(
+        dev_server_command(folder / "temporal.db", port, ui_port, ui=False),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=90, proc=proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def _catalog_params() -> list:
+    params = [pytest.param("sqlite", id="sqlite")]
+    if PG_URL:
+        params.append(pytest.param("postgresql", id="postgresql"))
+    return params
+
+
+def _fresh_pg_schema(url: str) -> str:
+    """A PostgreSQL URL whose search_path is a new, empty schema."""
+    import sqlalchemy
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=_catalog_params())
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh catalog URL: SQLite always, PostgreSQL when ECPDS_TEST_DATABASE_URL is set."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return _fresh_pg_schema(PG_URL)
+
+
+@pytest.fixture
+def engine(catalog_url: str) -> Iterator[Engine]:
+    engine = open_catalog(catalog_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, catalog_url: str) -> Settings:
+    home = tmp_path / "var"
+    return Settings(home=home, database_url=catalog_url)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store([str(tmp_path / "store")])

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the real servers and client tools that tests and benchmarks talk to.
+# Each missing piece is installed from the distribution's packages; a test whose
+# peer still cannot be found skips with the reason.
+set -u
+need=()
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v sftp >/dev/null || need+=(openssh-client)
+command -v rclone >/dev/null || need+=(rclone)
+command -v curl >/dev/null || need+=(curl)
+command -v lbzip2 >/dev/null || need+=(lbzip2)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing ${need[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 \
+        || echo "could not install ${need[*]}; tests that need them will say so"
+fi
+exit 0
