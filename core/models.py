@@ -397,7 +397,9 @@ class DataTransfer(DataTransferBase, table=True):
     finished: datetime | None = Field(default=None, sa_type=UTCDateTime)
     host_id: int | None = Field(default=None, foreign_key="host.id", ondelete="SET NULL")
     bytes_sent: int = Field(default=0, sa_type=BigInteger)
-    size_sent: int | None = Field(default=None, sa_type=BigInteger, description="bytes at the far end")
+    size_sent: int | None = Field(
+        default=None, sa_type=BigInteger, description="bytes at the far end"
+    )
     rate: float | None = Field(default=None, description="bytes per second")
     start_count: int = 0
     requeue_count: int = 0

@@ -7,6 +7,7 @@ leaves nothing behind; MD5 and ADLER32 are computed on the way in.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -67,10 +68,8 @@ class Location:
         return self.fs.open(partial, "wb"), partial, final
 
     def discard(self, partial: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(partial)
-        except FileNotFoundError:
-            pass
 
 
 class Store:
@@ -183,10 +182,8 @@ class Store:
 
     def delete(self, object_id: str) -> None:
         for loc in self.locations:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 loc.fs.rm_file(loc.key(object_id))
-            except FileNotFoundError:
-                pass
 
     def partials(self) -> list[str]:
         """Temporary files left in the primary location (there should be none at rest)."""
