@@ -155,6 +155,34 @@ class ApiToken(SQLModel, table=True):
     created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+class AccessKey(SQLModel, table=True):
+    """An S3 access key of a data user; the secret is sealed (SigV4 needs it in clear)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="datauser.id", index=True, ondelete="CASCADE")
+    access_key_id: str = Field(index=True, unique=True, max_length=32)
+    secret_encrypted: str
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Policy(SQLModel, table=True):
+    """A named group of destinations that data users reach as a whole."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.-]+$")
+    comment: str = ""
+
+
+class PolicyDestination(SQLModel, table=True):
+    policy_id: int = Field(foreign_key="policy.id", primary_key=True, ondelete="CASCADE")
+    destination_id: int = Field(foreign_key="destination.id", primary_key=True, ondelete="CASCADE")
+
+
+class DataUserPolicy(SQLModel, table=True):
+    user_id: int = Field(foreign_key="datauser.id", primary_key=True, ondelete="CASCADE")
+    policy_id: int = Field(foreign_key="policy.id", primary_key=True, ondelete="CASCADE")
+
+
 # --- destinations -------------------------------------------------------------------------
 
 
