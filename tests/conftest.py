@@ -18,6 +18,8 @@ from ecpds.core.store import Store
 
 PG_URL = os.environ.get("ECPDS_TEST_DATABASE_URL", "")
 
+pytest_plugins = ["peers.sshd"]
+
 
 @pytest.fixture(scope="session")
 def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
