@@ -1,0 +1,180 @@
+"""The portal's REST API as the CLI sees it: one httpx client, every failure one line."""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import httpx
+import typer
+from pydantic import ValidationError
+
+from ecpds.core.settings import Settings, load_settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class CliError(Exception):
+    """A problem the user can fix; the message is one line saying what and where."""
+
+
+def fail(message: str) -> typer.Exit:
+    """Print `message` as one line on stderr; the caller raises the returned Exit."""
+    typer.echo(f"error: {' '.join(message.split())}", err=True)
+    return typer.Exit(1)
+
+
+def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn a CliError raised by a command into one line on stderr and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except CliError as exc:
+            raise fail(str(exc)) from None
+
+    return wrapper
+
+
+def settings_error(exc: ValidationError) -> CliError:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown setting '{where}'")
+        else:
+            problems.append(f"{where} (ECPDS_{where.upper()}): {error['msg']}")
+    return CliError("settings: " + "; ".join(problems))
+
+
+class CliState:
+    """What the global options decided, with settings loaded on first use."""
+
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings(self.config)
+            except FileNotFoundError as exc:
+                raise CliError(str(exc)) from None
+            except ValidationError as exc:
+                raise settings_error(exc) from None
+            except tomllib.TOMLDecodeError as exc:
+                raise CliError(f"{self.config}: not valid TOML: {exc}") from None
+        return self._settings
+
+    def client(self) -> ApiClient:
+        return ApiClient(self.settings)
+
+
+def state_of(ctx: typer.Context) -> CliState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        root.obj = CliState(None)
+    return root.obj
+
+
+def api_credentials(settings: Settings) -> tuple[str, httpx.Auth | None, dict[str, str]]:
+    """Who calls and how: a token, else user and password from settings, else those
+    `ecpds up` wrote on first start."""
+    if settings.api_token:
+        return "token", None, {"Authorization": f"Bearer {settings.api_token}"}
+    if settings.api_password:
+        return settings.api_user, httpx.BasicAuth(settings.api_user, settings.api_password), {}
+    admin_file = settings.admin_file
+    if admin_file.is_file():
+        try:
+            saved = tomllib.loads(admin_file.read_text())
+            user = str(saved["api_user"])
+            return user, httpx.BasicAuth(user, str(saved["api_password"])), {}
+        except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
+            raise CliError(f"{admin_file} is unreadable or incomplete: {exc}") from None
+    raise CliError(
+        f"no API credentials: set ECPDS_API_PASSWORD or ECPDS_API_TOKEN, "
+        f"or start the system once with `ecpds up` to create {admin_file}"
+    )
+
+
+def describe_failure(response: httpx.Response, user: str) -> str:
+    detail: Any = None
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = response.text[:200] or response.reason_phrase
+    if isinstance(detail, list):
+        detail = "; ".join(str(item.get("msg", item)) for item in detail)
+    if response.status_code == 401:
+        return (
+            f"the portal refused the credentials of '{user}' (HTTP 401): "
+            "check ECPDS_API_USER and ECPDS_API_PASSWORD (or ECPDS_API_TOKEN)"
+        )
+    return f"{detail} (HTTP {response.status_code})"
+
+
+class ApiClient:
+    """Calls /api/v1 of the portal; answers are decoded JSON, failures CliError."""
+
+    def __init__(self, settings: Settings, *, timeout: float = 300.0) -> None:
+        self.base_url = settings.portal_url.rstrip("/")
+        self.user, auth, headers = api_credentials(settings)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            auth=auth,
+            headers=headers,
+            verify=settings.api_verify_tls,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise CliError(
+                f"cannot reach the portal at {self.base_url}: is `ecpds up` running?"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise CliError(f"{method} {self.base_url}{path} failed: {exc}") from None
+        if response.status_code >= 400:
+            raise CliError(describe_failure(response, self.user))
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def get(self, path: str, **params: Any) -> Any:
+        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    def post(self, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+        clean = {k: v for k, v in (params or {}).items() if v is not None}
+        return self.request("POST", path, json=json, params=clean)
+
+    def upload(self, path: str, chunks: Iterator[bytes], size: int, params: dict[str, Any]) -> Any:
+        """Stream `chunks` as the raw request body (not multipart)."""
+        clean = {k: v for k, v in params.items() if v is not None}
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        return self.request("POST", path, content=chunks, params=clean, headers=headers)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def listing(answer: Any) -> list[dict[str, Any]]:
+    """A list answer, whether bare or wrapped in {"items": [...]}."""
+    if isinstance(answer, dict):
+        for key in ("items", "data", "results"):
+            if isinstance(answer.get(key), list):
+                return answer[key]
+    if isinstance(answer, list):
+        return answer
+    raise CliError(f"unexpected answer from the portal: {answer!r}"[:200])

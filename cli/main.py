@@ -1,0 +1,202 @@
+"""The `ecpds` command: one binary, many sub-commands; most of them call the portal's REST API.
+
+Command groups of other modules register here with one `app.add_typer(...)` line; their
+commands reach settings and the API through `ecpds.cli.client.state_of(ctx)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from ecpds.cli import supervisor
+from ecpds.cli.client import CliError, CliState, reports_errors, state_of
+from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
+from ecpds.cli.site import load_site
+
+CHUNK = 1 << 20
+
+app = typer.Typer(
+    name="ecpds",
+    help="A product data store for weather centres: dissemination, acquisition, data portal.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+for _resource in RESOURCES:
+    app.add_typer(
+        resource_group(_resource), name=_resource.name, help=f"Manage {_resource.plural}."
+    )
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML settings file (else ECPDS_CONFIG)"),
+    ] = None,
+) -> None:
+    """Settings come from ECPDS_* environment variables, then the --config TOML file."""
+    ctx.obj = CliState(config)
+
+
+@app.command()
+@reports_errors
+def apply(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Option("--file", "-f", help="site TOML file")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="report, change nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Create or update hosts, destinations, aliases and users from a site file (idempotent)."""
+    spec = load_site(file)
+    report = state_of(ctx).client().post("/apply", json=spec, params={"dry_run": dry_run})
+    if as_json:
+        print_json(report)
+        return
+    rows = [
+        {"change": change, "entry": entry}
+        for change in ("created", "updated", "unchanged")
+        for entry in report.get(change, [])
+    ]
+    title = f"{file.name}{' (dry run: nothing changed)' if dry_run else ''}"
+    print_rows(title, ("change", "entry"), rows)
+
+
+def _metadata(pairs: list[str]) -> str | None:
+    for pair in pairs:
+        if "=" not in pair or pair.startswith("="):
+            raise CliError(f"metadata '{pair}': expected KEY=VALUE")
+        if "," in pair:
+            raise CliError(f"metadata '{pair}': a value may not contain ','")
+    return ",".join(pairs) or None
+
+
+@app.command()
+@reports_errors
+def put(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="file to upload")],
+    destination: Annotated[str, typer.Option("--destination", "-d", help="destination name")],
+    target: Annotated[str | None, typer.Option(help="target name (default: file name)")] = None,
+    priority: Annotated[int | None, typer.Option(min=0, max=99, help="0 is highest")] = None,
+    lifetime: Annotated[int | None, typer.Option(min=1, help="seconds in the store")] = None,
+    delay: Annotated[int | None, typer.Option(min=0, help="seconds before sending")] = None,
+    at: Annotated[datetime | None, typer.Option(help="send at this time (ISO 8601)")] = None,
+    standby: Annotated[bool, typer.Option(help="hold until released")] = False,
+    metadata: Annotated[
+        list[str] | None, typer.Option("--metadata", "-m", help="KEY=VALUE, repeatable")
+    ] = None,
+    group: Annotated[str | None, typer.Option(help="group name")] = None,
+    reqid: Annotated[str | None, typer.Option(help="unique request id")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False,
+) -> None:
+    """Upload FILE to a destination; prints its DataFileID once it is in the store."""
+    if not file.is_file():
+        raise CliError(f"{file}: no such file")
+    params = {
+        "name": file.name,
+        "target": target,
+        "priority": priority,
+        "lifetime": lifetime,
+        "delay": delay,
+        "at": at.isoformat() if at else None,
+        "standby": "true" if standby else None,
+        "metadata": _metadata(metadata or []),
+        "group": group,
+        "reqid": reqid,
+    }
+    client = state_of(ctx).client()
+    size = file.stat().st_size
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+
+    def chunks() -> object:
+        with file.open("rb") as source:
+            while block := source.read(CHUNK):
+                progress.advance(task, len(block))
+                yield block
+
+    with progress:
+        task = progress.add_task(file.name, total=size)
+        answer = client.upload(
+            f"/destinations/{quote(destination, safe='')}/files", chunks(), size, params
+        )
+    if as_json:
+        print_json(answer)
+        return
+    typer.echo(
+        f"DataFileID {answer['id']}  {answer['name']}  {answer['size']} bytes  "
+        f"md5 {answer['md5']}  transfers {', '.join(map(str, answer.get('transfers', [])))}"
+    )
+
+
+@app.command()
+@reports_errors
+def up(ctx: typer.Context) -> None:
+    """Run everything: Temporal dev server (unless ECPDS_TEMPORAL_ADDRESS), a worker, the portal."""
+    state = state_of(ctx)
+    raise typer.Exit(supervisor.up(state.settings, state.config))
+
+
+@app.command()
+@reports_errors
+def down(ctx: typer.Context) -> None:
+    """Stop what `ecpds up` started in the same home folder."""
+    supervisor.down(state_of(ctx).settings)
+
+
+@app.command()
+@reports_errors
+def worker(ctx: typer.Context) -> None:
+    """Run one Temporal worker (workflows and activities) until Ctrl-C or SIGTERM."""
+    from ecpds.workers.worker import run_worker
+
+    settings = state_of(ctx).settings
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop)
+
+    asyncio.run(serve())
+
+
+@app.command()
+@reports_errors
+def portal(ctx: typer.Context) -> None:
+    """Run the portal (REST API, data front ends, MQTT broker) until Ctrl-C or SIGTERM."""
+    from ecpds.portal.server import run
+
+    run(state_of(ctx).settings)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

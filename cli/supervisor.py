@@ -1,0 +1,364 @@
+"""`ecpds up` and `ecpds down`: Temporal's dev server, a worker and the portal as child
+processes, each in its own process group, watched until Ctrl-C, SIGTERM or `ecpds down`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import make_url
+
+from ecpds.cli.client import CliError
+from ecpds.core.devserver import DevServerError, dev_server_command
+from ecpds.core.settings import Settings
+
+STARTUP_SECONDS = 180.0  # the first start migrates the catalog and hashes the admin password
+GRACE_SECONDS = 20.0  # after SIGTERM, before SIGKILL
+EXTRA_PORTS = (("FTP", "ftp_port"), ("SFTP", "sftp_port"), ("S3", "s3_port"), ("MQTT", "mqtt_port"))
+
+console = Console()
+
+
+@dataclass
+class Child:
+    name: str
+    command: list[str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+@dataclass
+class Stop:
+    """Set by SIGINT, SIGTERM or SIGHUP; the supervisor checks it between steps."""
+
+    signal_name: str = ""
+    previous: dict[int, object] = field(default_factory=dict)
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+    def __bool__(self) -> bool:
+        return bool(self.signal_name)
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self.previous[sig] = signal.signal(sig, self)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+
+def run_folder(settings: Settings) -> Path:
+    return settings.home / "run"
+
+
+def pid_file(settings: Settings) -> Path:
+    return run_folder(settings) / "ecpds.pids"
+
+
+def read_pids(path: Path) -> dict[str, int]:
+    pids: dict[str, int] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            name, _, pid = line.partition(" ")
+            if pid.strip().isdigit():
+                pids[name] = int(pid)
+    return pids
+
+
+def write_pids(path: Path, pids: dict[str, int]) -> None:
+    partial = path.with_suffix(".part")
+    partial.write_text("".join(f"{name} {pid}\n" for name, pid in pids.items()))
+    partial.replace(path)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes: it only waits for its parent to reap it.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def port_owner_check(settings: Settings, embedded_temporal: bool) -> None:
+    """Every port we are about to open must be free; name the setting that moves it."""
+    wanted = [("https_port", settings.bind, settings.https_port)]
+    wanted += [(attr, settings.bind, getattr(settings, attr)) for _, attr in EXTRA_PORTS]
+    if embedded_temporal:
+        wanted += [
+            ("temporal_port", "127.0.0.1", settings.temporal_port),
+            ("temporal_ui_port", "127.0.0.1", settings.temporal_ui_port),
+        ]
+    seen: dict[int, str] = {}
+    for attr, host, port in wanted:
+        env = f"ECPDS_{attr.upper()}"
+        if port in seen:
+            raise CliError(f"port {port} is set for both {seen[port]} and {env}: change one")
+        seen[port] = env
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                raise CliError(
+                    f"port {port} on {host} is taken: stop what uses it or set {env} to a free port"
+                ) from None
+
+
+def answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def last_line(log: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()[:300]
+    return ""
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, stop: Stop) -> None:
+        self.settings = settings
+        self.home = settings.home.resolve()
+        self.stop = stop
+        self.children: list[Child] = []
+        self.pids: dict[str, int] = {"up": os.getpid()}
+        self.logs = self.home / "log"
+
+    def start(self, name: str, command: list[str]) -> Child:
+        child = Child(name, command, self.logs / f"{name}.log")
+        env = dict(os.environ, ECPDS_HOME=str(self.home))
+        with child.log.open("ab") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
+            log.flush()
+            child.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # own process group: Ctrl-C reaches only us
+            )
+        self.children.append(child)
+        self.pids[name] = child.pid
+        write_pids(pid_file(self.settings), self.pids)
+        return child
+
+    def check_children(self) -> None:
+        for child in self.children:
+            assert child.process is not None
+            code = child.process.poll()
+            if code is not None:
+                tail = last_line(child.log)
+                raise CliError(
+                    f"{child.name} exited with code {code} (see {child.log})"
+                    + (f": {tail}" if tail else "")
+                )
+
+    def wait_for(self, child: Child, host: str, port: int) -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not answers(host, port):
+            if self.stop:
+                return
+            self.check_children()
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"{child.name} does not answer on {host}:{port} after "
+                    f"{STARTUP_SECONDS:.0f} s (see {child.log})"
+                )
+            time.sleep(0.2)
+
+    def terminate(self) -> None:
+        """SIGTERM every child group, newest first; SIGKILL what is left after the grace."""
+        for child in reversed(self.children):
+            signal_group(child.pid, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_SECONDS
+        for child in reversed(self.children):
+            assert child.process is not None
+            try:
+                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                signal_group(child.pid, signal.SIGKILL)
+                child.process.wait()
+            # Sweep anything the child left behind in its group.
+            signal_group(child.pid, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            pid_file(self.settings).unlink()
+
+
+def _openapi_url(base: str) -> str | None:
+    with httpx.Client(verify=False, timeout=5) as http:
+        for path in ("/api/v1/openapi.json", "/openapi.json"):
+            with contextlib.suppress(httpx.HTTPError):
+                if http.get(base + path).status_code == 200:
+                    docs = path.replace("openapi.json", "docs")
+                    return f"{base}{path} (docs {base}{docs})"
+    return None
+
+
+def _admin_note(settings: Settings, first_start: bool) -> str:
+    admin_file = settings.admin_file
+    if first_start and admin_file.is_file():
+        with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError):
+            saved = tomllib.loads(admin_file.read_text())
+            return (
+                f"user {saved['api_user']} password {saved['api_password']} "
+                f"(created now, saved in {admin_file})"
+            )
+    return f"see {admin_file}"
+
+
+def service_table(settings: Settings, supervisor: Supervisor, first_start: bool) -> Table:
+    table = Table(title=f"ecpds in {supervisor.home}")
+    for column in ("service", "address", "notes"):
+        table.add_column(column)
+    if settings.temporal_address:
+        table.add_row("Temporal", settings.temporal_address, "external (ECPDS_TEMPORAL_ADDRESS)")
+    else:
+        table.add_row(
+            "Temporal gRPC",
+            settings.temporal_target,
+            f"dev server, SQLite {supervisor.home / 'temporal.db'}",
+        )
+        table.add_row("Temporal UI", f"http://127.0.0.1:{settings.temporal_ui_port}", "Web UI")
+    worker_pid = supervisor.pids["worker"]
+    table.add_row("Worker", "", f"task queue {settings.task_queue}, pid {worker_pid}")
+    base = f"https://{settings.public_host}:{settings.https_port}"
+    table.add_row("Portal HTTPS", base, "self-signed unless ECPDS_TLS_CERT is set")
+    table.add_row("REST API", settings.portal_url, "")
+    openapi = _openapi_url(base)
+    if openapi:
+        table.add_row("OpenAPI", openapi, "")
+    deadline = time.monotonic() + 5
+    for label, attr in EXTRA_PORTS:
+        port = getattr(settings, attr)
+        while not answers(settings.bind, port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if answers(settings.bind, port):
+            table.add_row(label, f"{settings.public_host}:{port}", f"ECPDS_{attr.upper()}")
+    catalog = make_url(settings.catalog_url).render_as_string(hide_password=True)
+    table.add_row("Catalog", catalog, "")
+    table.add_row("Store", ", ".join(settings.store_urls), "")
+    table.add_row("Admin", settings.api_user, _admin_note(settings, first_start))
+    table.add_row("Logs", str(supervisor.logs), f"pids in {pid_file(settings)}")
+    return table
+
+
+def child_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ecpds.cli.main", *args]
+
+
+def up(settings: Settings, config: Path | None) -> int:
+    """Start everything, print the service table, and supervise until told to stop."""
+    running = read_pids(pid_file(settings))
+    if running.get("up") and alive(running["up"]):
+        raise CliError(
+            f"ecpds is already running in {settings.home.resolve()} (pid {running['up']}): "
+            "`ecpds down` stops it"
+        )
+    embedded = not settings.temporal_address
+    port_owner_check(settings, embedded)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    (settings.home / "log").mkdir(exist_ok=True)
+    run_folder(settings).mkdir(exist_ok=True)
+    if config is not None:
+        os.environ["ECPDS_CONFIG"] = str(config.resolve())
+    first_start = not settings.admin_file.exists()
+
+    stop = Stop()
+    stop.install()
+    supervisor = Supervisor(settings, stop)
+    try:
+        if embedded:
+            try:
+                temporal_cmd = dev_server_command(
+                    supervisor.home / "temporal.db",
+                    settings.temporal_port,
+                    settings.temporal_ui_port,
+                    ui=True,
+                )
+            except DevServerError as exc:
+                raise CliError(str(exc)) from None
+            temporal = supervisor.start("temporal", temporal_cmd)
+            supervisor.wait_for(temporal, "127.0.0.1", settings.temporal_port)
+            if stop:
+                return 0
+        supervisor.start("worker", child_command("worker"))
+        portal = supervisor.start("portal", child_command("portal"))
+        supervisor.wait_for(portal, settings.public_host, settings.https_port)
+        if stop:
+            return 0
+        supervisor.check_children()
+        console.print(service_table(settings, supervisor, first_start))
+        console.print("ready: Ctrl-C or `ecpds down` stops everything")
+        sys.stdout.flush()
+        while not stop:
+            supervisor.check_children()
+            time.sleep(0.5)
+        console.print(f"{stop.signal_name}: stopping {', '.join(supervisor.pids)}")
+        return 0
+    finally:
+        supervisor.terminate()
+        stop.restore()
+        sys.stdout.flush()
+
+
+def down(settings: Settings) -> None:
+    """Stop the `ecpds up` of this home folder and everything it started."""
+    path = pid_file(settings)
+    pids = read_pids(path)
+    if not pids:
+        console.print(f"nothing is running in {settings.home.resolve()}")
+        return
+    supervisor_pid = pids.pop("up", None)
+    if supervisor_pid and alive(supervisor_pid):
+        os.kill(supervisor_pid, signal.SIGTERM)
+    else:
+        # `ecpds up` died without cleaning up: stop its children ourselves.
+        for pid in pids.values():
+            signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS * 2
+    everyone = [supervisor_pid or 0, *pids.values()]
+    while any(alive(pid) for pid in everyone if pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for name, pid in pids.items():
+        if alive(pid):
+            console.print(f"{name} (pid {pid}) ignored SIGTERM: killing it")
+        signal_group(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    console.print(f"stopped {', '.join(['up', *pids])}")
