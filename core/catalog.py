@@ -1,0 +1,623 @@
+"""Catalog functions: keyword-only reads and writes of every entity, each taking a session.
+
+Bad input raises a `CatalogError` whose message is one line naming the problem and whose
+`status` is the HTTP code the REST API answers with.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from ecpds.core.db import session_scope
+from ecpds.core.models import (
+    FINAL_STATUSES,
+    Alias,
+    AliasCreate,
+    AliasPublic,
+    AliasUpdate,
+    ApiToken,
+    DataFile,
+    DataTransfer,
+    DataTransferPublic,
+    DataUser,
+    DataUserCreate,
+    DataUserDestination,
+    DataUserPublic,
+    DataUserUpdate,
+    Destination,
+    DestinationCreate,
+    DestinationHost,
+    DestinationPublic,
+    DestinationUpdate,
+    Host,
+    HostCreate,
+    HostKind,
+    HostPublic,
+    HostUpdate,
+    TransferStatus,
+)
+from ecpds.core.protocols import ProtocolError, check_host
+from ecpds.core.secrets import (
+    CredentialBox,
+    hash_password,
+    new_password,
+    new_token,
+    token_digest,
+    verify_password,
+)
+from ecpds.core.settings import Settings
+
+
+class CatalogError(Exception):
+    """Bad input for the catalog; `status` is the matching HTTP code."""
+
+    status = 400
+
+
+class NotFound(CatalogError):
+    status = 404
+
+
+class Conflict(CatalogError):
+    status = 409
+
+
+class Invalid(CatalogError):
+    status = 422
+
+
+def validation_message(errors: ValidationError | Sequence[Any]) -> str:
+    """Pydantic errors as one line: `where: what` for each problem, joined by `; `."""
+    parts = []
+    for error in errors.errors() if isinstance(errors, ValidationError) else errors:
+        where = ".".join(str(p) for p in error["loc"] if p not in ("body", "query", "path"))
+        what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        parts.append(f"{where}: {what}" if where else what)
+    return "; ".join(parts)
+
+
+def _check_name_free(session: Session, table: Any, kind: str, name: str) -> None:
+    if session.exec(select(table).where(table.name == name)).first() is not None:
+        raise Conflict(f"{kind} {name!r} already exists")
+
+
+# --- hosts --------------------------------------------------------------------------------
+
+
+def find_host(session: Session, *, name: str) -> Host | None:
+    return session.exec(select(Host).where(Host.name == name)).first()
+
+
+def get_host(session: Session, *, name: str) -> Host:
+    host = find_host(session, name=name)
+    if host is None:
+        raise NotFound(f"unknown host {name!r}")
+    return host
+
+
+def list_hosts(session: Session) -> Sequence[Host]:
+    return session.exec(select(Host).order_by(Host.name)).all()
+
+
+def _check_host_settings(
+    name: str, url: str, options: dict[str, Any], credentials: dict[str, str]
+) -> None:
+    try:
+        check_host(url, options, credentials)
+    except ProtocolError as exc:
+        raise Invalid(f"host {name!r}: {exc}") from exc
+
+
+def create_host(session: Session, *, box: CredentialBox, data: HostCreate) -> Host:
+    _check_name_free(session, Host, "host", data.name)
+    _check_host_settings(data.name, data.url, data.options, data.credentials)
+    host = Host.model_validate(data.model_dump(exclude={"credentials"}))
+    host.credentials_encrypted = box.seal(data.credentials)
+    session.add(host)
+    session.flush()
+    return host
+
+
+def update_host(session: Session, *, box: CredentialBox, name: str, data: HostUpdate) -> Host:
+    host = get_host(session, name=name)
+    changes = data.model_dump(exclude_unset=True)
+    credentials = changes.pop("credentials", None)
+    current = box.open(host.credentials_encrypted)
+    _check_host_settings(
+        name,
+        changes.get("url") or host.url,
+        changes["options"] if changes.get("options") is not None else host.options,
+        current if credentials is None else credentials,
+    )
+    for key, value in changes.items():
+        if value is not None:
+            setattr(host, key, value)
+    if credentials is not None and credentials != current:
+        host.credentials_encrypted = box.seal(credentials)
+    session.add(host)
+    session.flush()
+    return host
+
+
+def delete_host(session: Session, *, name: str) -> None:
+    session.delete(get_host(session, name=name))
+    session.flush()
+
+
+def host_credentials(session: Session, *, box: CredentialBox, name: str) -> dict[str, str]:
+    """The decrypted credentials of a host, for the activity that connects to it."""
+    return box.open(get_host(session, name=name).credentials_encrypted)
+
+
+def host_public(session: Session, host: Host, *, box: CredentialBox) -> HostPublic:
+    keys = sorted(box.open(host.credentials_encrypted))
+    return HostPublic.model_validate(
+        host.model_dump() | {"has_credentials": bool(keys), "credential_keys": keys}
+    )
+
+
+# --- destinations -------------------------------------------------------------------------
+
+
+def find_destination(session: Session, *, name: str) -> Destination | None:
+    return session.exec(select(Destination).where(Destination.name == name)).first()
+
+
+def get_destination(session: Session, *, name: str) -> Destination:
+    destination = find_destination(session, name=name)
+    if destination is None:
+        raise NotFound(f"unknown destination {name!r}")
+    return destination
+
+
+def list_destinations(
+    session: Session, *, names: Sequence[str] | None = None
+) -> Sequence[Destination]:
+    query = select(Destination).order_by(Destination.name)
+    if names is not None:
+        query = query.where(col(Destination.name).in_(names))
+    return session.exec(query).all()
+
+
+def destination_hosts(session: Session, *, destination: Destination) -> list[Host]:
+    """The destination's hosts in order: the primary first."""
+    rows = session.exec(
+        select(Host)
+        .join(DestinationHost, col(DestinationHost.host_id) == col(Host.id))
+        .where(DestinationHost.destination_id == destination.id)
+        .order_by(col(DestinationHost.position))
+    ).all()
+    return list(rows)
+
+
+def _set_destination_hosts(session: Session, destination: Destination, names: list[str]) -> None:
+    if len(set(names)) != len(names):
+        raise Invalid(f"destination {destination.name!r}: a host is listed twice in {names}")
+    hosts = []
+    for name in names:
+        host = find_host(session, name=name)
+        if host is None:
+            raise Invalid(f"destination {destination.name!r}: unknown host {name!r}")
+        hosts.append(host)
+    for link in session.exec(
+        select(DestinationHost).where(DestinationHost.destination_id == destination.id)
+    ).all():
+        session.delete(link)
+    session.flush()
+    for position, host in enumerate(hosts):
+        assert destination.id is not None and host.id is not None
+        session.add(
+            DestinationHost(destination_id=destination.id, host_id=host.id, position=position)
+        )
+    session.flush()
+
+
+def create_destination(session: Session, *, data: DestinationCreate) -> Destination:
+    _check_name_free(session, Destination, "destination", data.name)
+    destination = Destination.model_validate(data.model_dump(exclude={"hosts"}))
+    session.add(destination)
+    session.flush()
+    _set_destination_hosts(session, destination, data.hosts)
+    return destination
+
+
+def update_destination(session: Session, *, name: str, data: DestinationUpdate) -> Destination:
+    destination = get_destination(session, name=name)
+    changes = data.model_dump(exclude_unset=True)
+    hosts = changes.pop("hosts", None)
+    for key, value in changes.items():
+        setattr(destination, key, value)
+    session.add(destination)
+    session.flush()
+    if hosts is not None:
+        _set_destination_hosts(session, destination, hosts)
+    return destination
+
+
+def delete_destination(session: Session, *, name: str) -> None:
+    session.delete(get_destination(session, name=name))
+    session.flush()
+
+
+def destination_public(session: Session, destination: Destination) -> DestinationPublic:
+    hosts = [h.name for h in destination_hosts(session, destination=destination)]
+    return DestinationPublic.model_validate(destination.model_dump() | {"hosts": hosts})
+
+
+def has_dissemination_hosts(session: Session, *, destination: Destination) -> bool:
+    return any(
+        h.kind in (HostKind.DISSEMINATION, HostKind.BACKUP) and h.active
+        for h in destination_hosts(session, destination=destination)
+    )
+
+
+def pending_transfers(session: Session, *, destination: Destination) -> int:
+    """Transfers of the destination not yet in a final status."""
+    return session.exec(
+        select(func.count())
+        .select_from(DataTransfer)
+        .where(
+            DataTransfer.destination_id == destination.id,
+            col(DataTransfer.status).not_in(list(FINAL_STATUSES)),
+            col(DataTransfer.deleted).is_(False),
+        )
+    ).one()
+
+
+# --- aliases ------------------------------------------------------------------------------
+
+
+def find_alias(session: Session, *, name: str) -> Alias | None:
+    return session.exec(select(Alias).where(Alias.name == name)).first()
+
+
+def get_alias(session: Session, *, name: str) -> Alias:
+    alias = find_alias(session, name=name)
+    if alias is None:
+        raise NotFound(f"unknown alias {name!r}")
+    return alias
+
+
+def list_aliases(session: Session) -> Sequence[Alias]:
+    return session.exec(select(Alias).order_by(Alias.name)).all()
+
+
+def _alias_end(session: Session, alias_name: str, role: str, destination: str) -> int:
+    found = find_destination(session, name=destination)
+    if found is None or found.id is None:
+        raise Invalid(f"alias {alias_name!r}: unknown {role} destination {destination!r}")
+    return found.id
+
+
+def _check_alias(alias: Alias) -> None:
+    if alias.source_id == alias.target_id:
+        raise Invalid(f"alias {alias.name!r}: source and target are the same destination")
+    if alias.rewrite is not None and alias.pattern is None:
+        raise Invalid(f"alias {alias.name!r}: a rewrite needs a pattern")
+    if alias.pattern is not None:
+        try:
+            re.compile(alias.pattern)
+        except re.error as exc:
+            raise Invalid(f"alias {alias.name!r}: bad pattern {alias.pattern!r}: {exc}") from exc
+
+
+def create_alias(session: Session, *, data: AliasCreate) -> Alias:
+    _check_name_free(session, Alias, "alias", data.name)
+    alias = Alias.model_validate(
+        data.model_dump(exclude={"source", "target"})
+        | {
+            "source_id": _alias_end(session, data.name, "source", data.source),
+            "target_id": _alias_end(session, data.name, "target", data.target),
+        }
+    )
+    _check_alias(alias)
+    session.add(alias)
+    session.flush()
+    return alias
+
+
+def update_alias(session: Session, *, name: str, data: AliasUpdate) -> Alias:
+    alias = get_alias(session, name=name)
+    changes = data.model_dump(exclude_unset=True)
+    for role in ("source", "target"):
+        if changes.get(role) is not None:
+            setattr(alias, f"{role}_id", _alias_end(session, name, role, changes.pop(role)))
+        changes.pop(role, None)
+    for key, value in changes.items():
+        setattr(alias, key, value)
+    _check_alias(alias)
+    session.add(alias)
+    session.flush()
+    return alias
+
+
+def delete_alias(session: Session, *, name: str) -> None:
+    session.delete(get_alias(session, name=name))
+    session.flush()
+
+
+def alias_public(session: Session, alias: Alias) -> AliasPublic:
+    source = session.get(Destination, alias.source_id)
+    target = session.get(Destination, alias.target_id)
+    assert source is not None and target is not None
+    return AliasPublic.model_validate(
+        alias.model_dump() | {"source": source.name, "target": target.name}
+    )
+
+
+def aliases_for(
+    session: Session, *, destination: Destination, target: str
+) -> list[tuple[Destination, str, Alias]]:
+    """Every destination a file for `destination` also goes to, with its target name.
+
+    Aliases chain (A -> B -> C); each destination is reached at most once.
+    """
+    found: list[tuple[Destination, str, Alias]] = []
+    seen = {destination.id}
+    pending = [(destination, target)]
+    while pending:
+        source, source_target = pending.pop(0)
+        aliases = session.exec(
+            select(Alias)
+            .where(Alias.source_id == source.id, col(Alias.active).is_(True))
+            .order_by(Alias.name)
+        ).all()
+        for alias in aliases:
+            if alias.target_id in seen:
+                continue
+            name = source_target
+            if alias.pattern is not None:
+                if re.search(alias.pattern, source_target) is None:
+                    continue
+                if alias.rewrite is not None:
+                    name = re.sub(alias.pattern, alias.rewrite, source_target)
+            other = session.get(Destination, alias.target_id)
+            if other is None:
+                continue
+            seen.add(other.id)
+            found.append((other, name, alias))
+            pending.append((other, name))
+    return found
+
+
+# --- data users and tokens ----------------------------------------------------------------
+
+
+def find_user(session: Session, *, name: str) -> DataUser | None:
+    return session.exec(select(DataUser).where(DataUser.name == name)).first()
+
+
+def get_user(session: Session, *, name: str) -> DataUser:
+    user = find_user(session, name=name)
+    if user is None:
+        raise NotFound(f"unknown user {name!r}")
+    return user
+
+
+def list_users(session: Session) -> Sequence[DataUser]:
+    return session.exec(select(DataUser).order_by(DataUser.name)).all()
+
+
+def user_destinations(session: Session, *, user: DataUser) -> list[str]:
+    rows = session.exec(
+        select(Destination.name)
+        .join(DataUserDestination, col(DataUserDestination.destination_id) == col(Destination.id))
+        .where(DataUserDestination.user_id == user.id)
+        .order_by(Destination.name)
+    ).all()
+    return list(rows)
+
+
+def _set_user_destinations(session: Session, user: DataUser, names: list[str]) -> None:
+    ids = []
+    for name in dict.fromkeys(names):
+        destination = find_destination(session, name=name)
+        if destination is None:
+            raise Invalid(f"user {user.name!r}: unknown destination {name!r}")
+        ids.append(destination.id)
+    for link in session.exec(
+        select(DataUserDestination).where(DataUserDestination.user_id == user.id)
+    ).all():
+        session.delete(link)
+    session.flush()
+    for destination_id in ids:
+        assert user.id is not None and destination_id is not None
+        session.add(DataUserDestination(user_id=user.id, destination_id=destination_id))
+    session.flush()
+
+
+def create_user(session: Session, *, data: DataUserCreate) -> DataUser:
+    _check_name_free(session, DataUser, "user", data.name)
+    user = DataUser.model_validate(data.model_dump(exclude={"password", "destinations"}))
+    if data.password is not None:
+        user.password_hash = hash_password(data.password)
+    session.add(user)
+    session.flush()
+    _set_user_destinations(session, user, data.destinations)
+    return user
+
+
+def update_user(session: Session, *, name: str, data: DataUserUpdate) -> DataUser:
+    user = get_user(session, name=name)
+    changes = data.model_dump(exclude_unset=True)
+    password = changes.pop("password", None)
+    destinations = changes.pop("destinations", None)
+    for key, value in changes.items():
+        if value is not None:
+            setattr(user, key, value)
+    if password is not None and not verify_password(user.password_hash, password):
+        user.password_hash = hash_password(password)
+    session.add(user)
+    session.flush()
+    if destinations is not None:
+        _set_user_destinations(session, user, destinations)
+    return user
+
+
+def delete_user(session: Session, *, name: str) -> None:
+    session.delete(get_user(session, name=name))
+    session.flush()
+
+
+def user_public(session: Session, user: DataUser) -> DataUserPublic:
+    return DataUserPublic.model_validate(
+        user.model_dump() | {"destinations": user_destinations(session, user=user)}
+    )
+
+
+def authenticate(session: Session, *, name: str, password: str) -> DataUser | None:
+    """The active user with this name and password, or None."""
+    user = find_user(session, name=name)
+    if user is None or not user.active or not verify_password(user.password_hash, password):
+        return None
+    return user
+
+
+def create_token(session: Session, *, user: DataUser, label: str = "") -> str:
+    """A new bearer token for `user`; only its digest is stored, so show it once."""
+    assert user.id is not None
+    token = new_token()
+    session.add(ApiToken(user_id=user.id, token_sha256=token_digest(token), label=label))
+    session.flush()
+    return token
+
+
+def user_for_token(session: Session, *, token: str) -> DataUser | None:
+    row = session.exec(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token))).first()
+    if row is None:
+        return None
+    user = session.get(DataUser, row.user_id)
+    return user if user is not None and user.active else None
+
+
+def bootstrap_admin(engine: Engine, settings: Settings) -> str | None:
+    """On first start, create user "admin" with a random password kept in var/admin.toml."""
+    with session_scope(engine) as session:
+        if find_user(session, name="admin") is not None:
+            return None
+        password = new_password()
+        create_user(
+            session,
+            data=DataUserCreate(name="admin", admin=True, password=password),
+        )
+        path = settings.admin_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".part")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f'api_user = "admin"\napi_password = "{password}"\n')
+        partial.replace(path)
+    return password
+
+
+# --- data files and transfers -------------------------------------------------------------
+
+
+def get_data_file(session: Session, *, id: str) -> DataFile:
+    data_file = session.get(DataFile, id)
+    if data_file is None or data_file.deleted:
+        raise NotFound(f"unknown data file {id!r}")
+    return data_file
+
+
+def list_data_files(
+    session: Session,
+    *,
+    destinations: Sequence[str] | None = None,
+    name: str | None = None,
+    group: str | None = None,
+    metadata: dict[str, str] | None = None,
+    limit: int = 100,
+) -> list[DataFile]:
+    """Newest first; `destinations` keeps files with a transfer to one of them."""
+    query = select(DataFile).where(col(DataFile.deleted).is_(False))
+    if destinations is not None:
+        query = query.where(
+            col(DataFile.id).in_(
+                select(DataTransfer.data_file_id)
+                .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
+                .where(col(Destination.name).in_(destinations))
+            )
+        )
+    if name is not None:
+        query = query.where(DataFile.name == name)
+    if group is not None:
+        query = query.where(DataFile.group == group)
+    query = query.order_by(col(DataFile.created).desc())
+    if not metadata:
+        return list(session.exec(query.limit(limit)).all())
+    # JSON operators differ between SQLite and PostgreSQL: filter metadata here.
+    matches = []
+    for data_file in session.exec(query).all():
+        if all(data_file.meta.get(k) == v for k, v in metadata.items()):
+            matches.append(data_file)
+            if len(matches) >= limit:
+                break
+    return matches
+
+
+def delete_data_file(session: Session, *, id: str) -> DataFile:
+    """Mark the file and its transfers deleted; the caller removes the bytes from the store."""
+    data_file = get_data_file(session, id=id)
+    data_file.deleted = True
+    session.add(data_file)
+    for transfer in session.exec(
+        select(DataTransfer).where(DataTransfer.data_file_id == data_file.id)
+    ).all():
+        transfer.deleted = True
+        if transfer.status not in FINAL_STATUSES:
+            transfer.status = TransferStatus.STOP
+        session.add(transfer)
+    session.flush()
+    return data_file
+
+
+def get_transfer(session: Session, *, id: int) -> DataTransfer:
+    transfer = session.get(DataTransfer, id)
+    if transfer is None:
+        raise NotFound(f"unknown transfer {id}")
+    return transfer
+
+
+def list_transfers(
+    session: Session,
+    *,
+    destinations: Sequence[str] | None = None,
+    status: TransferStatus | None = None,
+    data_file_id: str | None = None,
+    since: datetime | None = None,
+    limit: int = 100,
+) -> Sequence[DataTransfer]:
+    """Newest first."""
+    query = select(DataTransfer).where(col(DataTransfer.deleted).is_(False))
+    if destinations is not None:
+        query = query.join(
+            Destination, col(Destination.id) == col(DataTransfer.destination_id)
+        ).where(col(Destination.name).in_(destinations))
+    if status is not None:
+        query = query.where(DataTransfer.status == status)
+    if data_file_id is not None:
+        query = query.where(DataTransfer.data_file_id == data_file_id)
+    if since is not None:
+        query = query.where(col(DataTransfer.queued) >= since)
+    return session.exec(query.order_by(col(DataTransfer.id).desc()).limit(limit)).all()
+
+
+def transfer_public(session: Session, transfer: DataTransfer) -> DataTransferPublic:
+    destination = session.get(Destination, transfer.destination_id)
+    host = session.get(Host, transfer.host_id) if transfer.host_id is not None else None
+    return DataTransferPublic.model_validate(
+        transfer.model_dump()
+        | {
+            "destination": destination.name if destination else "",
+            "host": host.name if host else None,
+        }
+    )

@@ -1,0 +1,57 @@
+"""Destinations: where transfers queue for one remote site, with their ordered hosts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from pydantic import ConfigDict
+
+from ecpds.core import catalog
+from ecpds.core.models import DestinationCreate, DestinationPublic, DestinationUpdate
+from ecpds.portal.api.deps import AdminDep, SessionDep, UserDep, check_destination_access
+
+router = APIRouter(prefix="/destinations", tags=["destinations"])
+
+
+class DestinationIn(DestinationCreate):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+class DestinationPatch(DestinationUpdate):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+@router.get("")
+def list_destinations(session: SessionDep, user: UserDep) -> list[DestinationPublic]:
+    names = None if user.admin else catalog.user_destinations(session, user=user)
+    return [
+        catalog.destination_public(session, d)
+        for d in catalog.list_destinations(session, names=names)
+    ]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_destination(data: DestinationIn, session: SessionDep, _: AdminDep) -> DestinationPublic:
+    destination = catalog.create_destination(session, data=data)
+    session.commit()
+    return catalog.destination_public(session, destination)
+
+
+@router.get("/{name}")
+def get_destination(name: str, session: SessionDep, user: UserDep) -> DestinationPublic:
+    check_destination_access(session, user, name)
+    return catalog.destination_public(session, catalog.get_destination(session, name=name))
+
+
+@router.patch("/{name}")
+def update_destination(
+    name: str, data: DestinationPatch, session: SessionDep, _: AdminDep
+) -> DestinationPublic:
+    destination = catalog.update_destination(session, name=name, data=data)
+    session.commit()
+    return catalog.destination_public(session, destination)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_destination(name: str, session: SessionDep, _: AdminDep) -> None:
+    catalog.delete_destination(session, name=name)
+    session.commit()

@@ -1,0 +1,144 @@
+"""Data files: upload (the raw request body streamed into the store), list, read, delete."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+from sqlmodel import Session
+
+from ecpds.core import catalog
+from ecpds.core.ingest import ingest, parse_metadata
+from ecpds.core.models import DataFile, DataFilePublic, DataUser
+from ecpds.portal.api.deps import (
+    AdminDep,
+    SessionDep,
+    StateDep,
+    UserDep,
+    visible_destinations,
+)
+
+router = APIRouter(tags=["files"])
+
+
+class UploadResult(BaseModel):
+    id: str
+    name: str
+    size: int
+    md5: str
+    adler32: str
+    transfers: list[int]
+
+
+@router.post("/destinations/{destination}/files", status_code=status.HTTP_201_CREATED)
+async def upload_file(
+    destination: str,
+    request: Request,
+    state: StateDep,
+    user: UserDep,
+    name: Annotated[str, Query(min_length=1, description="file name")],
+    target: Annotated[str | None, Query(description="name at the remote site")] = None,
+    priority: Annotated[int | None, Query(ge=0, le=99)] = None,
+    lifetime: Annotated[int | None, Query(gt=0, description="seconds")] = None,
+    delay: Annotated[int | None, Query(ge=0, description="seconds")] = None,
+    at: Annotated[datetime | None, Query(description="scheduled time, ISO 8601")] = None,
+    standby: bool | None = None,
+    metadata: Annotated[str | None, Query(description="k=v,k2=v2")] = None,
+    group: str | None = None,
+    reqid: str | None = None,
+) -> UploadResult:
+    """Stream the request body (not multipart) into the store and queue its transfers."""
+    result = await ingest(
+        engine=state.engine,
+        store=state.store,
+        destination=destination,
+        name=name,
+        chunks=request.stream(),
+        user=user,
+        target=target,
+        priority=priority,
+        lifetime=lifetime,
+        delay=delay,
+        at=at,
+        standby=standby,
+        metadata=parse_metadata(metadata),
+        group=group,
+        reqid=reqid,
+        dispatcher=state.dispatcher,
+    )
+    data_file = result.data_file
+    return UploadResult(
+        id=data_file.id,
+        name=data_file.name,
+        size=data_file.size,
+        md5=data_file.md5 or "",
+        adler32=data_file.adler32 or "",
+        transfers=result.transfer_ids,
+    )
+
+
+def _readable_file(session: Session, user: DataUser, id: str) -> DataFile:
+    data_file = catalog.get_data_file(session, id=id)
+    allowed = visible_destinations(session, user)
+    if allowed is not None and not catalog.list_transfers(
+        session, destinations=allowed, data_file_id=id, limit=1
+    ):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown data file {id!r}")
+    return data_file
+
+
+@router.get("/files")
+def list_files(
+    session: SessionDep,
+    user: UserDep,
+    destination: str | None = None,
+    name: str | None = None,
+    group: str | None = None,
+    metadata: Annotated[str | None, Query(description="k=v,k2=v2")] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+) -> list[DataFilePublic]:
+    allowed = visible_destinations(session, user)
+    if destination is not None:
+        allowed = [destination] if allowed is None or destination in allowed else []
+    files = catalog.list_data_files(
+        session,
+        destinations=allowed,
+        name=name,
+        group=group,
+        metadata=parse_metadata(metadata),
+        limit=limit,
+    )
+    return [DataFilePublic.model_validate(f.model_dump()) for f in files]
+
+
+@router.get("/files/{id}")
+def get_file(id: str, session: SessionDep, user: UserDep) -> DataFilePublic:
+    return DataFilePublic.model_validate(_readable_file(session, user, id).model_dump())
+
+
+@router.get("/files/{id}/content", response_class=StreamingResponse)
+def get_file_content(id: str, session: SessionDep, state: StateDep, user: UserDep) -> Response:
+    data_file = _readable_file(session, user, id)
+    return StreamingResponse(
+        state.store.iter_bytes(data_file.id, adler32=data_file.adler32),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Length": str(data_file.size),
+            "Content-Disposition": f'attachment; filename="{data_file.name}"',
+            "ETag": f'"{data_file.md5}"',
+        },
+    )
+
+
+@router.delete("/files/{id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_file(id: str, session: SessionDep, state: StateDep, _: AdminDep) -> None:
+    def forget() -> None:
+        catalog.delete_data_file(session, id=id)
+        session.commit()
+
+    await run_in_threadpool(forget)
+    await run_in_threadpool(state.store.delete, id)

@@ -1,0 +1,52 @@
+"""Hosts: remote systems with a protocol URL, options and credentials (never returned)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from pydantic import ConfigDict
+
+from ecpds.core import catalog
+from ecpds.core.models import HostCreate, HostPublic, HostUpdate
+from ecpds.portal.api.deps import AdminDep, SessionDep, StateDep
+
+router = APIRouter(prefix="/hosts", tags=["hosts"])
+
+
+class HostIn(HostCreate):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+class HostPatch(HostUpdate):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+@router.get("")
+def list_hosts(session: SessionDep, state: StateDep, _: AdminDep) -> list[HostPublic]:
+    return [catalog.host_public(session, h, box=state.box) for h in catalog.list_hosts(session)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_host(data: HostIn, session: SessionDep, state: StateDep, _: AdminDep) -> HostPublic:
+    host = catalog.create_host(session, box=state.box, data=data)
+    session.commit()
+    return catalog.host_public(session, host, box=state.box)
+
+
+@router.get("/{name}")
+def get_host(name: str, session: SessionDep, state: StateDep, _: AdminDep) -> HostPublic:
+    return catalog.host_public(session, catalog.get_host(session, name=name), box=state.box)
+
+
+@router.patch("/{name}")
+def update_host(
+    name: str, data: HostPatch, session: SessionDep, state: StateDep, _: AdminDep
+) -> HostPublic:
+    host = catalog.update_host(session, box=state.box, name=name, data=data)
+    session.commit()
+    return catalog.host_public(session, host, box=state.box)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_host(name: str, session: SessionDep, _: AdminDep) -> None:
+    catalog.delete_host(session, name=name)
+    session.commit()

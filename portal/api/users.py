@@ -1,0 +1,52 @@
+"""Data users: portal logins with hashed passwords and the destinations they may reach."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import ConfigDict
+
+from ecpds.core import catalog
+from ecpds.core.models import DataUserCreate, DataUserPublic, DataUserUpdate
+from ecpds.portal.api.deps import AdminDep, SessionDep, UserDep
+
+router = APIRouter(prefix="/users", tags=["users"])
+
+
+class UserIn(DataUserCreate):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+class UserPatch(DataUserUpdate):
+    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+
+
+@router.get("")
+def list_users(session: SessionDep, _: AdminDep) -> list[DataUserPublic]:
+    return [catalog.user_public(session, u) for u in catalog.list_users(session)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_user(data: UserIn, session: SessionDep, _: AdminDep) -> DataUserPublic:
+    user = catalog.create_user(session, data=data)
+    session.commit()
+    return catalog.user_public(session, user)
+
+
+@router.get("/{name}")
+def get_user(name: str, session: SessionDep, caller: UserDep) -> DataUserPublic:
+    if not caller.admin and caller.name != name:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"user {caller.name!r} is not an admin")
+    return catalog.user_public(session, catalog.get_user(session, name=name))
+
+
+@router.patch("/{name}")
+def update_user(name: str, data: UserPatch, session: SessionDep, _: AdminDep) -> DataUserPublic:
+    user = catalog.update_user(session, name=name, data=data)
+    session.commit()
+    return catalog.user_public(session, user)
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_user(name: str, session: SessionDep, _: AdminDep) -> None:
+    catalog.delete_user(session, name=name)
+    session.commit()

@@ -1,0 +1,146 @@
+"""The portal process: opens the catalog and store, then runs its network servers together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from sqlalchemy import Engine
+from temporalio.client import Client
+
+from ecpds.core.catalog import bootstrap_admin
+from ecpds.core.db import open_catalog
+from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.secrets import CredentialBox, load_or_create_key
+from ecpds.core.settings import Settings
+from ecpds.core.store import Store
+from ecpds.portal.api.app import create_app
+from ecpds.portal.tls import ensure_certificate
+
+log = logging.getLogger(__name__)
+
+
+class PortalError(Exception):
+    """The portal cannot start; the message is one line."""
+
+
+@dataclass
+class Portal:
+    """What the portal's servers share."""
+
+    settings: Settings
+    engine: Engine
+    store: Store
+    box: CredentialBox
+    app: FastAPI
+    temporal: Client | None = None
+
+
+PortalServer = Callable[[Portal, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+class _Uvicorn(uvicorn.Server):
+    # The portal handles signals for all its servers at once.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_https(portal: Portal, stop: asyncio.Event) -> None:
+    """The REST API (and other HTTPS routes) until `stop` is set."""
+    settings = portal.settings
+    cert, key = await asyncio.to_thread(ensure_certificate, settings)
+    server = _Uvicorn(
+        uvicorn.Config(
+            portal.app,
+            host=settings.bind,
+            port=settings.https_port,
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+    )
+
+    async def stop_when_asked() -> None:
+        await stop.wait()
+        server.should_exit = True
+
+    watcher = asyncio.create_task(stop_when_asked())
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn exits the process when it cannot bind; the portal reports it instead.
+        raise PortalError(f"HTTPS cannot listen on {settings.bind}:{settings.https_port}") from None
+    finally:
+        watcher.cancel()
+    if not stop.is_set():
+        raise PortalError(f"HTTPS on {settings.bind}:{settings.https_port} stopped on its own")
+
+
+# Other front ends append their server here (one line each); each runs until `stop`.
+SERVERS: list[PortalServer] = [serve_https]
+
+
+def open_portal(settings: Settings) -> Portal:
+    engine = open_catalog(settings.catalog_url)
+    store = Store(settings.store_urls)
+    box = CredentialBox(load_or_create_key(settings.key_file))
+    password = bootstrap_admin(engine, settings)
+    if password is not None:
+        log.warning("created user admin; its password is in %s", settings.admin_file)
+    app = create_app(settings, engine=engine, store=store)
+    return Portal(settings=settings, engine=engine, store=store, box=box, app=app)
+
+
+async def connect_temporal(settings: Settings) -> Client | None:
+    """A Temporal client, or None (transfers then wait in the catalog) if none answers."""
+    try:
+        return await asyncio.wait_for(
+            Client.connect(settings.temporal_target, namespace=settings.temporal_namespace), 15
+        )
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        log.warning("Temporal at %s is not reachable (%s)", settings.temporal_target, exc)
+        return None
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run every portal server until `stop` is set or one of them fails."""
+    stop = stop or asyncio.Event()
+    portal = await asyncio.to_thread(open_portal, settings)
+    portal.temporal = await connect_temporal(settings)
+    if portal.temporal is not None:
+        portal.app.state.api.dispatcher = TemporalDispatcher(
+            portal.temporal, settings.task_queue, portal.engine
+        )
+    tasks = [asyncio.create_task(server(portal, stop)) for server in SERVERS]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        portal.engine.dispose()
+
+
+def run(settings: Settings) -> None:
+    """`serve` in the foreground; Ctrl-C or SIGTERM stops it cleanly."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())
