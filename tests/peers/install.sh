@@ -9,9 +9,16 @@ command -v sftp >/dev/null || need+=(openssh-client)
 command -v rclone >/dev/null || need+=(rclone)
 command -v curl >/dev/null || need+=(curl)
 command -v lbzip2 >/dev/null || need+=(lbzip2)
+command -v npm >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]}"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 \
         || echo "could not install ${need[*]}; tests that need them will say so"
+fi
+# Azurite (the Azure Blob emulator) comes from npm, into a folder of its own.
+if [ ! -x /opt/ecpds-peers/node_modules/.bin/azurite-blob ] && command -v npm >/dev/null; then
+    echo "installing azurite"
+    (mkdir -p /opt/ecpds-peers && npm install --prefix /opt/ecpds-peers --no-audit --no-fund azurite@3) \
+        >/dev/null 2>&1 || echo "could not install azurite; Azure tests will say so"
 fi
 exit 0

@@ -1,0 +1,102 @@
+"""A real Azure Blob server (Azurite) on a free local port, checking shared-key signatures.
+
+tests/peers/install.sh installs Azurite with npm into /opt/ecpds-peers.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ecpds.core.devserver import free_port, wait_for_port
+
+ACCOUNT = "devstoreaccount1"
+# Azurite's published development key: https://learn.microsoft.com/azure/storage/common/storage-use-azurite
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+PEERS_PREFIX = Path("/opt/ecpds-peers")
+
+
+@dataclass
+class AzureServer:
+    endpoint: str  # http://127.0.0.1:PORT/devstoreaccount1
+    account: str
+    account_key: str
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account};"
+            f"AccountKey={self.account_key};BlobEndpoint={self.endpoint};"
+        )
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        return {"account_key": self.account_key}
+
+    def options(self) -> dict[str, object]:
+        return {"account": self.account, "endpoint": self.endpoint}
+
+    def service(self):  # azure.storage.blob.BlobServiceClient, for checks from the test side
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient.from_connection_string(self.connection_string)
+
+    def container(self) -> str:
+        """A fresh, empty container."""
+        name = f"ecpds-{uuid.uuid4().hex[:12]}"
+        with self.service() as service:
+            service.create_container(name)
+        return name
+
+
+def azurite_blob() -> str | None:
+    local = PEERS_PREFIX / "node_modules" / ".bin" / "azurite-blob"
+    if local.exists():
+        return str(local)
+    return shutil.which("azurite-blob")
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureServer]:
+    """azurite-blob on 127.0.0.1:<free port>, data in a temporary folder."""
+    exe = azurite_blob()
+    if exe is None:
+        pytest.skip("Azurite not installed (run tests/peers/install.sh; it needs npm)")
+    base = tmp_path_factory.mktemp("azurite")
+    port = free_port()
+    log = (base / "azurite.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(base / "data"),
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+            "--silent",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
+        yield AzureServer(f"http://127.0.0.1:{port}/{ACCOUNT}", ACCOUNT, ACCOUNT_KEY)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
