@@ -1,0 +1,153 @@
+"""The embedded MQTT broker (amqtt, MQTT 3.1.1) that tells data users about new products.
+
+Clients log in as catalog data users. A user may subscribe to the topic filters in its
+`mqtt_topics` and to the MQTT topics of its destinations; only admin users publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from amqtt.broker import Broker
+from amqtt.contexts import Action, BaseContext
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+from sqlalchemy import Engine
+from sqlmodel import Session as DbSession
+from sqlmodel import select
+
+from ecpds.core.db import make_engine
+from ecpds.core.models import DataUser, DataUserDestination, Destination
+from ecpds.core.secrets import verify_password
+from ecpds.core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Whether `topic` (or, level by level, a narrower filter) falls under `topic_filter`."""
+    wanted = topic.split("/")
+    for index, level in enumerate(topic_filter.split("/")):
+        if level == "#":
+            return True
+        if index >= len(wanted):
+            return False
+        if level == "+":
+            if wanted[index] == "#":
+                return False
+            continue
+        if level != wanted[index]:
+            return False
+    return len(wanted) == len(topic_filter.split("/"))
+
+
+@dataclass(frozen=True)
+class Grant:
+    admin: bool
+    topics: tuple[str, ...]
+
+    def allows(self, topic: str, action: Action) -> bool:
+        if self.admin:
+            return True
+        if action == Action.PUBLISH:
+            return False
+        return any(topic_matches(allowed, topic) for allowed in self.topics)
+
+
+@dataclass
+class Grants:
+    """What each logged-in user may do, read from the catalog when it connects."""
+
+    engine: Engine
+    by_user: dict[str, Grant] = field(default_factory=dict)
+
+    def login(self, name: str, password: str) -> Grant | None:
+        with DbSession(self.engine) as session:
+            user = session.exec(select(DataUser).where(DataUser.name == name)).first()
+            if user is None or not user.active or not verify_password(user.password_hash, password):
+                return None
+            destination_topics = session.exec(
+                select(Destination.mqtt_topic)
+                .join(DataUserDestination, DataUserDestination.destination_id == Destination.id)
+                .where(DataUserDestination.user_id == user.id)
+            ).all()
+        topics = [*user.mqtt_topics]
+        for topic in destination_topics:
+            if topic:
+                topics += [topic, f"{topic.rstrip('/')}/#"]
+        grant = Grant(admin=user.admin, topics=tuple(topics))
+        self.by_user[name] = grant
+        return grant
+
+
+class CatalogAuthPlugin(BaseAuthPlugin):
+    """Accepts catalog data users with their portal password; refuses anonymous clients."""
+
+    @dataclass
+    class Config:
+        grants: Any = None
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self.grants: Grants = self.config.grants
+
+    async def authenticate(self, *, session: Session) -> bool | None:
+        if not session.username or not session.password:
+            return False
+        grant = await asyncio.to_thread(self.grants.login, session.username, session.password)
+        if grant is None:
+            log.info("MQTT login refused for %r", session.username)
+        return grant is not None
+
+
+class CatalogTopicPlugin(BaseTopicPlugin):
+    """Subscriptions and deliveries only within a user's topics; publishing for admins."""
+
+    @dataclass
+    class Config:
+        grants: Any = None
+
+    def __init__(self, context: BaseContext) -> None:
+        super().__init__(context)
+        self.grants: Grants = self.config.grants
+
+    async def topic_filtering(
+        self,
+        *,
+        session: Session | None = None,
+        topic: str | None = None,
+        action: Action | None = None,
+    ) -> bool | None:
+        if session is None or topic is None or action is None:
+            return False
+        grant = self.grants.by_user.get(session.username or "")
+        return grant is not None and grant.allows(topic, action)
+
+
+def broker_config(settings: Settings, grants: Grants) -> dict[str, Any]:
+    return {
+        "listeners": {
+            "default": {"type": "tcp", "bind": f"{settings.bind}:{settings.mqtt_port}"},
+        },
+        "plugins": {
+            "ecpds.portal.mqtt.CatalogAuthPlugin": {"grants": grants},
+            "ecpds.portal.mqtt.CatalogTopicPlugin": {"grants": grants},
+        },
+    }
+
+
+async def serve_mqtt(settings: Settings, stop: asyncio.Event, engine: Engine | None = None) -> None:
+    """Run the broker on settings.mqtt_port until `stop` is set."""
+    own_engine = engine is None
+    grants = Grants(engine if engine is not None else make_engine(settings.catalog_url))
+    broker = Broker(broker_config(settings, grants))
+    await broker.start()
+    try:
+        await stop.wait()
+    finally:
+        await broker.shutdown()
+        if own_engine:
+            grants.engine.dispose()
