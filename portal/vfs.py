@@ -1,0 +1,370 @@
+"""The portal's virtual file system: `/` holds a user's destinations, `/DEST/` their live files.
+
+A file is the newest live transfer of a destination under a target name (which may
+contain `/`, giving sub-folders). Reads stream the store object; writes are
+synchronous pushes through `ingest`; a complete download of a bucket's HOLD
+transfer marks it DONE. All four front-ends go through this one class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+
+from ecpds.core.db import session_scope
+from ecpds.core.ingest import Dispatcher, IngestResult, ingest
+from ecpds.core.models import (
+    DataFile,
+    DataTransfer,
+    Destination,
+    DestinationHost,
+    Host,
+    HostKind,
+    Operation,
+    TransferStatus,
+    utcnow,
+)
+from ecpds.core.store import Store
+from ecpds.portal.access import AccessDenied, BadPath, NotFound, Principal
+
+# Bytes not yet (INIT, FETC) in the store are not offered for download.
+HIDDEN = (TransferStatus.INIT, TransferStatus.FETC)
+UPLOAD_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A folder or a file of the virtual tree; `name` is relative to the listed folder."""
+
+    name: str
+    is_dir: bool
+    size: int = 0
+    mtime: datetime | None = None
+    md5: str | None = None
+    adler32: str | None = None
+    transfer_id: int | None = None
+    data_file_id: str | None = None
+    status: str | None = None
+
+
+def _file_entry(name: str, transfer: DataTransfer, data_file: DataFile) -> Entry:
+    return Entry(
+        name=name,
+        is_dir=False,
+        size=data_file.size,
+        mtime=data_file.arrived or data_file.created,
+        md5=data_file.md5,
+        adler32=data_file.adler32,
+        transfer_id=transfer.id,
+        data_file_id=data_file.id,
+        status=transfer.status,
+    )
+
+
+class PortalFS:
+    """The data users' view of destinations and their transfers, over the catalog and store."""
+
+    def __init__(self, engine: Engine, store: Store, dispatcher: Dispatcher | None = None) -> None:
+        self.engine = engine
+        self.store = store
+        self.dispatcher = dispatcher
+
+    # --- reading the tree -------------------------------------------------------------------
+
+    def _files(self, session: Session, destination: str, prefix: str = "") -> dict[str, Entry]:
+        """Newest live transfer per target name under `prefix`, keyed by full target."""
+        query = (
+            select(DataTransfer, DataFile)
+            .join(DataFile, col(DataFile.id) == DataTransfer.data_file_id)
+            .join(Destination, col(Destination.id) == DataTransfer.destination_id)
+            .where(Destination.name == destination)
+            .where(col(DataTransfer.deleted).is_(False))
+            .where(col(DataFile.deleted).is_(False))
+            .where(col(DataTransfer.status).not_in(HIDDEN))
+            .where(DataTransfer.expires > utcnow())
+            .order_by(col(DataTransfer.id))
+        )
+        if prefix:
+            query = query.where(col(DataTransfer.target).startswith(prefix, autoescape=True))
+        found: dict[str, Entry] = {}
+        for transfer, data_file in session.exec(query).all():
+            found[transfer.target] = _file_entry(transfer.target, transfer, data_file)
+        return found
+
+    def list_objects(self, principal: Principal, destination: str, prefix: str = "") -> list[Entry]:
+        """Every file of `destination` whose target starts with `prefix`, by name (for S3)."""
+        principal.check(Operation.DIR, destination)
+        with session_scope(self.engine) as session:
+            files = self._files(session, destination, prefix)
+        return [e for name, e in sorted(files.items()) if principal.matches(destination, name)]
+
+    def listdir(self, principal: Principal, parts: tuple[str, ...]) -> list[Entry]:
+        if not parts:
+            if Operation.DIR.value not in principal.operations:
+                raise AccessDenied(f"user {principal.name} may not dir")
+            return [Entry(name=d, is_dir=True) for d in principal.destinations]
+        destination, sub = parts[0], "/".join(parts[1:])
+        principal.check(Operation.DIR, destination)
+        prefix = f"{sub}/" if sub else ""
+        with session_scope(self.engine) as session:
+            files = self._files(session, destination, prefix)
+        entries: dict[str, Entry] = {}
+        for target, entry in sorted(files.items()):
+            if not principal.matches(destination, target):
+                continue
+            rest = target[len(prefix) :]
+            head, sep, _ = rest.partition("/")
+            if sep:
+                entries.setdefault(head, Entry(name=head, is_dir=True))
+            elif head:
+                entries[head] = Entry(**{**entry.__dict__, "name": head})
+        if sub and not entries and not self._is_destination_folder(principal, parts):
+            raise NotFound(f"no folder {'/'.join(parts)}")
+        return list(entries.values())
+
+    def _is_destination_folder(self, principal: Principal, parts: tuple[str, ...]) -> bool:
+        return len(parts) == 1 and parts[0] in principal.destinations
+
+    def stat(self, principal: Principal, parts: tuple[str, ...]) -> Entry:
+        if not parts:
+            return Entry(name="/", is_dir=True)
+        destination = parts[0]
+        if len(parts) == 1:
+            if destination not in principal.destinations:
+                raise NotFound(f"no destination {destination!r}")
+            return Entry(name=destination, is_dir=True)
+        target = "/".join(parts[1:])
+        principal.check(Operation.DIR, destination)
+        with session_scope(self.engine) as session:
+            files = self._files(session, destination, target)
+        if target in files and principal.matches(destination, target):
+            return files[target]
+        if any(
+            name.startswith(target + "/") and principal.matches(destination, name) for name in files
+        ):
+            return Entry(name=parts[-1], is_dir=True)
+        raise NotFound(f"no file {'/'.join(parts)}")
+
+    def open_read(self, principal: Principal, parts: tuple[str, ...]) -> Download:
+        if len(parts) < 2:
+            raise BadPath(f"{'/'.join(parts) or '/'} is a folder, not a file")
+        principal.check(Operation.GET, parts[0], "/".join(parts[1:]))
+        entry = self.stat(principal, parts)
+        if entry.is_dir:
+            raise BadPath(f"{'/'.join(parts)} is a folder, not a file")
+        return Download(self, entry)
+
+    # --- changing the tree ------------------------------------------------------------------
+
+    def _find(self, session: Session, destination: str, target: str) -> list[DataTransfer]:
+        query = (
+            select(DataTransfer)
+            .join(Destination, col(Destination.id) == DataTransfer.destination_id)
+            .where(Destination.name == destination)
+            .where(DataTransfer.target == target)
+            .where(col(DataTransfer.deleted).is_(False))
+        )
+        return list(session.exec(query).all())
+
+    def delete(self, principal: Principal, parts: tuple[str, ...]) -> None:
+        """Withdraw a file: its transfers under that name are marked deleted."""
+        if len(parts) < 2:
+            raise AccessDenied("destinations cannot be deleted through the portal")
+        destination, target = parts[0], "/".join(parts[1:])
+        principal.check(Operation.DELETE, destination, target)
+        with session_scope(self.engine) as session:
+            transfers = self._find(session, destination, target)
+            if not transfers:
+                raise NotFound(f"no file {'/'.join(parts)}")
+            for transfer in transfers:
+                transfer.deleted = True
+                session.add(transfer)
+
+    def rename(self, principal: Principal, old: tuple[str, ...], new: tuple[str, ...]) -> None:
+        if len(old) < 2 or len(new) < 2:
+            raise AccessDenied("destinations cannot be renamed through the portal")
+        if old[0] != new[0]:
+            raise AccessDenied("a file cannot be moved to another destination")
+        destination, source, target = old[0], "/".join(old[1:]), "/".join(new[1:])
+        principal.check(Operation.RENAME, destination, source)
+        principal.check(Operation.RENAME, destination, target)
+        with session_scope(self.engine) as session:
+            transfers = self._find(session, destination, source)
+            if not transfers:
+                raise NotFound(f"no file {'/'.join(old)}")
+            for replaced in self._find(session, destination, target):
+                replaced.deleted = True
+                session.add(replaced)
+            for transfer in transfers:
+                transfer.target = target
+                session.add(transfer)
+
+    def mkdir(self, principal: Principal, parts: tuple[str, ...]) -> None:
+        """Folders exist through the names of their files, so only the permission is checked."""
+        if len(parts) < 2:
+            raise AccessDenied("destinations cannot be created through the portal")
+        principal.check(Operation.MKDIR, parts[0], "/".join(parts[1:]))
+
+    def check_upload(self, principal: Principal, parts: tuple[str, ...]) -> tuple[str, str]:
+        if len(parts) < 2:
+            raise BadPath("files are uploaded into a destination: /DESTINATION/NAME")
+        destination, target = parts[0], "/".join(parts[1:])
+        principal.check(Operation.PUT, destination, target)
+        return destination, target
+
+    async def upload(
+        self, principal: Principal, parts: tuple[str, ...], chunks: AsyncIterator[bytes]
+    ) -> IngestResult:
+        """A synchronous push under the destination's incoming settings; replaces the old file.
+
+        The access check is ours (it knows policies), so ingest is not given the user.
+        """
+        destination, target = self.check_upload(principal, parts)
+        dest = await asyncio.to_thread(self._incoming, destination)
+        result = await ingest(
+            engine=self.engine,
+            store=self.store,
+            destination=destination,
+            name=target.rsplit("/", 1)[-1],
+            chunks=chunks,
+            target=target,
+            priority=dest.incoming_priority,
+            lifetime=dest.incoming_lifetime,
+            delay=dest.incoming_delay or None,
+            standby=dest.incoming_standby or None,
+            metadata=dict(dest.incoming_metadata) or None,
+            dispatcher=self.dispatcher,
+        )
+        await asyncio.to_thread(self._supersede, destination, target, result.transfer_ids)
+        return result
+
+    def _incoming(self, destination: str) -> Destination:
+        with session_scope(self.engine) as session:
+            dest = session.exec(select(Destination).where(Destination.name == destination)).first()
+            if dest is None:
+                raise NotFound(f"no destination {destination!r}")
+            return dest
+
+    def _supersede(self, destination: str, target: str, keep: list[int]) -> None:
+        with session_scope(self.engine) as session:
+            for transfer in self._find(session, destination, target):
+                if transfer.id not in keep:
+                    transfer.deleted = True
+                    session.add(transfer)
+
+    def start_upload(self, principal: Principal, parts: tuple[str, ...]) -> Upload:
+        """An upload fed chunk by chunk (FTP, SFTP); call on the event loop."""
+        self.check_upload(principal, parts)
+        return Upload(self, principal, parts)
+
+    def mark_downloaded(self, transfer_id: int, size: int) -> None:
+        """A complete download picks up a bucket's HOLD transfer: it becomes DONE."""
+        with session_scope(self.engine) as session:
+            transfer = session.get(DataTransfer, transfer_id)
+            if transfer is None or transfer.status != TransferStatus.HOLD:
+                return
+            disseminates = session.exec(
+                select(Host.id)
+                .join(DestinationHost, col(DestinationHost.host_id) == Host.id)
+                .where(DestinationHost.destination_id == transfer.destination_id)
+                .where(Host.kind == HostKind.DISSEMINATION)
+                .where(col(Host.active).is_(True))
+            ).first()
+            if disseminates is not None:
+                return
+            now = utcnow()
+            session.exec(
+                update(DataTransfer)
+                .where(col(DataTransfer.id) == transfer_id)
+                .where(col(DataTransfer.status) == TransferStatus.HOLD)
+                .values(status=TransferStatus.DONE, finished=now, bytes_sent=size)
+            )
+
+
+class Download:
+    """One file being read; a read that covers the whole file marks the pick-up."""
+
+    def __init__(self, fs: PortalFS, entry: Entry) -> None:
+        self.fs = fs
+        self.entry = entry
+        self.delivered = 0
+
+    @property
+    def size(self) -> int:
+        return self.entry.size
+
+    def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """The bytes [start, end); a whole-file read is verified against its ADLER32."""
+        assert self.entry.data_file_id is not None
+        whole = start == 0 and (end is None or end >= self.size)
+        yield from self.fs.store.iter_bytes(
+            self.entry.data_file_id,
+            start=start,
+            end=end,
+            adler32=self.entry.adler32 if whole else None,
+        )
+        if whole:
+            self.finished()
+
+    def count(self, nbytes: int) -> None:
+        """Record bytes handed out by random-access readers (SFTP, FTP)."""
+        self.delivered += nbytes
+
+    def finished(self) -> None:
+        if self.entry.transfer_id is not None:
+            self.fs.mark_downloaded(self.entry.transfer_id, self.size)
+
+    def close(self) -> None:
+        if self.delivered >= self.size:
+            self.finished()
+
+
+class Upload:
+    """A push fed in order by write(); close() finishes it, abort() leaves nothing behind."""
+
+    def __init__(self, fs: PortalFS, principal: Principal, parts: tuple[str, ...]) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
+        self._buffer = bytearray()
+        self.size = 0
+        self._task = asyncio.ensure_future(fs.upload(principal, parts, self._chunks()))
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def _put(self, item: bytes | None) -> None:
+        if self._task.done():
+            self._task.result()
+            raise AccessDenied("the upload has already finished")
+        if not self._queue.full():
+            self._queue.put_nowait(item)
+            return
+        put = asyncio.ensure_future(self._queue.put(item))
+        await asyncio.wait({put, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            self._task.result()
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.size += len(data)
+        if len(self._buffer) >= UPLOAD_CHUNK:
+            chunk, self._buffer = bytes(self._buffer), bytearray()
+            await self._put(chunk)
+
+    async def close(self) -> IngestResult:
+        if self._buffer:
+            chunk, self._buffer = bytes(self._buffer), bytearray()
+            await self._put(chunk)
+        await self._put(None)
+        return await self._task
+
+    async def abort(self) -> None:
+        # Cancelling ingest mid-stream makes the store discard its temporary object.
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,145 @@
+"""Portal fixtures: two users on two bucket destinations, and front-ends served from a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from sqlalchemy import Engine
+
+from ecpds.core import catalog
+from ecpds.core.db import session_scope
+from ecpds.core.models import DataUserCreate, DestinationCreate
+from ecpds.core.secrets import CredentialBox, load_or_create_key
+from ecpds.core.store import Store
+from ecpds.portal.access import create_access_key
+from ecpds.portal.vfs import PortalFS
+
+ALICE_PASSWORD = "alice-password-1"
+BOB_PASSWORD = "bob-password-22"
+
+
+class LoopThread:
+    """An event loop in a thread, so blocking clients (curl, boto3, ftplib) can call servers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
+        return self.submit(coro).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def alice_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, asyncssh.SSHKey]:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp_path_factory.mktemp("keys") / "alice"
+    key.write_private_key(str(path))
+    path.chmod(0o600)
+    key.write_public_key(str(path) + ".pub")
+    return path, key
+
+
+@dataclass
+class Portal:
+    engine: Engine
+    store: Store
+    box: CredentialBox
+    fs: PortalFS
+    home: Path
+    alice_key_id: str
+    alice_secret: str
+    bob_key_id: str
+    bob_secret: str
+
+
+@pytest.fixture
+def portal(
+    engine: Engine, store: Store, tmp_path: Path, alice_key: tuple[Path, asyncssh.SSHKey]
+) -> Portal:
+    """alice may use `alpha`, bob `beta`; both are buckets (no dissemination hosts)."""
+    box = CredentialBox(load_or_create_key(tmp_path / "secret.key"))
+    public = alice_key[1].export_public_key("openssh").decode()
+    with session_scope(engine) as session:
+        for name in ("alpha", "beta"):
+            catalog.create_destination(session, data=DestinationCreate(name=name))
+        alice = catalog.create_user(
+            session,
+            data=DataUserCreate(
+                name="alice", password=ALICE_PASSWORD, destinations=["alpha"], ssh_keys=[public]
+            ),
+        )
+        bob = catalog.create_user(
+            session, data=DataUserCreate(name="bob", password=BOB_PASSWORD, destinations=["beta"])
+        )
+        alice_key_id, alice_secret = create_access_key(session, box, alice)
+        bob_key_id, bob_secret = create_access_key(session, box, bob)
+    return Portal(
+        engine=engine,
+        store=store,
+        box=box,
+        fs=PortalFS(engine, store),
+        home=tmp_path / "var",
+        alice_key_id=alice_key_id,
+        alice_secret=alice_secret,
+        bob_key_id=bob_key_id,
+        bob_secret=bob_secret,
+    )
