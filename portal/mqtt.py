@@ -9,20 +9,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action, BaseContext
+from amqtt.errors import BrokerError
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 from sqlalchemy import Engine
 from sqlmodel import Session as DbSession
 from sqlmodel import select
 
-from ecpds.core.db import make_engine
 from ecpds.core.models import DataUser, DataUserDestination, Destination
 from ecpds.core.secrets import verify_password
 from ecpds.core.settings import Settings
+
+if TYPE_CHECKING:
+    from ecpds.portal.server import Portal
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +142,22 @@ def broker_config(settings: Settings, grants: Grants) -> dict[str, Any]:
     }
 
 
-async def serve_mqtt(settings: Settings, stop: asyncio.Event, engine: Engine | None = None) -> None:
+async def run_broker(settings: Settings, engine: Engine, stop: asyncio.Event) -> None:
     """Run the broker on settings.mqtt_port until `stop` is set."""
-    own_engine = engine is None
-    grants = Grants(engine if engine is not None else make_engine(settings.catalog_url))
-    broker = Broker(broker_config(settings, grants))
-    await broker.start()
+    broker = Broker(broker_config(settings, Grants(engine)))
+    try:
+        await broker.start()
+    except (BrokerError, OSError) as exc:
+        from ecpds.portal.server import PortalError
+
+        where = f"{settings.bind}:{settings.mqtt_port}"
+        raise PortalError(f"MQTT cannot listen on {where}: {exc}") from None
     try:
         await stop.wait()
     finally:
         await broker.shutdown()
-        if own_engine:
-            grants.engine.dispose()
+
+
+async def serve_mqtt(portal: Portal, stop: asyncio.Event) -> None:
+    """The portal's MQTT server (see ecpds.portal.server.SERVERS)."""
+    await run_broker(portal.settings, portal.engine, stop)

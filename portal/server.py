@@ -22,6 +22,7 @@ from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.portal.api.app import create_app
+from ecpds.portal.mqtt import serve_mqtt
 from ecpds.portal.tls import ensure_certificate
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ async def serve_https(portal: Portal, stop: asyncio.Event) -> None:
 
 # Other front ends append their server here (one line each); each runs until `stop`.
 SERVERS: list[PortalServer] = [serve_https]
+SERVERS.append(serve_mqtt)
 
 
 def open_portal(settings: Settings) -> Portal:

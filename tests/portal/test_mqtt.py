@@ -15,7 +15,7 @@ from ecpds.core.devserver import free_port
 from ecpds.core.models import DataUser, DataUserDestination, Destination
 from ecpds.core.secrets import hash_password
 from ecpds.core.settings import Settings
-from ecpds.portal.mqtt import serve_mqtt, topic_matches
+from ecpds.portal.mqtt import run_broker, topic_matches
 
 READER_PASSWORD = "reader-password-1"
 ADMIN_PASSWORD = "admin-password-1"
@@ -35,7 +35,7 @@ async def broker(engine: Engine, settings: Settings) -> AsyncIterator[int]:
     port = free_port()
     stop = asyncio.Event()
     task = asyncio.create_task(
-        serve_mqtt(settings.model_copy(update={"mqtt_port": port}), stop, engine)
+        run_broker(settings.model_copy(update={"mqtt_port": port}), engine, stop)
     )
     for _ in range(100):
         try:
@@ -89,3 +89,18 @@ async def test_wrong_password_and_anonymous_are_refused(broker: int) -> None:
     anonymous = MQTTClient(config={"auto_reconnect": False})
     with pytest.raises(ConnectError):
         await anonymous.connect(f"mqtt://127.0.0.1:{broker}/")
+
+
+async def test_taken_port_is_one_line_error(engine: Engine, settings: Settings) -> None:
+    from ecpds.portal.server import PortalError
+
+    taken = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = taken.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(PortalError, match=f"MQTT cannot listen on 127.0.0.1:{port}"):
+            await run_broker(
+                settings.model_copy(update={"mqtt_port": port}), engine, asyncio.Event()
+            )
+    finally:
+        taken.close()
+        await taken.wait_closed()
