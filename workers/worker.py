@@ -1,0 +1,51 @@
+"""The ecpds worker: the only place that lists workflows and activities."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from ecpds.activities.dissemination import DisseminationActivities
+from ecpds.core.db import open_catalog
+from ecpds.core.secrets import CredentialBox, load_or_create_key
+from ecpds.core.settings import Settings
+from ecpds.core.store import Store
+from ecpds.workers.queues import dissemination_queue
+from ecpds.workflows.destination import DestinationWorkflow
+from ecpds.workflows.transfer import TransferWorkflow
+
+
+def build_worker(client: Client, settings: Settings) -> Worker:
+    """A worker for the dissemination queue, with the catalog, store and credential key."""
+    activities = DisseminationActivities(
+        open_catalog(settings.catalog_url),
+        Store(settings.store_urls),
+        CredentialBox(load_or_create_key(settings.key_file)),
+    )
+    return Worker(
+        client,
+        task_queue=dissemination_queue(settings),
+        workflows=[DestinationWorkflow, TransferWorkflow],
+        activities=[
+            activities.load_destination,
+            activities.record,
+            activities.apply_operation,
+            activities.transmit,
+        ],
+        max_concurrent_activities=64,
+        max_concurrent_workflow_tasks=64,
+    )
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(settings.temporal_target, namespace=settings.temporal_namespace)
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run a worker until `stop` is set (or forever); in-flight activities finish first."""
+    client = await connect(settings)
+    worker = build_worker(client, settings)
+    async with worker:
+        await (stop or asyncio.Event()).wait()

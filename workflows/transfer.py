@@ -1,0 +1,80 @@
+"""TransferWorkflow: one transfer sent through its destination's hosts, one fail-over cycle.
+
+Started by the destination's scheduler with the host to begin with; each host is tried
+by its own retry count and frequency before the next one. The history is the transfer's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import Priority, RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from ecpds.activities.dissemination import DisseminationActivities, HostRef, TransmitInput
+
+DESTINATION = SearchAttributeKey.for_keyword("Destination")
+DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
+TRANSFER_STATUS = SearchAttributeKey.for_keyword("TransferStatus")
+PRIORITY = SearchAttributeKey.for_int("Priority")
+
+
+def task_priority(priority: int, destination: str) -> Priority:
+    """Temporal priority keys 1-5 from transfer priorities 0-99; fair between destinations."""
+    return Priority(priority_key=1 + min(max(priority, 0), 99) // 20, fairness_key=destination[:64])
+
+
+@dataclass
+class TransferInput:
+    transfer_id: int
+    destination: str
+    priority: int
+    start_count: int
+    hosts: list[HostRef] = field(default_factory=list)
+    first_host: int = 0
+    heartbeat_timeout: float = 30.0
+
+
+@dataclass
+class TransferOutput:
+    done: bool
+    host_index: int
+    error: str | None = None
+    md5: str | None = None
+    bytes_sent: int = 0
+
+
+@workflow.defn
+class TransferWorkflow:
+    @workflow.run
+    async def run(self, request: TransferInput) -> TransferOutput:
+        count = len(request.hosts)
+        error = "the destination has no active dissemination host"
+        index = request.first_host
+        for step in range(count):
+            index = (request.first_host + step) % count
+            host = request.hosts[index]
+            try:
+                sent = await workflow.execute_activity_method(
+                    DisseminationActivities.transmit,
+                    TransmitInput(request.transfer_id, host.id, request.start_count),
+                    start_to_close_timeout=timedelta(days=1),
+                    heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout),
+                    retry_policy=RetryPolicy(
+                        initial_interval=timedelta(seconds=max(1, host.retry_frequency)),
+                        backoff_coefficient=1.0,
+                        maximum_attempts=host.retry_count + 1,
+                    ),
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    priority=task_priority(request.priority, request.destination),
+                )
+            except ActivityError as exc:
+                error = f"host {host.name}: {exc.cause or exc}"
+                continue
+            workflow.upsert_search_attributes([TRANSFER_STATUS.value_set("DONE")])
+            return TransferOutput(True, index, md5=sent.md5, bytes_sent=sent.bytes_sent)
+        workflow.upsert_search_attributes([TRANSFER_STATUS.value_set("RETR")])
+        return TransferOutput(False, index, error)
