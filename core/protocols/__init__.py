@@ -25,6 +25,7 @@ __all__ = [
     "ProtocolError",
     "check_host",
     "load",
+    "open_remote",
     "options_dataclass",
     "parse_options",
     "parse_url",
@@ -197,3 +198,18 @@ def check_host(
     opts = parse_options(module.Options, options, parsed.where)
     creds = check_credentials(parsed, credentials, module.CREDENTIALS)
     module.check(parsed, opts, creds)
+
+
+def open_remote(
+    host_name: str,
+    url: str,
+    options: Mapping[str, Any] | None,
+    credentials: Mapping[str, str] | None,
+) -> Any:
+    """A connected `Remote` for the host (see `ecpds.core.protocols.base.Remote`)."""
+    parsed = parse_url(url)
+    module = load(parsed.scheme)
+    opts = parse_options(module.Options, options, f"{parsed.scheme} host {host_name}")
+    creds = check_credentials(parsed, credentials, module.CREDENTIALS)
+    module.check(parsed, opts, creds)
+    return module.connect(host_name, parsed, opts, creds)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
+import asyncssh
+from fsspec.asyn import sync
 from pydantic import Field
+from sshfs import SSHFileSystem
 
 from ecpds.core.protocols import CommonOptions, HostUrl, ProtocolError, options_dataclass
+from ecpds.core.protocols.base import FsspecRemote
 
 CREDENTIALS = frozenset({"password", "private_key", "passphrase"})
 
@@ -34,3 +41,108 @@ def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
             f"{url.where}: option 'host_key' must be a fingerprint like SHA256:...",
             retryable=False,
         )
+
+
+class _PinnedHostKey(asyncssh.SSHClient):
+    """Accepts the server only if its host key has the configured fingerprint."""
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+        self.seen: str | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: Any) -> bool:
+        algorithm = "md5" if self.fingerprint.startswith("MD5:") else "sha256"
+        self.seen = key.get_fingerprint(algorithm)
+        return self.seen == self.fingerprint
+
+
+class SftpRemote(FsspecRemote):
+    fs: SSHFileSystem
+
+    def open_kwargs(self) -> dict[str, Any]:
+        opts: Options = self.options  # type: ignore[assignment]
+        # sshfs splits each write into `max_requests` pipelined SFTP requests.
+        block = max(opts.chunk_size // opts.requests, 32 * 1024)
+        return {"block_size": min(block, 255 * 1024), "max_requests": opts.requests}
+
+    def _finish(self, path: str) -> None:
+        mode = self.options.mode  # type: ignore[attr-defined]
+        if mode:
+
+            async def chmod() -> None:
+                async with self.fs._pool.get() as channel:
+                    await channel.chmod(path, int(mode, 8))
+
+            sync(self.fs.loop, chmod)
+
+    def explain(self, exc: BaseException) -> tuple[str, bool] | None:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, asyncssh.SFTPFailure) and "space" in str(cause.reason).lower():
+            return "remote disk full", True
+        if isinstance(cause, asyncssh.SFTPError):
+            return f"SFTP error: {cause.reason or type(cause).__name__}", True
+        if isinstance(cause, asyncssh.ConnectionLost):
+            return f"connection lost ({cause.reason})", True
+        return None
+
+    def close(self) -> None:
+        fs, self.fs = self.fs, None  # type: ignore[assignment]
+        if fs is None:
+            return
+        with contextlib.suppress(Exception):
+            sync(fs.loop, fs._pool.close, timeout=10)
+        with contextlib.suppress(Exception):
+            sync(fs.loop, fs._stack.aclose, timeout=10)
+
+
+def connect(
+    host_name: str, url: HostUrl, options: Options, credentials: dict[str, str]
+) -> SftpRemote:
+    kwargs: dict[str, Any] = {
+        "port": url.port or 22,
+        "username": url.user,
+        "connect_timeout": options.timeout,
+        "login_timeout": options.timeout,
+        "keepalive_interval": 30,
+        "skip_instance_cache": True,
+    }
+    if credentials.get("password"):
+        kwargs["password"] = credentials["password"]
+    if credentials.get("private_key"):
+        try:
+            key = asyncssh.import_private_key(
+                credentials["private_key"], credentials.get("passphrase") or None
+            )
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise ProtocolError(
+                f"sftp host {host_name}: the private_key credential is unusable ({exc})",
+                retryable=False,
+            ) from None
+        kwargs["client_keys"] = [key]
+    else:
+        kwargs["client_keys"] = None
+    pinned = _PinnedHostKey(options.host_key) if options.host_key else None
+    if pinned:
+        kwargs["known_hosts"] = b""
+        kwargs["client_factory"] = lambda: pinned
+    else:
+        kwargs["known_hosts"] = None
+    remote = SftpRemote(host_name, url, options, None)
+    try:
+        remote.fs = SSHFileSystem(url.host, **kwargs)
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, asyncssh.PermissionDenied):
+            raise ProtocolError(
+                remote.message(
+                    f"authentication failed for user {url.user!r} (check the password or key)"
+                )
+            ) from None
+        if isinstance(cause, asyncssh.HostKeyNotVerifiable) and pinned:
+            raise ProtocolError(
+                remote.message(
+                    f"host key {pinned.seen} does not match the configured {pinned.fingerprint}"
+                )
+            ) from None
+        raise remote.to_protocol_error(exc, "connecting") from None
+    return remote

@@ -1,0 +1,232 @@
+"""The `Remote` every protocol implements: streamed uploads, sizes, resume, close.
+
+Uploads go to a temporary name in the target's folder and are renamed when complete
+(where the protocol has a rename), so a remote site never sees half a file under its
+real name; missing folders are created on the way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import posixpath
+import socket
+import ssl
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ecpds.core.protocols import CommonOptions, HostUrl, ProtocolError
+from ecpds.core.store import StoreError
+
+Progress = Callable[[int], None]
+
+PART_SUFFIX = ".ecpds-part"
+
+
+class Remote:
+    """One connection to one host; subclasses implement the `_`-prefixed primitives."""
+
+    resumable = True  # whether an interrupted upload can continue from its partial size
+    renames = True  # whether the protocol can rename (else the final name is written)
+
+    def __init__(self, host_name: str, url: HostUrl, options: CommonOptions) -> None:
+        self.host_name = host_name
+        self.url = url
+        self.options = options
+
+    # --- naming ---------------------------------------------------------------------------
+
+    def path(self, target: str) -> str:
+        """The remote path of `target`, relative to the URL's folder; `..` is refused."""
+        parts = [p for p in target.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            raise ProtocolError(f"invalid target name {target!r}", retryable=False)
+        base = self.url.path or "/"
+        if base.startswith("/~/"):
+            base = base[3:]
+        return posixpath.join(base, *parts)
+
+    def staging_path(self, target: str) -> str:
+        """Where an upload of `target` is written before the rename into place."""
+        final = self.path(target)
+        if not (self.options.temp_name and self.renames):
+            return final
+        folder, name = posixpath.split(final)
+        return posixpath.join(folder, f".{name}{PART_SUFFIX}")
+
+    # --- public operations ----------------------------------------------------------------
+
+    def upload(
+        self,
+        target: str,
+        chunks: Iterable[bytes],
+        *,
+        offset: int = 0,
+        on_progress: Progress | None = None,
+    ) -> int:
+        """Write `chunks` to `target` (appending at `offset` if > 0); return bytes written."""
+        final = self.path(target)
+        staging = self.staging_path(target)
+        if offset and not self.resumable:
+            raise ProtocolError(
+                self.message(f"cannot resume {target!r} at {offset} over {self.url.scheme}"),
+                retryable=False,
+            )
+        counted = _counted(chunks, offset, on_progress)
+        with self.translated(f"uploading {target!r}"):
+            if self.options.mkdirs:
+                self._makedirs(posixpath.dirname(final))
+            try:
+                written = self._write(staging, counted, offset)
+            except BaseException:
+                if not self.resumable and staging != final:
+                    self._discard(staging)
+                raise
+            if staging != final:
+                self._rename(staging, final)
+            self._finish(final)
+        return written
+
+    def remote_size(self, target: str) -> int | None:
+        """Size of `target` on the host; None when it does not exist."""
+        with self.translated(f"reading the size of {target!r}"):
+            size = self._size(self.path(target))
+        return size
+
+    def partial_size(self, target: str) -> int:
+        """Bytes of an interrupted upload of `target` there are to resume from (0: none)."""
+        if not self.resumable:
+            return 0
+        with self.translated(f"reading the partial size of {target!r}"):
+            size = self._size(self.staging_path(target))
+        return size or 0
+
+    def delete(self, target: str) -> None:
+        with self.translated(f"deleting {target!r}"):
+            self._delete(self.path(target))
+
+    def close(self) -> None:
+        """Release the connection; safe to call twice."""
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- errors ---------------------------------------------------------------------------
+
+    def message(self, what: str) -> str:
+        return f"{self.url.scheme} host {self.host_name} ({self.url.where}): {what}"
+
+    @contextlib.contextmanager
+    def translated(self, doing: str) -> Iterator[None]:
+        """Turn library errors raised inside into one-line ProtocolErrors."""
+        try:
+            yield
+        except (ProtocolError, StoreError):
+            raise
+        except Exception as exc:
+            raise self.to_protocol_error(exc, doing) from exc
+
+    def explain(self, exc: BaseException) -> tuple[str, bool] | None:
+        """Protocol-specific (message, retryable) for `exc`; None to use the generic rules."""
+        return None
+
+    def to_protocol_error(self, exc: BaseException, doing: str) -> ProtocolError:
+        known = self.explain(exc)
+        if known is None:
+            known = _generic(exc, self.url)
+        text, retryable = known
+        return ProtocolError(self.message(f"{doing}: {text}"), retryable=retryable)
+
+    # --- primitives -----------------------------------------------------------------------
+
+    def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
+        raise NotImplementedError
+
+    def _rename(self, source: str, dest: str) -> None:
+        raise NotImplementedError
+
+    def _makedirs(self, folder: str) -> None:
+        raise NotImplementedError
+
+    def _size(self, path: str) -> int | None:
+        raise NotImplementedError
+
+    def _delete(self, path: str) -> None:
+        raise NotImplementedError
+
+    def _finish(self, path: str) -> None:
+        """After the rename: chmod and the like."""
+
+    def _discard(self, path: str) -> None:
+        """Remove a staging file that cannot be resumed, ignoring failures."""
+        with contextlib.suppress(Exception):
+            self._delete(path)
+
+
+class FsspecRemote(Remote):
+    """A Remote on an fsspec filesystem (local files, sshfs, and the cloud stores)."""
+
+    def __init__(self, host_name: str, url: HostUrl, options: CommonOptions, fs: Any) -> None:
+        super().__init__(host_name, url, options)
+        self.fs = fs
+
+    def open_kwargs(self) -> dict[str, Any]:
+        return {"block_size": self.options.chunk_size}
+
+    def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
+        written = 0
+        with self.fs.open(path, "ab" if offset else "wb", **self.open_kwargs()) as out:
+            for chunk in chunks:
+                out.write(chunk)
+                written += len(chunk)
+        return written
+
+    def _rename(self, source: str, dest: str) -> None:
+        self.fs.mv(source, dest)
+
+    def _makedirs(self, folder: str) -> None:
+        if folder not in ("", "/"):
+            self.fs.makedirs(folder, exist_ok=True)
+
+    def _size(self, path: str) -> int | None:
+        try:
+            return int(self.fs.info(path)["size"])
+        except FileNotFoundError:
+            return None
+
+    def _delete(self, path: str) -> None:
+        self.fs.rm_file(path)
+
+
+def _counted(chunks: Iterable[bytes], start: int, on_progress: Progress | None) -> Iterator[bytes]:
+    total = start
+    for chunk in chunks:
+        yield chunk
+        total += len(chunk)
+        if on_progress:
+            on_progress(total)
+
+
+def _generic(exc: BaseException, url: HostUrl) -> tuple[str, bool]:
+    """Messages for failures every protocol shares (sockets, TLS, local files)."""
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host {url.host!r}", True
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server running on that port?)", True
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message})", True
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc})", True
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "timed out", True
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "remote disk full (no space left or quota exceeded)", True
+    if isinstance(exc, PermissionError):
+        return f"permission denied ({exc.strerror or exc})", True
+    if isinstance(exc, ConnectionError):
+        return f"connection lost ({exc.strerror or type(exc).__name__})", True
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text, True

@@ -1,0 +1,153 @@
+"""Send one stored file to one host: compress, checksum and throttle in a single pass.
+
+`send` is synchronous (the transmit activity runs it in a thread); it reads the
+object once, verifying its ADLER32, while computing MD5 (and sha256/sha512 on
+request) of the bytes as delivered, and never holds more than a chunk in memory.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ecpds.core import compression
+from ecpds.core.checksums import Digest
+from ecpds.core.protocols import ProtocolError, open_remote
+from ecpds.core.protocols.base import Remote
+from ecpds.core.store import Store
+from ecpds.core.throttle import Throttle
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    data_file_id: str
+    size: int
+    adler32: str
+    host_name: str
+    host_url: str
+    host_options: dict[str, Any]
+    target: str
+    compression: str | None = None  # the destination's choice; else the host's options
+    resume_offset: int = 0
+    checksums: tuple[str, ...] = ()  # extra digests: "sha256", "sha512"
+
+
+@dataclass(frozen=True)
+class SendResult:
+    bytes_sent: int  # bytes written in this attempt (after a resume: the rest only)
+    remote_size: int  # size of the delivered file (compressed size when compressed)
+    md5: str  # of the delivered bytes
+    target: str  # the final name, with the compression extension if any
+    seconds: float
+    extra: dict[str, str] = field(default_factory=dict)  # compression, sha256, sha512
+
+
+class SizeMismatch(ProtocolError):
+    pass
+
+
+def _codec(request: SendRequest, remote: Remote) -> compression.Codec | None:
+    opts = remote.options
+    try:
+        if request.compression:
+            return compression.get_codec(request.compression)
+        return compression.choose(
+            opts.compression,
+            opts.compression_pattern,
+            opts.compression_min_size,
+            request.target,
+            request.size,
+        )
+    except compression.CompressionError as exc:
+        raise ProtocolError(remote.message(str(exc)), retryable=False) from None
+
+
+def _skip(chunks: Iterable[bytes], offset: int) -> Iterator[bytes]:
+    """The stream without its first `offset` bytes."""
+    for chunk in chunks:
+        if offset >= len(chunk):
+            offset -= len(chunk)
+            continue
+        yield chunk[offset:] if offset else chunk
+        offset = 0
+
+
+def _digested(chunks: Iterable[bytes], digest: Digest) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+
+
+def final_target(request: SendRequest, codec: compression.Codec | None) -> str:
+    return request.target + codec.extension if codec else request.target
+
+
+def send(
+    store: Store,
+    request: SendRequest,
+    credentials: Mapping[str, str],
+    *,
+    progress: Callable[[int], None],
+) -> SendResult:
+    """Deliver the object; `progress` gets the bytes the remote holds so far."""
+    started = time.monotonic()
+    extra_sums = tuple(dict.fromkeys((*request.checksums, *_host_checksums(request))))
+    with open_remote(
+        request.host_name, request.host_url, request.host_options, credentials
+    ) as remote:
+        codec = _codec(request, remote)
+        target = final_target(request, codec)
+        offset = request.resume_offset if remote.resumable else 0
+        if offset and remote.partial_size(target) != offset:
+            offset = 0  # the partial upload changed or vanished: start over cleanly
+        opts = remote.options
+        stream: Iterable[bytes] = store.iter_bytes(
+            request.data_file_id, chunk_size=opts.chunk_size, adler32=request.adler32
+        )
+        if codec:
+            stream = codec.compress(stream, posixpath.basename(request.target))
+        digest = Digest(extra=extra_sums)
+        stream = _digested(stream, digest)
+        if offset:
+            stream = _skip(stream, offset)
+        throttle = Throttle(opts.max_rate, opts.min_rate, opts.min_rate_grace, opts.max_duration)
+        stream = throttle.apply(stream, remote.message(f"sending {target!r}"))
+        sent = remote.upload(target, stream, offset=offset, on_progress=progress)
+        remote_size = remote.remote_size(target)
+        if remote_size != digest.size:
+            raise SizeMismatch(
+                remote.message(
+                    f"{target!r} has {remote_size} bytes on the host, {digest.size} were sent"
+                )
+            )
+        if opts.md5_sidecar:
+            line = f"{digest.md5}  {posixpath.basename(target)}\n".encode()
+            remote.upload(f"{target}.md5", [line])
+    extra = {name: digest.hexdigest(name) for name in extra_sums}
+    if codec:
+        extra["compression"] = codec.name
+    return SendResult(
+        bytes_sent=sent,
+        remote_size=digest.size,
+        md5=digest.md5,
+        target=target,
+        seconds=time.monotonic() - started,
+        extra=extra,
+    )
+
+
+def _host_checksums(request: SendRequest) -> tuple[str, ...]:
+    return tuple(request.host_options.get("checksums") or ())
+
+
+def partial_offset(request: SendRequest, credentials: Mapping[str, str]) -> int:
+    """Bytes of an earlier, interrupted upload of this request that `send` can resume from."""
+    with open_remote(
+        request.host_name, request.host_url, request.host_options, credentials
+    ) as remote:
+        if not remote.resumable:
+            return 0
+        return remote.partial_size(final_target(request, _codec(request, remote)))
