@@ -31,6 +31,8 @@ class SendRequest:
     host_options: dict[str, Any]
     target: str
     compression: str | None = None  # the destination's choice; else the host's options
+    compression_pattern: str | None = None  # with `compression`: only targets matching it
+    compression_min_size: int = 0  # with `compression`: only files at least this big
     resume_offset: int = 0
     checksums: tuple[str, ...] = ()  # extra digests: "sha256", "sha512"
 
@@ -53,7 +55,13 @@ def _codec(request: SendRequest, remote: Remote) -> compression.Codec | None:
     opts = remote.options
     try:
         if request.compression:
-            return compression.get_codec(request.compression)
+            return compression.choose(
+                request.compression,
+                request.compression_pattern,
+                request.compression_min_size,
+                request.target,
+                request.size,
+            )
         return compression.choose(
             opts.compression,
             opts.compression_pattern,
@@ -92,7 +100,7 @@ def send(
     *,
     progress: Callable[[int], None],
 ) -> SendResult:
-    """Deliver the object; `progress` gets the bytes the remote holds so far."""
+    """Deliver the object; `progress` gets the bytes written so far in this call."""
     started = time.monotonic()
     extra_sums = tuple(dict.fromkeys((*request.checksums, *_host_checksums(request))))
     with open_remote(

@@ -64,7 +64,10 @@ class Remote:
         offset: int = 0,
         on_progress: Progress | None = None,
     ) -> int:
-        """Write `chunks` to `target` (appending at `offset` if > 0); return bytes written."""
+        """Write `chunks` to `target` (appending at `offset` if > 0); return bytes written.
+
+        `on_progress` gets the bytes written so far by this call (not counting `offset`).
+        """
         final = self.path(target)
         staging = self.staging_path(target)
         if offset and not self.resumable:
@@ -72,7 +75,7 @@ class Remote:
                 self.message(f"cannot resume {target!r} at {offset} over {self.url.scheme}"),
                 retryable=False,
             )
-        counted = _counted(chunks, offset, on_progress)
+        counted = _counted(chunks, on_progress)
         with self.translated(f"uploading {target!r}"):
             if self.options.mkdirs:
                 self._makedirs(posixpath.dirname(final))
@@ -201,8 +204,8 @@ class FsspecRemote(Remote):
         self.fs.rm_file(path)
 
 
-def _counted(chunks: Iterable[bytes], start: int, on_progress: Progress | None) -> Iterator[bytes]:
-    total = start
+def _counted(chunks: Iterable[bytes], on_progress: Progress | None) -> Iterator[bytes]:
+    total = 0
     for chunk in chunks:
         yield chunk
         total += len(chunk)
