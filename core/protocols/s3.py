@@ -1,0 +1,314 @@
+"""Amazon S3 and S3-compatible stores through s3fs: `s3://bucket/prefix`.
+
+Large files go up as multipart uploads with several parts in flight; an interrupted
+multipart upload is resumed from the parts the store already holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import socket
+from collections.abc import Coroutine, Iterable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+)
+from fsspec.asyn import sync
+from pydantic import Field
+from s3fs import S3FileSystem
+
+from ecpds.core.protocols import CommonOptions, HostUrl, MiB, ProtocolError, options_dataclass
+from ecpds.core.protocols.base import Remote
+
+CREDENTIALS = frozenset({"access_key_id", "secret_access_key", "session_token"})
+MIN_PART = 5 * MiB  # S3's smallest part but the last
+
+_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"}
+_MISSING = {"404", "NoSuchKey", "NotFound"}
+
+
+@options_dataclass(config={"extra": "forbid"})
+class Options(CommonOptions):
+    endpoint: str | None = None  # e.g. https://minio.example.org:9000; None = AWS
+    region: str | None = None
+    path_style: bool = False  # bucket in the path instead of the host name
+    multipart_threshold: int = Field(default=32 * MiB, ge=MIN_PART)
+    part_size: int = Field(default=32 * MiB, ge=MIN_PART, le=5 * 1024 * MiB)
+    concurrency: int = Field(default=4, ge=1, le=32)  # parts uploaded at once
+    verify_tls: bool = True
+    storage_class: str | None = None
+
+
+def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
+    if not url.host:
+        raise ProtocolError(
+            f"s3 URL {url.url!r} names no bucket (s3://bucket/prefix)", retryable=False
+        )
+    if url.user or url.port:
+        raise ProtocolError(
+            f"s3 URL {url.url!r}: use s3://bucket/prefix and put the server in option 'endpoint'",
+            retryable=False,
+        )
+    if options.endpoint is not None:
+        endpoint = urlsplit(options.endpoint)
+        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+            raise ProtocolError(
+                f"s3 bucket {url.host}: option 'endpoint' must be an http(s):// URL",
+                retryable=False,
+            )
+    if not (credentials.get("access_key_id") and credentials.get("secret_access_key")):
+        raise ProtocolError(
+            f"s3 bucket {url.host}: needs the access_key_id and secret_access_key credentials",
+            retryable=False,
+        )
+
+
+class S3Remote(Remote):
+    """Objects under one bucket; keys are the URL's prefix plus the target name."""
+
+    renames = False  # an object only appears, whole, when its upload completes
+
+    def __init__(self, host_name: str, url: HostUrl, options: Options, fs: S3FileSystem) -> None:
+        super().__init__(host_name, url, options)
+        self.fs = fs
+        self.bucket = url.host
+        self.endpoint = options.endpoint or "https://s3.amazonaws.com"
+
+    # --- S3 calls on s3fs's event loop ----------------------------------------------------
+
+    async def _acall(self, method: str, **kwargs: Any) -> Any:
+        client = await self.fs.set_session()
+        return await getattr(client, method)(Bucket=self.bucket, **kwargs)
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        return sync(self.fs.loop, self._acall, method, **kwargs)
+
+    def _submit(self, method: str, **kwargs: Any) -> concurrent.futures.Future:
+        coro: Coroutine[Any, Any, Any] = self._acall(method, **kwargs)
+        return asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
+
+    # --- primitives -----------------------------------------------------------------------
+
+    @staticmethod
+    def key(path: str) -> str:
+        return path.lstrip("/")
+
+    def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
+        opts: Options = self.options  # type: ignore[assignment]
+        key = self.key(path)
+        reader = _Reader(chunks)
+        extra = {"StorageClass": opts.storage_class} if opts.storage_class else {}
+        if offset:
+            upload_id, parts = self._resume(key, offset)
+        else:
+            head = reader.read(opts.multipart_threshold + 1)
+            if len(head) <= opts.multipart_threshold:
+                self._call("put_object", Key=key, Body=head, **extra)
+                return len(head)
+            reader.unread(head)
+            self._abort_pending(key)
+            upload_id = self._call("create_multipart_upload", Key=key, **extra)["UploadId"]
+            parts = []
+        written = self._send_parts(key, upload_id, parts, reader, opts)
+        ordered = sorted(parts, key=lambda p: p["PartNumber"])
+        self._call(
+            "complete_multipart_upload",
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": ordered},
+        )
+        return written
+
+    def _send_parts(
+        self, key: str, upload_id: str, parts: list[dict], reader: _Reader, opts: Options
+    ) -> int:
+        """Upload the rest of `reader` as parts after `parts`, `concurrency` at a time."""
+        number = len(parts)
+        written = 0
+        in_flight: list[tuple[int, int, concurrent.futures.Future]] = []
+
+        def settle(item: tuple[int, int, concurrent.futures.Future]) -> None:
+            nonlocal written
+            part_number, size, future = item
+            parts.append({"PartNumber": part_number, "ETag": future.result()["ETag"]})
+            written += size
+
+        try:
+            while data := reader.read(opts.part_size):
+                number += 1
+                future = self._submit(
+                    "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                )
+                in_flight.append((number, len(data), future))
+                del data
+                if len(in_flight) >= opts.concurrency:
+                    settle(in_flight.pop(0))
+            while in_flight:
+                settle(in_flight.pop(0))
+        except BaseException:
+            # Parts already on their way still count for a resume: let them land.
+            for _, _, future in in_flight:
+                with contextlib.suppress(Exception):
+                    future.result()
+            raise
+        return written
+
+    def _pending(self, key: str) -> list[dict]:
+        found = self._call("list_multipart_uploads", Prefix=key).get("Uploads", [])
+        return sorted((u for u in found if u["Key"] == key), key=lambda u: u["Initiated"])
+
+    def _abort_pending(self, key: str) -> None:
+        for upload in self._pending(key):
+            self._call("abort_multipart_upload", Key=key, UploadId=upload["UploadId"])
+
+    def _uploaded_parts(self, key: str) -> tuple[str, list[dict]] | None:
+        """The newest unfinished upload of `key` and its leading run of parts 1, 2, ..."""
+        pending = self._pending(key)
+        if not pending:
+            return None
+        upload_id = pending[-1]["UploadId"]
+        listed: list[dict] = []
+        marker = 0
+        while True:
+            page = self._call("list_parts", Key=key, UploadId=upload_id, PartNumberMarker=marker)
+            listed += page.get("Parts", [])
+            if not page.get("IsTruncated"):
+                break
+            marker = int(page["NextPartNumberMarker"])
+        parts = []
+        for expected, part in enumerate(sorted(listed, key=lambda p: p["PartNumber"]), 1):
+            if part["PartNumber"] != expected:
+                break
+            parts.append({"PartNumber": expected, "ETag": part["ETag"], "Size": part["Size"]})
+        return upload_id, parts
+
+    def _resume(self, key: str, offset: int) -> tuple[str, list[dict]]:
+        found = self._uploaded_parts(key)
+        held = sum(p["Size"] for p in found[1]) if found else 0
+        if found is None or held != offset:
+            raise ProtocolError(
+                self.message(f"cannot resume {key!r} at byte {offset}: the store holds {held}"),
+                retryable=True,
+            )
+        upload_id, parts = found
+        return upload_id, [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]
+
+    def partial_size(self, target: str) -> int:
+        with self.translated(f"reading the partial upload of {target!r}"):
+            found = self._uploaded_parts(self.key(self.path(target)))
+        return sum(p["Size"] for p in found[1]) if found else 0
+
+    def _makedirs(self, folder: str) -> None:
+        """S3 has no folders: keys with slashes need nothing created first."""
+
+    def _size(self, path: str) -> int | None:
+        try:
+            return int(self._call("head_object", Key=self.key(path))["ContentLength"])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return None
+            raise
+
+    def _delete(self, path: str) -> None:
+        self._call("delete_object", Key=self.key(path))
+
+    # --- errors ---------------------------------------------------------------------------
+
+    def explain(self, exc: BaseException) -> tuple[str, bool] | None:
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code == "NoSuchBucket":
+                return f"bucket {self.bucket!r} does not exist", True
+            if code in _DENIED or code == "403":
+                return "access denied (check access_key_id and secret_access_key)", True
+            return f"S3 error {code}: {error.get('Message') or exc}", True
+        if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
+            return _connection_problem(exc, self.endpoint), True
+        if isinstance(exc, BotoCoreError):
+            return " ".join(str(exc).split()), True
+        return None
+
+    def close(self) -> None:
+        fs, self.fs = self.fs, None  # type: ignore[assignment]
+        creator = getattr(fs, "_s3creator", None) if fs is not None else None
+        if creator is not None:
+            with contextlib.suppress(Exception):
+                sync(fs.loop, creator.__aexit__, None, None, None, timeout=10)
+
+
+class _Reader:
+    """Reads exact-size pieces out of an iterable of chunks of any size."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self._buffer = bytearray()
+
+    def read(self, size: int) -> bytes:
+        """`size` bytes, fewer only at the end of the data."""
+        while len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        with memoryview(self._buffer) as view:
+            piece = bytes(view[:size])
+        del self._buffer[:size]
+        return piece
+
+    def unread(self, piece: bytes) -> None:
+        self._buffer[:0] = piece
+
+
+def _connection_problem(exc: BaseException, endpoint: str) -> str:
+    """Why the endpoint could not be reached, from the exception chain."""
+    host = urlsplit(endpoint).hostname or endpoint
+    seen: BaseException | None = exc
+    causes: list[BaseException] = []
+    while seen is not None and len(causes) < 10:
+        causes.append(seen)
+        nested = getattr(seen, "kwargs", {}).get("error") if hasattr(seen, "kwargs") else None
+        seen = nested or getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
+    for cause in causes:
+        if isinstance(cause, socket.gaierror) or "DNS" in type(cause).__name__:
+            return f"unknown host {host!r} (endpoint {endpoint})"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused by {endpoint} (is the server running on that port?)"
+    if isinstance(exc, ConnectTimeoutError):
+        return f"timed out connecting to {endpoint}"
+    return f"cannot connect to {endpoint} ({type(causes[-1]).__name__})"
+
+
+def connect(host_name: str, url: HostUrl, options: Options, credentials: dict[str, str]) -> Remote:
+    config: dict[str, Any] = {
+        "connect_timeout": options.timeout,
+        "read_timeout": options.timeout,
+        "retries": {"max_attempts": 2, "mode": "standard"},
+        "max_pool_connections": max(10, options.concurrency * 2),
+        # Without a checksum header botocore signs each body's SHA-256, which already
+        # guards it; a CRC32 trailer on top only costs time.
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+    }
+    if options.path_style:
+        config["s3"] = {"addressing_style": "path"}
+    client: dict[str, Any] = {"verify": options.verify_tls}
+    if options.region:
+        client["region_name"] = options.region
+    fs = S3FileSystem(
+        key=credentials["access_key_id"],
+        secret=credentials["secret_access_key"],
+        token=credentials.get("session_token") or None,
+        endpoint_url=options.endpoint,
+        client_kwargs=client,
+        config_kwargs=config,
+        skip_instance_cache=True,
+    )
+    return S3Remote(host_name, url, options, fs)
