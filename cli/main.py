@@ -189,9 +189,12 @@ def worker(ctx: typer.Context) -> None:
 @reports_errors
 def portal(ctx: typer.Context) -> None:
     """Run the portal (REST API, data front ends, MQTT broker) until Ctrl-C or SIGTERM."""
-    from ecpds.portal.server import run
+    from ecpds.portal.server import PortalError, run
 
-    run(state_of(ctx).settings)
+    try:
+        run(state_of(ctx).settings)
+    except PortalError as exc:
+        raise CliError(str(exc)) from None
 
 
 def main() -> None:
