@@ -9,16 +9,18 @@ import base64
 import binascii
 import html
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from email.utils import format_datetime
-from typing import Annotated
+from typing import Annotated, Protocol
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from sqlalchemy import Engine
 from starlette.requests import ClientDisconnect
 
-from ecpds.core.ingest import IngestError
+from ecpds.core.ingest import Dispatcher, IngestError
+from ecpds.core.store import Store
 from ecpds.portal.access import (
     AccessError,
     AuthenticationFailed,
@@ -69,10 +71,23 @@ class _RangeNotSatisfiable(Exception):
         self.size = size
 
 
-def data_router(fs: PortalFS) -> APIRouter:
-    """The `/data/` routes over `fs`: `app.include_router(data_router(fs))`."""
+class Backing(Protocol):
+    """Where the portal's file system comes from (the API state; the dispatcher comes late)."""
+
+    engine: Engine
+    store: Store
+    dispatcher: Dispatcher | None
+
+
+def data_router(backing: Callable[[], Backing]) -> APIRouter:
+    """The `/data/` routes: `app.include_router(data_router(lambda: app.state.api))`."""
+
+    def current() -> PortalFS:
+        source = backing()
+        return PortalFS(source.engine, source.store, source.dispatcher)
 
     async def principal(request: Request) -> Principal:
+        fs = current()
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         try:
@@ -95,6 +110,7 @@ def data_router(fs: PortalFS) -> APIRouter:
     @router.get("/{path:path}")
     @router.head("/{path:path}")
     async def get(path: str, request: Request, user: User) -> Response:
+        fs = current()
         try:
             parts = split_path(path)
             entry = await asyncio.to_thread(fs.stat, user, parts)
@@ -110,6 +126,7 @@ def data_router(fs: PortalFS) -> APIRouter:
 
     @router.put("/{path:path}", status_code=201)
     async def put(path: str, request: Request, user: User) -> Response:
+        fs = current()
         try:
             parts = split_path(path)
             result = await fs.upload(user, parts, _body(request))
@@ -133,7 +150,7 @@ def data_router(fs: PortalFS) -> APIRouter:
     @router.delete("/{path:path}", status_code=204)
     async def delete(path: str, user: User) -> Response:
         try:
-            await asyncio.to_thread(fs.delete, user, split_path(path))
+            await asyncio.to_thread(current().delete, user, split_path(path))
         except AccessError as exc:
             return _error(exc)
         return Response(status_code=204)

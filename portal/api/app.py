@@ -17,6 +17,7 @@ from ecpds.core.store import Store, StoreError
 from ecpds.portal.api import aliases, destinations, files, health, hosts, site, tokens, transfers
 from ecpds.portal.api import users as users_router
 from ecpds.portal.api.deps import ApiState
+from ecpds.portal.web import data_router
 
 PREFIX = "/api/v1"
 ROUTERS: tuple[APIRouter, ...] = (
@@ -88,5 +89,6 @@ def create_app(
     for router in ROUTERS:
         api.include_router(router)
     app.include_router(api)
+    app.include_router(data_router(lambda: app.state.api))
     _install_error_handlers(app)
     return app

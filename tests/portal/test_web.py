@@ -33,7 +33,7 @@ BOB = ("bob", BOB_PASSWORD)
 @pytest.fixture
 def web(portal: Portal, loop_thread: LoopThread, certificate: tuple[Path, Path]) -> Iterator[str]:
     app = FastAPI()
-    app.include_router(data_router(portal.fs))
+    app.include_router(data_router(lambda: portal.fs))
     port = free_port()
     config = uvicorn.Config(
         app,
