@@ -235,10 +235,7 @@ def _admin_note(settings: Settings, first_start: bool) -> str:
     if first_start and admin_file.is_file():
         with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError):
             saved = tomllib.loads(admin_file.read_text())
-            return (
-                f"user {saved['api_user']} password {saved['api_password']} "
-                f"(created now, saved in {admin_file})"
-            )
+            return f"password {saved['api_password']} (created now, saved in {admin_file})"
     return f"see {admin_file}"
 
 
@@ -263,12 +260,9 @@ def service_table(settings: Settings, supervisor: Supervisor, first_start: bool)
     openapi = _openapi_url(base)
     if openapi:
         table.add_row("OpenAPI", openapi, "")
-    deadline = time.monotonic() + 5
     for label, attr in EXTRA_PORTS:
         port = getattr(settings, attr)
-        while not answers(settings.bind, port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if answers(settings.bind, port):
+        if answers(settings.public_host, port):
             table.add_row(label, f"{settings.public_host}:{port}", f"ECPDS_{attr.upper()}")
     catalog = make_url(settings.catalog_url).render_as_string(hide_password=True)
     table.add_row("Catalog", catalog, "")

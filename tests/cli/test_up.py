@@ -1,0 +1,302 @@
+"""End to end: `ecpds up` in a temporary folder, the CLI and REST API against it, `ecpds down`.
+
+`ecpds up` runs as a real subprocess (Temporal dev server, worker, portal); the CLI runs
+in-process through CliRunner against the portal it started.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner, Result
+
+from ecpds.cli.main import app
+from ecpds.core.devserver import free_port
+
+ECPDS = Path(sys.executable).parent / "ecpds"
+PORTS = (
+    "temporal_port",
+    "temporal_ui_port",
+    "https_port",
+    "ftp_port",
+    "sftp_port",
+    "s3_port",
+    "mqtt_port",
+)
+SITE = """
+[[host]]
+name = "local1"
+url = "file://{remote}"
+
+[[destination]]
+name = "dest1"
+hosts = ["local1"]
+max_connections = 2
+
+[[destination]]
+name = "mirror"
+
+[[alias]]
+name = "dest1-mirror"
+source = "dest1"
+target = "mirror"
+
+[[user]]
+name = "reader"
+password = "${{READER_PASSWORD}}"
+destinations = ["dest1"]
+"""
+READER_PASSWORD = "reader-secret-1"
+
+runner = CliRunner()
+
+
+@dataclass
+class Running:
+    home: Path
+    env: dict[str, str]
+    process: subprocess.Popen[str]
+    output: str
+
+    def port(self, name: str) -> int:
+        return int(self.env[f"ECPDS_{name.upper()}"])
+
+    @property
+    def api(self) -> str:
+        return f"https://127.0.0.1:{self.port('https_port')}/api/v1"
+
+    def cli(self, *args: str, **env: str) -> Result:
+        return runner.invoke(app, list(args), env={**self.env, **env})
+
+    def admin(self) -> httpx.Client:
+        saved = tomllib.loads((self.home / "admin.toml").read_text())
+        auth = (saved["api_user"], saved["api_password"])
+        return httpx.Client(base_url=self.api, auth=auth, verify=False, timeout=30)
+
+
+def start(folder: Path, env: dict[str, str]) -> Running:
+    process = subprocess.Popen(
+        [str(ECPDS), "up"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("ready:"):
+            break
+    output = "".join(lines)
+    if process.poll() is not None:
+        pytest.fail(f"ecpds up exited with code {process.returncode}:\n{output}")
+    return Running(folder / "var", env, process, output)
+
+
+def stop(running: Running) -> str:
+    pids = {
+        name: int(pid)
+        for name, pid in (
+            line.split() for line in (running.home / "run" / "ecpds.pids").read_text().splitlines()
+        )
+    }
+    assert set(pids) == {"up", "temporal", "worker", "portal"}
+    down = subprocess.run(
+        [str(ECPDS), "down"],
+        cwd=running.home.parent,
+        env=running.env,
+        capture_output=True,
+        text=True,
+    )
+    assert down.returncode == 0, down.stderr
+    rest, _ = running.process.communicate(timeout=120)
+    assert running.process.returncode == 0, rest
+    for name, pid in pids.items():
+        assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"{name} (pid {pid}) is alive"
+    assert leftovers(running.home) == []
+    assert not (running.home / "run" / "ecpds.pids").exists()
+    return rest
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def leftovers(home: Path) -> list[str]:
+    """Processes whose command line or environment names `home` (found through /proc)."""
+    found = []
+    marks = (str(home).encode(), f"ECPDS_HOME={home}".encode())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            environ = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if _zombie(int(proc.name)):
+            continue
+        if any(mark in cmdline for mark in marks) or marks[1] in environ.split(b"\0"):
+            command = cmdline.replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{proc.name}: {command}")
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    found += [line for line in ps.splitlines() if str(home) in line and "ps -eo" not in line]
+    return found
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    if not ECPDS.exists():
+        pytest.skip(f"the ecpds command is not installed beside {sys.executable}")
+    folder = tmp_path_factory.mktemp("up")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECPDS_")}
+    env |= {f"ECPDS_{name.upper()}": str(free_port()) for name in PORTS}
+    env |= {"ECPDS_HOME": str(folder / "var"), "COLUMNS": "200"}
+    running = start(folder, env)
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.process.terminate()
+            running.process.communicate(timeout=120)
+
+
+def test_up_prints_every_service_and_first_credentials(system: Running) -> None:
+    password = tomllib.loads((system.home / "admin.toml").read_text())["api_password"]
+    assert (system.home / "admin.toml").stat().st_mode & 0o777 == 0o600
+    for text in (
+        f"127.0.0.1:{system.port('temporal_port')}",
+        f"http://127.0.0.1:{system.port('temporal_ui_port')}",
+        system.api,
+        f"127.0.0.1:{system.port('mqtt_port')}",
+        f"password {password}",
+    ):
+        assert text in system.output
+    ui = httpx.get(f"http://127.0.0.1:{system.port('temporal_ui_port')}/", timeout=30)
+    assert ui.status_code == 200
+
+
+def test_apply_site_twice_then_read_back(system: Running, tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(SITE.format(remote=tmp_path / "remote"))
+    first = system.cli("apply", "-f", str(site), "--json", READER_PASSWORD=READER_PASSWORD)
+    assert first.exit_code == 0, first.output
+    assert sorted(json.loads(first.stdout)["created"]) == sorted(
+        [
+            "host local1",
+            "destination dest1",
+            "destination mirror",
+            "alias dest1-mirror",
+            "user reader",
+        ]
+    )
+    again = system.cli("apply", "-f", str(site), "--json", READER_PASSWORD=READER_PASSWORD)
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert report["created"] == [] and report["updated"] == []
+    assert len(report["unchanged"]) == 5
+
+    with system.admin() as api:
+        dest1 = api.get("/destinations/dest1").json()
+        assert dest1["hosts"] == ["local1"] and dest1["max_connections"] == 2
+        assert api.get("/users/reader").json()["destinations"] == ["dest1"]
+    with httpx.Client(base_url=system.api, verify=False, auth=("reader", READER_PASSWORD)) as api:
+        assert [d["name"] for d in api.get("/destinations").json()] == ["dest1"]
+
+    listed = system.cli("destination", "list", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert sorted(d["name"] for d in json.loads(listed.stdout)) == ["dest1", "mirror"]
+    host = json.loads(system.cli("host", "show", "local1", "--json").stdout)
+    assert host["url"] == f"file://{tmp_path / 'remote'}"
+    aliases = json.loads(system.cli("alias", "list", "--json").stdout)
+    assert [(a["source"], a["target"]) for a in aliases] == [("dest1", "mirror")]
+    table = system.cli("destination", "list")
+    assert table.exit_code == 0 and "dest1" in table.stdout and "local1" in table.stdout
+
+
+def test_put_stores_the_file_with_its_md5(system: Running, tmp_path: Path) -> None:
+    product = tmp_path / "forecast.grib"
+    product.write_bytes(os.urandom(3 << 20) + b"end")
+    result = system.cli("put", str(product), "-d", "dest1", "--json", "-m", "step=12")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    md5 = hashlib.md5(product.read_bytes()).hexdigest()
+    assert answer["md5"] == md5 and answer["size"] == product.stat().st_size
+    assert len(answer["transfers"]) == 2  # dest1 and its alias mirror
+    stored = system.home / "store" / answer["id"][:2] / answer["id"]
+    assert hashlib.md5(stored.read_bytes()).hexdigest() == md5
+    with system.admin() as api:
+        data_file = api.get(f"/files/{answer['id']}").json()
+    assert data_file["md5"] == md5 and data_file["meta"] == {"step": "12"}
+
+
+def test_bad_input_is_one_line_and_changes_nothing(system: Running, tmp_path: Path) -> None:
+    with system.admin() as api:
+        before = (api.get("/destinations").json(), api.get("/files").json())
+
+    typo = tmp_path / "site.toml"
+    typo.write_text('[[destination]]\nname = "x"\nmax_conections = 3\n')
+    missing = tmp_path / "secret.toml"
+    missing.write_text('[[user]]\nname = "u2"\npassword = "${NOT_SET_ANYWHERE}"\n')
+    product = tmp_path / "p.bin"
+    product.write_bytes(b"payload")
+    cases = [
+        (
+            system.cli("apply", "-f", str(typo)),
+            "site.toml: destination 'x': unknown key 'max_conections'",
+        ),
+        (
+            system.cli("apply", "-f", str(missing)),
+            "environment variable 'NOT_SET_ANYWHERE' (in 'password') is not set",
+        ),
+        (
+            system.cli("destination", "list", ECPDS_API_PASSWORD="wrong-password"),
+            "refused the credentials of 'admin' (HTTP 401)",
+        ),
+        (system.cli("put", str(product), "-d", "nowhere"), "nowhere"),
+        (system.cli("destination", "show", "nowhere"), "nowhere"),
+    ]
+    for result, message in cases:
+        assert result.exit_code == 1, result.output
+        error = result.stderr.strip().splitlines()[-1]  # put's progress bar comes first
+        assert error.startswith("error: ") and message in error, result.stderr
+        assert "Traceback" not in result.output
+
+    with system.admin() as api:
+        after = (api.get("/destinations").json(), api.get("/files").json())
+    assert after == before
+
+
+def test_down_stops_everything_and_up_again_keeps_data(system: Running) -> None:
+    with system.admin() as api:
+        files = api.get("/files").json()
+    admin_file = (system.home / "admin.toml").read_text()
+    stop(system)
+
+    again = start(system.home.parent, system.env)
+    try:
+        assert f"see {system.home / 'admin.toml'}" in again.output
+        assert (system.home / "admin.toml").read_text() == admin_file
+        with again.admin() as api:
+            assert api.get("/files").json() == files
+            assert api.get("/destinations/dest1").json()["hosts"] == ["local1"]
+        taken = runner.invoke(app, ["up"], env=again.env)
+        assert taken.exit_code == 1
+        assert "already running" in taken.stderr
+    finally:
+        stop(again)
