@@ -10,7 +10,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import socket
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +26,7 @@ from s3fs import S3FileSystem
 
 from ecpds.core.protocols import CommonOptions, HostUrl, MiB, ProtocolError, options_dataclass
 from ecpds.core.protocols.base import Remote
+from ecpds.core.protocols.parts import PartReader, send_parts
 
 CREDENTIALS = frozenset({"access_key_id", "secret_access_key", "session_token"})
 MIN_PART = 5 * MiB  # S3's smallest part but the last
@@ -103,7 +104,7 @@ class S3Remote(Remote):
     def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
         opts: Options = self.options  # type: ignore[assignment]
         key = self.key(path)
-        reader = _Reader(chunks)
+        reader = PartReader(chunks)
         extra = {"StorageClass": opts.storage_class} if opts.storage_class else {}
         if offset:
             upload_id, parts = self._resume(key, offset)
@@ -127,38 +128,23 @@ class S3Remote(Remote):
         return written
 
     def _send_parts(
-        self, key: str, upload_id: str, parts: list[dict], reader: _Reader, opts: Options
+        self, key: str, upload_id: str, parts: list[dict], reader: PartReader, opts: Options
     ) -> int:
-        """Upload the rest of `reader` as parts after `parts`, `concurrency` at a time."""
-        number = len(parts)
-        written = 0
-        in_flight: list[tuple[int, int, concurrent.futures.Future]] = []
+        def submit(number: int, data: bytes) -> concurrent.futures.Future:
+            return self._submit(
+                "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            )
 
-        def settle(item: tuple[int, int, concurrent.futures.Future]) -> None:
-            nonlocal written
-            part_number, size, future = item
-            parts.append({"PartNumber": part_number, "ETag": future.result()["ETag"]})
-            written += size
-
-        try:
-            while data := reader.read(opts.part_size):
-                number += 1
-                future = self._submit(
-                    "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data
-                )
-                in_flight.append((number, len(data), future))
-                del data
-                if len(in_flight) >= opts.concurrency:
-                    settle(in_flight.pop(0))
-            while in_flight:
-                settle(in_flight.pop(0))
-        except BaseException:
-            # Parts already on their way still count for a resume: let them land.
-            for _, _, future in in_flight:
-                with contextlib.suppress(Exception):
-                    future.result()
-            raise
-        return written
+        return send_parts(
+            reader,
+            part_size=opts.part_size,
+            concurrency=opts.concurrency,
+            first_number=len(parts) + 1,
+            submit=submit,
+            settled=lambda number, result: parts.append(
+                {"PartNumber": number, "ETag": result["ETag"]}
+            ),
+        )
 
     def _pending(self, key: str) -> list[dict]:
         found = self._call("list_multipart_uploads", Prefix=key).get("Uploads", [])
@@ -242,29 +228,6 @@ class S3Remote(Remote):
         if creator is not None:
             with contextlib.suppress(Exception):
                 sync(fs.loop, creator.__aexit__, None, None, None, timeout=10)
-
-
-class _Reader:
-    """Reads exact-size pieces out of an iterable of chunks of any size."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks: Iterator[bytes] = iter(chunks)
-        self._buffer = bytearray()
-
-    def read(self, size: int) -> bytes:
-        """`size` bytes, fewer only at the end of the data."""
-        while len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        with memoryview(self._buffer) as view:
-            piece = bytes(view[:size])
-        del self._buffer[:size]
-        return piece
-
-    def unread(self, piece: bytes) -> None:
-        self._buffer[:0] = piece
 
 
 def _connection_problem(exc: BaseException, endpoint: str) -> str:
