@@ -270,7 +270,7 @@ class DisseminationActivities:
 
         def progress(count: int) -> None:
             nonlocal sent
-            sent = offset + count
+            sent = count
             if cancelled.is_set():
                 raise TransmitCancelled("interrupted by an operator")
 
@@ -308,7 +308,7 @@ class DisseminationActivities:
             )
             await self._run(self._failed, request, message)
             raise ApplicationError(message, type="SizeMismatch")
-        await self._run(self._done, request, result, seconds)
+        await self._run(self._done, request, result, offset, seconds)
         return TransmitOutput(
             bytes_sent=result.bytes_sent,
             md5=result.md5 or "",
@@ -371,13 +371,13 @@ class DisseminationActivities:
                 transfer.last_error = message
                 session.add(transfer)
 
-    def _done(self, request: TransmitInput, result: Any, seconds: float) -> None:
+    def _done(self, request: TransmitInput, result: Any, offset: int, seconds: float) -> None:
         with session_scope(self.engine) as session:
             transfer = session.get(DataTransfer, request.transfer_id)
             if transfer is not None:
                 transfer.status = TransferStatus.DONE
                 transfer.finished = datetime.now(UTC)
-                transfer.bytes_sent = result.bytes_sent
+                transfer.bytes_sent = offset + result.bytes_sent
                 transfer.size_sent = result.remote_size
                 transfer.rate = result.bytes_sent / seconds if seconds > 0 else None
                 transfer.last_error = None

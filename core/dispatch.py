@@ -26,8 +26,9 @@ def destination_workflow_id(name: str) -> str:
     return f"destination-{name}"
 
 
-def transfer_workflow_id(transfer_id: int) -> str:
-    return f"transfer-{transfer_id}"
+def transfer_workflow_id(destination: str, transfer_id: int) -> str:
+    """Derived from the transfer id; the destination in it keeps catalogs apart on one server."""
+    return f"transfer-{destination}-{transfer_id}"
 
 
 @dataclass
@@ -115,7 +116,7 @@ class TemporalDispatcher:
     async def _signal(self, destination: str, signal: str, arg: object) -> None:
         await self.client.start_workflow(
             DESTINATION_WORKFLOW,
-            destination,
+            {"destination": destination},  # the workflow's DestinationInput
             id=destination_workflow_id(destination),
             task_queue=self.task_queue,
             start_signal=signal,

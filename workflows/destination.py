@@ -274,7 +274,7 @@ class DestinationWorkflow:
                     hosts=hosts,
                     first_host=first,
                 ),
-                id=child_id(entry.id),
+                id=child_id(self.name, entry.id),
                 parent_close_policy=ParentClosePolicy.ABANDON,
                 priority=task_priority(entry.priority, self.name),
                 search_attributes=TypedSearchAttributes(

@@ -35,7 +35,7 @@ class TransferInput:
     start_count: int
     hosts: list[HostRef] = field(default_factory=list)
     first_host: int = 0
-    heartbeat_timeout: float = 30.0
+    heartbeat_timeout: float = 15.0
 
 
 @dataclass

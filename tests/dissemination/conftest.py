@@ -1,0 +1,165 @@
+"""Dissemination fixtures: a worker on a fresh task queue, and helpers to set up destinations."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
+from temporalio.client import Client
+
+from ecpds.core import catalog
+from ecpds.core.db import session_scope
+from ecpds.core.dispatch import TemporalDispatcher, destination_workflow_id
+from ecpds.core.ingest import ingest
+from ecpds.core.models import (
+    AliasCreate,
+    DataTransfer,
+    Destination,
+    DestinationCreate,
+    HostCreate,
+    HostUpdate,
+)
+from ecpds.core.secrets import CredentialBox, load_or_create_key
+from ecpds.core.settings import Settings
+from ecpds.core.store import Store
+from ecpds.workers.worker import build_worker
+from ecpds.workflows.destination import DestinationWorkflow
+
+
+@dataclass
+class Dissemination:
+    """A running worker and what a test needs to drive it."""
+
+    settings: Settings
+    client: Client
+    engine: Engine
+    store: Store
+    box: CredentialBox
+    dispatcher: TemporalDispatcher
+    tmp: Path
+
+    def name(self, prefix: str) -> str:
+        """Destination names are global on the shared Temporal server: make them unique."""
+        return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    def add_host(self, name: str, url: str, **fields: Any) -> None:
+        with session_scope(self.engine) as session:
+            catalog.create_host(
+                session, box=self.box, data=HostCreate(name=name, url=url, **fields)
+            )
+
+    def update_host(self, name: str, **fields: Any) -> None:
+        with session_scope(self.engine) as session:
+            catalog.update_host(session, box=self.box, name=name, data=HostUpdate(**fields))
+
+    def add_destination(self, name: str, hosts: list[str], **fields: Any) -> None:
+        with session_scope(self.engine) as session:
+            catalog.create_destination(
+                session, data=DestinationCreate(name=name, hosts=hosts, **fields)
+            )
+
+    def add_alias(self, name: str, source: str, target: str, **fields: Any) -> None:
+        with session_scope(self.engine) as session:
+            catalog.create_alias(
+                session, data=AliasCreate(name=name, source=source, target=target, **fields)
+            )
+
+    async def put(self, destination: str, name: str, data: bytes, **options: Any) -> list[int]:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        result = await ingest(
+            engine=self.engine,
+            store=self.store,
+            destination=destination,
+            name=name,
+            chunks=chunks(),
+            dispatcher=self.dispatcher,
+            **options,
+        )
+        return result.transfer_ids
+
+    def transfers(self, ids: list[int]) -> list[DataTransfer]:
+        with session_scope(self.engine) as session:
+            return [t for i in ids if (t := session.get(DataTransfer, i)) is not None]
+
+    def destination(self, name: str) -> Destination:
+        with session_scope(self.engine) as session:
+            found = session.exec(select(Destination).where(Destination.name == name)).first()
+            assert found is not None
+            return found
+
+    async def wait_for(self, ids: list[int], *statuses: str, timeout: float = 60) -> list[Any]:
+        """Poll the catalog until every transfer has one of `statuses`; fail after `timeout`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            rows = self.transfers(ids)
+            if all(t.status in statuses for t in rows):
+                return rows
+            if asyncio.get_running_loop().time() > deadline:
+                seen = {t.id: (t.status, t.last_error) for t in rows}
+                pytest.fail(f"transfers never reached {statuses}: {seen}")
+            await asyncio.sleep(0.2)
+
+    async def wait_destination(self, name: str, check: Any, timeout: float = 60) -> Destination:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            dest = self.destination(name)
+            if check(dest):
+                return dest
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"destination {name} never got there: {dest.status} {dest.on_hold}")
+            await asyncio.sleep(0.2)
+
+    async def view(self, destination: str) -> Any:
+        handle = self.client.get_workflow_handle(destination_workflow_id(destination))
+        return await handle.query(DestinationWorkflow.view)
+
+    async def histories(self, workflow_id_prefix: str) -> str:
+        """Every event of every workflow whose id starts with the prefix, as one JSON text."""
+        texts = []
+        async for execution in self.client.list_workflows(
+            f"WorkflowId STARTS_WITH '{workflow_id_prefix}'"
+        ):
+            handle = self.client.get_workflow_handle(execution.id, run_id=execution.run_id)
+            history = await handle.fetch_history()
+            texts.append(history.to_json())
+        return "\n".join(texts)
+
+
+def worker_settings(tmp: Path, catalog_url: str, task_queue: str, temporal: str) -> Settings:
+    return Settings(
+        home=tmp / "var",
+        database_url=catalog_url,
+        store_locations=[str(tmp / "store")],
+        task_queue=task_queue,
+        temporal_address=temporal,
+    )
+
+
+@pytest.fixture
+async def dissemination(
+    temporal_server: str, task_queue: str, tmp_path: Path, engine: Engine, catalog_url: str
+) -> AsyncIterator[Dissemination]:
+    settings = worker_settings(tmp_path, catalog_url, task_queue, temporal_server)
+    client = await Client.connect(temporal_server)
+    store = Store(settings.store_urls)
+    box = CredentialBox(load_or_create_key(settings.key_file))
+    env = Dissemination(
+        settings=settings,
+        client=client,
+        engine=engine,
+        store=store,
+        box=box,
+        dispatcher=TemporalDispatcher(client, task_queue, engine),
+        tmp=tmp_path,
+    )
+    async with build_worker(client, settings):
+        yield env
