@@ -10,7 +10,6 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import socket
 from collections.abc import Coroutine, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +27,7 @@ from pydantic import Field
 
 from ecpds.core.protocols import CommonOptions, HostUrl, MiB, ProtocolError, options_dataclass
 from ecpds.core.protocols.base import Remote
-from ecpds.core.protocols.parts import PartReader, send_parts
+from ecpds.core.protocols.cloud import PartReader, connection_problem, send_parts
 
 CREDENTIALS = frozenset({"connection_string", "account_key", "sas_token"})
 # azure-core retries a refused connection for seconds by default; the destination's own
@@ -215,7 +214,9 @@ class AzureRemote(Remote):
             why = f" ({code})" if code else ""
             return f"access denied{why}: check the account key, SAS or connection string", True
         if isinstance(exc, ServiceRequestError):
-            return _connection_problem(exc, self.endpoint), True
+            return connection_problem(
+                exc, self.endpoint
+            ) or f"cannot connect to {self.endpoint}", True
         if isinstance(exc, HttpResponseError):
             reason = code or str(exc.reason or exc.status_code)
             return f"Azure error {reason}", True
@@ -228,26 +229,6 @@ class AzureRemote(Remote):
         if fs is not None:
             with contextlib.suppress(Exception):
                 sync(fs.loop, fs.service_client.close, timeout=10)
-
-
-def _connection_problem(exc: BaseException, endpoint: str) -> str:
-    """Why the blob service could not be reached, from the exception chain."""
-    host = urlsplit(endpoint).hostname or endpoint
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            break
-        if isinstance(seen, socket.gaierror) or "DNS" in type(seen).__name__:
-            return f"unknown host {host!r} (endpoint {endpoint})"
-        if isinstance(seen, ConnectionRefusedError):
-            return f"connection refused by {endpoint} (is the server running on that port?)"
-        seen = (
-            getattr(seen, "inner_exception", None)
-            or getattr(seen, "os_error", None)
-            or seen.__cause__
-            or seen.__context__
-        )
-    return f"cannot connect to {endpoint}"
 
 
 def connect(host_name: str, url: HostUrl, options: Options, credentials: dict[str, str]) -> Remote:

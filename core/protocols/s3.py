@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import socket
 from collections.abc import Coroutine, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,7 +25,7 @@ from s3fs import S3FileSystem
 
 from ecpds.core.protocols import CommonOptions, HostUrl, MiB, ProtocolError, options_dataclass
 from ecpds.core.protocols.base import Remote
-from ecpds.core.protocols.parts import PartReader, send_parts
+from ecpds.core.protocols.cloud import PartReader, connection_problem, send_parts
 
 CREDENTIALS = frozenset({"access_key_id", "secret_access_key", "session_token"})
 MIN_PART = 5 * MiB  # S3's smallest part but the last
@@ -217,7 +216,10 @@ class S3Remote(Remote):
                 return "access denied (check access_key_id and secret_access_key)", True
             return f"S3 error {code}: {error.get('Message') or exc}", True
         if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
-            return _connection_problem(exc, self.endpoint), True
+            known = connection_problem(exc, self.endpoint)
+            if known is None and isinstance(exc, ConnectTimeoutError):
+                known = f"timed out connecting to {self.endpoint}"
+            return known or f"cannot connect to {self.endpoint}", True
         if isinstance(exc, BotoCoreError):
             return " ".join(str(exc).split()), True
         return None
@@ -228,25 +230,6 @@ class S3Remote(Remote):
         if creator is not None:
             with contextlib.suppress(Exception):
                 sync(fs.loop, creator.__aexit__, None, None, None, timeout=10)
-
-
-def _connection_problem(exc: BaseException, endpoint: str) -> str:
-    """Why the endpoint could not be reached, from the exception chain."""
-    host = urlsplit(endpoint).hostname or endpoint
-    seen: BaseException | None = exc
-    causes: list[BaseException] = []
-    while seen is not None and len(causes) < 10:
-        causes.append(seen)
-        nested = getattr(seen, "kwargs", {}).get("error") if hasattr(seen, "kwargs") else None
-        seen = nested or getattr(seen, "os_error", None) or seen.__cause__ or seen.__context__
-    for cause in causes:
-        if isinstance(cause, socket.gaierror) or "DNS" in type(cause).__name__:
-            return f"unknown host {host!r} (endpoint {endpoint})"
-        if isinstance(cause, ConnectionRefusedError):
-            return f"connection refused by {endpoint} (is the server running on that port?)"
-    if isinstance(exc, ConnectTimeoutError):
-        return f"timed out connecting to {endpoint}"
-    return f"cannot connect to {endpoint} ({type(causes[-1]).__name__})"
 
 
 def connect(host_name: str, url: HostUrl, options: Options, credentials: dict[str, str]) -> Remote:

@@ -1,14 +1,17 @@
-"""Block uploads for object stores: exact-size parts out of a chunk stream, several in flight.
+"""Glue shared by the object-store protocols (S3, Azure Blob, GCS).
 
-S3 multipart uploads and Azure staged blocks both go this way.
+Block uploads (S3 multipart parts, Azure staged blocks) as exact-size parts, several in
+flight, and one-line reasons for a store endpoint that cannot be reached.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class PartReader:
@@ -74,3 +77,25 @@ def send_parts(
                 future.result()
         raise
     return written
+
+
+def connection_problem(exc: BaseException, endpoint: str) -> str | None:
+    """Why `endpoint` could not be reached, found down the exception chain; None if unknown."""
+    host = urlsplit(endpoint).hostname or endpoint
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, socket.gaierror) or "DNS" in type(seen).__name__:
+            return f"unknown host {host!r} (endpoint {endpoint})"
+        if isinstance(seen, ConnectionRefusedError):
+            return f"connection refused by {endpoint} (is the server running on that port?)"
+        nested = getattr(seen, "kwargs", None)
+        seen = (
+            (nested.get("error") if isinstance(nested, dict) else None)
+            or getattr(seen, "inner_exception", None)
+            or getattr(seen, "os_error", None)
+            or seen.__cause__
+            or seen.__context__
+        )
+    return None
