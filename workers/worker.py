@@ -8,12 +8,17 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from ecpds.activities.dissemination import DisseminationActivities
+from ecpds.activities.storage import StorageActivities
 from ecpds.core.db import open_catalog
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.workers.queues import dissemination_queue
+from ecpds.workers.schedules import ensure_schedules
 from ecpds.workflows.destination import DestinationWorkflow
+from ecpds.workflows.gc import GarbageCollectionWorkflow
+from ecpds.workflows.replication import ReplicationWorkflow
+from ecpds.workflows.retrieval import RetrievalWorkflow
 from ecpds.workflows.transfer import TransferWorkflow
 
 
@@ -24,15 +29,31 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         Store(settings.store_urls),
         CredentialBox(load_or_create_key(settings.key_file)),
     )
+    storage = StorageActivities(
+        activities.engine, activities.store, activities.box, dissemination_queue(settings)
+    )
     return Worker(
         client,
         task_queue=dissemination_queue(settings),
-        workflows=[DestinationWorkflow, TransferWorkflow],
+        workflows=[
+            DestinationWorkflow,
+            TransferWorkflow,
+            RetrievalWorkflow,
+            ReplicationWorkflow,
+            GarbageCollectionWorkflow,
+        ],
         activities=[
             activities.load_destination,
             activities.record,
             activities.apply_operation,
             activities.transmit,
+            storage.fetch,
+            storage.queue_transfers,
+            storage.fail_retrieval,
+            storage.replicate,
+            storage.files_to_check,
+            storage.backup,
+            storage.collect_garbage,
         ],
         max_concurrent_activities=64,
         max_concurrent_workflow_tasks=64,
@@ -46,6 +67,7 @@ async def connect(settings: Settings) -> Client:
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run a worker until `stop` is set (or forever); in-flight activities finish first."""
     client = await connect(settings)
+    await ensure_schedules(client, dissemination_queue(settings))
     worker = build_worker(client, settings)
     async with worker:
         await (stop or asyncio.Event()).wait()

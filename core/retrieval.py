@@ -1,0 +1,310 @@
+"""Asynchronous push: register files by their source URL, to be fetched into the store later.
+
+`register_sources` records metadata only (a DataFile without bytes, its transfers INIT or
+HOLD); a RetrievalWorkflow per file then fetches it. A source's credentials come from
+the registered host whose URL covers it, so they never travel with the request.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from ecpds.core import catalog
+from ecpds.core.db import session_scope
+from ecpds.core.ingest import IngestError, _plan
+from ecpds.core.models import (
+    DataFile,
+    DataTransfer,
+    DataUser,
+    Host,
+    HostKind,
+    TransferStatus,
+    utcnow,
+)
+from ecpds.core.protocols import HostUrl, ProtocolError, check_host, open_remote, parse_url
+from ecpds.core.secrets import CredentialBox
+
+RETRIEVAL_WORKFLOW = "RetrievalWorkflow"
+MAX_SOURCES = 10_000
+
+
+def retrieval_workflow_id(data_file_id: str) -> str:
+    return f"retrieval-{data_file_id}"
+
+
+@dataclass
+class RetrievalInput:
+    data_file_id: str
+
+
+@dataclass
+class SourceSpec:
+    """One file to fetch: its URL, and optionally its name and target (default: basename)."""
+
+    url: str
+    name: str | None = None
+    target: str | None = None
+
+
+@dataclass
+class Registered:
+    id: str
+    name: str
+    source: str
+    transfers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Source:
+    """Where and how to open one source file; `credentials` stay in the process."""
+
+    host_name: str
+    folder_url: str
+    file_name: str
+    options: dict[str, Any]
+    credentials: dict[str, str]
+
+
+def _same_server(a: HostUrl, b: HostUrl) -> bool:
+    return (a.scheme, a.host, a.port, a.user) == (b.scheme, b.host, b.port, b.user or a.user)
+
+
+def resolve_source(session: Session, box: CredentialBox, url: str) -> Source:
+    """The host covering `url` (longest folder prefix, acquisition hosts first) and its login.
+
+    Raises ProtocolError (one line) when the URL is invalid or no host can log in to it.
+    """
+    parsed = parse_url(url)
+    folder, file_name = posixpath.split(parsed.path)
+    if not file_name:
+        raise ProtocolError(f"source {url!r} names a folder, not a file", retryable=False)
+    best: tuple[int, int, Host] | None = None
+    for host in session.exec(select(Host).where(col(Host.active).is_(True))).all():
+        try:
+            host_url = parse_url(host.url)
+        except ProtocolError:
+            continue
+        base = host_url.path.rstrip("/")
+        if not _same_server(host_url, parsed) or not (folder + "/").startswith(base + "/"):
+            continue
+        rank = (len(base), int(host.kind == HostKind.ACQUISITION), host)
+        if best is None or rank[:2] > best[:2]:
+            best = rank
+    netloc = url.split("://", 1)[-1].split("/", 1)[0]
+    folder_url = f"{parsed.scheme}://{netloc}{folder or '/'}"
+    if best is None:
+        source = Source(parsed.host or "local", folder_url, file_name, {}, {})
+    else:
+        host = best[2]
+        source = Source(
+            host.name,
+            folder_url,
+            file_name,
+            dict(host.options),
+            catalog.host_credentials(session, box=box, name=host.name),
+        )
+    try:
+        check_host(source.folder_url, _fetch_options(source.options), source.credentials)
+    except ProtocolError as exc:
+        if best is None:
+            raise ProtocolError(
+                f"source {url!r}: {exc} (register a host for {parsed.where} with its credentials)",
+                retryable=False,
+            ) from None
+        raise
+    return source
+
+
+def _fetch_options(options: dict[str, Any]) -> dict[str, Any]:
+    # Upload-only settings of the host do not matter for reading.
+    return {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar")}
+
+
+def open_source(source: Source) -> tuple[Any, Any]:
+    """(remote, readable file) for the source; the caller closes both."""
+    remote = open_remote(
+        source.host_name, source.folder_url, _fetch_options(source.options), source.credentials
+    )
+    fs = getattr(remote, "fs", None)
+    if fs is None:
+        remote.close()
+        raise ProtocolError(
+            f"{source.folder_url}: this protocol cannot be read from", retryable=False
+        )
+    path = remote.path(source.file_name)
+    try:
+        return remote, fs.open(path, "rb")
+    except FileNotFoundError:
+        remote.close()
+        raise ProtocolError(
+            f"{source.host_name}: source file {path} does not exist", retryable=False
+        ) from None
+    except Exception as exc:
+        error = remote.to_protocol_error(exc, f"opening {path}")
+        remote.close()
+        raise error from None
+
+
+def _reqids(reqid: str | None, count: int) -> list[str | None]:
+    if reqid is None:
+        return [None] * count
+    return [reqid] if count == 1 else [f"{reqid}-{i}" for i in range(count)]
+
+
+def _existing(session: Session, reqids: list[str | None]) -> list[Registered] | None:
+    """The files an earlier request with the same request id registered, if any."""
+    if reqids[0] is None:
+        return None
+    files = session.exec(select(DataFile).where(col(DataFile.reqid).in_(reqids))).all()
+    if not files:
+        return None
+    by_reqid = {f.reqid: f for f in files}
+    found = []
+    for rid in reqids:
+        data_file = by_reqid.get(rid)
+        if data_file is None:
+            raise IngestError(f"request id {reqids[0]!r} was used for another request", 409)
+        ids = session.exec(
+            select(DataTransfer.id).where(DataTransfer.data_file_id == data_file.id)
+        ).all()
+        found.append(
+            Registered(
+                data_file.id, data_file.name, data_file.source or "", list(filter(None, ids))
+            )
+        )
+    return found
+
+
+def register_sources(
+    engine: Engine,
+    box: CredentialBox,
+    *,
+    destination: str,
+    sources: list[SourceSpec],
+    user: DataUser | None = None,
+    priority: int | None = None,
+    lifetime: int | None = None,
+    delay: int | None = None,
+    at: datetime | None = None,
+    standby: bool | None = None,
+    metadata: dict[str, str] | None = None,
+    group: str | None = None,
+    reqid: str | None = None,
+) -> tuple[list[Registered], bool]:
+    """Register every source (all or nothing); (files, whether they are new).
+
+    The same request id again returns the files registered the first time.
+    """
+    if not sources:
+        raise IngestError("no source given")
+    if len(sources) > MAX_SOURCES:
+        raise IngestError(f"{len(sources)} sources in one request: the limit is {MAX_SOURCES}")
+    reqids = _reqids(reqid, len(sources))
+    with session_scope(engine) as session:
+        earlier = _existing(session, reqids)
+        if earlier is not None:
+            return earlier, False
+        resolved: dict[str, None] = {}
+        pending: list[tuple[DataFile, list[DataTransfer]]] = []
+        for spec, rid in zip(sources, reqids, strict=True):
+            try:
+                parsed = parse_url(spec.url)
+                folder = spec.url.rsplit("/", 1)[0]
+                if folder not in resolved:
+                    resolve_source(session, box, spec.url)
+                    resolved[folder] = None
+            except ProtocolError as exc:
+                raise IngestError(str(exc)) from None
+            name = spec.name or posixpath.basename(parsed.path)
+            if "/" in name or "\0" in name:
+                raise IngestError(f"file name {name!r} is not a plain file name")
+            plan = _plan(
+                session,
+                destination=destination,
+                target=spec.target or name,
+                user=user,
+                priority=priority,
+                lifetime=lifetime,
+                delay=delay,
+                at=at,
+                standby=standby,
+                reqid=None,
+            )
+            for transfer in plan.transfers:
+                if transfer.status != TransferStatus.HOLD:
+                    transfer.status = TransferStatus.INIT
+            data_file = DataFile(
+                name=name,
+                meta=dict(metadata or {}),
+                group=group,
+                source=spec.url,
+                reqid=rid,
+                created=utcnow(),
+                expires=max(t.expires for t in plan.transfers),
+            )
+            pending.append((data_file, plan.transfers))
+        for data_file, _ in pending:
+            session.add(data_file)
+        session.flush()
+        registered = []
+        for data_file, transfers in pending:
+            for transfer in transfers:
+                transfer.data_file_id = data_file.id
+                session.add(transfer)
+        session.flush()
+        for data_file, transfers in pending:
+            ids = [t.id for t in transfers if t.id is not None]
+            registered.append(Registered(data_file.id, data_file.name, data_file.source or "", ids))
+    return registered, True
+
+
+@dataclass
+class GroupProgress:
+    group: str
+    total: int = 0
+    arrived: int = 0
+    pending: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)  # id, name, source, error
+
+    @property
+    def finished(self) -> bool:
+        return self.pending == 0
+
+
+def group_progress(
+    session: Session, *, group: str, destinations: list[str] | None = None
+) -> GroupProgress:
+    """How far the group's files are: in the store, failed (with why), still to come."""
+    files = catalog.list_data_files(
+        session, destinations=destinations, group=group, limit=MAX_SOURCES * 10
+    )
+    progress = GroupProgress(group=group, total=len(files))
+    waiting = [f.id for f in files if f.arrived is None]
+    progress.arrived = progress.total - len(waiting)
+    errors: dict[str, str] = {}
+    for start in range(0, len(waiting), 500):
+        rows = session.exec(
+            select(DataTransfer.data_file_id, DataTransfer.last_error)
+            .where(col(DataTransfer.data_file_id).in_(waiting[start : start + 500]))
+            .where(DataTransfer.status == TransferStatus.FAIL)
+        ).all()
+        for data_file_id, error in rows:
+            errors[data_file_id] = error or "failed"
+    for data_file in files:
+        if data_file.id in errors:
+            progress.failed.append(
+                {
+                    "id": data_file.id,
+                    "name": data_file.name,
+                    "source": data_file.source or "",
+                    "error": errors[data_file.id],
+                }
+            )
+    progress.pending = len(waiting) - len(progress.failed)
+    return progress

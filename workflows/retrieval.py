@@ -1,0 +1,81 @@
+"""RetrievalWorkflow: one asynchronously pushed file fetched from its source into the store.
+
+Then its transfers go to their destinations' schedulers, and the new object to the
+replica locations and the destinations' archives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from ecpds.activities.storage import FailInput, ReplicateInput, StorageActivities
+    from ecpds.core.retrieval import RetrievalInput
+
+FETCH_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=5,
+)
+
+
+@dataclass
+class RetrievalOutput:
+    done: bool
+    size: int = 0
+    adler32: str = ""
+    error: str | None = None
+
+
+def _reason(error: ActivityError) -> str:
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return str(cause or error)
+
+
+@workflow.defn
+class RetrievalWorkflow:
+    @workflow.run
+    async def run(self, request: RetrievalInput) -> RetrievalOutput:
+        try:
+            fetched = await workflow.execute_activity_method(
+                StorageActivities.fetch,
+                request.data_file_id,
+                start_to_close_timeout=timedelta(hours=6),
+                heartbeat_timeout=timedelta(seconds=60),
+                retry_policy=FETCH_RETRY,
+            )
+        except ActivityError as exc:
+            error = _reason(exc)
+            await workflow.execute_activity_method(
+                StorageActivities.fail_retrieval,
+                FailInput(request.data_file_id, error),
+                start_to_close_timeout=timedelta(minutes=1),
+            )
+            return RetrievalOutput(done=False, error=error)
+        if fetched.transfer_ids:
+            await workflow.execute_activity_method(
+                StorageActivities.queue_transfers,
+                fetched.transfer_ids,
+                start_to_close_timeout=timedelta(minutes=2),
+            )
+        await workflow.execute_activity_method(
+            StorageActivities.replicate,
+            ReplicateInput([request.data_file_id]),
+            start_to_close_timeout=timedelta(hours=6),
+            heartbeat_timeout=timedelta(seconds=60),
+        )
+        await workflow.execute_activity_method(
+            StorageActivities.backup,
+            [request.data_file_id],
+            start_to_close_timeout=timedelta(hours=6),
+            heartbeat_timeout=timedelta(seconds=60),
+        )
+        return RetrievalOutput(done=True, size=fetched.size, adler32=fetched.adler32)
