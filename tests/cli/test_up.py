@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tomllib
@@ -105,7 +107,8 @@ def start(folder: Path, env: dict[str, str]) -> Running:
     return Running(folder / "var", env, process, output)
 
 
-def stop(running: Running) -> str:
+def stop(running: Running, *, ctrl_c: bool = False) -> str:
+    """Stop with `ecpds down` (or SIGINT, as Ctrl-C sends) and check that nothing is left."""
     pids = {
         name: int(pid)
         for name, pid in (
@@ -113,14 +116,17 @@ def stop(running: Running) -> str:
         )
     }
     assert set(pids) == {"up", "temporal", "worker", "portal"}
-    down = subprocess.run(
-        [str(ECPDS), "down"],
-        cwd=running.home.parent,
-        env=running.env,
-        capture_output=True,
-        text=True,
-    )
-    assert down.returncode == 0, down.stderr
+    if ctrl_c:
+        running.process.send_signal(signal.SIGINT)
+    else:
+        down = subprocess.run(
+            [str(ECPDS), "down"],
+            cwd=running.home.parent,
+            env=running.env,
+            capture_output=True,
+            text=True,
+        )
+        assert down.returncode == 0, down.stderr
     rest, _ = running.process.communicate(timeout=120)
     assert running.process.returncode == 0, rest
     for name, pid in pids.items():
@@ -299,4 +305,21 @@ def test_down_stops_everything_and_up_again_keeps_data(system: Running) -> None:
         assert taken.exit_code == 1
         assert "already running" in taken.stderr
     finally:
-        stop(again)
+        rest = stop(again, ctrl_c=True)
+    assert "SIGINT: stopping" in rest
+
+
+def test_taken_port_is_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {f"ECPDS_{name.upper()}": str(free_port()) for name in PORTS}
+        env |= {"ECPDS_HOME": str(tmp_path / "var"), "ECPDS_HTTPS_PORT": str(port)}
+        result = runner.invoke(app, ["up"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"error: port {port} on 127.0.0.1 is taken: "
+        "stop what uses it or set ECPDS_HTTPS_PORT to a free port"
+    )
+    assert not (tmp_path / "var" / "run" / "ecpds.pids").exists()
