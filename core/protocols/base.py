@@ -127,6 +127,8 @@ class Remote:
         """Turn library errors raised inside into one-line ProtocolErrors."""
         try:
             yield
+        except _CallerError as exc:
+            raise exc.original from None
         except (ProtocolError, StoreError):
             raise
         except Exception as exc:
@@ -204,13 +206,24 @@ class FsspecRemote(Remote):
         self.fs.rm_file(path)
 
 
+class _CallerError(Exception):
+    """An exception from the caller's progress callback, passed through untranslated."""
+
+    def __init__(self, original: Exception) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
 def _counted(chunks: Iterable[bytes], on_progress: Progress | None) -> Iterator[bytes]:
     total = 0
     for chunk in chunks:
         yield chunk
         total += len(chunk)
         if on_progress:
-            on_progress(total)
+            try:
+                on_progress(total)
+            except Exception as exc:
+                raise _CallerError(exc) from exc
 
 
 def _generic(exc: BaseException, url: HostUrl) -> tuple[str, bool]:

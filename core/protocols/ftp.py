@@ -1,8 +1,20 @@
-"""FTP and explicit-TLS FTPS: `ftp://user@host[:port]/dir`, `ftps://user@host/dir`."""
+"""FTP and explicit-TLS FTPS: `ftp://user@host[:port]/dir`, `ftps://user@host/dir`.
+
+Written on ftplib directly: fsspec's FTP filesystem neither checks TLS certificates,
+protects the data channel, offers active mode nor streams one upload over one data
+connection, all of which dissemination needs.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ftplib
+import posixpath
+import ssl
+from collections.abc import Iterable
+
 from ecpds.core.protocols import CommonOptions, HostUrl, ProtocolError, options_dataclass
+from ecpds.core.protocols.base import Remote
 
 CREDENTIALS = frozenset({"password"})
 
@@ -22,3 +34,124 @@ def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
             f"{url.where}: {url.scheme} user {url.user!r} needs a password credential",
             retryable=False,
         )
+
+
+def _reply_code(exc: BaseException) -> str:
+    return str(exc)[:3] if isinstance(exc, ftplib.Error) else ""
+
+
+class FtpRemote(Remote):
+    options: Options
+
+    def __init__(self, host_name: str, url: HostUrl, options: Options, ftp: ftplib.FTP) -> None:
+        super().__init__(host_name, url, options)
+        self.ftp = ftp
+        self.made: set[str] = set()
+
+    def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
+        self.ftp.voidcmd("TYPE I")
+        conn = self.ftp.transfercmd(f"STOR {path}", rest=offset or None)
+        written = 0
+        try:
+            for chunk in chunks:
+                conn.sendall(chunk)
+                written += len(chunk)
+            if isinstance(conn, ssl.SSLSocket):
+                conn.unwrap()
+        except OSError as exc:
+            conn.close()
+            # The server dropped the data connection: its reply says why (disk full...).
+            if self.ftp.sock is not None:
+                self.ftp.sock.settimeout(5)
+            try:
+                self.ftp.voidresp()
+            except (ftplib.Error, OSError, EOFError) as reason:
+                raise reason from exc
+            raise
+        finally:
+            conn.close()
+        self.ftp.voidresp()
+        return written
+
+    def _rename(self, source: str, dest: str) -> None:
+        try:
+            self.ftp.rename(source, dest)
+        except ftplib.error_perm:
+            # Some servers refuse to rename over an existing file.
+            self._delete(dest)
+            self.ftp.rename(source, dest)
+
+    def _makedirs(self, folder: str) -> None:
+        parts = [p for p in folder.split("/") if p]
+        current = "/" if folder.startswith("/") else ""
+        for part in parts:
+            current = posixpath.join(current, part)
+            if current in self.made:
+                continue
+            with contextlib.suppress(ftplib.error_perm):
+                self.ftp.mkd(current)  # 550 when it exists already
+            self.made.add(current)
+
+    def _size(self, path: str) -> int | None:
+        self.ftp.voidcmd("TYPE I")
+        try:
+            size = self.ftp.size(path)
+        except ftplib.error_perm:
+            return None
+        return int(size) if size is not None else None
+
+    def _delete(self, path: str) -> None:
+        self.ftp.delete(path)
+
+    def explain(self, exc: BaseException) -> tuple[str, bool] | None:
+        code = _reply_code(exc)
+        text = " ".join(str(exc).split())
+        if code == "530":
+            return f"authentication failed for user {self.url.user or 'anonymous'!r}", True
+        if code in ("452", "552") or "space" in text.lower():
+            return f"remote disk full ({text})", True
+        if code.startswith("4"):
+            return f"temporary failure ({text})", True
+        if code.startswith("5"):
+            return f"refused ({text})", True
+        if isinstance(exc, EOFError):
+            return "connection closed by the server", True
+        return None
+
+    def close(self) -> None:
+        ftp, self.ftp = self.ftp, None  # type: ignore[assignment]
+        if ftp is None:
+            return
+        with contextlib.suppress(Exception):
+            ftp.quit()
+        ftp.close()
+
+
+def _tls_context(options: Options) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=options.ca_file)
+    if not options.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def connect(
+    host_name: str, url: HostUrl, options: Options, credentials: dict[str, str]
+) -> FtpRemote:
+    ftp: ftplib.FTP
+    if url.scheme == "ftps":
+        ftp = ftplib.FTP_TLS(context=_tls_context(options), timeout=options.timeout)
+    else:
+        ftp = ftplib.FTP(timeout=options.timeout)
+    remote = FtpRemote(host_name, url, options, ftp)
+    with remote.translated("connecting"):
+        try:
+            ftp.connect(url.host, url.port or 21)
+            ftp.login(url.user or "anonymous", credentials.get("password", ""))
+            if isinstance(ftp, ftplib.FTP_TLS):
+                ftp.prot_p()
+            ftp.set_pasv(options.passive)
+        except BaseException:
+            ftp.close()
+            raise
+    return remote

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import posixpath
+from collections.abc import Iterable
 from typing import Any
 
 import asyncssh
@@ -65,6 +68,28 @@ class SftpRemote(FsspecRemote):
         block = max(opts.chunk_size // opts.requests, 32 * 1024)
         return {"block_size": min(block, 255 * 1024), "max_requests": opts.requests}
 
+    def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
+        try:
+            return super()._write(path, chunks, offset)
+        except asyncssh.SFTPFailure as exc:
+            # SFTP v3 reports a full disk as a bare "Failure": ask the server for free space.
+            if self._nearly_full(posixpath.dirname(path)):
+                raise OSError(errno.ENOSPC, "No space left on device") from exc
+            raise
+
+    def _nearly_full(self, folder: str) -> bool:
+        async def free() -> int:
+            async with self.fs._pool.get() as channel:
+                stat = await channel.statvfs(folder or ".")
+                return int(stat.bavail * stat.frsize)
+
+        try:
+            return (
+                sync(self.fs.loop, free, timeout=self.options.timeout) < 2 * self.options.chunk_size
+            )
+        except Exception:
+            return False
+
     def _finish(self, path: str) -> None:
         mode = self.options.mode  # type: ignore[attr-defined]
         if mode:
@@ -76,9 +101,7 @@ class SftpRemote(FsspecRemote):
             sync(self.fs.loop, chmod)
 
     def explain(self, exc: BaseException) -> tuple[str, bool] | None:
-        cause = exc.__cause__ or exc
-        if isinstance(cause, asyncssh.SFTPFailure) and "space" in str(cause.reason).lower():
-            return "remote disk full", True
+        cause = exc if isinstance(exc, OSError) and exc.errno else exc.__cause__ or exc
         if isinstance(cause, asyncssh.SFTPError):
             return f"SFTP error: {cause.reason or type(cause).__name__}", True
         if isinstance(cause, asyncssh.ConnectionLost):

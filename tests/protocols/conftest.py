@@ -1,0 +1,93 @@
+"""Conformance peers for file, SFTP, FTP and FTPS, each on a real server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+from peers.conformance import Peer
+from peers.disk import small_disk
+from peers.ftp import FtpServer
+from peers.sshd import SshServer
+
+from ecpds.core.devserver import free_port
+
+
+def _local_checks(folder: Path) -> dict:
+    def read(target: str) -> bytes | None:
+        path = folder / target
+        return path.read_bytes() if path.is_file() else None
+
+    def names() -> list[str]:
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    return {"read": read, "names": names}
+
+
+def _stranger_key() -> str:
+    """A private key the server has never heard of."""
+    return asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+
+
+@pytest.fixture
+def file_peer(tmp_path: Path) -> Iterator[Peer]:
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    with small_disk(tmp_path / "full") as full:
+        yield Peer(
+            url=f"file://{folder}",
+            options={},
+            credentials={},
+            resumable=True,
+            full_disk_url=f"file://{full}" if full else None,
+            **_local_checks(folder),
+        )
+
+
+@pytest.fixture
+def sftp_peer(sshd: SshServer) -> Iterator[Peer]:
+    folder = sshd.folder(f"c-{uuid.uuid4().hex[:8]}")
+    with small_disk(folder.parent / f"{folder.name}-full") as full:
+        yield Peer(
+            url=sshd.url(folder),
+            options={"host_key": sshd.host_key},
+            credentials={"private_key": sshd.private_key},
+            resumable=True,
+            bad_credentials={"private_key": _stranger_key()},
+            unknown_host_url=f"sftp://{sshd.key_user}@no-such-host.invalid/{folder}",
+            refused_url=f"sftp://{sshd.key_user}@127.0.0.1:{free_port()}/{folder}",
+            full_disk_url=sshd.url(full) if full else None,
+            **_local_checks(folder),
+        )
+
+
+def _ftp_peer(server: FtpServer) -> Iterator[Peer]:
+    name = f"c-{uuid.uuid4().hex[:8]}"
+    folder = server.root / name
+    folder.mkdir()
+    options = {"ca_file": server.ca_file} if server.ca_file else {}
+    with small_disk(server.root / f"{name}-full") as full:
+        yield Peer(
+            url=server.url(name),
+            options=options,
+            credentials={"password": server.password},
+            resumable=True,
+            bad_credentials={"password": "wrong-password"},
+            unknown_host_url=f"{server.scheme}://{server.user}@no-such-host.invalid/{name}",
+            refused_url=f"{server.scheme}://{server.user}@127.0.0.1:{free_port()}/{name}",
+            full_disk_url=server.url(f"{name}-full") if full else None,
+            **_local_checks(folder),
+        )
+
+
+@pytest.fixture
+def ftp_peer(ftp_server: FtpServer) -> Iterator[Peer]:
+    yield from _ftp_peer(ftp_server)
+
+
+@pytest.fixture
+def ftps_peer(ftps_server: FtpServer) -> Iterator[Peer]:
+    yield from _ftp_peer(ftps_server)
