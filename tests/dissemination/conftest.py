@@ -145,21 +145,27 @@ def worker_settings(tmp: Path, catalog_url: str, task_queue: str, temporal: str)
 
 
 @pytest.fixture
-async def dissemination(
+async def dissemination_without_worker(
     temporal_server: str, task_queue: str, tmp_path: Path, engine: Engine, catalog_url: str
-) -> AsyncIterator[Dissemination]:
+) -> Dissemination:
+    """Everything but the worker: for tests that run workers in other processes."""
     settings = worker_settings(tmp_path, catalog_url, task_queue, temporal_server)
     client = await Client.connect(temporal_server)
-    store = Store(settings.store_urls)
-    box = CredentialBox(load_or_create_key(settings.key_file))
-    env = Dissemination(
+    return Dissemination(
         settings=settings,
         client=client,
         engine=engine,
-        store=store,
-        box=box,
+        store=Store(settings.store_urls),
+        box=CredentialBox(load_or_create_key(settings.key_file)),
         dispatcher=TemporalDispatcher(client, task_queue, engine),
         tmp=tmp_path,
     )
-    async with build_worker(client, settings):
+
+
+@pytest.fixture
+async def dissemination(
+    dissemination_without_worker: Dissemination,
+) -> AsyncIterator[Dissemination]:
+    env = dissemination_without_worker
+    async with build_worker(env.client, env.settings):
         yield env
