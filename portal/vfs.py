@@ -299,17 +299,28 @@ class Download:
         return self.entry.size
 
     def chunks(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        """The bytes [start, end); a whole-file read is verified against its ADLER32."""
+        """The bytes [start, end); a whole-file read is verified against its ADLER32.
+
+        The last chunk is held back until the object is verified and the pick-up
+        recorded, so a client that has every byte also sees the transfer DONE.
+        """
         assert self.entry.data_file_id is not None
         whole = start == 0 and (end is None or end >= self.size)
-        yield from self.fs.store.iter_bytes(
+        source = self.fs.store.iter_bytes(
             self.entry.data_file_id,
             start=start,
             end=end,
             adler32=self.entry.adler32 if whole else None,
         )
+        held = None
+        for chunk in source:
+            if held is not None:
+                yield held
+            held = chunk
         if whole:
             self.finished()
+        if held is not None:
+            yield held
 
     def count(self, nbytes: int) -> None:
         """Record bytes handed out by random-access readers (SFTP, FTP)."""

@@ -131,7 +131,10 @@ def data_router(backing: Callable[[], Backing]) -> APIRouter:
             parts = split_path(path)
             result = await fs.upload(user, parts, _body(request))
         except (AccessError, IngestError) as exc:
-            return _error(exc)
+            refused = _error(exc)
+            # The body may be unread: closing keeps it from being parsed as the next request.
+            refused.headers["Connection"] = "close"
+            return refused
         except ClientDisconnect:
             return Response(status_code=400)
         data_file = result.data_file

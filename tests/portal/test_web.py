@@ -43,6 +43,7 @@ def web(portal: Portal, loop_thread: LoopThread, certificate: tuple[Path, Path])
         ssl_keyfile=str(certificate[1]),
         log_level="warning",
         lifespan="off",
+        timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
     running = loop_thread.submit(server.serve())

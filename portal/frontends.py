@@ -1,0 +1,68 @@
+"""The portal's data front-ends beside HTTPS: S3, FTP/FTPS and SFTP, each run until `stop`.
+
+They share one `PortalFS` view of the catalog and store, built once the portal knows
+its dispatcher, and the portal's TLS certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from ecpds.portal.s3.app import S3Gateway
+from ecpds.portal.tls import ensure_certificate
+from ecpds.portal.vfs import PortalFS
+
+if TYPE_CHECKING:
+    from ecpds.portal.server import Portal
+
+
+class FrontEndError(Exception):
+    """A front-end cannot start; the message is one line."""
+
+
+def portal_fs(portal: Portal) -> PortalFS:
+    return PortalFS(portal.engine, portal.store, portal.app.state.api.dispatcher)
+
+
+class _Uvicorn(uvicorn.Server):
+    # The portal handles signals for all its servers at once.
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_s3(portal: Portal, stop: asyncio.Event) -> None:
+    """The S3 API over TLS on settings.s3_port (path-style buckets)."""
+    settings = portal.settings
+    cert, key = await asyncio.to_thread(ensure_certificate, settings)
+    gateway = S3Gateway(portal_fs(portal), portal.box, settings.home / "s3-multipart")
+    server = _Uvicorn(
+        uvicorn.Config(
+            gateway,
+            host=settings.bind,
+            port=settings.s3_port,
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    watcher = asyncio.create_task(_stop_when(stop, server))
+    try:
+        await server.serve()
+    except SystemExit:
+        raise FrontEndError(f"S3 cannot listen on {settings.bind}:{settings.s3_port}") from None
+    finally:
+        watcher.cancel()
+
+
+async def _stop_when(stop: asyncio.Event, server: uvicorn.Server) -> None:
+    await stop.wait()
+    server.should_exit = True

@@ -1,0 +1,1 @@
+"""The S3 API of the data portal: destinations are buckets, transfers their objects."""
