@@ -14,7 +14,17 @@ from ecpds.core.ingest import Dispatcher, IngestError
 from ecpds.core.secrets import CredentialBox, CredentialError, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store, StoreError
-from ecpds.portal.api import aliases, destinations, files, health, hosts, site, tokens, transfers
+from ecpds.portal.api import (
+    aliases,
+    destinations,
+    files,
+    health,
+    hosts,
+    site,
+    sources,
+    tokens,
+    transfers,
+)
 from ecpds.portal.api import users as users_router
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.web import data_router
@@ -27,6 +37,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     users_router.router,
     aliases.router,
     files.router,
+    sources.router,
     transfers.router,
     site.router,
     tokens.router,

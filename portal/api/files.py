@@ -9,18 +9,20 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from ecpds.core import catalog
 from ecpds.core.ingest import ingest, parse_metadata
-from ecpds.core.models import DataFile, DataFilePublic, DataUser
+from ecpds.core.models import DataFile, DataFilePublic, DataTransfer, DataUser
 from ecpds.portal.api.deps import (
     AdminDep,
+    ApiState,
     SessionDep,
     StateDep,
     UserDep,
     visible_destinations,
 )
+from ecpds.portal.api.sources import start_copies
 
 router = APIRouter(tags=["files"])
 
@@ -52,6 +54,13 @@ async def upload_file(
     reqid: str | None = None,
 ) -> UploadResult:
     """Stream the request body (not multipart) into the store and queue its transfers."""
+    if reqid is not None:
+        earlier = await run_in_threadpool(_earlier_upload, state, reqid)
+        if earlier is not None:
+            # The same request again (a retry): same answer, nothing stored twice.
+            async for _ in request.stream():
+                pass
+            return earlier
     result = await ingest(
         engine=state.engine,
         store=state.store,
@@ -71,6 +80,7 @@ async def upload_file(
         dispatcher=state.dispatcher,
     )
     data_file = result.data_file
+    await start_copies(state, [data_file.id])
     return UploadResult(
         id=data_file.id,
         name=data_file.name,
@@ -79,6 +89,24 @@ async def upload_file(
         adler32=data_file.adler32 or "",
         transfers=result.transfer_ids,
     )
+
+
+def _earlier_upload(state: ApiState, reqid: str) -> UploadResult | None:
+    with Session(state.engine) as session:
+        data_file = session.exec(select(DataFile).where(DataFile.reqid == reqid)).first()
+        if data_file is None:
+            return None
+        ids = session.exec(
+            select(DataTransfer.id).where(DataTransfer.data_file_id == data_file.id)
+        ).all()
+        return UploadResult(
+            id=data_file.id,
+            name=data_file.name,
+            size=data_file.size,
+            md5=data_file.md5 or "",
+            adler32=data_file.adler32 or "",
+            transfers=[i for i in ids if i is not None],
+        )
 
 
 def _readable_file(session: Session, user: DataUser, id: str) -> DataFile:

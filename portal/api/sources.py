@@ -1,0 +1,206 @@
+"""Asynchronous push: register files by source URL and start their retrievals; group progress.
+
+Also starts the copies of newly stored objects (replicas, archives) for synchronous pushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+from sqlmodel import col, select
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.ingest import parse_metadata
+from ecpds.core.models import Destination
+from ecpds.core.retrieval import (
+    MAX_SOURCES,
+    RETRIEVAL_WORKFLOW,
+    RetrievalInput,
+    SourceSpec,
+    group_progress,
+    register_sources,
+    retrieval_workflow_id,
+)
+from ecpds.portal.api.deps import ApiState, SessionDep, StateDep, UserDep, visible_destinations
+
+router = APIRouter(tags=["files"])
+
+REPLICATION_WORKFLOW = "ReplicationWorkflow"
+DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
+DESTINATION = SearchAttributeKey.for_keyword("Destination")
+STARTS_IN_FLIGHT = 64
+
+
+class Source(BaseModel):
+    url: str = Field(min_length=3, description="e.g. sftp://user@host/dir/file")
+    name: str | None = Field(default=None, description="file name (default: the URL's)")
+    target: str | None = Field(default=None, description="name at the remote site")
+
+
+class SourcesRequest(BaseModel):
+    sources: list[Source] = Field(min_length=1, max_length=MAX_SOURCES)
+    priority: int | None = Field(default=None, ge=0, le=99)
+    lifetime: int | None = Field(default=None, gt=0, description="seconds")
+    delay: int | None = Field(default=None, ge=0, description="seconds")
+    at: datetime | None = None
+    standby: bool | None = None
+    metadata: str | None = Field(default=None, description="k=v,k2=v2")
+    group: str | None = None
+    reqid: str | None = None
+
+
+class RegisteredFile(BaseModel):
+    id: str
+    name: str
+    source: str
+    transfers: list[int]
+
+
+class SourcesResult(BaseModel):
+    group: str | None
+    new: bool
+    files: list[RegisteredFile]
+
+
+class GroupResult(BaseModel):
+    group: str
+    total: int
+    arrived: int
+    pending: int
+    failed: list[dict[str, str]]
+
+
+def temporal_client(state: ApiState) -> tuple[Client, str] | None:
+    """The portal's Temporal client and task queue, if it has one."""
+    if isinstance(state.dispatcher, TemporalDispatcher):
+        return state.dispatcher.client, state.dispatcher.task_queue
+    return None
+
+
+async def _start_all(
+    client: Client, workflow: str, items: list[tuple[str, Any, TypedSearchAttributes]], queue: str
+) -> None:
+    gate = asyncio.Semaphore(STARTS_IN_FLIGHT)
+
+    async def start(workflow_id: str, arg: Any, attributes: TypedSearchAttributes) -> None:
+        async with gate:
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await client.start_workflow(
+                    workflow,
+                    arg,
+                    id=workflow_id,
+                    task_queue=queue,
+                    search_attributes=attributes,
+                )
+
+    await asyncio.gather(*(start(*item) for item in items))
+
+
+async def start_copies(state: ApiState, data_file_ids: list[str]) -> None:
+    """Replicate new objects and write them to archives, if the site has either."""
+    found = temporal_client(state)
+    if found is None or not data_file_ids:
+        return
+
+    def archives() -> bool:
+        with state.engine.connect() as conn:
+            query = select(Destination.id).where(col(Destination.backup_url).is_not(None))
+            return conn.execute(query.limit(1)).first() is not None
+
+    if len(state.store.locations) < 2 and not await run_in_threadpool(archives):
+        return
+    client, queue = found
+    await _start_all(
+        client,
+        REPLICATION_WORKFLOW,
+        [
+            (
+                f"replication-{data_file_ids[0]}",
+                {"data_file_ids": data_file_ids},
+                _attrs(data_file_ids[0]),
+            )
+        ],
+        queue,
+    )
+
+
+def _attrs(data_file_id: str, destination: str | None = None) -> TypedSearchAttributes:
+    pairs: list[SearchAttributePair[str]] = [SearchAttributePair(DATA_FILE_ID, data_file_id)]
+    if destination:
+        pairs.append(SearchAttributePair(DESTINATION, destination))
+    return TypedSearchAttributes(pairs)
+
+
+@router.post("/destinations/{destination}/sources", status_code=status.HTTP_201_CREATED)
+async def register(
+    destination: str, body: SourcesRequest, state: StateDep, user: UserDep
+) -> SourcesResult:
+    """Register files by source URL (metadata only); a retrieval per file fetches them."""
+    found = temporal_client(state)
+    if found is None:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "asynchronous push needs the workflow engine, which the portal cannot reach",
+        )
+    registered, new = await run_in_threadpool(
+        lambda: register_sources(
+            state.engine,
+            state.box,
+            destination=destination,
+            sources=[SourceSpec(s.url, s.name, s.target) for s in body.sources],
+            user=user,
+            priority=body.priority,
+            lifetime=body.lifetime,
+            delay=body.delay,
+            at=body.at,
+            standby=body.standby,
+            metadata=parse_metadata(body.metadata),
+            group=body.group,
+            reqid=body.reqid,
+        )
+    )
+    if new:
+        client, queue = found
+        await _start_all(
+            client,
+            RETRIEVAL_WORKFLOW,
+            [
+                (retrieval_workflow_id(r.id), RetrievalInput(r.id), _attrs(r.id, destination))
+                for r in registered
+            ],
+            queue,
+        )
+    return SourcesResult(
+        group=body.group,
+        new=new,
+        files=[
+            RegisteredFile(id=r.id, name=r.name, source=r.source, transfers=r.transfers)
+            for r in registered
+        ],
+    )
+
+
+@router.get("/groups/{group}")
+def get_group(group: str, session: SessionDep, user: UserDep) -> GroupResult:
+    """How many of the group's files are in the store, which failed (and why), how many wait."""
+    progress = group_progress(
+        session, group=group, destinations=visible_destinations(session, user)
+    )
+    if progress.total == 0:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown group {group!r}")
+    return GroupResult(
+        group=group,
+        total=progress.total,
+        arrived=progress.arrived,
+        pending=progress.pending,
+        failed=progress.failed,
+    )
