@@ -1,0 +1,149 @@
+"""Google Cloud Storage through gcsfs: `gcs://bucket/prefix`.
+
+An object appears whole when its (resumable, chunked) upload is finalised; the upload
+session lives only as long as the connection, so an interrupted upload restarts cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from fsspec.asyn import sync
+from gcsfs.core import GCSFileSystem
+from gcsfs.retry import HttpError, retry_request
+from pydantic import Field
+
+from ecpds.core.protocols import CommonOptions, HostUrl, MiB, ProtocolError, options_dataclass
+from ecpds.core.protocols.base import FsspecRemote, Remote
+from ecpds.core.protocols.cloud import connection_problem
+
+CREDENTIALS = frozenset({"token"})
+GCS_ENDPOINT = "https://storage.googleapis.com"
+CHUNK_UNIT = 256 * 1024  # resumable upload chunks are multiples of this
+
+
+@options_dataclass(config={"extra": "forbid"})
+class Options(CommonOptions):
+    endpoint: str | None = None  # e.g. an emulator's http://127.0.0.1:9023; None = Google
+    project: str | None = None
+    anonymous: bool = False  # no credentials (emulators, public-write buckets)
+    block_size: int = Field(default=16 * MiB, ge=CHUNK_UNIT, le=1024 * MiB, multiple_of=CHUNK_UNIT)
+
+
+def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
+    if not url.host:
+        raise ProtocolError(
+            f"gcs URL {url.url!r} names no bucket (gcs://bucket/prefix)", retryable=False
+        )
+    if url.user or url.port:
+        raise ProtocolError(
+            f"gcs URL {url.url!r}: use gcs://bucket/prefix and put the server in option 'endpoint'",
+            retryable=False,
+        )
+    if options.anonymous == bool(credentials.get("token")):
+        raise ProtocolError(
+            f"gcs bucket {url.host}: give either the token credential (service-account JSON"
+            " or OAuth access token) or option anonymous=true",
+            retryable=False,
+        )
+
+
+class _GCSFileSystem(GCSFileSystem):
+    """gcsfs with two retries per request instead of six: gcsfs's own back-off would hold
+    a failing host for half a minute, where the destination's retry rules should act."""
+
+    _request = retry_request(retries=2)(GCSFileSystem._request.__wrapped__)
+
+
+class GcsRemote(FsspecRemote):
+    """Objects under one bucket; names are the URL's prefix plus the target name."""
+
+    fs: Any
+    renames = False  # an object only appears, whole, when its upload is finalised
+    resumable = False  # the resumable-upload session does not outlive the connection
+
+    def __init__(self, host_name: str, url: HostUrl, options: Options, fs: Any) -> None:
+        super().__init__(host_name, url, options, fs)
+        self.bucket = url.host
+        self.endpoint = options.endpoint or GCS_ENDPOINT
+
+    def object(self, path: str) -> str:
+        return f"{self.bucket}/{path.lstrip('/')}"
+
+    def open_kwargs(self) -> dict[str, Any]:
+        return {"block_size": self.options.block_size}  # type: ignore[attr-defined]
+
+    def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
+        out = self.fs.open(self.object(path), "wb", **self.open_kwargs())
+        written = 0
+        try:
+            for chunk in chunks:
+                out.write(chunk)
+                written += len(chunk)
+        except BaseException:
+            # Closing would finalise what was sent so far under the real name: cancel the
+            # upload session instead, and mark the file closed so nothing commits it later.
+            with contextlib.suppress(Exception):
+                out.discard()
+            out.closed = True
+            raise
+        out.close()
+        return written
+
+    def _makedirs(self, folder: str) -> None:
+        """Object names with slashes need no folders (and gcsfs would create the bucket)."""
+
+    def _size(self, path: str) -> int | None:
+        return super()._size(self.object(path))
+
+    def _delete(self, path: str) -> None:
+        super()._delete(self.object(path))
+
+    def explain(self, exc: BaseException) -> tuple[str, bool] | None:
+        if isinstance(exc, FileNotFoundError):
+            return f"bucket {self.bucket!r} does not exist", True
+        if isinstance(exc, HttpError) and exc.code in (401, 403):
+            return f"access denied ({exc.message}): check the token credential", True
+        if isinstance(exc, HttpError):
+            return f"GCS error {exc.code}: {exc.message}", True
+        known = connection_problem(exc, self.endpoint)
+        return (known, True) if known else None
+
+    def close(self) -> None:
+        fs: Any = self.fs
+        self.fs = None
+        session = getattr(fs, "_session", None)
+        if session is not None:
+            with contextlib.suppress(Exception):
+                sync(fs.loop, session.close, timeout=10)
+
+
+def token(options: Options, credentials: dict[str, str]) -> Any:
+    """What gcsfs takes as `token`: "anon", service-account info, or OAuth credentials."""
+    if options.anonymous:
+        return "anon"
+    text = credentials["token"].strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProtocolError(
+                f"gcs token credential is not valid JSON ({exc.msg})", retryable=False
+            ) from None
+    from google.oauth2.credentials import Credentials
+
+    return Credentials(text)
+
+
+def connect(host_name: str, url: HostUrl, options: Options, credentials: dict[str, str]) -> Remote:
+    fs = _GCSFileSystem(
+        token=token(options, credentials),
+        project=options.project or "ecpds",
+        endpoint_url=options.endpoint,
+        requests_timeout=options.timeout,
+        skip_instance_cache=True,
+    )
+    return GcsRemote(host_name, url, options, fs)
