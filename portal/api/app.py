@@ -20,6 +20,7 @@ from ecpds.portal.api import (
     files,
     health,
     hosts,
+    operations,
     site,
     sources,
     tokens,
@@ -41,6 +42,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     transfers.router,
     site.router,
     tokens.router,
+    operations.router,
 )
 
 

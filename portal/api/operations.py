@@ -1,0 +1,75 @@
+"""Operations on the dissemination engine: they reach running schedulers within seconds.
+
+`POST /destinations/{name}/operations/{hold|restart|clean-expired}` and
+`POST /transfers/{id}/operations/{requeue|stop|interrupt|schedule-now|priority|extend|delete}`
+(admins only) answer 202 once the destination's scheduler has the order.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+from pydantic import BaseModel
+
+from ecpds.core.dispatch import (
+    DESTINATION_OPERATIONS,
+    Operation,
+    OperationError,
+    TemporalDispatcher,
+)
+from ecpds.portal.api.deps import AdminDep, StateDep
+
+router = APIRouter(tags=["operations"])
+
+
+class Accepted(BaseModel):
+    operation: Operation
+    destination: str | None = None
+    transfer: int | None = None
+    value: int | None = None
+    immediate: bool = False
+
+
+def _dispatcher(state: StateDep) -> TemporalDispatcher:
+    dispatcher = state.dispatcher
+    if not isinstance(dispatcher, TemporalDispatcher):
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            "the dissemination engine is not connected: start Temporal and the worker",
+        )
+    return dispatcher
+
+
+@router.post("/destinations/{name}/operations/{operation}", status_code=202)
+async def destination_operation(
+    name: str,
+    operation: Operation,
+    state: StateDep,
+    _admin: AdminDep,
+    immediate: Annotated[bool, Query(description="restart: interrupt running transfers")] = False,
+) -> Accepted:
+    try:
+        await _dispatcher(state).operate_destination(name, operation, immediate=immediate)
+    except OperationError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    return Accepted(operation=operation, destination=name, immediate=immediate)
+
+
+@router.post("/transfers/{id}/operations/{operation}", status_code=202)
+async def transfer_operation(
+    id: int,
+    operation: Operation,
+    state: StateDep,
+    _admin: AdminDep,
+    value: Annotated[
+        int | None, Query(description="priority: the new priority; extend: seconds to add")
+    ] = None,
+) -> Accepted:
+    if operation in DESTINATION_OPERATIONS:
+        raise HTTPException(422, f"{operation} applies to a destination, not to a transfer")
+    try:
+        await _dispatcher(state).operate_transfer(id, operation, value=value)
+    except OperationError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    return Accepted(operation=operation, transfer=id, value=value)
