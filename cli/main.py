@@ -26,6 +26,7 @@ from rich.progress import (
 
 from ecpds.cli import supervisor
 from ecpds.cli.client import CliError, CliState, reports_errors, state_of
+from ecpds.cli.operations import scheduler_app, transfer_app
 from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
 from ecpds.cli.site import load_site
 
@@ -41,6 +42,8 @@ for _resource in RESOURCES:
     app.add_typer(
         resource_group(_resource), name=_resource.name, help=f"Manage {_resource.plural}."
     )
+app.add_typer(scheduler_app, name="scheduler", help="Hold, restart or clean a destination.")
+app.add_typer(transfer_app, name="transfer", help="List transfers and operate on one.")
 
 
 @app.callback()
@@ -182,7 +185,12 @@ def worker(ctx: typer.Context) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_worker(settings, stop)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except RuntimeError as exc:
+        if not str(exc).startswith("Failed client connect"):
+            raise
+        raise CliError(f"cannot reach Temporal at {settings.temporal_target}: {exc}") from None
 
 
 @app.command()
