@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import quote
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
-from ecpds.cli import supervisor
+from ecpds.cli import data, supervisor
 from ecpds.cli.client import CliError, CliState, reports_errors, state_of
 from ecpds.cli.operations import scheduler_app, transfer_app
 from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
 from ecpds.cli.site import load_site
-
-CHUNK = 1 << 20
 
 app = typer.Typer(
     name="ecpds",
@@ -42,6 +29,7 @@ for _resource in RESOURCES:
     app.add_typer(
         resource_group(_resource), name=_resource.name, help=f"Manage {_resource.plural}."
     )
+data.register(app)
 app.add_typer(scheduler_app, name="scheduler", help="Hold, restart or clean a destination.")
 app.add_typer(transfer_app, name="transfer", help="List transfers and operate on one.")
 
@@ -79,80 +67,6 @@ def apply(
     ]
     title = f"{file.name}{' (dry run: nothing changed)' if dry_run else ''}"
     print_rows(title, ("change", "entry"), rows)
-
-
-def _metadata(pairs: list[str]) -> str | None:
-    for pair in pairs:
-        if "=" not in pair or pair.startswith("="):
-            raise CliError(f"metadata '{pair}': expected KEY=VALUE")
-        if "," in pair:
-            raise CliError(f"metadata '{pair}': a value may not contain ','")
-    return ",".join(pairs) or None
-
-
-@app.command()
-@reports_errors
-def put(
-    ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="file to upload")],
-    destination: Annotated[str, typer.Option("--destination", "-d", help="destination name")],
-    target: Annotated[str | None, typer.Option(help="target name (default: file name)")] = None,
-    priority: Annotated[int | None, typer.Option(min=0, max=99, help="0 is highest")] = None,
-    lifetime: Annotated[int | None, typer.Option(min=1, help="seconds in the store")] = None,
-    delay: Annotated[int | None, typer.Option(min=0, help="seconds before sending")] = None,
-    at: Annotated[datetime | None, typer.Option(help="send at this time (ISO 8601)")] = None,
-    standby: Annotated[bool, typer.Option(help="hold until released")] = False,
-    metadata: Annotated[
-        list[str] | None, typer.Option("--metadata", "-m", help="KEY=VALUE, repeatable")
-    ] = None,
-    group: Annotated[str | None, typer.Option(help="group name")] = None,
-    reqid: Annotated[str | None, typer.Option(help="unique request id")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False,
-) -> None:
-    """Upload FILE to a destination; prints its DataFileID once it is in the store."""
-    if not file.is_file():
-        raise CliError(f"{file}: no such file")
-    params = {
-        "name": file.name,
-        "target": target,
-        "priority": priority,
-        "lifetime": lifetime,
-        "delay": delay,
-        "at": at.isoformat() if at else None,
-        "standby": "true" if standby else None,
-        "metadata": _metadata(metadata or []),
-        "group": group,
-        "reqid": reqid,
-    }
-    client = state_of(ctx).client()
-    size = file.stat().st_size
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-
-    def chunks() -> object:
-        with file.open("rb") as source:
-            while block := source.read(CHUNK):
-                progress.advance(task, len(block))
-                yield block
-
-    with progress:
-        task = progress.add_task(file.name, total=size)
-        answer = client.upload(
-            f"/destinations/{quote(destination, safe='')}/files", chunks(), size, params
-        )
-    if as_json:
-        print_json(answer)
-        return
-    typer.echo(
-        f"DataFileID {answer['id']}  {answer['name']}  {answer['size']} bytes  "
-        f"md5 {answer['md5']}  transfers {', '.join(map(str, answer.get('transfers', [])))}"
-    )
 
 
 @app.command()
