@@ -39,8 +39,8 @@ _RETRIES = {"retry_total": 2, "retry_connect": 0}
 class Options(CommonOptions):
     account: str | None = None  # storage account name (not needed with a connection_string)
     endpoint: str | None = None  # blob service URL; default https://ACCOUNT.blob.core.windows.net
-    single_put_limit: int = Field(default=32 * MiB, ge=1 * MiB, le=256 * MiB)
-    block_size: int = Field(default=32 * MiB, ge=1 * MiB, le=4000 * MiB)
+    single_put_limit: int = Field(default=32 * MiB, ge=64 * 1024, le=256 * MiB)
+    block_size: int = Field(default=32 * MiB, ge=64 * 1024, le=4000 * MiB)
     concurrency: int = Field(default=4, ge=1, le=32)  # blocks uploaded at once
 
 
@@ -212,7 +212,7 @@ class AzureRemote(Remote):
         denied = isinstance(exc, HttpResponseError) and exc.status_code == 403
         if denied or isinstance(exc, ClientAuthenticationError):
             why = f" ({code})" if code else ""
-            return f"access denied{why}: check the account key, SAS or connection string", True
+            return f"authentication failed{why}: check the key, SAS or connection string", True
         if isinstance(exc, ServiceRequestError):
             return connection_problem(
                 exc, self.endpoint

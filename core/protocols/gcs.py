@@ -106,7 +106,7 @@ class GcsRemote(FsspecRemote):
         if isinstance(exc, FileNotFoundError):
             return f"bucket {self.bucket!r} does not exist", True
         if isinstance(exc, HttpError) and exc.code in (401, 403):
-            return f"access denied ({exc.message}): check the token credential", True
+            return f"authentication failed ({exc.message}): check the token credential", True
         if isinstance(exc, HttpError):
             return f"GCS error {exc.code}: {exc.message}", True
         known = connection_problem(exc, self.endpoint)

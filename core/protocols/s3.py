@@ -213,7 +213,7 @@ class S3Remote(Remote):
             if code == "NoSuchBucket":
                 return f"bucket {self.bucket!r} does not exist", True
             if code in _DENIED or code == "403":
-                return "access denied (check access_key_id and secret_access_key)", True
+                return f"authentication failed ({code}): check the access key and secret", True
             return f"S3 error {code}: {error.get('Message') or exc}", True
         if isinstance(exc, EndpointConnectionError | ConnectTimeoutError):
             known = connection_problem(exc, self.endpoint)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ecpds.core.devserver import free_port, wait_for_port
+from peers.conformance import Peer
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's published development key: https://learn.microsoft.com/azure/storage/common/storage-use-azurite
@@ -22,6 +23,7 @@ ACCOUNT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
 PEERS_PREFIX = Path("/opt/ecpds-peers")
+BLOCK = 256 * 1024  # small blocks, so the conformance suite's broken upload has some staged
 
 
 @dataclass
@@ -100,3 +102,44 @@ def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureServ
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def azure_peer(azure_server: AzureServer) -> Peer:
+    """A fresh container for the conformance suite; small blocks so a broken upload resumes."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    container, prefix = azure_server.container(), "drop/"
+    service = azure_server.service()
+
+    def read(target: str) -> bytes | None:
+        try:
+            return service.get_blob_client(container, prefix + target).download_blob().readall()
+        except ResourceNotFoundError:
+            return None
+
+    def names() -> list[str]:
+        blobs = service.get_container_client(container).list_blobs(name_starts_with=prefix)
+        return sorted(b.name[len(prefix) :] for b in blobs)
+
+    url = f"azure://{container}/drop"
+    return Peer(
+        url=url,
+        options={
+            **azure_server.options(),
+            "block_size": 256 * 1024,
+            "single_put_limit": 256 * 1024,
+        },
+        credentials=azure_server.credentials,
+        read=read,
+        names=names,
+        resumable=True,
+        bad_credentials={"account_key": ACCOUNT_KEY.replace("Eby8", "Xby8")},
+        unknown_host_url=url,
+        refused_url=url,
+        missing_container_url=f"azure://ecpds-missing-{uuid.uuid4().hex[:8]}/drop",
+        error_options={
+            "unknown_host": {"endpoint": f"http://no-such-host.invalid:10000/{ACCOUNT}"},
+            "refused": {"endpoint": f"http://127.0.0.1:{free_port()}/{ACCOUNT}"},
+        },
+    )

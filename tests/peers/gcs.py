@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from ecpds.core.devserver import free_port, wait_for_port
+from peers.conformance import Peer
 
 
 @dataclass
@@ -34,13 +35,20 @@ class GcsServer:
         ).raise_for_status()
         return name
 
-    def read(self, bucket: str, name: str) -> bytes:
+    def read(self, bucket: str, name: str) -> bytes | None:
         response = httpx.get(
             f"{self.endpoint}/storage/v1/b/{bucket}/o/{name.replace('/', '%2F')}",
             params={"alt": "media"},
         )
+        if response.status_code == 404:
+            return None
         response.raise_for_status()
         return response.content
+
+    def names(self, bucket: str, prefix: str) -> list[str]:
+        response = httpx.get(f"{self.endpoint}/storage/v1/b/{bucket}/o", params={"prefix": prefix})
+        response.raise_for_status()
+        return sorted(item["name"] for item in response.json().get("items", []))
 
 
 def emulator_command(port: int) -> list[str] | None:
@@ -71,3 +79,26 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def gcs_peer(gcs_server: GcsServer) -> Peer:
+    """A fresh bucket for the conformance suite; files go under `drop/`."""
+    bucket, prefix = gcs_server.bucket(), "drop/"
+    url = f"gcs://{bucket}/drop"
+    return Peer(
+        url=url,
+        options=gcs_server.options(),
+        credentials={},
+        read=lambda target: gcs_server.read(bucket, prefix + target),
+        names=lambda: [n[len(prefix) :] for n in gcs_server.names(bucket, prefix)],
+        resumable=False,
+        bad_credentials=None,  # the emulator accepts any caller
+        unknown_host_url=url,
+        refused_url=url,
+        missing_container_url=f"gcs://ecpds-missing-{uuid.uuid4().hex[:8]}/drop",
+        error_options={
+            "unknown_host": {"endpoint": "http://no-such-host.invalid:9023"},
+            "refused": {"endpoint": f"http://127.0.0.1:{free_port()}"},
+        },
+    )

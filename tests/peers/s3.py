@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from ecpds.core.devserver import free_port, wait_for_port
+from peers.conformance import Peer
 
 REGION = "us-east-1"
 ALLOW_ALL = (
@@ -107,3 +108,42 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def s3_peer(s3_server: S3Server) -> Peer:
+    """A fresh bucket for the conformance suite; files go under `drop/`."""
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = s3_server.bucket(), "drop/"
+    client = s3_server.client()
+
+    def read(target: str) -> bytes | None:
+        try:
+            return client.get_object(Bucket=bucket, Key=prefix + target)["Body"].read()
+        except ClientError:
+            return None
+
+    def names() -> list[str]:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(o["Key"][len(prefix) :] for page in pages for o in page.get("Contents", []))
+
+    url = f"s3://{bucket}/drop"
+    return Peer(
+        url=url,
+        options=s3_server.options(),
+        credentials=s3_server.credentials,
+        read=read,
+        names=names,
+        # Parts are at least 5 MiB, more than the suite's interrupted file has sent when it
+        # breaks off, so that case restarts; tests/protocols/test_cloud.py resumes parts.
+        resumable=False,
+        bad_credentials={**s3_server.credentials, "secret_access_key": "not-the-secret"},
+        unknown_host_url=url,
+        refused_url=url,
+        missing_container_url=f"s3://ecpds-missing-{uuid.uuid4().hex[:8]}/drop",
+        error_options={
+            "unknown_host": {"endpoint": "http://no-such-host.invalid:9000"},
+            "refused": {"endpoint": f"http://127.0.0.1:{free_port()}"},
+        },
+    )
