@@ -19,7 +19,7 @@ from ecpds.core.protocols import ProtocolError
 from ecpds.core.store import Store
 from ecpds.core.transmit import SendRequest, partial_offset, send
 
-PEERS = ["file_peer", "sftp_peer", "ftp_peer", "ftps_peer"]
+PEERS = ["file_peer", "sftp_peer", "ftp_peer", "ftps_peer", "s3_peer", "azure_peer", "gcs_peer"]
 
 MiB = 1 << 20
 BIG = 100 * MiB
@@ -195,8 +195,8 @@ def test_errors_a_user_sees(
     if url is None or (case == "bad_credentials" and peer.bad_credentials is None):
         pytest.skip(f"{case} does not apply to this peer or cannot be arranged here")
     credentials = peer.bad_credentials if case == "bad_credentials" else peer.credentials
-    request = _request(peer, object_id, len(data), adler, "err/x.bin", url=url,
-                       options={"timeout": 10})  # fmt: skip
+    options = {"timeout": 10, **peer.error_options.get(case, {})}
+    request = _request(peer, object_id, len(data), adler, "err/x.bin", url=url, options=options)
     with pytest.raises(ProtocolError) as info:
         _send(store, peer, request, credentials)
     message = str(info.value)
