@@ -1,0 +1,127 @@
+"""S3, Azure Blob and GCS specifics beyond the conformance suite: host checks, S3 resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+
+import pytest
+from peers.s3 import S3Server
+
+from ecpds.core.protocols import ProtocolError, check_host
+from ecpds.core.store import Store
+from ecpds.core.transmit import SendRequest, partial_offset, send
+
+MiB = 1 << 20
+S3_KEYS = {"access_key_id": "AKIA", "secret_access_key": "s"}
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "credentials"),
+    [
+        ("s3://bucket/prefix", {"region": "eu-west-1"}, S3_KEYS),
+        ("s3://bucket", {"endpoint": "http://127.0.0.1:9000", "path_style": True}, S3_KEYS),
+        ("s3://b/p", {"part_size": 64 * MiB, "concurrency": 8}, S3_KEYS),
+        ("azure://container/dir", {"account": "acct"}, {"account_key": "a2V5"}),
+        (
+            "azure://container",
+            {"endpoint": "https://acct.blob.core.windows.net"},
+            {"sas_token": "sv=1"},
+        ),  # noqa: E501
+        ("azure://container/x", {}, {"connection_string": "AccountName=a;AccountKey=k"}),
+        ("gcs://bucket/dir", {}, {"token": '{"type": "service_account"}'}),
+        ("gcs://bucket", {"endpoint": "http://127.0.0.1:9023", "anonymous": True}, {}),
+    ],
+)
+def test_valid_cloud_hosts_pass(url: str, options: dict, credentials: dict) -> None:
+    check_host(url, options, credentials)
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "credentials", "expected"),
+    [
+        ("s3://bucket/p", {}, {"access_key_id": "AKIA"}, "secret_access_key"),
+        ("s3://bucket:9000/p", {}, S3_KEYS, "option 'endpoint'"),
+        ("s3://bucket/p", {"endpoint": "minio:9000"}, S3_KEYS, "http(s)://"),
+        ("s3://bucket/p", {"part_size": 1024}, S3_KEYS, "option 'part_size'"),
+        ("s3://bucket/p", {"multipart": True}, S3_KEYS, "unknown option 'multipart'"),
+        ("azure://c/p", {"account": "a"}, {}, "exactly one of"),
+        ("azure://c/p", {}, {"account_key": "k"}, "option 'account'"),
+        ("azure://c/p", {}, {"password": "x"}, "unknown credential 'password'"),
+        ("gcs://bucket/p", {}, {}, "token credential"),
+        ("gcs://bucket/p", {"block_size": 1000000}, {"token": "t"}, "option 'block_size'"),
+        ("gcs:///p", {"anonymous": True}, {}, "names no bucket"),
+    ],
+)
+def test_bad_cloud_hosts_give_one_line(
+    url: str, options: dict, credentials: dict, expected: str
+) -> None:
+    with pytest.raises(ProtocolError) as info:
+        check_host(url, options, credentials)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+    assert info.value.retryable is False
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_s3_multipart_upload_resumes_from_its_parts(s3_server: S3Server, tmp_path) -> None:
+    store = Store([str(tmp_path / "store")])
+    data = os.urandom(12 * MiB + 7)
+    stored = store.write("obj", [data])
+    bucket = s3_server.bucket()
+    request = SendRequest(
+        data_file_id="obj",
+        size=len(data),
+        adler32=stored.adler32,
+        host_name="cloud",
+        host_url=f"s3://{bucket}/in",
+        host_options={
+            **s3_server.options(),
+            "chunk_size": MiB,
+            "part_size": 5 * MiB,
+            "multipart_threshold": 5 * MiB,
+        },
+        target="big/file.bin",
+    )
+
+    def break_off(count: int) -> None:
+        if count >= 11 * MiB:
+            raise Interrupted("link broke")
+
+    with pytest.raises(Interrupted):
+        send(store, request, s3_server.credentials, progress=break_off)
+    client = s3_server.client()
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    offset = partial_offset(request, s3_server.credentials)
+    assert offset == 10 * MiB  # the two complete parts
+    resumed = replace(request, resume_offset=offset)
+    result = send(store, resumed, s3_server.credentials, progress=lambda n: None)
+    assert result.bytes_sent == len(data) - offset
+    assert result.md5 == hashlib.md5(data).hexdigest()
+    body = client.get_object(Bucket=bucket, Key="in/big/file.bin")["Body"].read()
+    assert body == data
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_s3_errors_name_no_secret(s3_server: S3Server, tmp_path) -> None:
+    store = Store([str(tmp_path / "store")])
+    stored = store.write("obj", [b"payload"])
+    secret = "wrong-secret-value-123"
+    request = SendRequest(
+        data_file_id="obj",
+        size=7,
+        adler32=stored.adler32,
+        host_name="cloud",
+        host_url=f"s3://{s3_server.bucket()}/in",
+        host_options=s3_server.options(),
+        target="x.bin",
+    )
+    creds = {**s3_server.credentials, "secret_access_key": secret}
+    with pytest.raises(ProtocolError) as info:
+        send(store, request, creds, progress=lambda n: None)
+    assert "authentication failed" in str(info.value)
+    assert secret not in str(info.value) and s3_server.access_key_id not in str(info.value)
