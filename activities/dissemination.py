@@ -289,6 +289,7 @@ class DisseminationActivities:
         except asyncio.CancelledError:
             cancelled.set()
             await asyncio.wait({future})
+            future.exception()  # TransmitCancelled, or whatever ended the send meanwhile
             raise
         except ProtocolError as exc:
             await self._run(self._failed, request, str(exc))

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import Priority, RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.dissemination import DisseminationActivities, HostRef, TransmitInput
@@ -72,6 +72,8 @@ class TransferWorkflow:
                     priority=task_priority(request.priority, request.destination),
                 )
             except ActivityError as exc:
+                if isinstance(exc.cause, CancelledError):
+                    raise  # an operator interrupted the transfer: the workflow is cancelled
                 error = f"host {host.name}: {exc.cause or exc}"
                 continue
             workflow.upsert_search_attributes([TRANSFER_STATUS.value_set("DONE")])
