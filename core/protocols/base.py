@@ -28,6 +28,7 @@ class Remote:
 
     resumable = True  # whether an interrupted upload can continue from its partial size
     renames = True  # whether the protocol can rename (else the final name is written)
+    checks_size = True  # whether remote_size works after an upload (a POST endpoint may not)
 
     def __init__(self, host_name: str, url: HostUrl, options: CommonOptions) -> None:
         self.host_name = host_name
@@ -82,7 +83,7 @@ class Remote:
             try:
                 written = self._write(staging, counted, offset)
             except BaseException:
-                if not self.resumable and staging != final:
+                if not self.resumable:
                     self._discard(staging)
                 raise
             if staging != final:
@@ -166,7 +167,7 @@ class Remote:
         """After the rename: chmod and the like."""
 
     def _discard(self, path: str) -> None:
-        """Remove a staging file that cannot be resumed, ignoring failures."""
+        """Remove what an upload that cannot be resumed left behind, ignoring failures."""
         with contextlib.suppress(Exception):
             self._delete(path)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from ecpds.core.devserver import free_port, wait_for_port
+from peers.tls import self_signed
 
 USER = "ecpds"
 PASSWORD = "ftp-Secret-1"
@@ -32,23 +33,6 @@ class FtpServer:
         return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{folder}"
 
 
-def _certificate(folder: Path) -> Path:
-    cert = folder / "cert.pem"
-    key = folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    both = folder / "server.pem"
-    both.write_text(key.read_text() + cert.read_text())
-    return cert
-
-
 def _serve(folder: Path, scheme: str) -> Iterator[FtpServer]:
     root = folder / "root"
     root.mkdir()
@@ -59,8 +43,11 @@ def _serve(folder: Path, scheme: str) -> Iterator[FtpServer]:
     if scheme == "ftps":
         if not shutil.which("openssl"):
             pytest.skip("openssl is needed to make the FTPS test certificate")
-        ca_file = str(_certificate(folder))
-        args += ["--cert", str(folder / "server.pem")]
+        cert, key = self_signed(folder)
+        ca_file = str(cert)
+        both = folder / "server.pem"
+        both.write_text(key.read_text() + cert.read_text())
+        args += ["--cert", str(both)]
     log = (folder / "ftp.log").open("wb")
     proc = subprocess.Popen(args, stdout=log, stderr=log)
     try:

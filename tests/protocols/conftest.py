@@ -11,6 +11,7 @@ import pytest
 from peers.conformance import Peer
 from peers.disk import small_disk
 from peers.ftp import FtpServer
+from peers.httpd import HttpServer
 from peers.sshd import SshServer
 
 from ecpds.core.devserver import free_port
@@ -91,3 +92,40 @@ def ftp_peer(ftp_server: FtpServer) -> Iterator[Peer]:
 @pytest.fixture
 def ftps_peer(ftps_server: FtpServer) -> Iterator[Peer]:
     yield from _ftp_peer(ftps_server)
+
+
+def _http_peer(server: HttpServer, options: dict) -> Iterator[Peer]:
+    name = f"c-{uuid.uuid4().hex[:8]}"
+    folder = server.root / name
+    folder.mkdir()
+    if server.ca_file:
+        options = {**options, "ca_file": server.ca_file}
+    bad = {"password": "wrong-password"} if server.user else {"token": "wrong-token"}
+    port = free_port()
+    with small_disk(server.root / f"{name}-full") as full:
+        yield Peer(
+            url=server.url(name),
+            options=options,
+            credentials=server.credentials,
+            resumable=False,
+            bad_credentials=bad,
+            unknown_host_url=server.url(name).replace("127.0.0.1", "no-such-host.invalid"),
+            refused_url=server.url(name).replace(f":{server.port}/", f":{port}/"),
+            full_disk_url=server.url(f"{name}-full") if full else None,
+            **_local_checks(folder),
+        )
+
+
+@pytest.fixture
+def webdav_peer(webdav_server: HttpServer) -> Iterator[Peer]:
+    yield from _http_peer(webdav_server, {"method": "webdav"})
+
+
+@pytest.fixture
+def https_put_peer(https_upload_server: HttpServer) -> Iterator[Peer]:
+    yield from _http_peer(https_upload_server, {"method": "put"})
+
+
+@pytest.fixture
+def https_post_peer(https_upload_server: HttpServer) -> Iterator[Peer]:
+    yield from _http_peer(https_upload_server, {"method": "post"})

@@ -19,7 +19,18 @@ from ecpds.core.protocols import ProtocolError
 from ecpds.core.store import Store
 from ecpds.core.transmit import SendRequest, partial_offset, send
 
-PEERS = ["file_peer", "sftp_peer", "ftp_peer", "ftps_peer", "s3_peer", "azure_peer", "gcs_peer"]
+PEERS = [
+    "file_peer",
+    "sftp_peer",
+    "ftp_peer",
+    "ftps_peer",
+    "webdav_peer",
+    "https_put_peer",
+    "https_post_peer",
+    "s3_peer",
+    "azure_peer",
+    "gcs_peer",
+]
 
 MiB = 1 << 20
 BIG = 100 * MiB
