@@ -259,9 +259,15 @@ def test_bad_input_is_one_line_and_changes_nothing(system: Running, tmp_path: Pa
     typo.write_text('[[destination]]\nname = "x"\nmax_conections = 3\n')
     missing = tmp_path / "secret.toml"
     missing.write_text('[[user]]\nname = "u2"\npassword = "${NOT_SET_ANYWHERE}"\n')
+    nocreds = tmp_path / "nocreds.toml"
+    nocreds.write_text(
+        '[[host]]\nname = "nocreds"\nurl = "sftp://someone@127.0.0.1:22/in"\n'
+        '[[destination]]\nname = "newdest"\nhosts = ["nocreds"]\n'
+    )
     product = tmp_path / "p.bin"
     product.write_bytes(b"payload")
     cases = [
+        (system.cli("apply", "-f", str(nocreds)), "nocreds"),
         (
             system.cli("apply", "-f", str(typo)),
             "site.toml: destination 'x': unknown key 'max_conections'",
