@@ -57,6 +57,9 @@ def dev_server_command(db_file: Path, port: int, ui_port: int, *, ui: bool = Tru
         "matching.numTaskqueueReadPartitions=1",
         "--dynamic-config-value",
         "matching.numTaskqueueWritePartitions=1",
+        # Fair dispatch between destinations (activities carry the destination as fairness key).
+        "--dynamic-config-value",
+        "matching.enableFairness=true",
     ]
     if not ui:
         cmd.append("--headless")
