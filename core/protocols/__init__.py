@@ -196,6 +196,15 @@ def check_host(
     parsed = parse_url(url)
     module = load(parsed.scheme)
     opts = parse_options(module.Options, options, parsed.where)
+    if opts.compression:
+        from ecpds.core.compression import CompressionError, get_codec
+
+        try:
+            get_codec(opts.compression)
+        except CompressionError as exc:
+            raise ProtocolError(
+                f"{parsed.where}: option 'compression': {exc}", retryable=False
+            ) from None
     creds = check_credentials(parsed, credentials, module.CREDENTIALS)
     module.check(parsed, opts, creds)
 

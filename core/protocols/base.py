@@ -82,8 +82,9 @@ class Remote:
                 self._makedirs(posixpath.dirname(final))
             try:
                 written = self._write(staging, counted, offset)
-            except BaseException:
-                if not self.resumable:
+            except BaseException as exc:
+                # A bad source (StoreError) must not be resumed from either.
+                if not self.resumable or isinstance(exc, StoreError):
                     self._discard(staging)
                 raise
             if staging != final:

@@ -50,3 +50,9 @@ def test_bad_hosts_give_one_line(url: str, options: dict, credentials: dict, exp
     assert expected in message
     assert "\n" not in message
     assert info.value.retryable is False
+
+
+def test_unknown_compression_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="unknown compression 'rar'"):
+        check_host("file:///srv/out", {"compression": "rar"}, {})
+    check_host("file:///srv/out", {"compression": "zstd", "compression_min_size": 1024}, {})
