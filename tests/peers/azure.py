@@ -5,6 +5,7 @@ tests/peers/install.sh installs Azurite with npm into /opt/ecpds-peers.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import uuid
@@ -16,6 +17,7 @@ import pytest
 
 from ecpds.core.devserver import free_port, wait_for_port
 from peers.conformance import Peer
+from peers.process import PeerMissing, stop
 
 ACCOUNT = "devstoreaccount1"
 # Azurite's published development key: https://learn.microsoft.com/azure/storage/common/storage-use-azurite
@@ -66,42 +68,32 @@ def azurite_blob() -> str | None:
     return shutil.which("azurite-blob")
 
 
-@pytest.fixture(scope="session")
-def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureServer]:
-    """azurite-blob on 127.0.0.1:<free port>, data in a temporary folder."""
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[AzureServer]:
+    """azurite-blob on 127.0.0.1:<free port>, its data under `folder`."""
     exe = azurite_blob()
     if exe is None:
-        pytest.skip("Azurite not installed (run tests/peers/install.sh; it needs npm)")
-    base = tmp_path_factory.mktemp("azurite")
+        raise PeerMissing("Azurite not installed (run tests/peers/install.sh; it needs npm)")
     port = free_port()
-    log = (base / "azurite.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(port),
-            "--location",
-            str(base / "data"),
-            "--skipApiVersionCheck",
-            "--disableTelemetry",
-            "--silent",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    log = (folder / "azurite.log").open("wb")
+    args = ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(folder / "data")]
+    args += ["--skipApiVersionCheck", "--disableTelemetry", "--silent"]
+    proc = subprocess.Popen([exe, *args], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
         yield AzureServer(f"http://127.0.0.1:{port}/{ACCOUNT}", ACCOUNT, ACCOUNT_KEY)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureServer]:
+    try:
+        with serve(tmp_path_factory.mktemp("azurite")) as server:
+            yield server
+    except PeerMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ The emulator checks no credentials, so clients talk to it anonymously.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import pytest
 
 from ecpds.core.devserver import free_port, wait_for_port
 from peers.conformance import Peer
+from peers.process import PeerMissing, stop
 
 
 @dataclass
@@ -59,26 +61,30 @@ def emulator_command(port: int) -> list[str] | None:
     return [found, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
 
 
-@pytest.fixture(scope="session")
-def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[GcsServer]:
     """gcp-storage-emulator on 127.0.0.1:<free port>, in memory."""
     port = free_port()
     command = emulator_command(port)
     if command is None:
-        pytest.skip("gcp-storage-emulator not installed (pip install gcp-storage-emulator)")
-    log = (tmp_path_factory.mktemp("gcs") / "gcs.log").open("wb")
+        raise PeerMissing("gcp-storage-emulator not installed (pip install gcp-storage-emulator)")
+    log = (folder / "gcs.log").open("wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
         yield GcsServer(f"http://127.0.0.1:{port}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    try:
+        with serve(tmp_path_factory.mktemp("gcs")) as server:
+            yield server
+    except PeerMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ authentication on, so a wrong secret key is refused as AWS would refuse it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 
 from ecpds.core.devserver import free_port, wait_for_port
 from peers.conformance import Peer
+from peers.process import PeerMissing, stop
 
 REGION = "us-east-1"
 ALLOW_ALL = (
@@ -84,15 +86,14 @@ def _iam_user(endpoint: str) -> tuple[str, str]:
     return key["AccessKeyId"], key["SecretAccessKey"]
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[S3Server]:
     """moto_server on 127.0.0.1:<free port>, authentication on, one IAM user."""
     port = free_port()
     command = moto_server_command(port)
     if command is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    log = log_path.open("wb")
+        raise PeerMissing("moto_server not installed (pip install 'moto[server]')")
+    log = (folder / "moto.log").open("wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
@@ -101,13 +102,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()
         yield S3Server(endpoint, REGION, key_id, secret)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    try:
+        with serve(tmp_path_factory.mktemp("moto")) as server:
+            yield server
+    except PeerMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture
