@@ -14,18 +14,21 @@ import socket
 import subprocess
 import sys
 import tomllib
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from typer.testing import CliRunner, Result
 
 from ecpds.cli.main import app
 from ecpds.core.devserver import free_port
 
 ECPDS = Path(sys.executable).parent / "ecpds"
+PG_URL = os.environ.get("ECPDS_TEST_DATABASE_URL", "")
 PORTS = (
     "temporal_port",
     "temporal_ui_port",
@@ -74,6 +77,11 @@ class Running:
         return int(self.env[f"ECPDS_{name.upper()}"])
 
     @property
+    def services(self) -> set[str]:
+        embedded = "ECPDS_TEMPORAL_ADDRESS" not in self.env
+        return {"up", "worker", "portal"} | ({"temporal"} if embedded else set())
+
+    @property
     def api(self) -> str:
         return f"https://127.0.0.1:{self.port('https_port')}/api/v1"
 
@@ -115,7 +123,7 @@ def stop(running: Running, *, ctrl_c: bool = False) -> str:
             line.split() for line in (running.home / "run" / "ecpds.pids").read_text().splitlines()
         )
     }
-    assert set(pids) == {"up", "temporal", "worker", "portal"}
+    assert set(pids) == running.services
     if ctrl_c:
         running.process.send_signal(signal.SIGINT)
     else:
@@ -165,14 +173,32 @@ def leftovers(home: Path) -> list[str]:
     return found
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def fresh_pg_schema(url: str) -> str:
+    """A PostgreSQL URL whose search_path is a new, empty schema."""
+    schema = f"up_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="module", params=["embedded", "external"])
+def system(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    """`ecpds up` with its own Temporal dev server and SQLite, or with a running Temporal
+    (and PostgreSQL when ECPDS_TEST_DATABASE_URL is set)."""
     if not ECPDS.exists():
         pytest.skip(f"the ecpds command is not installed beside {sys.executable}")
     folder = tmp_path_factory.mktemp("up")
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECPDS_")}
     env |= {f"ECPDS_{name.upper()}": str(free_port()) for name in PORTS}
     env |= {"ECPDS_HOME": str(folder / "var"), "COLUMNS": "200"}
+    if request.param == "external":
+        env["ECPDS_TEMPORAL_ADDRESS"] = request.getfixturevalue("temporal_server")
+        if PG_URL:
+            env["ECPDS_DATABASE_URL"] = fresh_pg_schema(PG_URL)
     running = start(folder, env)
     try:
         yield running
@@ -185,15 +211,19 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 def test_up_prints_every_service_and_first_credentials(system: Running) -> None:
     password = tomllib.loads((system.home / "admin.toml").read_text())["api_password"]
     assert (system.home / "admin.toml").stat().st_mode & 0o777 == 0o600
-    for text in (
-        f"127.0.0.1:{system.port('temporal_port')}",
-        f"http://127.0.0.1:{system.port('temporal_ui_port')}",
-        system.api,
-        f"127.0.0.1:{system.port('mqtt_port')}",
-        f"password {password}",
-    ):
+    for text in (system.api, f"127.0.0.1:{system.port('mqtt_port')}", f"password {password}"):
         assert text in system.output
-    ui = httpx.get(f"http://127.0.0.1:{system.port('temporal_ui_port')}/", timeout=30)
+    if "temporal" not in system.services:
+        assert system.env["ECPDS_TEMPORAL_ADDRESS"] in system.output
+        assert "external (ECPDS_TEMPORAL_ADDRESS)" in system.output
+        assert "Temporal UI" not in system.output
+        if "ECPDS_DATABASE_URL" in system.env:
+            assert "postgresql+psycopg://postgres@127.0.0.1:5432/test" in system.output
+        return
+    assert f"127.0.0.1:{system.port('temporal_port')}" in system.output
+    ui_url = f"http://127.0.0.1:{system.port('temporal_ui_port')}"
+    assert ui_url in system.output
+    ui = httpx.get(f"{ui_url}/", timeout=30)
     assert ui.status_code == 200
 
 
