@@ -22,6 +22,7 @@ from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.portal.api.app import create_app
+from ecpds.portal.frontends import serve_ftp, serve_s3, serve_sftp
 from ecpds.portal.mqtt import serve_mqtt
 from ecpds.portal.tls import ensure_certificate
 
@@ -91,6 +92,7 @@ async def serve_https(portal: Portal, stop: asyncio.Event) -> None:
 # Other front ends append their server here (one line each); each runs until `stop`.
 SERVERS: list[PortalServer] = [serve_https]
 SERVERS.append(serve_mqtt)
+SERVERS.extend([serve_s3, serve_ftp, serve_sftp])
 
 
 def open_portal(settings: Settings) -> Portal:
