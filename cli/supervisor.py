@@ -284,6 +284,12 @@ def up(settings: Settings, config: Path | None) -> int:
             f"ecpds is already running in {settings.home.resolve()} (pid {running['up']}): "
             "`ecpds down` stops it"
         )
+    left = [f"{name} {pid}" for name, pid in running.items() if alive(pid)]
+    if left:
+        raise CliError(
+            f"a previous `ecpds up` left processes running ({', '.join(left)}): "
+            "`ecpds down` stops them"
+        )
     embedded = not settings.temporal_address
     port_owner_check(settings, embedded)
     settings.home.mkdir(parents=True, exist_ok=True)
