@@ -180,7 +180,7 @@ def login_token(engine: Engine, token: str) -> Principal:
 
 def login_public_key(engine: Engine, name: str, key: asyncssh.SSHKey) -> Principal:
     """The principal whose registered SSH keys include `key`."""
-    wanted = key.export_public_key("openssh").split()[:2]
+    wanted = key.export_public_key("openssh").decode().split()[:2]
     with session_scope(engine) as session:
         user = _active_user(session, name)
         if user is not None:

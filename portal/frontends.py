@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
+from ecpds.portal.ftp import serve_ftp_until
 from ecpds.portal.s3.app import S3Gateway
+from ecpds.portal.sftp import serve_sftp_until
 from ecpds.portal.tls import ensure_certificate
 from ecpds.portal.vfs import PortalFS
 
@@ -66,3 +68,35 @@ async def serve_s3(portal: Portal, stop: asyncio.Event) -> None:
 async def _stop_when(stop: asyncio.Event, server: uvicorn.Server) -> None:
     await stop.wait()
     server.should_exit = True
+
+
+async def serve_sftp(portal: Portal, stop: asyncio.Event) -> None:
+    """SFTP on settings.sftp_port, host key in home/ssh_host_ed25519_key."""
+    settings = portal.settings
+    try:
+        await serve_sftp_until(
+            portal_fs(portal),
+            settings.bind,
+            settings.sftp_port,
+            settings.home / "ssh_host_ed25519_key",
+            stop,
+        )
+    except OSError as exc:
+        raise FrontEndError(
+            f"SFTP cannot listen on {settings.bind}:{settings.sftp_port}: {exc.strerror or exc}"
+        ) from None
+
+
+async def serve_ftp(portal: Portal, stop: asyncio.Event) -> None:
+    """FTP with explicit FTPS (AUTH TLS) on settings.ftp_port."""
+    settings = portal.settings
+    certificate = await asyncio.to_thread(ensure_certificate, settings)
+    masquerade = settings.public_host if settings.public_host != settings.bind else None
+    try:
+        await serve_ftp_until(
+            portal_fs(portal), settings.bind, settings.ftp_port, certificate, stop, masquerade
+        )
+    except OSError as exc:
+        raise FrontEndError(
+            f"FTP cannot listen on {settings.bind}:{settings.ftp_port}: {exc.strerror or exc}"
+        ) from None

@@ -213,6 +213,11 @@ def _upload(api: Api, destination: str, name: str, body: bytes = b"x") -> httpx.
     return api.admin.post(f"/destinations/{destination}/files", params={"name": name}, content=body)
 
 
+def _as_stranger(api: Api) -> httpx.Response:
+    with api.client(auth=("admin", "wrong-password")) as client:
+        return client.get("/destinations")
+
+
 BAD_INPUT = [
     pytest.param(
         lambda api: api.admin.post("/destinations", json={"name": "d9", "colour": "red"}),
@@ -285,7 +290,7 @@ BAD_INPUT = [
         id="bad-alias-pattern",
     ),
     pytest.param(
-        lambda api: api.client(auth=("admin", "wrong-password")).get("/destinations"),
+        lambda api: _as_stranger(api),
         401,
         ("admin",),
         id="wrong-password",
@@ -436,8 +441,9 @@ def test_upload_queues_transfers_on_temporal(temporal_api: Api, tmp_path: Path) 
 def test_portal_server_bootstraps_admin_and_serves_https(
     settings: Settings, temporal_server: str
 ) -> None:
+    ports = ("https_port", "mqtt_port", "ftp_port", "sftp_port", "s3_port")
     settings = settings.model_copy(
-        update={"https_port": free_port(), "temporal_address": temporal_server}
+        update={p: free_port() for p in ports} | {"temporal_address": temporal_server}
     )
 
     async def scenario() -> None:

@@ -1,0 +1,408 @@
+"""The portal's FTP server (pyftpdlib), with explicit FTPS (AUTH TLS) on the same port.
+
+One thread per connection; catalog calls run in that thread, uploads are handed to
+the portal's event loop, where ingest runs. An upload is committed only when its
+data connection ends normally; an aborted or cut transfer leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat as statmod
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import IO, Any
+
+from OpenSSL import SSL
+from pyftpdlib.authorizers import AuthenticationFailed as FTPAuthenticationFailed
+from pyftpdlib.filesystems import AbstractedFS, FilesystemError
+from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
+from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY, _RetryError
+from pyftpdlib.servers import ThreadedFTPServer
+
+from ecpds.core.ingest import IngestError
+from ecpds.portal.access import (
+    AccessError,
+    AuthenticationFailed,
+    Principal,
+    join_path,
+    login_password,
+    split_path,
+)
+from ecpds.portal.vfs import Download, Entry, PortalFS, Upload
+
+log = logging.getLogger(__name__)
+
+# ftp2fs maps a path that cannot be used to this name, which validpath() refuses.
+REFUSED = "\x00refused"
+PERMS = "elradfmwMT"
+
+
+class PortalAuthorizer:
+    """pyftpdlib's authorizer interface over the catalog; rights are checked by PortalFS."""
+
+    def __init__(self, fs: PortalFS) -> None:
+        self.fs = fs
+
+    def validate_authentication(self, username: str, password: str, handler: Any) -> None:
+        try:
+            handler.principal = login_password(self.fs.engine, username, password)
+        except AuthenticationFailed as exc:
+            raise FTPAuthenticationFailed(str(exc)) from exc
+
+    def get_home_dir(self, username: str) -> str:
+        return "/"
+
+    def has_user(self, username: str) -> bool:
+        return True
+
+    def has_perm(self, username: str, perm: str, path: str | None = None) -> bool:
+        return True
+
+    def get_perms(self, username: str) -> str:
+        return PERMS
+
+    def get_msg_login(self, username: str) -> str:
+        return f"Welcome {username}: your destinations are the folders of /."
+
+    def get_msg_quit(self, username: str) -> str:
+        return "Goodbye."
+
+    def impersonate_user(self, username: str, password: str) -> None:
+        return None
+
+    def terminate_impersonation(self, username: str) -> None:
+        return None
+
+
+def _os_error(exc: Exception) -> OSError:
+    return FilesystemError(str(exc))
+
+
+def _stat_result(entry: Entry) -> os.stat_result:
+    mtime = int(entry.mtime.timestamp()) if entry.mtime else 0
+    mode = (statmod.S_IFDIR | 0o755) if entry.is_dir else (statmod.S_IFREG | 0o644)
+    size = 0 if entry.is_dir else entry.size
+    return os.stat_result((mode, 0, 0, 1, 0, 0, size, mtime, mtime, mtime))
+
+
+class _DownloadFile:
+    """The file object pyftpdlib reads from; a complete RETR marks the pick-up."""
+
+    def __init__(self, handler: Any, download: Download, handle: IO[bytes], name: str) -> None:
+        self.handler = handler
+        self.download = download
+        self.handle = handle
+        self.name = name
+        self.closed = False
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.handle.seek(offset, whence)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.download.count(len(data))
+        return data
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.handle.close()
+        channel = self.handler.data_channel
+        if channel is not None and channel.transfer_finished:
+            self.download.close()
+
+
+class _UploadFile:
+    """The file object pyftpdlib writes to; bytes go to an Upload on the portal's loop."""
+
+    def __init__(self, handler: Any, upload: Upload, loop: asyncio.AbstractEventLoop, name: str):
+        self.handler = handler
+        self.upload = upload
+        self.loop = loop
+        self.name = name
+        self.closed = False
+
+    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def write(self, data: bytes) -> int:
+        try:
+            self._run(self.upload.write(data))
+        except (AccessError, IngestError) as exc:
+            raise OSError(str(exc)) from exc
+        return len(data)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        channel = self.handler.data_channel
+        if channel is None or not channel.transfer_finished:
+            self._run(self.upload.abort())
+            return
+        try:
+            self._run(self.upload.close())
+        except (AccessError, IngestError) as exc:
+            # The data channel answers after closing its file: make that answer the failure.
+            channel._resp = (f"550 {' '.join(str(exc).split())}.", log.info)
+
+
+class PortalDTPHandler(DTPHandler):
+    """A data channel that tells a cut connection from the end of an upload.
+
+    pyftpdlib reads a reset like an ordinary end of file, which in stream mode would
+    commit a truncated upload; here a reset (or a TLS stream without close_notify)
+    aborts the transfer instead.
+    """
+
+    broken = False
+
+    def recv(self, buffer_size: int) -> bytes:
+        try:
+            data = self.socket.recv(buffer_size)
+        except SSL.SysCallError:
+            self.broken = True
+            raise
+        except OSError as err:
+            if err.errno in _ERRNOS_DISCONNECTED:
+                self.broken = True
+                self.handle_close()
+                return b""
+            if err.errno in _ERRNOS_RETRY:
+                raise _RetryError from err
+            raise
+        if not data:
+            self.handle_close()
+            return b""
+        return bytes(data)
+
+    def handle_close(self) -> None:
+        if self.broken and self.receive and not self._closed:
+            self._resp = ("426 Connection broken; transfer aborted.", log.info)
+            self.close()
+            return
+        super().handle_close()
+
+
+class TLSPortalDTPHandler(TLS_DTPHandler, PortalDTPHandler):
+    pass
+
+
+class PortalFTPFS(AbstractedFS):
+    """pyftpdlib's file-system interface over PortalFS; its "real" paths are virtual ones."""
+
+    portal_fs: PortalFS
+    loop: asyncio.AbstractEventLoop
+
+    def __init__(self, root: str, cmd_channel: Any) -> None:
+        super().__init__("/", cmd_channel)
+        self._listed: dict[str, Entry] = {}
+
+    @property
+    def principal(self) -> Principal:
+        principal = self.cmd_channel.principal
+        assert isinstance(principal, Principal)
+        return principal
+
+    def _parts(self, path: str) -> tuple[str, ...]:
+        try:
+            return split_path(path, self.cwd)
+        except AccessError as exc:
+            raise _os_error(exc) from exc
+
+    def _call(self, func: Any, *args: Any) -> Any:
+        try:
+            return func(self.principal, *args)
+        except (AccessError, IngestError) as exc:
+            raise _os_error(exc) from exc
+
+    # --- path mapping -----------------------------------------------------------------------
+
+    def ftpnorm(self, ftppath: str) -> str:
+        try:
+            return join_path(split_path(ftppath, self.cwd))
+        except AccessError:
+            return REFUSED
+
+    def ftp2fs(self, ftppath: str) -> str:
+        return self.ftpnorm(ftppath)
+
+    def fs2ftp(self, fspath: str) -> str:
+        return fspath
+
+    def validpath(self, path: str) -> bool:
+        return path != REFUSED
+
+    def realpath(self, path: str) -> str:
+        return path
+
+    # --- names ------------------------------------------------------------------------------
+
+    def _entry(self, path: str) -> Entry:
+        cached = self._listed.get(path)
+        if cached is not None:
+            return cached
+        entry: Entry = self._call(self.portal_fs.stat, self._parts(path))
+        return entry
+
+    def chdir(self, path: str) -> None:
+        if not self._entry(path).is_dir:
+            raise FilesystemError(f"{path} is not a folder")
+        self.cwd = join_path(self._parts(path))
+
+    def listdir(self, path: str) -> list[str]:
+        parts = self._parts(path)
+        entries: list[Entry] = self._call(self.portal_fs.listdir, parts)
+        base = join_path(parts).rstrip("/")
+        self._listed = {f"{base}/{e.name}": e for e in entries}
+        return [e.name for e in entries]
+
+    def stat(self, path: str) -> os.stat_result:
+        return _stat_result(self._entry(path))
+
+    lstat = stat
+
+    def isfile(self, path: str) -> bool:
+        try:
+            return not self._entry(path).is_dir
+        except OSError:
+            return False
+
+    def isdir(self, path: str) -> bool:
+        try:
+            return self._entry(path).is_dir
+        except OSError:
+            return False
+
+    def islink(self, path: str) -> bool:
+        return False
+
+    def lexists(self, path: str) -> bool:
+        try:
+            self._entry(path)
+        except OSError:
+            return False
+        return True
+
+    def getsize(self, path: str) -> int:
+        return self._entry(path).size
+
+    def getmtime(self, path: str) -> float:
+        return self.stat(path).st_mtime
+
+    def readlink(self, path: str) -> str:
+        raise FilesystemError("there are no symbolic links here")
+
+    def mkdir(self, path: str) -> None:
+        self._call(self.portal_fs.mkdir, self._parts(path))
+
+    def rmdir(self, path: str) -> None:
+        if self.listdir(path):
+            raise FilesystemError(f"folder {path} is not empty")
+        raise FilesystemError(f"no folder {path}")
+
+    def remove(self, path: str) -> None:
+        self._call(self.portal_fs.delete, self._parts(path))
+
+    def rename(self, src: str, dst: str) -> None:
+        self._call(self.portal_fs.rename, self._parts(src), self._parts(dst))
+
+    def chmod(self, path: str, mode: int) -> None:
+        raise FilesystemError("modes are fixed: files are read-only copies")
+
+    def utime(self, path: str, timeval: float) -> None:
+        raise FilesystemError("times are the arrival times and cannot be changed")
+
+    def mkstemp(self, *args: Any, **kwargs: Any) -> Any:
+        raise FilesystemError("STOU is not supported: upload under a name of your own")
+
+    # --- files ------------------------------------------------------------------------------
+
+    def open(self, filename: str, mode: str) -> Any:
+        parts = self._parts(filename)
+        if mode == "rb":
+            download: Download = self._call(self.portal_fs.open_read, parts)
+            assert download.entry.data_file_id is not None
+            handle = self.portal_fs.store.open(download.entry.data_file_id)
+            return _DownloadFile(self.cmd_channel, download, handle, filename)
+        if mode != "wb":
+            raise FilesystemError("files can only be uploaded whole (no APPE, no REST on STOR)")
+
+        async def start() -> Upload:
+            return self.portal_fs.start_upload(self.principal, parts)
+
+        try:
+            upload = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
+        except AccessError as exc:
+            raise _os_error(exc) from exc
+        return _UploadFile(self.cmd_channel, upload, self.loop, filename)
+
+
+def build_server(
+    fs: PortalFS,
+    loop: asyncio.AbstractEventLoop,
+    host: str,
+    port: int,
+    *,
+    certificate: tuple[Path, Path] | None = None,
+    masquerade: str | None = None,
+) -> ThreadedFTPServer:
+    """An FTP server (with AUTH TLS when given a certificate) not yet serving."""
+    filesystem = type("BoundPortalFTPFS", (PortalFTPFS,), {"portal_fs": fs, "loop": loop})
+    base = TLS_FTPHandler if certificate else FTPHandler
+    attributes: dict[str, Any] = {
+        "authorizer": PortalAuthorizer(fs),
+        "abstracted_fs": filesystem,
+        "use_sendfile": False,
+        "dtp_handler": TLSPortalDTPHandler if certificate else PortalDTPHandler,
+        "banner": "ecpds data portal",
+        "masquerade_address": masquerade,
+        "principal": None,
+    }
+    if certificate:
+        attributes |= {
+            "certfile": str(certificate[0]),
+            "keyfile": str(certificate[1]),
+            "tls_control_required": False,
+            "tls_data_required": False,
+        }
+    handler = type("PortalFTPHandler", (base,), attributes)
+    return ThreadedFTPServer((host, port), handler)
+
+
+def run_in_thread(server: ThreadedFTPServer, stop: threading.Event) -> threading.Thread:
+    """Serve in a thread of its own until `stop` is set, then close every connection."""
+
+    def serve() -> None:
+        while not stop.is_set():
+            server.serve_forever(timeout=0.5, blocking=False, handle_exit=False)
+        server.close_all()
+
+    thread = threading.Thread(target=serve, name="ftp-server", daemon=True)
+    thread.start()
+    return thread
+
+
+async def serve_ftp_until(
+    fs: PortalFS,
+    host: str,
+    port: int,
+    certificate: tuple[Path, Path],
+    stop: asyncio.Event,
+    masquerade: str | None = None,
+) -> None:
+    """Serve FTP/FTPS until `stop` is set."""
+    loop = asyncio.get_running_loop()
+    server = build_server(fs, loop, host, port, certificate=certificate, masquerade=masquerade)
+    halt = threading.Event()
+    thread = run_in_thread(server, halt)
+    try:
+        await stop.wait()
+    finally:
+        halt.set()
+        await asyncio.to_thread(thread.join, 10)

@@ -1,0 +1,307 @@
+"""The portal's SFTP server (asyncssh): password or public-key log-in, the user's destinations.
+
+Only the SFTP subsystem is offered (no shell, exec or port forwarding). Writes must
+come in order, as every common client sends them; an upload is a synchronous push
+that is committed only by the client's close, never by a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat as statmod
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
+
+import asyncssh
+from asyncssh import SFTPAttrs, SFTPName
+
+from ecpds.core.ingest import IngestError
+from ecpds.portal.access import (
+    AccessError,
+    AuthenticationFailed,
+    NotFound,
+    Principal,
+    join_path,
+    login_password,
+    login_public_key,
+    split_path,
+    user_has_keys,
+)
+from ecpds.portal.vfs import Download, Entry, PortalFS, Upload
+
+DIR_MODE = statmod.S_IFDIR | 0o755
+FILE_MODE = statmod.S_IFREG | 0o644
+
+
+def load_host_key(path: Path) -> asyncssh.SSHKey:
+    """The server's host key, generated (mode 0600) on first start."""
+    if path.exists():
+        return asyncssh.read_private_key(str(path))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key.write_private_key(str(path))
+    path.chmod(0o600)
+    return key
+
+
+def _sftp_error(exc: Exception) -> asyncssh.SFTPError:
+    if isinstance(exc, NotFound):
+        return asyncssh.SFTPNoSuchFile(str(exc))
+    if isinstance(exc, AccessError):
+        return asyncssh.SFTPPermissionDenied(str(exc))
+    return asyncssh.SFTPFailure(str(exc))
+
+
+def _attrs(entry: Entry) -> SFTPAttrs:
+    mtime = int(entry.mtime.timestamp()) if entry.mtime else 0
+    return SFTPAttrs(
+        type=asyncssh.FILEXFER_TYPE_DIRECTORY if entry.is_dir else asyncssh.FILEXFER_TYPE_REGULAR,
+        size=0 if entry.is_dir else entry.size,
+        permissions=DIR_MODE if entry.is_dir else FILE_MODE,
+        uid=0,
+        gid=0,
+        atime=mtime,
+        mtime=mtime,
+    )
+
+
+class PortalSSHServer(asyncssh.SSHServer):
+    """Log-ins against the catalog; the principal travels on the connection."""
+
+    def __init__(self, fs: PortalFS) -> None:
+        self.fs = fs
+        self.conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        try:
+            principal = await asyncio.to_thread(login_password, self.fs.engine, username, password)
+        except AuthenticationFailed:
+            return False
+        assert self.conn is not None
+        self.conn.set_extra_info(principal=principal)
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if not await asyncio.to_thread(user_has_keys, self.fs.engine, username):
+            return False
+        try:
+            principal = await asyncio.to_thread(login_public_key, self.fs.engine, username, key)
+        except AuthenticationFailed:
+            return False
+        assert self.conn is not None
+        self.conn.set_extra_info(principal=principal)
+        return True
+
+
+class _Reader:
+    def __init__(self, download: Download, handle: IO[bytes]) -> None:
+        self.download = download
+        self.handle = handle
+
+    def seek(self, offset: int, whence: int) -> int:
+        """SEEK_DATA / SEEK_HOLE, which asyncssh asks for sparse ranges: there are no holes."""
+        if whence == os.SEEK_HOLE:
+            return self.download.size
+        if whence == os.SEEK_DATA and offset < self.download.size:
+            return offset
+        raise OSError(errno.ENXIO, "no data past the end of the file")
+
+
+class _Writer:
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
+        self.offset = 0
+
+
+class PortalSFTPServer(asyncssh.SFTPServer):
+    """The virtual file system of one logged-in user, over SFTP."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, fs: PortalFS) -> None:
+        super().__init__(chan)
+        self.fs = fs
+        principal = self.connection.get_extra_info("principal")
+        assert isinstance(principal, Principal)
+        self.principal = principal
+
+    def _parts(self, path: bytes) -> tuple[str, ...]:
+        try:
+            return split_path(path.decode("utf-8"))
+        except (AccessError, UnicodeDecodeError) as exc:
+            raise asyncssh.SFTPPermissionDenied(str(exc)) from exc
+
+    async def _call(self, func, *args):  # type: ignore[no-untyped-def]
+        try:
+            return await asyncio.to_thread(func, self.principal, *args)
+        except (AccessError, IngestError) as exc:
+            raise _sftp_error(exc) from exc
+
+    # --- names ------------------------------------------------------------------------------
+
+    def realpath(self, path: bytes) -> bytes:
+        return join_path(self._parts(path)).encode()
+
+    async def stat(self, path: bytes) -> SFTPAttrs:
+        return _attrs(await self._call(self.fs.stat, self._parts(path)))
+
+    async def lstat(self, path: bytes) -> SFTPAttrs:
+        return await self.stat(path)
+
+    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        parts = self._parts(path)
+        entries = await self._call(self.fs.listdir, parts)
+        here = Entry(name=".", is_dir=True)
+        for entry in [here, Entry(name="..", is_dir=True), *entries]:
+            yield SFTPName(entry.name.encode(), attrs=_attrs(entry))
+
+    async def mkdir(self, path: bytes, attrs: SFTPAttrs) -> None:
+        await self._call(self.fs.mkdir, self._parts(path))
+
+    async def rmdir(self, path: bytes) -> None:
+        parts = self._parts(path)
+        if await self._call(self.fs.listdir, parts):
+            raise asyncssh.SFTPFailure(f"folder {join_path(parts)} is not empty")
+        raise asyncssh.SFTPNoSuchFile(f"no folder {join_path(parts)}")
+
+    async def remove(self, path: bytes) -> None:
+        await self._call(self.fs.delete, self._parts(path))
+
+    async def rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self._call(self.fs.rename, self._parts(oldpath), self._parts(newpath))
+
+    async def posix_rename(self, oldpath: bytes, newpath: bytes) -> None:
+        await self.rename(oldpath, newpath)
+
+    def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
+        # Times and modes are the catalog's (arrival time, read-only files); clients that
+        # set them after an upload (sftp -p, rclone) must not fail for it.
+        self._parts(path)
+
+    def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
+        return None
+
+    def readlink(self, path: bytes) -> bytes:
+        raise asyncssh.SFTPOpUnsupported("there are no symbolic links here")
+
+    def symlink(self, oldpath: bytes, newpath: bytes) -> None:
+        raise asyncssh.SFTPOpUnsupported("symbolic links cannot be created")
+
+    def link(self, oldpath: bytes, newpath: bytes) -> None:
+        raise asyncssh.SFTPOpUnsupported("links cannot be created")
+
+    # --- files ------------------------------------------------------------------------------
+
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
+        parts = self._parts(path)
+        writing = bool(pflags & (asyncssh.FXF_WRITE | asyncssh.FXF_APPEND | asyncssh.FXF_CREAT))
+        if writing and pflags & asyncssh.FXF_READ:
+            raise asyncssh.SFTPOpUnsupported("files open either for reading or for writing")
+        if pflags & asyncssh.FXF_APPEND:
+            raise asyncssh.SFTPOpUnsupported("files cannot be appended to, only replaced")
+        if writing:
+            try:
+                return _Writer(self.fs.start_upload(self.principal, parts))
+            except AccessError as exc:
+                raise _sftp_error(exc) from exc
+        download: Download = await self._call(self.fs.open_read, parts)
+        assert download.entry.data_file_id is not None
+        handle = await asyncio.to_thread(self.fs.store.open, download.entry.data_file_id)
+        return _Reader(download, handle)
+
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        if not isinstance(file_obj, _Reader):
+            raise asyncssh.SFTPPermissionDenied("the file is open for writing")
+        handle = file_obj.handle
+        if self.fs.store.primary.local:
+            # Page-cache reads are quicker inline than through a worker thread.
+            handle.seek(offset)
+            data = handle.read(size)
+        else:
+            data = await asyncio.to_thread(_pread, handle, offset, size)
+        file_obj.download.count(len(data))
+        return data
+
+    async def write(self, file_obj: object, offset: int, data: bytes) -> int:
+        if not isinstance(file_obj, _Writer):
+            raise asyncssh.SFTPPermissionDenied("the file is open for reading")
+        if offset != file_obj.offset:
+            await file_obj.upload.abort()
+            raise asyncssh.SFTPFailure("writes must be sequential; the upload is abandoned")
+        try:
+            await file_obj.upload.write(data)
+        except (AccessError, IngestError) as exc:
+            raise _sftp_error(exc) from exc
+        file_obj.offset += len(data)
+        return len(data)
+
+    async def fstat(self, file_obj: object) -> SFTPAttrs:
+        if isinstance(file_obj, _Reader):
+            return _attrs(file_obj.download.entry)
+        assert isinstance(file_obj, _Writer)
+        return SFTPAttrs(
+            type=asyncssh.FILEXFER_TYPE_REGULAR, size=file_obj.offset, permissions=FILE_MODE
+        )
+
+    async def close(self, file_obj: object) -> None:
+        if isinstance(file_obj, _Reader):
+            file_obj.handle.close()
+            await asyncio.to_thread(file_obj.download.close)
+            return
+        assert isinstance(file_obj, _Writer)
+        if self.channel.is_closing():
+            # asyncssh closes open files when the session ends: a cut connection is no commit.
+            await file_obj.upload.abort()
+            return
+        try:
+            await file_obj.upload.close()
+        except (AccessError, IngestError) as exc:
+            raise _sftp_error(exc) from exc
+
+
+def _pread(handle: IO[bytes], offset: int, size: int) -> bytes:
+    handle.seek(offset)
+    return handle.read(size)
+
+
+async def start_sftp(
+    fs: PortalFS, host: str, port: int, host_key: asyncssh.SSHKey
+) -> asyncssh.SSHAcceptor:
+    """Listen for SFTP on host:port; close the returned acceptor to stop."""
+    return await asyncssh.create_server(
+        lambda: PortalSSHServer(fs),
+        host,
+        port,
+        server_host_keys=[host_key],
+        sftp_factory=lambda chan: PortalSFTPServer(chan, fs),
+        allow_scp=False,
+        agent_forwarding=False,
+        x11_forwarding=False,
+        allow_pty=False,
+    )
+
+
+async def serve_sftp_until(
+    fs: PortalFS, host: str, port: int, host_key_file: Path, stop: asyncio.Event
+) -> None:
+    """Serve SFTP until `stop` is set."""
+    key = await asyncio.to_thread(load_host_key, host_key_file)
+    acceptor = await start_sftp(fs, host, port, key)
+    try:
+        await stop.wait()
+    finally:
+        acceptor.close()
+        await acceptor.wait_closed()

@@ -1,0 +1,144 @@
+"""The FTP/FTPS server with the standard library's ftplib as the client."""
+
+from __future__ import annotations
+
+import ftplib
+import io
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from ecpds.core.db import session_scope
+from ecpds.core.devserver import free_port, wait_for_port
+from ecpds.core.models import DataFile, DataTransfer, TransferStatus
+from ecpds.portal.ftp import build_server, run_in_thread
+
+from .conftest import ALICE_PASSWORD, BOB_PASSWORD, LoopThread, Portal
+
+
+@pytest.fixture
+def ftp_port(
+    portal: Portal, loop_thread: LoopThread, certificate: tuple[Path, Path]
+) -> Iterator[int]:
+    port = free_port()
+    server = build_server(portal.fs, loop_thread.loop, "127.0.0.1", port, certificate=certificate)
+    stop = threading.Event()
+    thread = run_in_thread(server, stop)
+    wait_for_port("127.0.0.1", port, timeout=20)
+    yield port
+    stop.set()
+    thread.join(15)
+
+
+def login(port: int, user: str, password: str, tls: bool = False) -> ftplib.FTP:
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        ftp: ftplib.FTP = ftplib.FTP_TLS(context=context, timeout=30)
+    else:
+        ftp = ftplib.FTP(timeout=30)
+    ftp.connect("127.0.0.1", port)
+    ftp.login(user, password)
+    if isinstance(ftp, ftplib.FTP_TLS):
+        ftp.prot_p()
+    return ftp
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ftp", "ftps"])
+def test_ftplib_store_list_retrieve(ftp_port: int, portal: Portal, tls: bool) -> None:
+    payload = os.urandom(2_000_000)
+    ftp = login(ftp_port, "alice", ALICE_PASSWORD, tls)
+    try:
+        assert ftp.nlst() == ["alpha"]
+        ftp.cwd("alpha")
+        assert ftp.pwd() == "/alpha"
+        ftp.storbinary("STOR model/run.grib", io.BytesIO(payload))
+        assert ftp.nlst("model") == ["run.grib"]
+        lines: list[str] = []
+        ftp.retrlines("LIST model", lines.append)
+        assert len(lines) == 1 and lines[0].endswith(" run.grib") and str(len(payload)) in lines[0]
+        facts = dict(ftp.mlsd("model"))
+        assert facts["run.grib"]["size"] == str(len(payload))
+        ftp.voidcmd("TYPE I")
+        assert ftp.size("/alpha/model/run.grib") == len(payload)
+        with session_scope(portal.engine) as session:
+            assert session.exec(select(DataTransfer.status)).one() == TransferStatus.HOLD
+        tail = bytearray()
+        ftp.retrbinary("RETR model/run.grib", tail.extend, rest=1_999_000)
+        assert bytes(tail) == payload[1_999_000:]
+        with session_scope(portal.engine) as session:
+            assert session.exec(select(DataTransfer.status)).one() == TransferStatus.HOLD
+        whole = bytearray()
+        ftp.retrbinary("RETR /alpha/model/run.grib", whole.extend)
+        assert bytes(whole) == payload
+        ftp.rename("model/run.grib", "model/renamed.grib")
+        ftp.delete("model/renamed.grib")
+        ftp.storbinary("STOR note.txt", io.BytesIO(b"n"))
+        assert ftp.nlst() == ["note.txt"]
+    finally:
+        ftp.quit()
+    with session_scope(portal.engine) as session:
+        transfer = session.exec(select(DataTransfer).order_by(DataTransfer.id)).first()
+        assert transfer is not None
+        assert transfer.status == TransferStatus.DONE
+        assert transfer.deleted
+
+
+def test_ftp_users_are_kept_apart(ftp_port: int, portal: Portal) -> None:
+    alice = login(ftp_port, "alice", ALICE_PASSWORD)
+    alice.storbinary("STOR /alpha/private.txt", io.BytesIO(b"alice only"))
+    alice.quit()
+    bob = login(ftp_port, "bob", BOB_PASSWORD)
+    try:
+        assert bob.nlst("/") == ["beta"]
+        for path in (
+            "/alpha/private.txt",
+            "/beta/../alpha/private.txt",
+            "../alpha/private.txt",
+            "/beta/%2e%2e/alpha/private.txt",
+            "/beta/..\\alpha\\private.txt",
+        ):
+            with pytest.raises(ftplib.error_perm):
+                bob.retrbinary(f"RETR {path}", lambda _: None)
+        with pytest.raises(ftplib.error_perm):
+            bob.cwd("/alpha")
+        with pytest.raises(ftplib.error_perm):
+            bob.storbinary("STOR /alpha/evil.txt", io.BytesIO(b"x"))
+        with pytest.raises(ftplib.error_perm):
+            bob.delete("/alpha/private.txt")
+        with pytest.raises(ftplib.error_perm):
+            bob.cwd("/../..")
+    finally:
+        bob.quit()
+    with pytest.raises(ftplib.error_perm) as refused:
+        login(ftp_port, "bob", "wrong-password")
+    assert str(refused.value).startswith("530")
+    with session_scope(portal.engine) as session:
+        assert len(session.exec(select(DataFile)).all()) == 1
+
+
+def test_broken_ftp_upload_leaves_nothing(ftp_port: int, portal: Portal) -> None:
+    ftp = login(ftp_port, "alice", ALICE_PASSWORD)
+    ftp.voidcmd("TYPE I")
+    data = ftp.transfercmd("STOR /alpha/partial.bin")
+    data.sendall(os.urandom(3_000_000))
+    # Cut both connections without ending the transfer properly.
+    data.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    data.close()
+    ftp.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    ftp.sock.close()
+    for _ in range(50):
+        time.sleep(0.1)
+        if not portal.store.partials():
+            break
+    with session_scope(portal.engine) as session:
+        assert session.exec(select(DataFile)).all() == []
+    assert portal.store.partials() == []
