@@ -272,6 +272,21 @@ def test_apply_site_twice_then_read_back(system: Running, tmp_path: Path) -> Non
     table = system.cli("destination", "list")
     assert table.exit_code == 0 and "dest1" in table.stdout and "local1" in table.stdout
 
+    draft = tmp_path / "draft.toml"
+    draft.write_text(
+        '[[destination]]\nname = "dest1"\nmax_connections = 3\n[[destination]]\nname = "draft"\n'
+    )
+    dry = system.cli("apply", "-f", str(draft), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "dry run" in dry.stdout and "destination draft" in dry.stdout
+    assert "destination dest1" in dry.stdout
+    listed = system.cli("destination", "list", "--json")
+    assert sorted(d["name"] for d in json.loads(listed.stdout)) == ["dest1", "mirror"]
+    assert (
+        json.loads(system.cli("destination", "show", "dest1", "--json").stdout)["max_connections"]
+        == 2
+    )
+
 
 def test_put_stores_the_file_with_its_md5(system: Running, tmp_path: Path) -> None:
     product = tmp_path / "forecast.grib"
