@@ -34,13 +34,11 @@ console = Console()
 @dataclass
 class Child:
     name: str
-    command: list[str]
     log: Path
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes]
 
     @property
     def pid(self) -> int:
-        assert self.process is not None
         return self.process.pid
 
 
@@ -109,7 +107,7 @@ def signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-def port_owner_check(settings: Settings, embedded_temporal: bool) -> None:
+def check_ports_free(settings: Settings, embedded_temporal: bool) -> None:
     """Every port we are about to open must be free; name the setting that moves it."""
     wanted = [("https_port", settings.bind, settings.https_port)]
     wanted += [(attr, settings.bind, getattr(settings, attr)) for _, attr in EXTRA_PORTS]
@@ -160,12 +158,12 @@ class Supervisor:
         self.logs = self.home / "log"
 
     def start(self, name: str, command: list[str]) -> Child:
-        child = Child(name, command, self.logs / f"{name}.log")
+        log_path = self.logs / f"{name}.log"
         env = dict(os.environ, ECPDS_HOME=str(self.home))
-        with child.log.open("ab") as log:
+        with log_path.open("ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
             log.flush()
-            child.process = subprocess.Popen(
+            process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -173,6 +171,7 @@ class Supervisor:
                 env=env,
                 start_new_session=True,  # own process group: Ctrl-C reaches only us
             )
+        child = Child(name, log_path, process)
         self.children.append(child)
         self.pids[name] = child.pid
         write_pids(pid_file(self.settings), self.pids)
@@ -180,7 +179,6 @@ class Supervisor:
 
     def check_children(self) -> None:
         for child in self.children:
-            assert child.process is not None
             code = child.process.poll()
             if code is not None:
                 tail = last_line(child.log)
@@ -208,7 +206,6 @@ class Supervisor:
             signal_group(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + GRACE_SECONDS
         for child in reversed(self.children):
-            assert child.process is not None
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -291,7 +288,7 @@ def up(settings: Settings, config: Path | None) -> int:
             "`ecpds down` stops them"
         )
     embedded = not settings.temporal_address
-    port_owner_check(settings, embedded)
+    check_ports_free(settings, embedded)
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "log").mkdir(exist_ok=True)
     run_folder(settings).mkdir(exist_ok=True)
