@@ -244,7 +244,10 @@ class DisseminationActivities:
                 return None
             session.add(transfer)
             session.flush()
-            return QueuedTransfer.of(transfer) if requeue else None
+            if not requeue:
+                return None
+            data_file = session.get(DataFile, transfer.data_file_id)
+            return QueuedTransfer.of(transfer, data_file.size if data_file else 0)
 
     # --- transmit ---------------------------------------------------------------------
 
@@ -284,7 +287,8 @@ class DisseminationActivities:
                 done, _ = await asyncio.wait({future}, timeout=HEARTBEAT_EVERY)
                 if done:
                     break
-                activity.heartbeat(sent)
+                if not info.is_local:
+                    activity.heartbeat(sent)
             result = future.result()
         except asyncio.CancelledError:
             cancelled.set()

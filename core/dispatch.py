@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from temporalio.client import Client
 
 from ecpds.core.db import session_scope
-from ecpds.core.models import DataTransfer, Destination, TransferStatus
+from ecpds.core.models import DataFile, DataTransfer, Destination, TransferStatus
 
 DESTINATION_WORKFLOW = "DestinationWorkflow"
 QUEUEABLE = frozenset({TransferStatus.WAIT, TransferStatus.SCHE, TransferStatus.RETR})
@@ -44,13 +44,14 @@ class QueuedTransfer:
     start_count: int = 0
     requeue_count: int = 0
     not_before: float = 0.0
+    size: int = 0  # bytes of the data file
 
     @property
     def order(self) -> tuple[int, float, int]:
         return (self.priority, self.queued, self.id)
 
     @classmethod
-    def of(cls, transfer: DataTransfer) -> QueuedTransfer:
+    def of(cls, transfer: DataTransfer, size: int) -> QueuedTransfer:
         assert transfer.id is not None
         return cls(
             id=transfer.id,
@@ -61,6 +62,7 @@ class QueuedTransfer:
             expires=transfer.expires.timestamp(),
             start_count=transfer.start_count,
             requeue_count=transfer.requeue_count,
+            size=size,
         )
 
 
@@ -136,14 +138,15 @@ class TemporalDispatcher:
             return found
         with session_scope(self.engine) as session:
             rows = session.exec(
-                select(DataTransfer, Destination.name)
+                select(DataTransfer, Destination.name, DataFile.size)
                 .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
+                .join(DataFile, col(DataFile.id) == col(DataTransfer.data_file_id))
                 .where(col(DataTransfer.id).in_(ids))
                 .where(col(DataTransfer.status).in_(list(QUEUEABLE)))
                 .where(col(DataTransfer.deleted).is_(False))
             ).all()
-            for transfer, name in rows:
-                found[name].append(QueuedTransfer.of(transfer))
+            for transfer, name, size in rows:
+                found[name].append(QueuedTransfer.of(transfer, size))
         return found
 
     async def operate_destination(

@@ -57,6 +57,9 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         ],
         max_concurrent_activities=64,
         max_concurrent_workflow_tasks=64,
+        max_concurrent_local_activities=64,
+        # Transfer workflows are short; a small cache keeps the worker's memory flat.
+        max_cached_workflows=200,
     )
 
 

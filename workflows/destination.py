@@ -273,6 +273,7 @@ class DestinationWorkflow:
                     start_count=entry.start_count,
                     hosts=hosts,
                     first_host=first,
+                    size=entry.size,
                 ),
                 id=child_id(self.name, entry.id),
                 parent_close_policy=ParentClosePolicy.ABANDON,

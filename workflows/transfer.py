@@ -11,15 +11,23 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import Priority, RetryPolicy, SearchAttributeKey
-from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from ecpds.activities.dissemination import DisseminationActivities, HostRef, TransmitInput
+    from ecpds.activities.dissemination import (
+        DisseminationActivities,
+        HostRef,
+        TransmitInput,
+        TransmitOutput,
+    )
 
 DESTINATION = SearchAttributeKey.for_keyword("Destination")
 DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
 TRANSFER_STATUS = SearchAttributeKey.for_keyword("TransferStatus")
 PRIORITY = SearchAttributeKey.for_int("Priority")
+# Files up to this size go in a local activity: no task-queue round trip, no heartbeats
+# needed. The workflow's own tasks still carry the transfer's priority.
+LOCAL_SEND_LIMIT = 1 << 20
 
 
 def task_priority(priority: int, destination: str) -> Priority:
@@ -36,6 +44,7 @@ class TransferInput:
     hosts: list[HostRef] = field(default_factory=list)
     first_host: int = 0
     heartbeat_timeout: float = 15.0
+    size: int = 0
 
 
 @dataclass
@@ -58,25 +67,42 @@ class TransferWorkflow:
             index = (request.first_host + step) % count
             host = request.hosts[index]
             try:
-                sent = await workflow.execute_activity_method(
-                    DisseminationActivities.transmit,
-                    TransmitInput(request.transfer_id, host.id, request.start_count),
-                    start_to_close_timeout=timedelta(days=1),
-                    heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout),
-                    retry_policy=RetryPolicy(
-                        initial_interval=timedelta(seconds=max(1, host.retry_frequency)),
-                        backoff_coefficient=1.0,
-                        maximum_attempts=host.retry_count + 1,
-                    ),
-                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                    priority=task_priority(request.priority, request.destination),
-                )
+                sent = await self._transmit(request, host)
             except ActivityError as exc:
                 if isinstance(exc.cause, CancelledError):
                     raise  # an operator interrupted the transfer: the workflow is cancelled
                 error = f"host {host.name}: {exc.cause or exc}"
                 continue
+            except ApplicationError as exc:  # local activities fail without the wrapper
+                error = f"host {host.name}: {exc}"
+                continue
             workflow.upsert_search_attributes([TRANSFER_STATUS.value_set("DONE")])
             return TransferOutput(True, index, md5=sent.md5, bytes_sent=sent.bytes_sent)
         workflow.upsert_search_attributes([TRANSFER_STATUS.value_set("RETR")])
         return TransferOutput(False, index, error)
+
+    async def _transmit(self, request: TransferInput, host: HostRef) -> TransmitOutput:
+        """One host, tried by its retry count and frequency."""
+        transmit = TransmitInput(request.transfer_id, host.id, request.start_count)
+        retry = RetryPolicy(
+            initial_interval=timedelta(seconds=max(1, host.retry_frequency)),
+            backoff_coefficient=1.0,
+            maximum_attempts=host.retry_count + 1,
+        )
+        if request.size <= LOCAL_SEND_LIMIT:
+            return await workflow.execute_local_activity_method(
+                DisseminationActivities.transmit,
+                transmit,
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=retry,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            )
+        return await workflow.execute_activity_method(
+            DisseminationActivities.transmit,
+            transmit,
+            start_to_close_timeout=timedelta(days=1),
+            heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout),
+            retry_policy=retry,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            priority=task_priority(request.priority, request.destination),
+        )

@@ -33,13 +33,19 @@ def down_url(sshd, folder: Path, user: str | None) -> str:
 
 
 async def transmit_results(env: Dissemination, destination: str, transfer_id: int) -> list[dict]:
+    """What the transmit activities (regular or local) of a transfer returned."""
     handle = env.client.get_workflow_handle(transfer_workflow_id(destination, transfer_id))
     history = await handle.fetch_history()
-    return [
-        json.loads(e.activity_task_completed_event_attributes.result.payloads[0].data)
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
-    ]
+    results = []
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            payloads = event.activity_task_completed_event_attributes.result.payloads
+        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            payloads = event.marker_recorded_event_attributes.details["result"].payloads
+        else:
+            continue
+        results.append(json.loads(payloads[0].data))
+    return results
 
 
 def assert_no_secrets(text: str, sshd) -> None:

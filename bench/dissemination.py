@@ -1,0 +1,370 @@
+"""Dissemination benchmark, measured in one run on this machine.
+
+(a) many 16 KiB transfers to one destination beside a bare one-activity workflow,
+(b) one large file to a local OpenSSH server beside `rclone copy` and `scp`,
+(c) the worker's peak memory while it sends a 4 GiB file.
+Prints a table, or with --json one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+from temporalio.client import Client
+
+from ecpds.core import catalog
+from ecpds.core.db import open_catalog, session_scope
+from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
+from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.ingest import ingest
+from ecpds.core.models import DataTransfer, DestinationCreate, HostCreate, TransferStatus
+from ecpds.core.secrets import CredentialBox, load_or_create_key
+from ecpds.core.settings import Settings
+from ecpds.core.store import Store
+
+MiB = 1 << 20
+BARE_QUEUE = "bench-bare"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- peers --------------------------------------------------------------------------------
+
+
+@contextmanager
+def process(cmd: list[str], logfile: Path, **kwargs: Any) -> Iterator[subprocess.Popen]:
+    with logfile.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kwargs)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def sshd_config(folder: Path) -> tuple[list[str], int, Path]:
+    """An OpenSSH server for the current user with a fresh key; (command, port, key)."""
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd):
+        raise SystemExit("sshd is missing: run tests/peers/install.sh")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    host_key, client_key = folder / "host_ed25519", folder / "client_ed25519"
+    for key in (host_key, client_key):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    port = free_port()
+    config = folder / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"PidFile {folder / 'sshd.pid'}\nAuthorizedKeysFile {client_key}.pub\n"
+        "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+        "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n"
+    )
+    return [sshd, "-D", "-e", "-f", str(config)], port, client_key
+
+
+def worker_environment(settings: Settings) -> dict[str, str]:
+    return dict(
+        os.environ,
+        ECPDS_HOME=str(settings.home),
+        ECPDS_DATABASE_URL=settings.catalog_url,
+        ECPDS_STORE_LOCATIONS=json.dumps(settings.store_urls),
+        ECPDS_TASK_QUEUE=settings.task_queue,
+        ECPDS_TEMPORAL_ADDRESS=settings.temporal_target,
+    )
+
+
+async def serve_worker() -> None:
+    """The worker process: our worker, and the bare workflow's on its own queue."""
+    from bare import BareWorkflow, touch  # type: ignore[import-not-found]
+    from temporalio.worker import Worker
+
+    from ecpds.workers.worker import build_worker
+
+    settings = Settings()
+    client = await Client.connect(settings.temporal_target)
+    bare = Worker(
+        client,
+        task_queue=BARE_QUEUE,
+        workflows=[BareWorkflow],
+        activities=[touch],
+        max_concurrent_activities=64,
+        max_concurrent_workflow_tasks=64,
+    )
+    async with build_worker(client, settings), bare:
+        await asyncio.Event().wait()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+
+def count_done(engine: Engine, ids: list[int]) -> int:
+    with Session(engine) as session:
+        return session.exec(
+            select(func.count())
+            .select_from(DataTransfer)
+            .where(col(DataTransfer.id).in_(ids))
+            .where(DataTransfer.status == TransferStatus.DONE)
+        ).one()
+
+
+async def wait_done(engine: Engine, ids: list[int], on_poll: Any = None) -> float:
+    """Seconds until every transfer is DONE (polled every 50 ms)."""
+    started = time.monotonic()
+    while await asyncio.to_thread(count_done, engine, ids) < len(ids):
+        if on_poll:
+            on_poll()
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def pattern(size: int) -> AsyncIterator[bytes]:
+    block = os.urandom(16 * MiB)
+    sent = 0
+    while sent < size:
+        chunk = block[: min(len(block), size - sent)]
+        sent += len(chunk)
+        yield chunk
+
+
+async def put(engine: Engine, store: Store, destination: str, name: str, size: int) -> int:
+    result = await ingest(
+        engine=engine, store=store, destination=destination, name=name, chunks=pattern(size)
+    )
+    return result.transfer_ids[0]
+
+
+async def small_transfers(
+    engine: Engine, store: Store, dispatcher: TemporalDispatcher, count: int
+) -> float:
+    async def one(i: int) -> int:
+        async def body() -> AsyncIterator[bytes]:
+            yield data
+
+        result = await ingest(
+            engine=engine, store=store, destination="small", name=f"s{i:05d}", chunks=body()
+        )
+        return result.transfer_ids[0]
+
+    data = os.urandom(16 * 1024)
+    ids: list[int] = []
+    for start in range(0, count, 50):
+        ids += await asyncio.gather(*(one(i) for i in range(start, min(count, start + 50))))
+    log(f"small: {count} files registered; dispatching")
+    started = time.monotonic()
+    await dispatcher.queue(ids)
+    await wait_done(engine, ids)
+    return count / (time.monotonic() - started)
+
+
+async def bare_workflows(client: Client, count: int) -> float:
+    run = f"bare-{time.time_ns()}"
+    started = time.monotonic()
+    handles = []
+    for start in range(0, count, 100):
+        handles += await asyncio.gather(
+            *(
+                client.start_workflow("BareWorkflow", i, id=f"{run}-{i}", task_queue=BARE_QUEUE)
+                for i in range(start, min(count, start + 100))
+            )
+        )
+    await asyncio.gather(*(h.result() for h in handles))
+    return count / (time.monotonic() - started)
+
+
+def timed(cmd: list[str]) -> float:
+    started = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.monotonic() - started
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="ecpds-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "sshd").mkdir()
+        remote = tmp / "remote"
+        remote.mkdir()
+        sshd_cmd, sshd_port, key = sshd_config(tmp / "sshd")
+        port = free_port()
+        settings = Settings(
+            home=tmp / "var",
+            store_locations=[str(tmp / "store")],
+            task_queue="bench",
+            temporal_address=f"127.0.0.1:{port}",
+        )
+        engine = open_catalog(settings.catalog_url)
+        store = Store(settings.store_urls)
+        box = CredentialBox(load_or_create_key(settings.key_file))
+        user = getpass.getuser()
+        with session_scope(engine) as session:
+            catalog.create_host(
+                session, box=box, data=HostCreate(name="local", url=f"file://{tmp / 'out'}")
+            )
+            catalog.create_host(
+                session,
+                box=box,
+                data=HostCreate(
+                    name="sshd",
+                    url=f"sftp://{user}@127.0.0.1:{sshd_port}{remote}",
+                    credentials={"private_key": key.read_text()},
+                ),
+            )
+            catalog.create_destination(
+                session,
+                data=DestinationCreate(name="small", hosts=["local"], max_connections=64),
+            )
+            catalog.create_destination(
+                session, data=DestinationCreate(name="large", hosts=["sshd"], max_connections=1)
+            )
+        server_cmd = dev_server_command(tmp / "temporal.db", port, free_port(), ui=False)
+        here = Path(__file__).resolve()
+        worker_cmd = [sys.executable, str(here), "--worker"]
+        with (
+            process(server_cmd, tmp / "temporal.log") as server,
+            process(sshd_cmd, tmp / "sshd.log") as sshd,
+        ):
+            wait_for_port("127.0.0.1", port, 90, server)
+            wait_for_port("127.0.0.1", sshd_port, 20, sshd)
+            with process(
+                worker_cmd, tmp / "worker.log", env=worker_environment(settings)
+            ) as worker:
+                client = await Client.connect(settings.temporal_target)
+                dispatcher = TemporalDispatcher(client, settings.task_queue, engine)
+                await bare_workflows(client, 50)  # warm up both workers
+                log("bare: running")
+                results["bare_workflows_per_s"] = await bare_workflows(client, args.small)
+                log("small: registering")
+                results["small_transfers_per_s"] = await small_transfers(
+                    engine, store, dispatcher, args.small
+                )
+                results["small_rate_ratio"] = (
+                    results["small_transfers_per_s"] / results["bare_workflows_per_s"]
+                )
+
+                size = args.large_mib * MiB
+                log(f"large: {args.large_mib} MiB")
+                tid = await put(engine, store, "large", "large.bin", size)
+                with session_scope(engine) as session:
+                    data_file_id = session.get(DataTransfer, tid).data_file_id  # type: ignore
+                source = store.primary.key(data_file_id)
+                started = time.monotonic()
+                await dispatcher.queue([tid])
+                await wait_done(engine, [tid])
+                results["large_sftp_mb_s"] = size / 1e6 / (time.monotonic() - started)
+                (remote / "large.bin").unlink()
+                rclone = shutil.which("rclone")
+                if rclone:
+                    seconds = timed(
+                        [
+                            rclone,
+                            "copyto",
+                            source,
+                            f":sftp:{remote}/rclone.bin",
+                            "--sftp-host=127.0.0.1",
+                            f"--sftp-port={sshd_port}",
+                            f"--sftp-user={user}",
+                            f"--sftp-key-file={key}",
+                        ]
+                    )
+                    results["rclone_sftp_mb_s"] = size / 1e6 / seconds
+                    results["large_vs_rclone"] = (
+                        results["large_sftp_mb_s"] / results["rclone_sftp_mb_s"]
+                    )
+                    (remote / "rclone.bin").unlink()
+                seconds = timed(
+                    [
+                        "scp",
+                        "-q",
+                        "-P",
+                        str(sshd_port),
+                        "-i",
+                        str(key),
+                        "-o",
+                        "StrictHostKeyChecking=no",
+                        "-o",
+                        "UserKnownHostsFile=/dev/null",
+                        "-o",
+                        "BatchMode=yes",
+                        source,
+                        f"{user}@127.0.0.1:{remote}/scp.bin",
+                    ]
+                )
+                results["scp_sftp_mb_s"] = size / 1e6 / seconds
+                (remote / "scp.bin").unlink()
+                store.delete(data_file_id)
+
+                log(f"huge: {args.huge_mib} MiB")
+                tid = await put(engine, store, "large", "huge.bin", args.huge_mib * MiB)
+                peak = [rss_mib(worker.pid)]
+                log(f"huge: stored; worker RSS before sending {peak[0]:.0f} MiB")
+                await dispatcher.queue([tid])
+                await wait_done(engine, [tid], lambda: peak.append(rss_mib(worker.pid)))
+                results["peak_worker_rss_mib"] = max(peak)
+                (remote / "huge.bin").unlink()
+    return results
+
+
+LABELS = {
+    "bare_workflows_per_s": "bare one-activity workflows /s",
+    "small_transfers_per_s": "16 KiB transfers /s (one destination)",
+    "small_rate_ratio": "small transfers / bare workflows (target >= 0.8)",
+    "large_sftp_mb_s": "large file over SFTP, MB/s",
+    "rclone_sftp_mb_s": "rclone copy, same file and server, MB/s",
+    "scp_sftp_mb_s": "scp, same file and server, MB/s",
+    "large_vs_rclone": "ecpds / rclone (target >= 1.0)",
+    "peak_worker_rss_mib": "worker peak RSS sending 4 GiB, MiB (target < 200)",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--small", type=int, default=2000, help="number of 16 KiB transfers")
+    parser.add_argument("--large-mib", type=int, default=1024, help="size of the large file")
+    parser.add_argument("--huge-mib", type=int, default=4096, help="file sent for peak RSS")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        asyncio.run(serve_worker())
+        return
+    results = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
+        return
+    width = max(len(label) for label in LABELS.values())
+    for key, label in LABELS.items():
+        if key in results:
+            print(f"{label:<{width}}  {results[key]:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
