@@ -7,8 +7,10 @@ arrives the same way whichever door it came in by.
 from __future__ import annotations
 
 import asyncio
+import queue
 import re
-from collections.abc import AsyncIterable
+import threading
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -28,9 +30,11 @@ from ecpds.core.models import (
     new_data_file_id,
     utcnow,
 )
-from ecpds.core.store import ObjectTooLarge, Store
+from ecpds.core.store import ObjectTooLarge, Store, StoredObject
 
 _META_PAIR = re.compile(r"^([\w.-]+)=(.*)$")
+_BLOCK = 1 << 20  # bytes handed to the writer thread at a time
+_IN_FLIGHT = 8  # blocks received but not yet written: bounds memory per upload
 
 
 class Dispatcher(Protocol):
@@ -158,6 +162,73 @@ def _plan(
     return _Plan(destination=dest, max_size=dest.max_file_size, transfers=transfers)
 
 
+class UploadBrokenOff(Exception):
+    """The incoming stream failed before its end; nothing was kept."""
+
+
+async def _blocks(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) >= _BLOCK:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+async def store_stream(
+    store: Store, object_id: str, chunks: AsyncIterable[bytes], *, max_size: int = 0
+) -> StoredObject:
+    """`Store.write` in a thread of its own, fed from the async stream.
+
+    The event loop keeps receiving (and decrypting) while the thread hashes and writes,
+    and other requests are not held up by disk writes.
+    """
+    loop = asyncio.get_running_loop()
+    pipe: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
+    room = asyncio.Semaphore(_IN_FLIGHT)
+    result: asyncio.Future[StoredObject] = loop.create_future()
+
+    def settle(stored: StoredObject | None, error: BaseException | None) -> None:
+        if error is not None:
+            result.set_exception(error)
+        else:
+            assert stored is not None
+            result.set_result(stored)
+        for _ in range(_IN_FLIGHT):
+            room.release()  # wake the receiving side, which sees `result` is done
+
+    def received() -> Iterator[bytes]:
+        while (item := pipe.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            loop.call_soon_threadsafe(room.release)
+            yield item
+
+    def write() -> None:
+        try:
+            stored = store.write(object_id, received(), max_size=max_size)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, stored, None)
+
+    threading.Thread(target=write, name=f"store-{object_id}", daemon=True).start()
+    try:
+        async for block in _blocks(chunks):
+            await room.acquire()
+            if result.done():
+                break
+            pipe.put(block)
+    except BaseException as exc:
+        pipe.put(UploadBrokenOff(f"the upload broke off: {exc!r}"))
+        await asyncio.wait([result])  # the writer has removed its partial object
+        raise
+    pipe.put(None)
+    return await result
+
+
 def _first(*values: int | None) -> int:
     return next(v for v in values if v is not None)
 
@@ -219,7 +290,7 @@ async def ingest(
     planned = await asyncio.to_thread(plan)
     object_id = new_data_file_id()
     try:
-        stored = await store.write_async(object_id, chunks, max_size=planned.max_size)
+        stored = await store_stream(store, object_id, chunks, max_size=planned.max_size)
     except ObjectTooLarge as exc:
         raise IngestError(f"destination {destination!r}: {exc}", 413) from exc
     now = utcnow()

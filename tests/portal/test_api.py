@@ -398,7 +398,7 @@ def test_bearer_token_replaces_the_password(api: Api) -> None:
 
 
 def test_apply_twice_changes_nothing_the_second_time(api: Api) -> None:
-    spec = {
+    spec: dict[str, Any] = {
         "host": [{"name": "sx", "url": "sftp://ops@far/in", "credentials": {"password": SECRET}}],
         "destination": [{"name": "dx", "hosts": ["sx"]}, {"name": "dy"}],
         "alias": [{"name": "xy", "source": "dx", "target": "dy"}],
