@@ -177,3 +177,21 @@ def test_ingest_removes_the_object_when_the_catalog_refuses(engine: Engine, stor
         asyncio.run(push("two"))
     assert dup.value.status == 409
     assert [p.name for p in Path(store.primary.root).rglob("*") if p.is_file()] == [first]
+
+
+def test_an_upload_that_breaks_off_leaves_nothing(engine: Engine, store: Store) -> None:
+    with session_scope(engine) as session:
+        catalog.create_destination(session, data=DestinationCreate(name="d"))
+
+    async def breaking() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"x" * 700_000
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        asyncio.run(
+            ingest(engine=engine, store=store, destination="d", name="f", chunks=breaking())
+        )
+    with Session(engine) as session:
+        assert session.exec(select(DataFile)).all() == []
+    assert [p for p in Path(store.primary.root).rglob("*") if p.is_file()] == []
