@@ -8,6 +8,8 @@ request) of the bytes as delivered, and never holds more than a chunk in memory.
 from __future__ import annotations
 
 import posixpath
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +47,9 @@ class SendResult:
     target: str  # the final name, with the compression extension if any
     seconds: float
     extra: dict[str, str] = field(default_factory=dict)  # compression, sha256, sha512
+
+
+READ_AHEAD = 3  # chunks prepared ahead of the one being sent
 
 
 class SizeMismatch(ProtocolError):
@@ -89,6 +94,56 @@ def _digested(chunks: Iterable[bytes], digest: Digest) -> Iterator[bytes]:
         yield chunk
 
 
+def read_ahead(chunks: Iterable[bytes], *, depth: int) -> Iterator[bytes]:
+    """`chunks`, produced by a helper thread up to `depth` ahead of the consumer.
+
+    Reading, decompressing, compressing and hashing (which release the GIL) then run
+    while the protocol sends the previous chunk; memory stays at `depth` chunks.
+    """
+    slots: queue.Queue[tuple[bytes | None, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        item: tuple[bytes | None, BaseException | None]
+        try:
+            for chunk in chunks:
+                if not _offer(slots, (chunk, None), stop):
+                    return
+            item = (None, None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            item = (None, exc)
+        _offer(slots, item, stop)
+
+    worker = threading.Thread(target=produce, name="transmit-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            chunk, error = slots.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _offer(
+    slots: queue.Queue[tuple[bytes | None, BaseException | None]],
+    item: tuple[bytes | None, BaseException | None],
+    stop: threading.Event,
+) -> bool:
+    """Put `item` unless the consumer has gone away; False when it has."""
+    while not stop.is_set():
+        try:
+            slots.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def final_target(request: SendRequest, codec: compression.Codec | None) -> str:
     return request.target + codec.extension if codec else request.target
 
@@ -118,7 +173,7 @@ def send(
         if codec:
             stream = codec.compress(stream, posixpath.basename(request.target))
         digest = Digest(extra=extra_sums)
-        stream = _digested(stream, digest)
+        stream = read_ahead(_digested(stream, digest), depth=READ_AHEAD)
         if offset:
             stream = _skip(stream, offset)
         throttle = Throttle(opts.max_rate, opts.min_rate, opts.min_rate_grace, opts.max_duration)

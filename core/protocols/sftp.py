@@ -18,12 +18,22 @@ from ecpds.core.protocols.base import FsspecRemote
 
 CREDENTIALS = frozenset({"password", "private_key", "passphrase"})
 
+# AES-GCM runs on AES-NI through OpenSSL: about twice asyncssh's default (ChaCha20) speed.
+FAST_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+    "chacha20-poly1305@openssh.com",
+)
+
 
 @options_dataclass(config={"extra": "forbid"})
 class Options(CommonOptions):
     host_key: str | None = None  # expected fingerprint "SHA256:..." or "MD5:..."; None = any
     mode: str | None = Field(default=None, pattern=r"^[0-7]{3,4}$")  # chmod after upload
     requests: int = Field(default=64, ge=1, le=1024)  # pipelined SFTP requests in flight
+    ciphers: tuple[str, ...] = FAST_CIPHERS  # preference order offered to the server
 
 
 def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
@@ -127,6 +137,7 @@ def connect(
         "connect_timeout": options.timeout,
         "login_timeout": options.timeout,
         "keepalive_interval": 30,
+        "encryption_algs": list(options.ciphers),
         "skip_instance_cache": True,
     }
     if credentials.get("password"):
