@@ -224,6 +224,7 @@ async def store_stream(
     except BaseException as exc:
         pipe.put(UploadBrokenOff(f"the upload broke off: {exc!r}"))
         await asyncio.wait([result])  # the writer has removed its partial object
+        result.exception()  # its error is this one, seen from the writer's side
         raise
     pipe.put(None)
     return await result
