@@ -26,6 +26,7 @@ from ecpds.portal.api import (
     tokens,
     transfers,
 )
+from ecpds.portal.api import keys as keys_router
 from ecpds.portal.api import users as users_router
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.web import data_router
@@ -36,6 +37,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     destinations.router,
     hosts.router,
     users_router.router,
+    keys_router.router,
     aliases.router,
     files.router,
     sources.router,

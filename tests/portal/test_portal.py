@@ -1,0 +1,110 @@
+"""The whole portal process (`serve`): REST-managed users and keys, then all four front-ends."""
+
+from __future__ import annotations
+
+import asyncio
+import ftplib
+import io
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncssh
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from ecpds.core.devserver import free_port, wait_for_port
+from ecpds.core.settings import Settings
+from ecpds.portal.server import serve
+
+from .conftest import LoopThread
+
+PASSWORD = "carol-password-1"
+
+
+@pytest.fixture
+def running(tmp_path: Path, loop_thread: LoopThread) -> Iterator[Settings]:
+    settings = Settings(
+        home=tmp_path / "var",
+        https_port=free_port(),
+        s3_port=free_port(),
+        ftp_port=free_port(),
+        sftp_port=free_port(),
+        mqtt_port=free_port(),
+        temporal_address=f"127.0.0.1:{free_port()}",
+    )
+    stop = asyncio.Event()
+    done = loop_thread.submit(serve(settings, stop))
+    for port in (settings.https_port, settings.s3_port, settings.ftp_port, settings.sftp_port):
+        wait_for_port("127.0.0.1", port, timeout=60)
+    yield settings
+    loop_thread.loop.call_soon_threadsafe(stop.set)
+    done.result(30)
+
+
+def test_four_front_ends_one_portal(running: Settings) -> None:
+    admin = tomllib.loads((running.home / "admin.toml").read_text())
+    api = httpx.Client(
+        base_url=f"https://127.0.0.1:{running.https_port}/api/v1",
+        auth=(admin["api_user"], admin["api_password"]),
+        verify=False,
+        timeout=30,
+    )
+    assert api.post("/destinations", json={"name": "gamma"}).status_code == 201
+    user = {"name": "carol", "password": PASSWORD, "destinations": ["gamma"]}
+    assert api.post("/users", json=user).status_code == 201
+    created = api.post("/users/carol/keys")
+    assert created.status_code == 201, created.text
+    keys = created.json()
+    listed = api.get("/users/carol/keys").json()
+    assert [k["access_key_id"] for k in listed] == [keys["access_key_id"]]
+
+    with httpx.Client(verify=False, auth=("carol", PASSWORD), timeout=30) as web:
+        base = f"https://127.0.0.1:{running.https_port}/data"
+        assert web.put(f"{base}/gamma/day1/a.txt", content=b"via https").status_code == 201
+        assert web.get(f"{base}/gamma/day1/a.txt").content == b"via https"
+        assert api.put(f"{base}/gamma/day1/x.txt", content=b"admin").status_code == 201
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=f"https://127.0.0.1:{running.s3_port}",
+        aws_access_key_id=keys["access_key_id"],
+        aws_secret_access_key=keys["secret_access_key"],
+        region_name="us-east-1",
+        verify=False,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    assert s3.get_object(Bucket="gamma", Key="day1/a.txt")["Body"].read() == b"via https"
+    s3.put_object(Bucket="gamma", Key="day1/b.txt", Body=b"via s3")
+
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", running.ftp_port, timeout=30)
+    ftp.login("carol", PASSWORD)
+    ftp.storbinary("STOR /gamma/day1/c.txt", io.BytesIO(b"via ftp"))
+    got = bytearray()
+    ftp.retrbinary("RETR /gamma/day1/b.txt", got.extend)
+    assert bytes(got) == b"via s3"
+    ftp.quit()
+
+    async def over_sftp() -> list[str]:
+        async with (
+            asyncssh.connect(
+                "127.0.0.1", running.sftp_port, username="carol", password=PASSWORD,
+                known_hosts=None, client_keys=None,
+            ) as conn,
+            conn.start_sftp_client() as sftp,
+        ):  # fmt: skip
+            async with sftp.open("/gamma/day1/c.txt", "rb") as handle:
+                assert await handle.read() == b"via ftp"
+            return sorted(await sftp.listdir("/gamma/day1"))
+
+    names = asyncio.run(over_sftp())
+    assert names == [".", "..", "a.txt", "b.txt", "c.txt", "x.txt"]
+
+    assert api.delete(f"/users/carol/keys/{keys['access_key_id']}").status_code == 204
+    with pytest.raises(ClientError) as revoked:
+        s3.list_objects_v2(Bucket="gamma")
+    assert revoked.value.response["Error"]["Code"] == "InvalidAccessKeyId"
