@@ -31,6 +31,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	bash tests/peers/install.sh
 	$(BIN)/python bench/dissemination.py
+	$(BIN)/python bench/portal.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
