@@ -178,7 +178,13 @@ def send(
             stream = _skip(stream, offset)
         throttle = Throttle(opts.max_rate, opts.min_rate, opts.min_rate_grace, opts.max_duration)
         stream = throttle.apply(stream, remote.message(f"sending {target!r}"))
-        sent = remote.upload(target, stream, offset=offset, on_progress=progress)
+        sent = remote.upload(
+            target,
+            stream,
+            offset=offset,
+            on_progress=progress,
+            size=None if codec else request.size - offset,
+        )
         remote_size = remote.remote_size(target) if remote.checks_size else digest.size
         if remote_size != digest.size:
             raise SizeMismatch(

@@ -34,6 +34,7 @@ class Remote:
         self.host_name = host_name
         self.url = url
         self.options = options
+        self.upload_size: int | None = None  # bytes in the upload under way, when known
 
     # --- naming ---------------------------------------------------------------------------
 
@@ -64,11 +65,14 @@ class Remote:
         *,
         offset: int = 0,
         on_progress: Progress | None = None,
+        size: int | None = None,
     ) -> int:
         """Write `chunks` to `target` (appending at `offset` if > 0); return bytes written.
 
-        `on_progress` gets the bytes written so far by this call (not counting `offset`).
+        `on_progress` gets the bytes written so far by this call (not counting `offset`);
+        `size`, when known, is how many bytes `chunks` holds (HTTP announces it).
         """
+        self.upload_size = size
         final = self.path(target)
         staging = self.staging_path(target)
         if offset and not self.resumable:

@@ -111,7 +111,11 @@ class HttpRemote(Remote):
             )
             self._expect(response, 200, 201, 204)
         else:
-            response = self.client.put(self._href(path), content=body())
+            headers = {}
+            if self.upload_size is not None:
+                # A known length spares the server chunked decoding (much faster on some).
+                headers["Content-Length"] = str(self.upload_size)
+            response = self.client.put(self._href(path), content=body(), headers=headers)
             self._expect(response, 200, 201, 204)
         return written
 
