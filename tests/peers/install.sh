@@ -9,6 +9,7 @@ command -v sftp >/dev/null || need+=(openssh-client)
 command -v rclone >/dev/null || need+=(rclone)
 command -v curl >/dev/null || need+=(curl)
 command -v lbzip2 >/dev/null || need+=(lbzip2)
+command -v openssl >/dev/null || need+=(openssl)
 command -v npm >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]}"
