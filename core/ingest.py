@@ -138,10 +138,7 @@ def _plan(
         expires = scheduled + timedelta(seconds=seconds)
         if expires <= now:
             raise IngestError(f"the transfer to {leg_dest.name!r} would expire before it starts")
-        if standby or (
-            leg_dest.incoming_standby
-            or not catalog.has_dissemination_hosts(session, destination=leg_dest)
-        ):
+        if standby or not catalog.has_dissemination_hosts(session, destination=leg_dest):
             status = TransferStatus.HOLD
         elif scheduled > now:
             status = TransferStatus.SCHE
