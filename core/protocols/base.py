@@ -246,6 +246,8 @@ def _generic(exc: BaseException, url: HostUrl) -> tuple[str, bool]:
         return "timed out", True
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "remote disk full (no space left or quota exceeded)", True
+    if isinstance(exc, FileNotFoundError):
+        return f"the folder does not exist ({exc.strerror or exc})", True
     if isinstance(exc, PermissionError):
         return f"permission denied ({exc.strerror or exc})", True
     if isinstance(exc, ConnectionError):

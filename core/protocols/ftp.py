@@ -112,6 +112,8 @@ class FtpRemote(Remote):
             return f"remote disk full ({text})", True
         if code.startswith("4"):
             return f"temporary failure ({text})", True
+        if code == "550" and "no such file" in text.lower():
+            return f"the folder does not exist ({text})", True
         if code.startswith("5"):
             return f"refused ({text})", True
         if isinstance(exc, EOFError):

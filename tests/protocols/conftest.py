@@ -1,4 +1,4 @@
-"""Conformance peers for file, SFTP, FTP and FTPS, each on a real server."""
+"""Conformance peers for file, SFTP, FTP(S), WebDAV and HTTPS upload, each on a real server."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from peers.httpd import HttpServer
 from peers.sshd import SshServer
 
 from ecpds.core.devserver import free_port
+
+# Without mkdirs, a folder that is not there is what a missing bucket is to S3.
+NO_MKDIRS = {"missing_container": {"mkdirs": False}}
 
 
 def _local_checks(folder: Path) -> dict:
@@ -43,6 +46,8 @@ def file_peer(tmp_path: Path) -> Iterator[Peer]:
             options={},
             credentials={},
             resumable=True,
+            missing_container_url=f"file://{folder}/missing",
+            error_options=NO_MKDIRS,
             full_disk_url=f"file://{full}" if full else None,
             **_local_checks(folder),
         )
@@ -60,6 +65,8 @@ def sftp_peer(sshd: SshServer) -> Iterator[Peer]:
             bad_credentials={"private_key": _stranger_key()},
             unknown_host_url=f"sftp://{sshd.key_user}@no-such-host.invalid/{folder}",
             refused_url=f"sftp://{sshd.key_user}@127.0.0.1:{free_port()}/{folder}",
+            missing_container_url=sshd.url(folder / "missing"),
+            error_options=NO_MKDIRS,
             full_disk_url=sshd.url(full) if full else None,
             **_local_checks(folder),
         )
@@ -79,6 +86,9 @@ def _ftp_peer(server: FtpServer) -> Iterator[Peer]:
             bad_credentials={"password": "wrong-password"},
             unknown_host_url=f"{server.scheme}://{server.user}@no-such-host.invalid/{name}",
             refused_url=f"{server.scheme}://{server.user}@127.0.0.1:{free_port()}/{name}",
+            # The plain upload server makes folders itself; WebDAV needs MKCOL.
+            missing_container_url=server.url(f"{name}/missing") if server.user else None,
+            error_options=NO_MKDIRS,
             full_disk_url=server.url(f"{name}-full") if full else None,
             **_local_checks(folder),
         )
@@ -111,6 +121,9 @@ def _http_peer(server: HttpServer, options: dict) -> Iterator[Peer]:
             bad_credentials=bad,
             unknown_host_url=server.url(name).replace("127.0.0.1", "no-such-host.invalid"),
             refused_url=server.url(name).replace(f":{server.port}/", f":{port}/"),
+            # The plain upload server makes folders itself; WebDAV needs MKCOL.
+            missing_container_url=server.url(f"{name}/missing") if server.user else None,
+            error_options=NO_MKDIRS,
             full_disk_url=server.url(f"{name}-full") if full else None,
             **_local_checks(folder),
         )
