@@ -6,6 +6,7 @@ before touching a destination, so one set of rules holds for all of them.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import string
@@ -158,12 +159,25 @@ def _active_user(session: Session, name: str) -> DataUser | None:
     return user if user is not None and user.active else None
 
 
+# argon2 is slow on purpose; a password already checked against the same hash is not
+# checked again, so clients that open a connection per file pay for it once.
+_verified: set[tuple[int, str, str]] = set()
+_VERIFIED_MAX = 4096
+
+
 def login_password(engine: Engine, name: str, password: str) -> Principal:
     """The principal for a name and password (argon2: call it off the event loop)."""
     with session_scope(engine) as session:
         user = _active_user(session, name)
-        if user is None or not verify_password(user.password_hash, password):
+        if user is None or user.id is None or not user.password_hash:
             raise AuthenticationFailed(f"wrong user name or password for {name!r}")
+        key = (user.id, user.password_hash, hashlib.sha256(password.encode()).hexdigest())
+        if key not in _verified:
+            if not verify_password(user.password_hash, password):
+                raise AuthenticationFailed(f"wrong user name or password for {name!r}")
+            if len(_verified) >= _VERIFIED_MAX:
+                _verified.clear()
+            _verified.add(key)
         return principal_for(session, user)
 
 

@@ -108,3 +108,4 @@ def test_four_front_ends_one_portal(running: Settings) -> None:
     with pytest.raises(ClientError) as revoked:
         s3.list_objects_v2(Bucket="gamma")
     assert revoked.value.response["Error"]["Code"] == "InvalidAccessKeyId"
+    api.close()
