@@ -39,9 +39,9 @@ _RETRIES = {"retry_total": 2, "retry_connect": 0}
 class Options(CommonOptions):
     account: str | None = None  # storage account name (not needed with a connection_string)
     endpoint: str | None = None  # blob service URL; default https://ACCOUNT.blob.core.windows.net
-    single_put_limit: int = Field(default=32 * MiB, ge=64 * 1024, le=256 * MiB)
-    block_size: int = Field(default=32 * MiB, ge=64 * 1024, le=4000 * MiB)
-    concurrency: int = Field(default=4, ge=1, le=32)  # blocks uploaded at once
+    single_put_limit: int = Field(default=8 * MiB, ge=64 * 1024, le=256 * MiB)
+    block_size: int = Field(default=4 * MiB, ge=64 * 1024, le=4000 * MiB)
+    concurrency: int = Field(default=8, ge=1, le=32)  # blocks uploaded at once
 
 
 def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
@@ -155,11 +155,12 @@ class AzureRemote(Remote):
                 self._call(blob, "upload_blob", head, overwrite=True)
                 return len(head)
             reader.unread(head)
+            del head
             ids = []
         staged: dict[int, str] = {}
         written = send_parts(
             reader,
-            part_size=opts.block_size,
+            part_size=lambda number: opts.block_size,
             concurrency=opts.concurrency,
             first_number=len(ids) + 1,
             submit=lambda number, data: self._submit(

@@ -15,32 +15,49 @@ from urllib.parse import urlsplit
 
 
 class PartReader:
-    """Reads exact-size pieces out of an iterable of chunks of any size."""
+    """Reads exact-size pieces out of an iterable of chunks of any size.
+
+    Chunks are kept as they come and joined once per piece, so a piece costs one copy
+    and nothing stays allocated between pieces.
+    """
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks: Iterator[bytes] = iter(chunks)
-        self._buffer = bytearray()
+        self._pending: list[bytes] = []
+        self._held = 0
 
     def read(self, size: int) -> bytes:
         """`size` bytes, fewer only at the end of the data."""
-        while len(self._buffer) < size:
+        while self._held < size:
             chunk = next(self._chunks, None)
             if chunk is None:
                 break
-            self._buffer += chunk
-        with memoryview(self._buffer) as view:
-            piece = bytes(view[:size])
-        del self._buffer[:size]
-        return piece
+            if chunk:
+                self._pending.append(chunk)
+                self._held += len(chunk)
+        taken: list[bytes] = []
+        need = min(size, self._held)
+        self._held -= need
+        while need:
+            first = self._pending[0]
+            if len(first) <= need:
+                taken.append(self._pending.pop(0))
+                need -= len(first)
+            else:
+                taken.append(first[:need])
+                self._pending[0] = first[need:]
+                need = 0
+        return b"".join(taken)
 
     def unread(self, piece: bytes) -> None:
-        self._buffer[:0] = piece
+        self._pending.insert(0, piece)
+        self._held += len(piece)
 
 
 def send_parts(
     reader: PartReader,
     *,
-    part_size: int,
+    part_size: Callable[[int], int],
     concurrency: int,
     first_number: int,
     submit: Callable[[int, bytes], concurrent.futures.Future],
@@ -48,8 +65,9 @@ def send_parts(
 ) -> int:
     """Upload the rest of `reader` as parts numbered from `first_number`; bytes sent.
 
-    `submit(number, data)` starts one part's upload; `settled(number, result)` records it
-    once done. At most `concurrency` parts are held in memory at once.
+    `part_size(number)` is the size of part `number`; `submit(number, data)` starts its
+    upload and `settled(number, result)` records it once done. At most `concurrency` parts
+    are held in memory at once.
     """
     number = first_number - 1
     written = 0
@@ -62,7 +80,7 @@ def send_parts(
         written += size
 
     try:
-        while data := reader.read(part_size):
+        while data := reader.read(part_size(number + 1)):
             number += 1
             in_flight.append((number, len(data), submit(number, data)))
             del data

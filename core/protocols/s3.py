@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
+import functools
 from collections.abc import Coroutine, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from aiobotocore.session import AioSession
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -39,8 +40,8 @@ class Options(CommonOptions):
     endpoint: str | None = None  # e.g. https://minio.example.org:9000; None = AWS
     region: str | None = None
     path_style: bool = False  # bucket in the path instead of the host name
-    multipart_threshold: int = Field(default=32 * MiB, ge=MIN_PART)
-    part_size: int = Field(default=32 * MiB, ge=MIN_PART, le=5 * 1024 * MiB)
+    multipart_threshold: int = Field(default=8 * MiB, ge=MIN_PART)
+    part_size: int = Field(default=8 * MiB, ge=MIN_PART, le=5 * 1024 * MiB)
     concurrency: int = Field(default=4, ge=1, le=32)  # parts uploaded at once
     verify_tls: bool = True
     storage_class: str | None = None
@@ -68,6 +69,12 @@ def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
             f"s3 bucket {url.host}: needs the access_key_id and secret_access_key credentials",
             retryable=False,
         )
+
+
+def part_size(first: int, number: int) -> int:
+    """Size of part `number`: `first`, doubled every 1,000 parts, so the 10,000 parts S3
+    allows reach far beyond `first` x 10,000 bytes while small files keep small parts."""
+    return min(first << ((number - 1) // 1000), 5 * 1024 * MiB)
 
 
 class S3Remote(Remote):
@@ -113,6 +120,7 @@ class S3Remote(Remote):
                 self._call("put_object", Key=key, Body=head, **extra)
                 return len(head)
             reader.unread(head)
+            del head
             self._abort_pending(key)
             upload_id = self._call("create_multipart_upload", Key=key, **extra)["UploadId"]
             parts = []
@@ -136,7 +144,7 @@ class S3Remote(Remote):
 
         return send_parts(
             reader,
-            part_size=opts.part_size,
+            part_size=lambda number: part_size(opts.part_size, number),
             concurrency=opts.concurrency,
             first_number=len(parts) + 1,
             submit=submit,
@@ -225,11 +233,15 @@ class S3Remote(Remote):
         return None
 
     def close(self) -> None:
-        fs, self.fs = self.fs, None  # type: ignore[assignment]
-        creator = getattr(fs, "_s3creator", None) if fs is not None else None
-        if creator is not None:
-            with contextlib.suppress(Exception):
-                sync(fs.loop, creator.__aexit__, None, None, None, timeout=10)
+        """The client stays in s3fs's instance cache for the next upload to this host."""
+        self.fs = None  # type: ignore[assignment]
+
+
+@functools.cache
+def _session() -> AioSession:
+    """One botocore session per process: each new one parses the S3 service model again,
+    which costs more than sending a small file."""
+    return AioSession()
 
 
 def connect(host_name: str, url: HostUrl, options: Options, credentials: dict[str, str]) -> Remote:
@@ -249,12 +261,15 @@ def connect(host_name: str, url: HostUrl, options: Options, credentials: dict[st
     if options.region:
         client["region_name"] = options.region
     fs = S3FileSystem(
+        session=_session(),
         key=credentials["access_key_id"],
         secret=credentials["secret_access_key"],
         token=credentials.get("session_token") or None,
         endpoint_url=options.endpoint,
         client_kwargs=client,
         config_kwargs=config,
-        skip_instance_cache=True,
+        # Kept per process and host settings, like a connection pool: a worker sending many
+        # files to one host reuses its connections and botocore's per-client caches.
+        skip_instance_cache=False,
     )
     return S3Remote(host_name, url, options, fs)

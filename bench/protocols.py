@@ -1,0 +1,461 @@
+"""Protocol benchmark: ecpds `send` beside `rclone copy`, same local servers, same run.
+
+Per protocol: one big file (1 GiB) and many small ones (1,000 x 64 KiB). ecpds sends
+from its store in a child process (as a worker would) whose peak RSS is recorded; rclone
+copies the same bytes from a local folder. `--json` prints one object for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+PROTOCOLS = ["ftp", "ftps", "sftp", "http", "s3", "azure", "gcs"]
+MiB = 1 << 20
+PARALLEL = 4  # small files in flight, for ecpds as for rclone's default --transfers
+
+
+@dataclass
+class Server:
+    """One running server: where ecpds and rclone send, and how."""
+
+    url: Callable[[str], str]  # ecpds host URL of a folder
+    options: dict[str, Any]
+    credentials: dict[str, str]
+    rclone_env: dict[str, str] | None = None  # RCLONE_CONFIG_DST_* settings; None: unreachable
+    rclone_path: Callable[[str], str] = lambda folder: f"dst:{folder}"
+    note: str = ""
+
+
+@dataclass
+class Folders:
+    """Stands in for pytest's tmp_path_factory when a peer fixture runs outside pytest."""
+
+    base: Path
+    made: list[Path] = field(default_factory=list)
+
+    def mktemp(self, name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.base))
+        self.made.append(path)
+        return path
+
+
+def _obscure(secret: str) -> str:
+    return subprocess.run(
+        ["rclone", "obscure", secret], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+# --- servers ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def ftp_server(folders: Folders, scheme: str) -> Iterator[Server]:
+    from peers.ftp import _serve
+
+    with contextlib.contextmanager(_serve)(folders.mktemp(scheme), scheme) as ftp:
+        # rclone's FTP client cannot create a missing top folder on pyftpdlib
+        for folder in ("rclone-big", "rclone-small"):
+            (ftp.root / folder).mkdir()
+        env = {
+            "TYPE": "ftp",
+            "HOST": ftp.host,
+            "PORT": str(ftp.port),
+            "USER": ftp.user,
+            "PASS": _obscure(ftp.password),
+        }
+        if scheme == "ftps":
+            env |= {"EXPLICIT_TLS": "true", "NO_CHECK_CERTIFICATE": "true"}
+        yield Server(
+            url=ftp.url,
+            options={"ca_file": ftp.ca_file} if ftp.ca_file else {},
+            credentials={"password": ftp.password},
+            rclone_env=env,
+        )
+
+
+@contextlib.contextmanager
+def sftp_server(folders: Folders) -> Iterator[Server]:
+    from peers.sshd import sshd
+
+    with contextlib.contextmanager(sshd.__wrapped__)(folders) as ssh:
+        root = ssh.folder("bench")
+        yield Server(
+            url=lambda name: ssh.url(root / name),
+            options={"host_key": ssh.host_key},
+            credentials={"private_key": ssh.private_key},
+            rclone_env={
+                "TYPE": "sftp",
+                "HOST": ssh.host,
+                "PORT": str(ssh.port),
+                "USER": ssh.key_user,
+                "KEY_FILE": str(ssh.private_key_file),
+            },
+            rclone_path=lambda name: f"dst:{root / name}",
+        )
+
+
+@contextlib.contextmanager
+def http_server(folders: Folders) -> Iterator[Server]:
+    from peers.httpd import _serve
+
+    with contextlib.contextmanager(_serve)(folders.mktemp("webdav"), "webdav", False) as web:
+        yield Server(
+            url=web.url,
+            options={"method": "webdav"},
+            credentials=web.credentials,
+            rclone_env={
+                "TYPE": "webdav",
+                "URL": f"http://127.0.0.1:{web.port}/",
+                "VENDOR": "other",
+                "USER": web.user or "",
+                "PASS": _obscure(web.secret),
+            },
+            note="WebDAV (wsgidav)",
+        )
+
+
+@contextlib.contextmanager
+def s3_server(folders: Folders) -> Iterator[Server]:
+    from peers.s3 import serve
+
+    with serve(folders.mktemp("moto")) as s3:
+        bucket = s3.bucket()
+        yield Server(
+            url=lambda name: f"s3://{bucket}/{name}",
+            options=s3.options(),
+            credentials=s3.credentials,
+            rclone_env={
+                "TYPE": "s3",
+                "PROVIDER": "Other",
+                "ACCESS_KEY_ID": s3.access_key_id,
+                "SECRET_ACCESS_KEY": s3.secret_access_key,
+                "ENDPOINT": s3.endpoint,
+                "REGION": s3.region,
+                "FORCE_PATH_STYLE": "true",
+            },
+            rclone_path=lambda name: f"dst:{bucket}/{name}",
+            note="moto_server",
+        )
+
+
+@contextlib.contextmanager
+def azure_server(folders: Folders) -> Iterator[Server]:
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+    from peers.azure import serve
+
+    with serve(folders.mktemp("azurite")) as azure:
+        container = azure.container()
+        # rclone 1.60 builds https://ACCOUNT.ENDPOINT from an account; a container SAS URL
+        # is how it reaches an emulator on another port.
+        sas = generate_container_sas(
+            azure.account,
+            container,
+            account_key=azure.account_key,
+            permission=ContainerSasPermissions(read=True, write=True, create=True, list=True),
+            expiry=datetime.now(UTC) + timedelta(hours=12),
+        )
+        yield Server(
+            url=lambda name: f"azure://{container}/{name}",
+            options=azure.options(),
+            credentials=azure.credentials,
+            rclone_env={"TYPE": "azureblob", "SAS_URL": f"{azure.endpoint}/{container}?{sas}"},
+            rclone_path=lambda name: f"dst:{container}/{name}",
+            note="Azurite",
+        )
+
+
+@contextlib.contextmanager
+def gcs_server(folders: Folders) -> Iterator[Server]:
+    from peers.gcs import serve
+
+    with serve(folders.mktemp("gcs")) as gcs:
+        bucket = gcs.bucket()
+        yield Server(
+            url=lambda name: f"gcs://{bucket}/{name}",
+            options=gcs.options(),
+            credentials={},
+            rclone_env={
+                "TYPE": "google cloud storage",
+                "ANONYMOUS": "true",
+                "ENDPOINT": f"{gcs.endpoint}/storage/v1/",
+            },
+            rclone_path=lambda name: f"dst:{bucket}/{name}",
+            note="gcp-storage-emulator",
+        )
+
+
+SERVERS: dict[str, Callable[[Folders], contextlib.AbstractContextManager[Server]]] = {
+    "ftp": lambda f: ftp_server(f, "ftp"),
+    "ftps": lambda f: ftp_server(f, "ftps"),
+    "sftp": sftp_server,
+    "http": http_server,
+    "s3": s3_server,
+    "azure": azure_server,
+    "gcs": gcs_server,
+}
+
+
+# --- the data -----------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    source: Path  # big.bin and small/ for rclone
+    store: Path  # the same bytes in an ecpds store
+    big_size: int
+    small: list[tuple[str, str]]  # (object id, adler32)
+    big: tuple[str, str]
+
+
+def make_data(base: Path, big_size: int, small_count: int, small_size: int) -> Data:
+    from ecpds.core.store import Store
+
+    store_dir, source = base / "store", base / "source"
+    (source / "small").mkdir(parents=True)
+    store = Store([str(store_dir)])
+    block = os.urandom(16 * MiB)
+
+    def big_chunks() -> Iterator[bytes]:
+        left = big_size
+        while left:
+            piece = block[: min(left, len(block))]
+            left -= len(piece)
+            yield piece
+
+    with (source / "big.bin").open("wb") as out:
+        for chunk in big_chunks():
+            out.write(chunk)
+    big = ("big", store.write("big", big_chunks()).adler32)
+    small = []
+    for n in range(small_count):
+        data = os.urandom(small_size)
+        (source / "small" / f"f{n:05d}.bin").write_bytes(data)
+        small.append((f"s{n:05d}", store.write(f"s{n:05d}", [data]).adler32))
+    return Data(source, store_dir, big_size, small, big)
+
+
+# --- the ecpds side (child process) -------------------------------------------------------
+
+
+def child(job_file: str) -> None:
+    """Send the big file, then the small ones; print seconds and this process's peak RSS."""
+    from ecpds.core.store import Store
+    from ecpds.core.transmit import SendRequest, send
+
+    job = json.loads(Path(job_file).read_text())
+    Path(job_file).unlink()
+    store = Store([job["store"]])
+
+    def one(object_id: str, size: int, adler32: str, url: str, target: str) -> None:
+        request = SendRequest(
+            data_file_id=object_id,
+            size=size,
+            adler32=adler32,
+            host_name="bench",
+            host_url=url,
+            host_options=job["options"],
+            target=target,
+        )
+        send(store, request, job["credentials"], progress=lambda n: None)
+
+    started = time.perf_counter()
+    big_id, big_adler = job["big"]
+    one(big_id, job["big_size"], big_adler, job["big_url"], "big.bin")
+    big_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+        futures = [
+            pool.submit(one, oid, job["small_size"], adler, job["small_url"], f"{oid}.bin")
+            for oid, adler in job["small"]
+        ]
+        for future in futures:
+            future.result()
+    small_seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"big": big_seconds, "small": small_seconds, "rss": peak}))
+
+
+def run_ecpds(server: Server, data: Data, small_size: int, work: Path) -> dict[str, float]:
+    job = {
+        "store": str(data.store),
+        "options": server.options,
+        "credentials": server.credentials,
+        "big": data.big,
+        "big_size": data.big_size,
+        "big_url": server.url("ecpds-big"),
+        "small": data.small,
+        "small_size": small_size,
+        "small_url": server.url("ecpds-small"),
+    }
+    job_file = work / f"job-{uuid.uuid4().hex}.json"
+    job_file.touch(mode=0o600)
+    job_file.write_text(json.dumps(job))
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(job_file)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"ecpds send failed: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the rclone side ----------------------------------------------------------------------
+
+
+def run_rclone(server: Server, data: Data, work: Path) -> tuple[float | None, float | None, str]:
+    """Seconds for the big file and for the small ones; None where rclone failed."""
+    if server.rclone_env is None or not shutil.which("rclone"):
+        return None, None, "rclone not available"
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    # rclone's S3 client refuses a custom CA bundle with its own transport
+    env |= {f"RCLONE_CONFIG_DST_{k}": v for k, v in server.rclone_env.items()}
+    config = work / "rclone.conf"
+    config.touch()
+    base = ["rclone", "--config", str(config), "--retries", "1", "--low-level-retries", "2"]
+    seconds: list[float | None] = []
+    failures = []
+    for args in (
+        ["copyto", str(data.source / "big.bin"), server.rclone_path("rclone-big") + "/big.bin"],
+        ["copy", str(data.source / "small"), server.rclone_path("rclone-small")],
+    ):
+        started = time.perf_counter()
+        done = subprocess.run(base + args, env=env, capture_output=True, text=True, timeout=3600)
+        if done.returncode == 0:
+            seconds.append(time.perf_counter() - started)
+        else:
+            seconds.append(None)
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            failures.append(f"rclone {args[0]}: {lines[-1].split(' : ')[-1][:120]}")
+    return seconds[0], seconds[1], "; ".join(failures)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def bench(protocols: list[str], big_size: int, count: int, small_size: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    peaks: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="ecpds-bench-") as tmp:
+        work = Path(tmp)
+        data = make_data(work / "data", big_size, count, small_size)
+        for protocol in protocols:
+            folders = Folders(work)
+            try:
+                with SERVERS[protocol](folders) as server:
+                    ecpds = run_ecpds(server, data, small_size, work)
+                    rclone_big, rclone_small, failed = run_rclone(server, data, work)
+            except Exception as exc:  # one protocol failing must not stop the others
+                notes[protocol] = f"not measured: {' '.join(str(exc).split())[:200]}"
+                print(f"{protocol}: {notes[protocol]}", file=sys.stderr)
+                continue
+            except BaseException as exc:
+                if type(exc).__name__ != "Skipped":  # pytest.skip() inside a peer
+                    raise
+                notes[protocol] = f"not measured: {exc}"
+                continue
+            finally:
+                for path in folders.made:
+                    shutil.rmtree(path, ignore_errors=True)
+            mb = big_size / 1e6
+            results[f"{protocol}_mb_s"] = round(mb / ecpds["big"], 1)
+            results[f"{protocol}_files_per_s"] = round(count / ecpds["small"], 1)
+            rclone_mb_s = round(mb / rclone_big, 1) if rclone_big else None
+            results[f"{protocol}_rclone_mb_s"] = rclone_mb_s
+            results[f"{protocol}_rclone_files_per_s"] = (
+                round(count / rclone_small, 1) if rclone_small else None
+            )
+            results[f"{protocol}_vs_rclone"] = (
+                round(results[f"{protocol}_mb_s"] / rclone_mb_s, 2) if rclone_mb_s else None
+            )
+            results[f"{protocol}_peak_rss_mib"] = round(ecpds["rss"], 1)
+            peaks.append(ecpds["rss"])
+            if failed:
+                notes[protocol] = failed
+            print(f"{protocol}: done", file=sys.stderr)
+    results["peak_worker_rss_mib"] = round(max(peaks), 1) if peaks else None
+    results["big_file_mib"] = big_size / MiB
+    results["small_files"] = count
+    results["small_file_kib"] = small_size / 1024
+    results["notes"] = notes
+    return results
+
+
+def table(results: dict[str, Any], protocols: list[str]) -> str:
+    header = [
+        "protocol",
+        "MB/s",
+        "rclone MB/s",
+        "vs rclone",
+        "files/s",
+        "rclone files/s",
+        "RSS MiB",
+    ]
+    rows = [header]
+    for p in protocols:
+        if f"{p}_mb_s" not in results:
+            rows.append([p, "-", "-", "-", "-", "-", "-"])
+            continue
+        keys = ["mb_s", "rclone_mb_s", "vs_rclone", "files_per_s", "rclone_files_per_s"]
+        cells = [results[f"{p}_{k}"] for k in keys] + [results[f"{p}_peak_rss_mib"]]
+        rows.append([p] + ["n/a" if c is None else str(c) for c in cells])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [
+            c.rjust(w) if i else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells))
+    lines.append(
+        f"big file {results['big_file_mib']:.0f} MiB, {results['small_files']} small files of"
+        f" {results['small_file_kib']:.0f} KiB, {PARALLEL} in flight;"
+        f" peak worker RSS {results['peak_worker_rss_mib']} MiB"
+    )
+    lines += [f"{p}: {note}" for p, note in results["notes"].items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="64 MiB and 100 small files")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        parser.error(f"unknown protocol {unknown[0]!r}: use some of {', '.join(PROTOCOLS)}")
+    big_size, count = (64 * MiB, 100) if args.quick else (1024 * MiB, 1000)
+    results = bench(protocols, big_size, count, 64 * 1024)
+    print(json.dumps(results, indent=2) if args.json else table(results, protocols))
+
+
+if __name__ == "__main__":
+    main()
