@@ -32,6 +32,7 @@ bench: $(STAMP)
 	bash tests/peers/install.sh
 	$(BIN)/python bench/dissemination.py
 	$(BIN)/python bench/portal.py
+	$(BIN)/python bench/protocols.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
