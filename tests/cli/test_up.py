@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -237,7 +238,7 @@ def test_up_prints_every_service_and_first_credentials(system: Running) -> None:
 
 def test_apply_site_twice_then_read_back(system: Running, tmp_path: Path) -> None:
     site = tmp_path / "site.toml"
-    site.write_text(SITE.format(remote=tmp_path / "remote"))
+    site.write_text(SITE.format(remote=system.home.parent / "remote"))
     first = system.cli("apply", "-f", str(site), "--json", READER_PASSWORD=READER_PASSWORD)
     assert first.exit_code == 0, first.output
     assert sorted(json.loads(first.stdout)["created"]) == sorted(
@@ -266,7 +267,7 @@ def test_apply_site_twice_then_read_back(system: Running, tmp_path: Path) -> Non
     assert listed.exit_code == 0, listed.output
     assert sorted(d["name"] for d in json.loads(listed.stdout)) == ["dest1", "mirror"]
     host = json.loads(system.cli("host", "show", "local1", "--json").stdout)
-    assert host["url"] == f"file://{tmp_path / 'remote'}"
+    assert host["url"] == f"file://{system.home.parent / 'remote'}"
     aliases = json.loads(system.cli("alias", "list", "--json").stdout)
     assert [(a["source"], a["target"]) for a in aliases] == [("dest1", "mirror")]
     table = system.cli("destination", "list")
@@ -301,7 +302,30 @@ def test_put_stores_the_file_with_its_md5(system: Running, tmp_path: Path) -> No
     assert hashlib.md5(stored.read_bytes()).hexdigest() == md5
     with system.admin() as api:
         data_file = api.get(f"/files/{answer['id']}").json()
-    assert data_file["md5"] == md5 and data_file["meta"] == {"step": "12"}
+        assert data_file["md5"] == md5 and data_file["meta"] == {"step": "12"}
+        transfers = {
+            t["destination"]: t for t in (api.get(path).json() for path in transfer_paths(answer))
+        }
+        sent = settled(api, transfers["dest1"]["id"])
+    assert sent["status"] == "DONE", sent["last_error"]
+    delivered = system.home.parent / "remote" / "forecast.grib"
+    assert hashlib.md5(delivered.read_bytes()).hexdigest() == md5
+    # mirror has no dissemination host: its copy waits for portal pick-up.
+    assert transfers["mirror"]["status"] == "HOLD"
+
+
+def transfer_paths(answer: dict) -> list[str]:
+    return [f"/transfers/{transfer_id}" for transfer_id in answer["transfers"]]
+
+
+def settled(api: httpx.Client, transfer_id: int) -> dict:
+    """The transfer once it is DONE, FAIL or STOP (or as it is after two minutes)."""
+    deadline = time.monotonic() + 120
+    while True:
+        transfer = api.get(f"/transfers/{transfer_id}").json()
+        if transfer["status"] in ("DONE", "FAIL", "STOP") or time.monotonic() > deadline:
+            return transfer
+        time.sleep(0.2)
 
 
 def test_bad_input_is_one_line_and_changes_nothing(system: Running, tmp_path: Path) -> None:
