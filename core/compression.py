@@ -134,7 +134,10 @@ class _Sink:
 def _zip_compress(chunks: Iterable[bytes], member: str) -> Iterator[bytes]:
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as archive:  # type: ignore[call-overload]
-        with archive.open(member, "w", force_zip64=True) as entry:
+        # A fixed timestamp keeps the output a function of the input alone.
+        info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with archive.open(info, "w", force_zip64=True) as entry:
             for chunk in chunks:
                 entry.write(chunk)
                 if data := sink.drain():

@@ -163,7 +163,9 @@ def send(
     ) as remote:
         codec = _codec(request, remote)
         target = final_target(request, codec)
-        offset = request.resume_offset if remote.resumable else 0
+        # A compressed stream is only the same bytes again with the same codec build, which
+        # a retry on another worker may not have: compressed uploads restart instead.
+        offset = request.resume_offset if remote.resumable and codec is None else 0
         if offset and remote.partial_size(target) != offset:
             offset = 0  # the partial upload changed or vanished: start over cleanly
         opts = remote.options
@@ -217,6 +219,7 @@ def partial_offset(request: SendRequest, credentials: Mapping[str, str]) -> int:
     with open_remote(
         request.host_name, request.host_url, request.host_options, credentials
     ) as remote:
-        if not remote.resumable:
+        codec = _codec(request, remote)
+        if not remote.resumable or codec is not None:
             return 0
-        return remote.partial_size(final_target(request, _codec(request, remote)))
+        return remote.partial_size(final_target(request, codec))

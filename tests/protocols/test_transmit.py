@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from peers.ftp import FtpServer
 from peers.sshd import SshServer
 
 from ecpds.core.protocols import ProtocolError
@@ -119,3 +121,43 @@ def test_sftp_wrong_host_key_is_refused(store: Store, sshd: SshServer) -> None:
     )
     with pytest.raises(ProtocolError, match="does not match"):
         send(store, request, {"private_key": sshd.private_key}, progress=lambda n: None)
+
+
+def test_compressed_upload_restarts_instead_of_resuming(store: Store, sshd: SshServer) -> None:
+    data = os.urandom(3 << 20)
+    object_id, adler = _stored(store, data)
+    folder = sshd.folder("compressed-restart")
+    request = _request(
+        object_id, len(data), adler, sshd.url(folder), target="c.bin", compression="gzip"
+    )
+    creds = {"private_key": sshd.private_key}
+    (folder / ".c.bin.gz.ecpds-part").write_bytes(b"stale bytes of an earlier attempt")
+    assert partial_offset(request, creds) == 0
+    result = send(store, replace(request, resume_offset=33), creds, progress=lambda n: None)
+    assert result.bytes_sent == result.remote_size
+    assert zlib.decompress((folder / "c.bin.gz").read_bytes(), 31) == data
+
+
+def test_ftp_active_mode(store: Store, ftp_server: FtpServer) -> None:
+    data = os.urandom(300_000)
+    object_id, adler = _stored(store, data)
+    (ftp_server.root / "active").mkdir()
+    request = _request(
+        object_id, len(data), adler, ftp_server.url("active"), options={"passive": False},
+        target="a.bin",
+    )  # fmt: skip
+    send(store, request, {"password": ftp_server.password}, progress=lambda n: None)
+    assert (ftp_server.root / "active/a.bin").read_bytes() == data
+
+
+def test_ftps_certificate_check(store: Store, ftps_server: FtpServer) -> None:
+    object_id, adler = _stored(store, b"tls")
+    (ftps_server.root / "tls").mkdir()
+    creds = {"password": ftps_server.password}
+    request = _request(object_id, 3, adler, ftps_server.url("tls"), target="t.bin")
+    with pytest.raises(ProtocolError, match="TLS certificate not trusted") as info:
+        send(store, request, creds, progress=lambda n: None)
+    assert "ftps host h1" in str(info.value)
+    unchecked = replace(request, host_options={"verify_tls": False})
+    send(store, unchecked, creds, progress=lambda n: None)
+    assert (ftps_server.root / "tls/t.bin").read_bytes() == b"tls"
