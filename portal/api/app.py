@@ -27,6 +27,7 @@ from ecpds.portal.api import (
     transfers,
 )
 from ecpds.portal.api import keys as keys_router
+from ecpds.portal.api import policies as policies_router
 from ecpds.portal.api import users as users_router
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.web import data_router
@@ -38,6 +39,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     hosts.router,
     users_router.router,
     keys_router.router,
+    policies_router.router,
     aliases.router,
     files.router,
     sources.router,

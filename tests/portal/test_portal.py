@@ -104,8 +104,23 @@ def test_four_front_ends_one_portal(running: Settings) -> None:
     names = asyncio.run(over_sftp())
     assert names == [".", "..", "a.txt", "b.txt", "c.txt", "x.txt"]
 
+    # A policy gives carol a second destination, on every front-end at once.
+    assert api.post("/destinations", json={"name": "delta"}).status_code == 201
+    policy = {"name": "ops", "destinations": ["delta"], "users": ["carol"]}
+    assert api.post("/policies", json=policy).status_code == 201
+    assert api.get("/policies/ops").json()["users"] == ["carol"]
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["delta", "gamma"]
+    s3.put_object(Bucket="delta", Key="p.txt", Body=b"via policy")
+    refused = api.post("/policies", json={"name": "bad", "destinations": ["nowhere"]})
+    assert refused.status_code == 422 and "nowhere" in refused.json()["detail"]
+    assert api.delete("/policies/ops").status_code == 204
+    with pytest.raises(ClientError) as gone:
+        s3.put_object(Bucket="delta", Key="q.txt", Body=b"x")
+    assert gone.value.response["Error"]["Code"] == "NoSuchBucket"
+
     assert api.delete(f"/users/carol/keys/{keys['access_key_id']}").status_code == 204
     with pytest.raises(ClientError) as revoked:
         s3.list_objects_v2(Bucket="gamma")
     assert revoked.value.response["Error"]["Code"] == "InvalidAccessKeyId"
     api.close()
+    s3.close()
