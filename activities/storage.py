@@ -175,13 +175,15 @@ class StorageActivities:
 
     @activity.defn
     async def fail_retrieval(self, request: FailInput) -> None:
-        """Mark the file's waiting transfers failed, with the reason."""
+        """Mark the transfers of a file that never arrived failed, with the reason."""
 
         def fail() -> None:
+            waiting = {TransferStatus.INIT, TransferStatus.FETC, TransferStatus.HOLD}
             with session_scope(self.engine) as session:
-                for transfer in _transfers(
-                    session, request.data_file_id, {TransferStatus.INIT, TransferStatus.FETC}
-                ):
+                data_file = session.get(DataFile, request.data_file_id)
+                if data_file is None or data_file.arrived is not None:
+                    return
+                for transfer in _transfers(session, request.data_file_id, waiting):
                     transfer.status = TransferStatus.FAIL
                     transfer.last_error = request.error[:1000]
                     transfer.finished = utcnow()

@@ -1,0 +1,181 @@
+"""A running system for the store tests: REST API (uvicorn) and a worker on a real Temporal
+server, in a thread of their own, with three store locations (two folders and S3)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec.config
+import pytest
+import uvicorn
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+from temporalio.client import Client
+from typer.testing import CliRunner, Result
+
+from ecpds.cli.main import app as cli_app
+from ecpds.core import catalog
+from ecpds.core.catalog import bootstrap_admin
+from ecpds.core.db import session_scope
+from ecpds.core.devserver import free_port, wait_for_port
+from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.models import DataFile, DestinationCreate, HostCreate
+from ecpds.core.secrets import CredentialBox, load_or_create_key
+from ecpds.core.settings import Settings
+from ecpds.core.store import Store
+from ecpds.portal.api.app import create_app
+from ecpds.workers.worker import build_worker
+
+
+class LoopThread:
+    """An event loop in a thread: the API, the worker and the Temporal client live on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
+        return self.submit(coro).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@dataclass
+class System:
+    settings: Settings
+    env: dict[str, str]
+    engine: Engine
+    store: Store  # the same locations as the portal's and the worker's
+    box: CredentialBox
+    client: Client
+    loop: LoopThread
+    tmp: Path
+
+    def cli(self, *args: str, input: str | bytes | None = None) -> Result:
+        return CliRunner().invoke(cli_app, list(args), env=self.env, input=input)
+
+    def destination(self, name: str, **fields: Any) -> None:
+        with session_scope(self.engine) as session:
+            catalog.create_destination(session, data=DestinationCreate(name=name, **fields))
+
+    def host(self, name: str, url: str, **fields: Any) -> None:
+        with session_scope(self.engine) as session:
+            catalog.create_host(
+                session, box=self.box, data=HostCreate(name=name, url=url, **fields)
+            )
+
+    def data_file(self, id: str) -> DataFile:
+        with Session(self.engine) as session:
+            data_file = session.get(DataFile, id)
+            assert data_file is not None
+            return data_file
+
+    def files_named(self, name: str) -> list[DataFile]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(DataFile).where(DataFile.name == name)).all())
+
+    def until(self, check: Any, what: str, timeout: float = 120) -> Any:
+        """Poll `check()` until it answers something true (not a timing assertion: a bound)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+def system(
+    temporal_server: str,
+    task_queue: str,
+    tmp_path: Path,
+    engine: Engine,
+    catalog_url: str,
+    s3_server: Any,
+) -> Iterator[System]:
+    bucket = s3_server.bucket()
+    # S3 locations take their endpoint and keys from fsspec's configuration, as in
+    # production (FSSPEC_S3_* environment variables); here it is set in-process.
+    fsspec.config.conf["s3"] = {
+        "key": s3_server.access_key_id,
+        "secret": s3_server.secret_access_key,
+        "client_kwargs": {"endpoint_url": s3_server.endpoint, "region_name": s3_server.region},
+    }
+    port = free_port()
+    settings = Settings(
+        home=tmp_path / "var",
+        database_url=catalog_url,
+        store_locations=[str(tmp_path / "a"), str(tmp_path / "b"), f"s3://{bucket}/store"],
+        task_queue=task_queue,
+        temporal_address=temporal_server,
+        api_url=f"http://127.0.0.1:{port}/api/v1",
+    )
+    password = bootstrap_admin(engine, settings)
+    assert password is not None
+    loop = LoopThread()
+    client = loop.run(Client.connect(temporal_server))
+    store = Store(settings.store_urls)
+    api = create_app(
+        settings,
+        engine=engine,
+        store=store,
+        dispatcher=TemporalDispatcher(client, task_queue, engine),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            api, host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
+        )
+    )
+    served = loop.submit(server.serve())
+
+    async def build() -> Any:  # a worker is built on the loop it runs on
+        return build_worker(client, settings)
+
+    worker = loop.run(build())
+    working = loop.submit(worker.run())
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30)
+        yield System(
+            settings=settings,
+            env={
+                "ECPDS_HOME": str(settings.home),
+                "ECPDS_API_URL": settings.api_url,
+                "ECPDS_API_PASSWORD": password,
+                "ECPDS_API_USER": "admin",
+            },
+            engine=engine,
+            store=Store(settings.store_urls),
+            box=CredentialBox(load_or_create_key(settings.key_file)),
+            client=client,
+            loop=loop,
+            tmp=tmp_path,
+        )
+    finally:
+        server.should_exit = True
+        loop.run(worker.shutdown())
+        for future in (served, working):
+            # The test's outcome matters here, not the teardown's.
+            with contextlib.suppress(Exception):
+                future.result(30)
+        loop.close()
+        fsspec.config.conf.pop("s3", None)
+
+
+def environ_with(env: dict[str, str]) -> dict[str, str]:
+    return dict(os.environ) | env
