@@ -2,7 +2,7 @@
 
 `send` is synchronous (the transmit activity runs it in a thread); it reads the
 object once, verifying its ADLER32, while computing MD5 (and sha256/sha512 on
-request) of the bytes as delivered, and never holds more than a chunk in memory.
+request) of the bytes as delivered, and holds no more than a few chunks in memory.
 """
 
 from __future__ import annotations
@@ -57,23 +57,14 @@ class SizeMismatch(ProtocolError):
 
 
 def _codec(request: SendRequest, remote: Remote) -> compression.Codec | None:
+    """The destination's compression if it sets one, else the host's; None: send as is."""
     opts = remote.options
+    if request.compression:
+        rule = (request.compression, request.compression_pattern, request.compression_min_size)
+    else:
+        rule = (opts.compression, opts.compression_pattern, opts.compression_min_size)
     try:
-        if request.compression:
-            return compression.choose(
-                request.compression,
-                request.compression_pattern,
-                request.compression_min_size,
-                request.target,
-                request.size,
-            )
-        return compression.choose(
-            opts.compression,
-            opts.compression_pattern,
-            opts.compression_min_size,
-            request.target,
-            request.size,
-        )
+        return compression.choose(*rule, request.target, request.size)
     except compression.CompressionError as exc:
         raise ProtocolError(remote.message(str(exc)), retryable=False) from None
 
@@ -97,21 +88,27 @@ def _digested(chunks: Iterable[bytes], digest: Digest) -> Iterator[bytes]:
 def read_ahead(chunks: Iterable[bytes], *, depth: int) -> Iterator[bytes]:
     """`chunks`, produced by a helper thread up to `depth` ahead of the consumer.
 
-    Reading, decompressing, compressing and hashing (which release the GIL) then run
-    while the protocol sends the previous chunk; memory stays at `depth` chunks.
+    Reading, compressing and hashing (which release the GIL) then run while the
+    protocol sends the previous chunk; memory stays at `depth` chunks.
     """
     slots: queue.Queue[tuple[bytes | None, BaseException | None]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
+        source = iter(chunks)
         item: tuple[bytes | None, BaseException | None]
         try:
-            for chunk in chunks:
+            for chunk in source:
                 if not _offer(slots, (chunk, None), stop):
                     return
             item = (None, None)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             item = (None, exc)
+        finally:
+            # Closing the source closes the store file and stops an lbzip2 process.
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
         _offer(slots, item, stop)
 
     worker = threading.Thread(target=produce, name="transmit-read-ahead", daemon=True)
