@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -13,8 +15,11 @@ import pytest
 import s3fs
 import uvicorn
 from boto3.s3.transfer import TransferConfig
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.client import BaseClient
 from botocore.config import Config
+from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 from sqlmodel import select
 
@@ -243,3 +248,68 @@ def test_s3fs(s3_url: str, portal: Portal) -> None:
     fs.rm("alpha/ecmwf/an.grib")
     fs.invalidate_cache()
     assert not fs.exists("alpha/ecmwf/an.grib")
+
+
+def _signed_chunked_put(
+    url: str, key_id: str, secret: str, chunks: list[bytes], tamper: bool = False
+) -> httpx.Response:
+    """A PUT as the SDKs that sign every chunk send it (STREAMING-AWS4-HMAC-SHA256-PAYLOAD)."""
+    timestamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    scope = f"{timestamp[:8]}/us-east-1/s3/aws4_request"
+    host = url.split("/")[2]
+    headers = {
+        "host": host,
+        "x-amz-date": timestamp,
+        "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+        "content-encoding": "aws-chunked",
+        "x-amz-decoded-content-length": str(sum(len(c) for c in chunks)),
+    }
+    request = AWSRequest(method="PUT", url=url, headers=headers)
+    request.context["timestamp"] = timestamp
+    signer = S3SigV4Auth(Credentials(key_id, secret), "s3", "us-east-1")
+    seed = signer.signature(
+        signer.string_to_sign(request, signer.canonical_request(request)), request
+    )
+    signing_key = ("AWS4" + secret).encode()
+    for part in scope.split("/"):
+        signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
+    body, previous = b"", seed
+    for chunk in [*chunks, b""]:
+        to_sign = "\n".join(
+            [
+                "AWS4-HMAC-SHA256-PAYLOAD",
+                timestamp,
+                scope,
+                previous,
+                hashlib.sha256(b"").hexdigest(),
+                hashlib.sha256(chunk).hexdigest(),
+            ]
+        )
+        previous = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+        sent = bytes([chunk[0] ^ 1]) + chunk[1:] if tamper and chunk else chunk
+        body += f"{len(chunk):x};chunk-signature={previous}\r\n".encode() + sent + b"\r\n"
+    headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={key_id}/{scope}, "
+        f"SignedHeaders={';'.join(sorted(headers))}, Signature={seed}"
+    )
+    with httpx.Client(verify=False) as http:
+        return http.put(url, content=body, headers=headers)
+
+
+def test_signed_aws_chunked_upload(s3_url: str, portal: Portal, alice_s3: BaseClient) -> None:
+    chunks = [os.urandom(65536), os.urandom(1000)]
+    url = f"{s3_url}/alpha/chunked.bin"
+    done = _signed_chunked_put(url, portal.alice_key_id, portal.alice_secret, chunks)
+    assert done.status_code == 200, done.text
+    assert alice_s3.get_object(Bucket="alpha", Key="chunked.bin")["Body"].read() == b"".join(chunks)
+    forged = _signed_chunked_put(
+        f"{s3_url}/alpha/forged.bin", portal.alice_key_id, "wrong-secret", chunks
+    )
+    assert forged.status_code == 403 and b"SignatureDoesNotMatch" in forged.content
+    altered = _signed_chunked_put(
+        f"{s3_url}/alpha/altered.bin", portal.alice_key_id, portal.alice_secret, chunks, True
+    )
+    assert altered.status_code == 403 and b"a chunk signature does not match" in altered.content
+    with session_scope(portal.engine) as session:
+        assert len(session.exec(select(DataFile)).all()) == 1
+    assert portal.store.partials() == []
