@@ -42,7 +42,7 @@ class Remote:
         """The remote path of `target`, relative to the URL's folder; `..` is refused."""
         parts = [p for p in target.replace("\\", "/").split("/") if p not in ("", ".")]
         if not parts or ".." in parts:
-            raise ProtocolError(f"invalid target name {target!r}", retryable=False)
+            raise ProtocolError(self.message(f"invalid target name {target!r}"), retryable=False)
         base = self.url.path or "/"
         if base.startswith("/~/"):
             base = base[3:]
