@@ -196,7 +196,14 @@ async def bare_workflows(client: Client, count: int) -> float:
                 for i in range(start, min(count, start + 100))
             )
         )
-    await asyncio.gather(*(h.result() for h in handles))
+    # Few result long-polls at once: the server limits concurrent pollers per namespace.
+    limit = asyncio.Semaphore(50)
+
+    async def result(handle: Any) -> None:
+        async with limit:
+            await handle.result()
+
+    await asyncio.gather(*(result(h) for h in handles))
     return count / (time.monotonic() - started)
 
 

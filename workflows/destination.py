@@ -147,6 +147,8 @@ class DestinationWorkflow:
         if self.config.on_hold and self.state.held is None:
             self.state.held = "operator"
         while True:
+            # Cleared before the work, so a signal or a finished transfer during it loops again.
+            self.wake = False
             if self._now() - self.loaded_at >= CONFIG_TTL and (self.queue or self.commands):
                 await self._load_config()
             while self.commands:
@@ -162,7 +164,6 @@ class DestinationWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 self.state.queue = list(self.queue.values())
                 workflow.continue_as_new(DestinationInput(self.name, self.state))
-            self.wake = False
             timeout = self._next_wake()
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(

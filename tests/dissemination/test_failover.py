@@ -157,7 +157,7 @@ async def test_worker_killed_mid_transfer_resumes(
     data = os.urandom(64 << 20)
     worker = start_worker_process(env)
     try:
-        [tid] = await env.put(dest, "large.bin", data)
+        [tid] = await env.put(dest, "large.bin", data, priority=5)
         deadline = asyncio.get_running_loop().time() + 60
         while not any(p.stat().st_size >= 16 << 20 for p in folder.iterdir()):
             assert asyncio.get_running_loop().time() < deadline, "the upload never started"
@@ -179,3 +179,12 @@ async def test_worker_killed_mid_transfer_resumes(
     [result] = await transmit_results(env, dest, tid)
     assert result["resumed_from"] >= 16 << 20
     assert result["md5"] == hashlib.md5(data).hexdigest()
+    # The transmit activity carried the task priority (0-19 -> key 1) and fairness key.
+    handle = env.client.get_workflow_handle(transfer_workflow_id(dest, tid))
+    scheduled = [
+        e.activity_task_scheduled_event_attributes
+        for e in (await handle.fetch_history()).events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    assert scheduled[0].priority.priority_key == 1
+    assert scheduled[0].priority.fairness_key == dest
