@@ -209,6 +209,7 @@ class Supervisor:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                console.print(f"{child.name} did not stop within {GRACE_SECONDS:.0f} s: killing it")
                 signal_group(child.pid, signal.SIGKILL)
                 child.process.wait()
             # Sweep anything the child left behind in its group.

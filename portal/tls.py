@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,8 +27,17 @@ def _subject_names(names: list[str]) -> list[x509.GeneralName]:
     return found
 
 
+# Front ends start together and each asks for the certificate: only one may create it.
+_creating = threading.Lock()
+
+
 def ensure_certificate(settings: Settings) -> tuple[Path, Path]:
     """(certificate, key) files; a self-signed pair is written when neither exists."""
+    with _creating:
+        return _ensure_certificate(settings)
+
+
+def _ensure_certificate(settings: Settings) -> tuple[Path, Path]:
     cert_file, key_file = settings.cert_file, settings.cert_key_file
     if cert_file.exists() and key_file.exists():
         return cert_file, key_file
