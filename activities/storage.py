@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -29,12 +30,13 @@ from ecpds.core.models import (
     utcnow,
 )
 from ecpds.core.protocols import ProtocolError
-from ecpds.core.retrieval import open_source, resolve_source
+from ecpds.core.retrieval import SourceConnections, resolve_source
 from ecpds.core.secrets import CredentialBox
 from ecpds.core.store import CHUNK, Store, StoreError
 
 T = TypeVar("T")
 HEARTBEAT_EVERY = 1.0
+THREADS = 32
 # Statuses of a transfer that is using its file right now: never collected.
 RUNNING = frozenset({TransferStatus.EXEC, TransferStatus.FETC})
 
@@ -96,10 +98,14 @@ class StorageActivities:
         self.store = store
         self.box = box
         self.task_queue = task_queue
+        self.sources = SourceConnections()
+        # Fetches wait on the network, not the CPU: more threads than asyncio's default.
+        self.pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="storage")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking `fn` in a thread, heartbeating while it runs."""
-        task = asyncio.create_task(asyncio.to_thread(fn, *args))
+        future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+        task = asyncio.ensure_future(future)
         while True:
             done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
             if done:
@@ -132,7 +138,7 @@ class StorageActivities:
         # A copy left by an attempt that died between the store and the catalog.
         self.store.delete(data_file_id)
         try:
-            remote, reader = open_source(source)
+            remote, reader = self.sources.open(source)
         except ProtocolError as exc:
             raise ApplicationError(str(exc), non_retryable=not exc.retryable) from None
         try:
@@ -141,9 +147,8 @@ class StorageActivities:
         except StoreError as exc:
             raise ApplicationError(str(exc)) from None
         except OSError as exc:
+            self.sources.drop(source)
             raise ApplicationError(remote.to_protocol_error(exc, "reading").args[0]) from None
-        finally:
-            remote.close()
         now = utcnow()
         with session_scope(self.engine) as session:
             data_file = session.get(DataFile, data_file_id)

@@ -7,7 +7,11 @@ the registered host whose URL covers it, so they never travel with the request.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -126,29 +130,70 @@ def _fetch_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar")}
 
 
-def open_source(source: Source) -> tuple[Any, Any]:
-    """(remote, readable file) for the source; the caller closes both."""
-    remote = open_remote(
-        source.host_name, source.folder_url, _fetch_options(source.options), source.credentials
-    )
-    fs = getattr(remote, "fs", None)
-    if fs is None:
-        remote.close()
-        raise ProtocolError(
-            f"{source.folder_url}: this protocol cannot be read from", retryable=False
+class SourceConnections:
+    """Open connections to source folders, shared by the fetches of one worker.
+
+    Logging in costs more than fetching a small file; a connection that fails once is
+    dropped, and the least recently used one is closed beyond `size`.
+    """
+
+    def __init__(self, size: int = 16) -> None:
+        self.size = size
+        self._remotes: OrderedDict[tuple[str, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(source: Source) -> tuple[str, ...]:
+        login = json.dumps([source.options, source.credentials], sort_keys=True, default=str)
+        return (source.host_name, source.folder_url, hashlib.sha256(login.encode()).hexdigest())
+
+    def _remote(self, source: Source) -> Any:
+        key = self._key(source)
+        with self._lock:
+            remote = self._remotes.get(key)
+            if remote is not None:
+                self._remotes.move_to_end(key)
+                return remote
+        remote = open_remote(
+            source.host_name, source.folder_url, _fetch_options(source.options), source.credentials
         )
-    path = remote.path(source.file_name)
-    try:
-        return remote, fs.open(path, "rb")
-    except FileNotFoundError:
-        remote.close()
-        raise ProtocolError(
-            f"{source.host_name}: source file {path} does not exist", retryable=False
-        ) from None
-    except Exception as exc:
-        error = remote.to_protocol_error(exc, f"opening {path}")
-        remote.close()
-        raise error from None
+        if getattr(remote, "fs", None) is None:
+            remote.close()
+            raise ProtocolError(
+                f"{source.folder_url}: this protocol cannot be read from", retryable=False
+            )
+        with self._lock:
+            self._remotes[key] = remote
+            while len(self._remotes) > self.size:
+                _, oldest = self._remotes.popitem(last=False)
+                oldest.close()
+        return remote
+
+    def drop(self, source: Source) -> None:
+        with self._lock:
+            remote = self._remotes.pop(self._key(source), None)
+        if remote is not None:
+            remote.close()
+
+    def open(self, source: Source) -> tuple[Any, Any]:
+        """(remote, readable file) for the source; the caller closes the file."""
+        remote = self._remote(source)
+        path = remote.path(source.file_name)
+        try:
+            return remote, remote.fs.open(path, "rb")
+        except FileNotFoundError:
+            raise ProtocolError(
+                f"{source.host_name}: source file {path} does not exist", retryable=False
+            ) from None
+        except Exception as exc:
+            self.drop(source)
+            raise remote.to_protocol_error(exc, f"opening {path}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            remotes, self._remotes = list(self._remotes.values()), OrderedDict()
+        for remote in remotes:
+            remote.close()
 
 
 def _reqids(reqid: str | None, count: int) -> list[str | None]:
