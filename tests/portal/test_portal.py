@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import ftplib
+import hashlib
 import io
+import os
 import tomllib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import asyncssh
 import boto3
 import httpx
 import pytest
+from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
@@ -43,6 +47,41 @@ def running(tmp_path: Path, loop_thread: LoopThread) -> Iterator[Settings]:
     yield settings
     loop_thread.loop.call_soon_threadsafe(stop.set)
     done.result(30)
+
+
+def mixed_downloads(running: Settings, s3: BaseClient) -> list[str]:
+    def https() -> bytes:
+        url = f"https://127.0.0.1:{running.https_port}/data/gamma/big.bin"
+        return httpx.get(url, auth=("carol", PASSWORD), verify=False, timeout=60).content
+
+    def over_s3() -> bytes:
+        return bytes(s3.get_object(Bucket="gamma", Key="big.bin")["Body"].read())
+
+    def over_ftp() -> bytes:
+        got = bytearray()
+        with ftplib.FTP() as ftp:
+            ftp.connect("127.0.0.1", running.ftp_port, timeout=60)
+            ftp.login("carol", PASSWORD)
+            ftp.retrbinary("RETR /gamma/big.bin", got.extend)
+        return bytes(got)
+
+    def over_sftp() -> bytes:
+        async def get() -> bytes:
+            async with (
+                asyncssh.connect(
+                    "127.0.0.1", running.sftp_port, username="carol", password=PASSWORD,
+                    known_hosts=None, client_keys=None,
+                ) as conn,
+                conn.start_sftp_client() as sftp,
+                sftp.open("/gamma/big.bin", "rb") as handle,
+            ):  # fmt: skip
+                return bytes(await handle.read())
+
+        return asyncio.run(get())
+
+    clients = [https, over_s3, over_ftp, over_sftp] * 5
+    with ThreadPoolExecutor(len(clients)) as pool:
+        return [hashlib.md5(data).hexdigest() for data in pool.map(lambda f: f(), clients)]
 
 
 def test_four_front_ends_one_portal(running: Settings) -> None:
@@ -103,6 +142,11 @@ def test_four_front_ends_one_portal(running: Settings) -> None:
 
     names = asyncio.run(over_sftp())
     assert names == [".", "..", "a.txt", "b.txt", "c.txt", "x.txt"]
+
+    # Twenty downloads at once, five per front-end, all of the same 2 MiB file.
+    big = os.urandom(2 * 1024 * 1024)
+    s3.put_object(Bucket="gamma", Key="big.bin", Body=big)
+    assert mixed_downloads(running, s3) == [hashlib.md5(big).hexdigest()] * 20
 
     # A policy gives carol a second destination, on every front-end at once.
     assert api.post("/destinations", json={"name": "delta"}).status_code == 201
