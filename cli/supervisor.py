@@ -290,6 +290,13 @@ def up(settings: Settings, config: Path | None) -> int:
         )
     embedded = not settings.temporal_address
     check_ports_free(settings, embedded)
+    if not embedded:
+        host, _, port = settings.temporal_address.rpartition(":")
+        if not port.isdigit() or not answers(host or "127.0.0.1", int(port)):
+            raise CliError(
+                f"Temporal at ECPDS_TEMPORAL_ADDRESS={settings.temporal_address} does not answer: "
+                "start it, or unset ECPDS_TEMPORAL_ADDRESS to run the embedded dev server"
+            )
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "log").mkdir(exist_ok=True)
     run_folder(settings).mkdir(exist_ok=True)

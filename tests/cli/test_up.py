@@ -417,3 +417,14 @@ def test_taken_port_is_one_line_error(tmp_path: Path) -> None:
         "stop what uses it or set ECPDS_HTTPS_PORT to a free port"
     )
     assert not (tmp_path / "var" / "run" / "ecpds.pids").exists()
+
+
+def test_external_temporal_that_does_not_answer(tmp_path: Path) -> None:
+    env = {f"ECPDS_{name.upper()}": str(free_port()) for name in PORTS}
+    address = f"127.0.0.1:{free_port()}"
+    env |= {"ECPDS_HOME": str(tmp_path / "var"), "ECPDS_TEMPORAL_ADDRESS": address}
+    result = runner.invoke(app, ["up"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: Temporal at ECPDS_TEMPORAL_ADDRESS={address} does")
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "var" / "run" / "ecpds.pids").exists()
