@@ -17,8 +17,9 @@ from typing import Any
 
 from ecpds.core import compression
 from ecpds.core.checksums import Digest
-from ecpds.core.protocols import ProtocolError, open_remote
+from ecpds.core.protocols import ProtocolError
 from ecpds.core.protocols.base import Remote
+from ecpds.core.protocols.pool import REMOTES
 from ecpds.core.store import Store
 from ecpds.core.throttle import Throttle
 
@@ -155,7 +156,7 @@ def send(
     """Deliver the object; `progress` gets the bytes written so far in this call."""
     started = time.monotonic()
     extra_sums = tuple(dict.fromkeys((*request.checksums, *_host_checksums(request))))
-    with open_remote(
+    with REMOTES.remote(
         request.host_name, request.host_url, request.host_options, credentials
     ) as remote:
         codec = _codec(request, remote)
@@ -213,7 +214,7 @@ def _host_checksums(request: SendRequest) -> tuple[str, ...]:
 
 def partial_offset(request: SendRequest, credentials: Mapping[str, str]) -> int:
     """Bytes of an earlier, interrupted upload of this request that `send` can resume from."""
-    with open_remote(
+    with REMOTES.remote(
         request.host_name, request.host_url, request.host_options, credentials
     ) as remote:
         codec = _codec(request, remote)

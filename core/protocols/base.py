@@ -117,6 +117,10 @@ class Remote:
     def close(self) -> None:
         """Release the connection; safe to call twice."""
 
+    def alive(self) -> bool:
+        """Whether a pooled connection can still be used (checked before reuse)."""
+        return True
+
     def __enter__(self) -> Remote:
         return self
 

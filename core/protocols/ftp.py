@@ -46,7 +46,6 @@ class FtpRemote(Remote):
     def __init__(self, host_name: str, url: HostUrl, options: Options, ftp: ftplib.FTP) -> None:
         super().__init__(host_name, url, options)
         self.ftp = ftp
-        self.made: set[str] = set()
 
     def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
         self.ftp.voidcmd("TYPE I")
@@ -86,11 +85,8 @@ class FtpRemote(Remote):
         current = "/" if folder.startswith("/") else ""
         for part in parts:
             current = posixpath.join(current, part)
-            if current in self.made:
-                continue
             with contextlib.suppress(ftplib.error_perm):
                 self.ftp.mkd(current)  # 550 when it exists already
-            self.made.add(current)
 
     def _size(self, path: str) -> int | None:
         self.ftp.voidcmd("TYPE I")
@@ -119,6 +115,13 @@ class FtpRemote(Remote):
         if isinstance(exc, EOFError):
             return "connection closed by the server", True
         return None
+
+    def alive(self) -> bool:
+        try:
+            self.ftp.voidcmd("NOOP")
+        except (ftplib.Error, OSError, EOFError, AttributeError):
+            return False
+        return True
 
     def close(self) -> None:
         ftp, self.ftp = self.ftp, None  # type: ignore[assignment]

@@ -69,7 +69,6 @@ class HttpRemote(Remote):
         self.client = client
         self.renames = options.method == "webdav"
         self.checks_size = options.method != "post"
-        self.made: set[str] = set()
 
     def _href(self, path: str) -> str:
         return quote(path if path.startswith("/") else f"/{path}")
@@ -132,12 +131,9 @@ class HttpRemote(Remote):
         current = ""
         for part in [p for p in folder.split("/") if p]:
             current = f"{current}/{part}"
-            if current in self.made:
-                continue
             response = self.client.request("MKCOL", self._href(current) + "/")
             # 405: the collection exists already
             self._expect(response, 201, 405)
-            self.made.add(current)
 
     def _size(self, path: str) -> int | None:
         response = self.client.head(self._href(path))
@@ -176,6 +172,9 @@ class HttpRemote(Remote):
         if isinstance(exc, httpx.TransportError):
             return f"connection failed ({exc or type(exc).__name__})", True
         return None
+
+    def alive(self) -> bool:
+        return not self.client.is_closed
 
     def close(self) -> None:
         self.client.close()

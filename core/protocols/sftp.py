@@ -118,6 +118,9 @@ class SftpRemote(FsspecRemote):
             return f"connection lost ({cause.reason})", True
         return None
 
+    def alive(self) -> bool:
+        return self.fs is not None and not self.fs.client.is_closed()
+
     def close(self) -> None:
         fs, self.fs = self.fs, None  # type: ignore[assignment]
         if fs is None:

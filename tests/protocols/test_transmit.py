@@ -13,6 +13,7 @@ from peers.ftp import FtpServer
 from peers.sshd import SshServer
 
 from ecpds.core.protocols import ProtocolError
+from ecpds.core.protocols.pool import REMOTES
 from ecpds.core.store import Store
 from ecpds.core.transmit import SendRequest, partial_offset, send
 
@@ -161,3 +162,23 @@ def test_ftps_certificate_check(store: Store, ftps_server: FtpServer) -> None:
     unchecked = replace(request, host_options={"verify_tls": False})
     send(store, unchecked, creds, progress=lambda n: None)
     assert (ftps_server.root / "tls/t.bin").read_bytes() == b"tls"
+
+
+def test_connections_are_reused_and_dead_ones_replaced(store: Store, ftp_server: FtpServer) -> None:
+    object_id, adler = _stored(store, b"pooled")
+    (ftp_server.root / "pool").mkdir()
+    url, creds = ftp_server.url("pool"), {"password": ftp_server.password}
+    request = _request(object_id, 6, adler, url, target="one.bin", options={"timeout": 11})
+    send(store, request, creds, progress=lambda n: None)
+    with REMOTES.remote("h1", url, {"timeout": 11}, creds) as first:
+        pass
+    send(store, replace(request, target="two.bin"), creds, progress=lambda n: None)
+    with REMOTES.remote("h1", url, {"timeout": 11}, creds) as second:
+        assert second is first  # the same logged-in FTP session served both
+        second.ftp.sock.close()  # the server side goes away while it idles
+    send(store, replace(request, target="three.bin"), creds, progress=lambda n: None)
+    assert sorted(p.name for p in (ftp_server.root / "pool").iterdir()) == [
+        "one.bin",
+        "three.bin",
+        "two.bin",
+    ]

@@ -1,0 +1,121 @@
+"""Connections kept open between transfers to the same host, as rclone keeps them.
+
+A `Remote` is checked out by one thread at a time and returned only after a clean
+upload; one that failed is closed. Idle connections are closed after `idle` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ecpds.core.protocols import open_remote
+from ecpds.core.protocols.base import Remote
+
+
+def _key(
+    host_name: str, url: str, options: Mapping[str, Any] | None, credentials: Mapping[str, str]
+) -> str:
+    """Connections are shared only between identical host settings; secrets stay hashed."""
+    blob = json.dumps(
+        [host_name, url, dict(options or {}), dict(credentials)], sort_keys=True, default=str
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class RemotePool:
+    def __init__(self, *, idle: float = 30.0, per_host: int = 16) -> None:
+        self.idle = idle
+        self.per_host = per_host
+        self._lock = threading.Lock()
+        self._free: dict[str, list[tuple[Remote, float]]] = {}
+        self._janitor: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def remote(
+        self,
+        host_name: str,
+        url: str,
+        options: Mapping[str, Any] | None,
+        credentials: Mapping[str, str],
+    ) -> Iterator[Remote]:
+        """A connected Remote for the host: a pooled one if it is still alive."""
+        key = _key(host_name, url, options, credentials)
+        remote = self._take(key)
+        if remote is None:
+            remote = open_remote(host_name, url, options, credentials)
+        try:
+            yield remote
+        except BaseException:
+            remote.close()
+            raise
+        self._give(key, remote)
+
+    def _take(self, key: str) -> Remote | None:
+        self._expire()
+        while True:
+            with self._lock:
+                free = self._free.get(key)
+                if not free:
+                    return None
+                remote, _ = free.pop()
+            if remote.alive():
+                return remote
+            remote.close()
+
+    def _give(self, key: str, remote: Remote) -> None:
+        with self._lock:
+            free = self._free.setdefault(key, [])
+            kept = len(free) < self.per_host
+            if kept:
+                free.append((remote, time.monotonic()))
+            if self._janitor is None:
+                self._janitor = threading.Thread(
+                    target=self._sweep, name="remote-pool-janitor", daemon=True
+                )
+                self._janitor.start()
+        if not kept:
+            remote.close()
+
+    def _sweep(self) -> None:
+        """Close idle connections in the background, so none lingers at a remote site."""
+        while True:
+            time.sleep(self.idle / 2)
+            self._expire()
+            with self._lock:
+                if not self._free:
+                    self._janitor = None
+                    return
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        stale: list[Remote] = []
+        with self._lock:
+            for key, free in list(self._free.items()):
+                keep = [(r, t) for r, t in free if now - t < self.idle]
+                stale += [r for r, t in free if now - t >= self.idle]
+                if keep:
+                    self._free[key] = keep
+                else:
+                    del self._free[key]
+        for remote in stale:
+            remote.close()
+
+    def idle_count(self) -> int:
+        with self._lock:
+            return sum(len(free) for free in self._free.values())
+
+    def close(self) -> None:
+        with self._lock:
+            remotes = [r for free in self._free.values() for r, _ in free]
+            self._free.clear()
+        for remote in remotes:
+            remote.close()
+
+
+REMOTES = RemotePool()
