@@ -1,7 +1,9 @@
 """HTTP(S) uploads by PUT or POST, and WebDAV (MKCOL + PUT + MOVE): `https://host/dir`.
 
 Basic auth takes the user from the URL and the password credential; a `token`
-credential sends `Authorization: Bearer`. Bodies are streamed (chunked encoding).
+credential sends `Authorization: Bearer`. Bodies are streamed, which is why this is
+written on httpx: fsspec's HTTP filesystem buffers a whole file to write it and has
+no WebDAV verbs.
 """
 
 from __future__ import annotations
