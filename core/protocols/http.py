@@ -1,8 +1,8 @@
 """HTTP(S) uploads by PUT or POST, and WebDAV (MKCOL + PUT + MOVE): `https://host/dir`.
 
 Basic auth takes the user from the URL and the password credential; a `token`
-credential sends `Authorization: Bearer`. Bodies are streamed, which is why this is
-written on httpx: fsspec's HTTP filesystem buffers a whole file to write it and has
+credential sends `Authorization: Bearer`. Bodies are streamed from the store, which is
+why this is written on httpx: fsspec's HTTP filesystem opens files for reading only and has
 no WebDAV verbs.
 """
 
