@@ -116,16 +116,16 @@ def start(folder: Path, env: dict[str, str]) -> Running:
     return Running(folder / "var", env, process, output)
 
 
+def read_pids(home: Path) -> dict[str, int]:
+    lines = (home / "run" / "ecpds.pids").read_text().splitlines()
+    return {name: int(pid) for name, pid in (line.split() for line in lines)}
+
+
 def stop(running: Running, *, ctrl_c: bool = False, killed: bool = False) -> str:
     """Stop with `ecpds down` (or SIGINT, as Ctrl-C sends) and check that nothing is left.
 
     With `killed`, `ecpds up` dies first (SIGKILL) and `ecpds down` stops its children."""
-    pids = {
-        name: int(pid)
-        for name, pid in (
-            line.split() for line in (running.home / "run" / "ecpds.pids").read_text().splitlines()
-        )
-    }
+    pids = read_pids(running.home)
     assert set(pids) == running.services
     if killed:
         running.process.kill()
@@ -428,3 +428,16 @@ def test_external_temporal_that_does_not_answer(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"error: Temporal at ECPDS_TEMPORAL_ADDRESS={address} does")
     assert result.stderr.count("\n") == 1
     assert not (tmp_path / "var" / "run" / "ecpds.pids").exists()
+
+
+def test_a_child_that_dies_stops_everything(tmp_path: Path, temporal_server: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECPDS_")}
+    env |= {f"ECPDS_{name.upper()}": str(free_port()) for name in PORTS}
+    env |= {"ECPDS_HOME": str(tmp_path / "var"), "ECPDS_TEMPORAL_ADDRESS": temporal_server}
+    running = start(tmp_path, env)
+    os.kill(read_pids(running.home)["worker"], signal.SIGKILL)
+    rest, _ = running.process.communicate(timeout=120)
+    assert running.process.returncode == 1
+    assert f"error: worker exited with code -9 (see {running.home / 'log' / 'worker.log'})" in rest
+    assert leftovers(running.home) == []
+    assert not (running.home / "run" / "ecpds.pids").exists()
