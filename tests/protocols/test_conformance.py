@@ -215,3 +215,12 @@ def test_errors_a_user_sees(
     assert "\n" not in message
     assert "conformance" in message and request.host_url.split(":")[0] in message
     assert info.value.retryable
+
+
+def test_names_with_spaces_and_accents(peer: Peer, objects: tuple[Store, dict]) -> None:
+    store, made = objects
+    object_id, data, adler = made["small"]
+    target = "Prévisions 2026/t 850 hPa (été).grib"
+    _send(store, peer, _request(peer, object_id, len(data), adler, target))
+    assert peer.read(target) == data
+    assert peer.names() == [target]
