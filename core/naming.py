@@ -36,7 +36,11 @@ def target_path(
         "transfer_id": transfer_id,
         "date": _Date(when),
     }
-    for _, name, _, _ in string.Formatter().parse(template):
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template)]
+    except ValueError as exc:
+        raise NamingError(f"target template {template!r} is malformed: {exc}") from None
+    for name in names:
         if name is not None and name not in values:
             raise NamingError(
                 f"unknown token {{{name}}} in target template {template!r}: "
