@@ -16,19 +16,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 from sqlmodel import Session, col, select
 
 from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.ingest import IngestError, _plan
 from ecpds.core.models import (
+    Alias,
     DataFile,
     DataTransfer,
     DataUser,
     Host,
     HostKind,
     TransferStatus,
+    new_data_file_id,
     utcnow,
 )
 from ecpds.core.protocols import HostUrl, ProtocolError, check_host, open_remote, parse_url
@@ -196,6 +198,26 @@ class SourceConnections:
             remote.close()
 
 
+def _transfer_row(
+    planned: DataTransfer, data_file_id: str, target: str, now: datetime
+) -> dict[str, Any]:
+    """The catalog row of one planned transfer, waiting for its file (INIT) unless on hold."""
+    return {
+        "data_file_id": data_file_id,
+        "destination_id": planned.destination_id,
+        "target": target,
+        "priority": planned.priority,
+        "scheduled": planned.scheduled,
+        "expires": planned.expires,
+        "status": planned.status if planned.status == TransferStatus.HOLD else TransferStatus.INIT,
+        "queued": now,
+        "bytes_sent": 0,
+        "start_count": 0,
+        "requeue_count": 0,
+        "deleted": False,
+    }
+
+
 def _reqids(reqid: str | None, count: int) -> list[str | None]:
     if reqid is None:
         return [None] * count
@@ -255,57 +277,81 @@ def register_sources(
         earlier = _existing(session, reqids)
         if earlier is not None:
             return earlier, False
-        resolved: dict[str, None] = {}
-        pending: list[tuple[DataFile, list[DataTransfer]]] = []
+        # Without target patterns on aliases, every file gets the same legs: plan once.
+        uniform = (
+            session.exec(
+                select(Alias.id).where(col(Alias.active).is_(True), col(Alias.pattern).is_not(None))
+            ).first()
+            is None
+        )
+        resolved: set[str] = set()
+        first: list[DataTransfer] | None = None
+        now = utcnow()
+        files: list[dict[str, Any]] = []
+        legs: list[list[dict[str, Any]]] = []
         for spec, rid in zip(sources, reqids, strict=True):
             try:
                 parsed = parse_url(spec.url)
                 folder = spec.url.rsplit("/", 1)[0]
                 if folder not in resolved:
                     resolve_source(session, box, spec.url)
-                    resolved[folder] = None
+                    resolved.add(folder)
             except ProtocolError as exc:
                 raise IngestError(str(exc)) from None
             name = spec.name or posixpath.basename(parsed.path)
-            if "/" in name or "\0" in name:
+            if not name or "/" in name or "\0" in name:
                 raise IngestError(f"file name {name!r} is not a plain file name")
-            plan = _plan(
-                session,
-                destination=destination,
-                target=spec.target or name,
-                user=user,
-                priority=priority,
-                lifetime=lifetime,
-                delay=delay,
-                at=at,
-                standby=standby,
-                reqid=None,
+            target = spec.target or name
+            if first is None or not uniform:
+                plan = _plan(
+                    session,
+                    destination=destination,
+                    target=target,
+                    user=user,
+                    priority=priority,
+                    lifetime=lifetime,
+                    delay=delay,
+                    at=at,
+                    standby=standby,
+                    reqid=None,
+                )
+                first = plan.transfers
+            elif target.endswith("/") or "\0" in target:
+                raise IngestError(f"target {target!r} is not a file name")
+            data_file_id = new_data_file_id()
+            files.append(
+                {
+                    "id": data_file_id,
+                    "name": name,
+                    "size": 0,
+                    "meta": dict(metadata or {}),
+                    "group": group,
+                    "source": spec.url,
+                    "reqid": rid,
+                    "created": now,
+                    "expires": max(t.expires for t in first),
+                    "locations": [],
+                    "deleted": False,
+                }
             )
-            for transfer in plan.transfers:
-                if transfer.status != TransferStatus.HOLD:
-                    transfer.status = TransferStatus.INIT
-            data_file = DataFile(
-                name=name,
-                meta=dict(metadata or {}),
-                group=group,
-                source=spec.url,
-                reqid=rid,
-                created=utcnow(),
-                expires=max(t.expires for t in plan.transfers),
+            legs.append(
+                [
+                    _transfer_row(t, data_file_id, target if uniform else t.target, now)
+                    for t in first
+                ]
             )
-            pending.append((data_file, plan.transfers))
-        for data_file, _ in pending:
-            session.add(data_file)
-        session.flush()
-        registered = []
-        for data_file, transfers in pending:
-            for transfer in transfers:
-                transfer.data_file_id = data_file.id
-                session.add(transfer)
-        session.flush()
-        for data_file, transfers in pending:
-            ids = [t.id for t in transfers if t.id is not None]
-            registered.append(Registered(data_file.id, data_file.name, data_file.source or "", ids))
+        session.execute(insert(DataFile), files)
+        rows = [row for file_legs in legs for row in file_legs]
+        ids = iter(
+            session.execute(
+                insert(DataTransfer).returning(col(DataTransfer.id), sort_by_parameter_order=True),
+                rows,
+            ).scalars()
+        )
+        registered = [
+            Registered(f["id"], f["name"], f["source"], [next(ids) for _ in file_legs])
+            for f, file_legs in zip(files, legs, strict=True)
+        ]
     return registered, True
 
 
