@@ -23,6 +23,7 @@ from ecpds.core.protocols.cloud import connection_problem
 CREDENTIALS = frozenset({"token"})
 GCS_ENDPOINT = "https://storage.googleapis.com"
 CHUNK_UNIT = 256 * 1024  # resumable upload chunks are multiples of this
+SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 
 
 @options_dataclass(config={"extra": "forbid"})
@@ -126,24 +127,39 @@ def token(options: Options, credentials: dict[str, str]) -> Any:
     if options.anonymous:
         return "anon"
     text = credentials["token"].strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ProtocolError(
-                f"gcs token credential is not valid JSON ({exc.msg})", retryable=False
-            ) from None
-    from google.oauth2.credentials import Credentials
+    if not text.startswith("{"):
+        from google.oauth2.credentials import Credentials
 
-    return Credentials(text)
+        return Credentials(text)
+    try:
+        info = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(
+            f"gcs token credential is not valid JSON ({exc.msg})", retryable=False
+        ) from None
+    if isinstance(info, dict) and info.get("type") == "service_account":
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_info(info, scopes=[SCOPE])
+    return info  # an authorized-user JSON, which gcsfs refreshes itself
 
 
 def connect(host_name: str, url: HostUrl, options: Options, credentials: dict[str, str]) -> Remote:
-    fs = _GCSFileSystem(
-        token=token(options, credentials),
-        project=options.project or "ecpds",
-        endpoint_url=options.endpoint,
-        requests_timeout=options.timeout,
-        skip_instance_cache=True,
-    )
+    try:
+        fs = _GCSFileSystem(
+            token=token(options, credentials),
+            project=options.project or "ecpds",
+            endpoint_url=options.endpoint,
+            requests_timeout=options.timeout,
+            skip_instance_cache=True,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        # google-auth names the missing field of a bad service-account or user JSON
+        raise ProtocolError(
+            f"gcs host {host_name}: the token credential is unusable"
+            f" ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+            retryable=False,
+        ) from None
     return GcsRemote(host_name, url, options, fs)

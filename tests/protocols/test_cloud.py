@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import replace
 
@@ -125,3 +126,28 @@ def test_s3_errors_name_no_secret(s3_server: S3Server, tmp_path) -> None:
         send(store, request, creds, progress=lambda n: None)
     assert "authentication failed" in str(info.value)
     assert secret not in str(info.value) and s3_server.access_key_id not in str(info.value)
+
+
+def test_gcs_token_forms(tmp_path) -> None:
+    """A service-account JSON or an access token is accepted; a broken one is one line."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from ecpds.core.protocols import open_remote
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    account = {
+        "type": "service_account",
+        "private_key": key.decode(),
+        "client_email": "ecpds@example.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    for token in (json.dumps(account), "ya29.access-token"):
+        open_remote("g", "gcs://bucket/p", {}, {"token": token}).close()
+    for broken in ('{"type": "service_account"}', "{not json"):
+        with pytest.raises(ProtocolError) as info:
+            open_remote("g", "gcs://bucket/p", {}, {"token": broken})
+        assert "token credential" in str(info.value) and "\n" not in str(info.value)
+        assert info.value.retryable is False
