@@ -42,7 +42,9 @@ async def serve_s3(portal: Portal, stop: asyncio.Event) -> None:
     """The S3 API over TLS on settings.s3_port (path-style buckets)."""
     settings = portal.settings
     cert, key = await asyncio.to_thread(ensure_certificate, settings)
-    gateway = S3Gateway(portal_fs(portal), portal.box, settings.home / "s3-multipart")
+    gateway = S3Gateway(
+        portal_fs(portal), portal.box, settings.home / "s3-multipart", settings.public_host
+    )
     server = _Uvicorn(
         uvicorn.Config(
             gateway,

@@ -1,6 +1,7 @@
 """The S3 gateway: an ASGI app answering the S3 REST calls over the portal's file system.
 
-Path-style addressing (`/bucket/key`); a bucket is a destination of the signed-in
+Path-style addressing (`/bucket/key`), and virtual-hosted style (`bucket.DOMAIN/key`)
+when given the portal's domain; a bucket is a destination of the signed-in
 user, an object the newest live transfer under that target name. Multipart parts
 wait in a spool folder until CompleteMultipartUpload pushes them through ingest.
 """
@@ -90,10 +91,21 @@ def _access_error(exc: AccessError, bucket: str, key: str) -> S3Error:
 class S3Gateway:
     """ASGI application; `S3Gateway(fs, box, spool)` is served by uvicorn on the S3 port."""
 
-    def __init__(self, fs: PortalFS, box: CredentialBox, spool: Path) -> None:
+    def __init__(
+        self, fs: PortalFS, box: CredentialBox, spool: Path, domain: str | None = None
+    ) -> None:
         self.fs = fs
         self.box = box
         self.spool = spool
+        # With a domain, BUCKET.domain (virtual-hosted style) names the bucket too.
+        self.domain = domain.lower().strip(".") if domain else None
+
+    def _bucket_and_key(self, host: str, path: str) -> tuple[str, str]:
+        name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host
+        if self.domain and name.endswith("." + self.domain):
+            return name[: -len(self.domain) - 1], path.lstrip("/")
+        bucket, _, key = path.lstrip("/").partition("/")
+        return bucket, key
 
     @property
     def engine(self) -> Engine:
@@ -104,7 +116,7 @@ class S3Gateway:
             return
         request = Request(scope, receive)
         path = scope["path"]
-        bucket, _, key = path.lstrip("/").partition("/")
+        bucket, key = self._bucket_and_key(request.headers.get("host", ""), path)
         try:
             response = await self._handle(request, bucket, key)
         except S3Error as exc:

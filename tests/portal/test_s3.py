@@ -35,7 +35,7 @@ from .conftest import LoopThread, Portal
 def s3_url(
     portal: Portal, loop_thread: LoopThread, certificate: tuple[Path, Path]
 ) -> Iterator[str]:
-    gateway = S3Gateway(portal.fs, portal.box, portal.home / "s3-multipart")
+    gateway = S3Gateway(portal.fs, portal.box, portal.home / "s3-multipart", "s3.test")
     port = free_port()
     config = uvicorn.Config(
         gateway,
@@ -191,6 +191,28 @@ def test_presigned_urls(alice_s3: BaseClient) -> None:
         )
         assert http.put(put_url, content=b"uploaded by URL").status_code == 200
     assert alice_s3.get_object(Bucket="alpha", Key="up.txt")["Body"].read() == b"uploaded by URL"
+
+
+def test_virtual_hosted_style(s3_url: str, portal: Portal, alice_s3: BaseClient) -> None:
+    alice_s3.put_object(Bucket="alpha", Key="dir/v.txt", Body=b"virtual host")
+    port = s3_url.rsplit(":", 1)[1]
+    virtual = boto3.client(
+        "s3",
+        endpoint_url=f"https://s3.test:{port}",
+        aws_access_key_id=portal.alice_key_id,
+        aws_secret_access_key=portal.alice_secret,
+        region_name="us-east-1",
+        config=Config(signature_version="s3v4", s3={"addressing_style": "virtual"}),
+    )
+    url = virtual.generate_presigned_url(
+        "get_object", Params={"Bucket": "alpha", "Key": "dir/v.txt"}, ExpiresIn=60
+    )
+    assert url.startswith(f"https://alpha.s3.test:{port}/dir/v.txt?")
+    # The name does not resolve here: connect to 127.0.0.1 and send the Host it was made for.
+    local = url.replace(f"alpha.s3.test:{port}", f"127.0.0.1:{port}")
+    with httpx.Client(verify=False) as http:
+        got = http.get(local, headers={"host": f"alpha.s3.test:{port}"})
+    assert got.status_code == 200 and got.content == b"virtual host"
 
 
 def test_s3_users_are_kept_apart(s3_url: str, portal: Portal, alice_s3: BaseClient) -> None:
