@@ -29,4 +29,3 @@ class Peer:
     full_disk_url: str | None = None  # a place with about 1 MiB free
     error_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per failure case
     big_files: bool = True  # run the 100 MiB case
-    extra: dict[str, Any] = field(default_factory=dict)
