@@ -28,4 +28,3 @@ class Peer:
     missing_container_url: str | None = None
     full_disk_url: str | None = None  # a place with about 1 MiB free
     error_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per failure case
-    big_files: bool = True  # run the 100 MiB case

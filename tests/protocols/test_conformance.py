@@ -169,8 +169,6 @@ def test_compressed_delivery(peer: Peer, objects: tuple[Store, dict]) -> None:
 
 
 def test_100_mib_file(peer: Peer, objects: tuple[Store, dict], big_object) -> None:
-    if not peer.big_files:
-        pytest.skip("this peer is too slow for the 100 MiB case")
     store, _ = objects
     object_id, md5, adler = big_object
     request = _request(peer, object_id, BIG, adler, "big/100m.bin")
