@@ -32,6 +32,16 @@ from ecpds.portal.access import (
 )
 from ecpds.portal.vfs import Download, Entry, PortalFS, Upload
 
+# AES (hardware-accelerated in OpenSSL) costs the server about 40 % less CPU than
+# chacha20-poly1305, which OpenSSH clients pick first when it is offered; CTR keeps
+# every client able to connect.
+CIPHERS = [
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-ctr",
+    "aes192-ctr",
+    "aes256-ctr",
+]
 DIR_MODE = statmod.S_IFDIR | 0o755
 FILE_MODE = statmod.S_IFREG | 0o644
 
@@ -286,6 +296,7 @@ async def start_sftp(
         host,
         port,
         server_host_keys=[host_key],
+        encryption_algs=CIPHERS,
         sftp_factory=lambda chan: PortalSFTPServer(chan, fs),
         allow_scp=False,
         agent_forwarding=False,
