@@ -384,7 +384,32 @@ def files(
     print_rows(f"{len(rows)} file(s)", FILE_COLUMNS, rows)
 
 
+def view(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="destination or metadata")],
+    name: Annotated[str, typer.Argument(help="the destination, or the metadata key")],
+    value: Annotated[str | None, typer.Option(help="only this metadata value")] = None,
+    prefix: Annotated[str, typer.Option(help="only target names under this folder")] = "",
+    limit: Annotated[int, typer.Option(min=1, max=100000)] = 1000,
+    as_json: JsonOption = False,
+) -> None:
+    """The store as folders: a destination's files by target name, or VALUE/NAME by metadata."""
+    client = state_of(ctx).client()
+    if kind == "destination":
+        path = f"/views/destinations/{quote(name, safe='')}"
+        rows = listing(client.get(path, prefix=prefix or None, limit=limit))
+    elif kind == "metadata":
+        path = f"/views/metadata/{quote(name, safe='')}"
+        rows = listing(client.get(path, value=value, limit=limit))
+    else:
+        raise CliError(f"unknown view {kind!r}: use destination or metadata")
+    if as_json:
+        print_json(rows)
+        return
+    print_rows(f"{kind} {name}", ("path", "size", "id", "arrived"), rows)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `ecpds` application."""
-    for command in (put, wait, status, transfers, files):
+    for command in (put, wait, status, transfers, files, view):
         app.command()(reports_errors(command))

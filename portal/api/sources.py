@@ -1,6 +1,7 @@
 """Asynchronous push: register files by source URL and start their retrievals; group progress.
 
-Also starts the copies of newly stored objects (replicas, archives) for synchronous pushes.
+Also starts the copies of newly stored objects (replicas, archives) for synchronous pushes,
+and serves the directory views of the store (by destination, by metadata key).
 """
 
 from __future__ import annotations
@@ -8,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
@@ -30,7 +31,15 @@ from ecpds.core.retrieval import (
     register_sources,
     retrieval_workflow_id,
 )
-from ecpds.portal.api.deps import ApiState, SessionDep, StateDep, UserDep, visible_destinations
+from ecpds.core.views import by_destination, by_metadata
+from ecpds.portal.api.deps import (
+    ApiState,
+    SessionDep,
+    StateDep,
+    UserDep,
+    check_destination_access,
+    visible_destinations,
+)
 
 router = APIRouter(tags=["files"])
 
@@ -204,3 +213,47 @@ def get_group(group: str, session: SessionDep, user: UserDep) -> GroupResult:
         pending=progress.pending,
         failed=progress.failed,
     )
+
+
+class ViewEntry(BaseModel):
+    path: str
+    id: str
+    size: int
+    arrived: datetime | None
+
+
+def _entry(entry: Any) -> ViewEntry:
+    return ViewEntry(path=entry.path, id=entry.data_file_id, size=entry.size, arrived=entry.arrived)
+
+
+@router.get("/views/destinations/{destination}")
+def view_destination(
+    destination: str,
+    session: SessionDep,
+    user: UserDep,
+    prefix: str = "",
+    limit: Annotated[int, Query(ge=1, le=100000)] = 1000,
+) -> list[ViewEntry]:
+    """The destination's files as a folder tree of their target names."""
+    check_destination_access(session, user, destination)
+    entries = by_destination(session, destination=destination, prefix=prefix, limit=limit)
+    return [
+        ViewEntry(path=e.path, id=e.data_file_id, size=e.size, arrived=e.arrived) for e in entries
+    ]
+
+
+@router.get("/views/metadata/{key}")
+def view_metadata(
+    key: str,
+    session: SessionDep,
+    user: UserDep,
+    value: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100000)] = 1000,
+) -> list[ViewEntry]:
+    """The files with metadata KEY, as VALUE/NAME."""
+    entries = by_metadata(
+        session, key=key, value=value, destinations=visible_destinations(session, user), limit=limit
+    )
+    return [
+        ViewEntry(path=e.path, id=e.data_file_id, size=e.size, arrived=e.arrived) for e in entries
+    ]

@@ -63,6 +63,10 @@ def test_sync_push_has_the_right_checksums_in_every_location(system: System) -> 
         system.cli("transfers", "-d", "bucket", "--status", "hold", "--json").stdout
     )
     assert [t["data_file_id"] for t in transfers] == [answer["id"]]
+    by_destination = json.loads(system.cli("view", "destination", "bucket", "--json").stdout)
+    assert [(e["path"], e["id"]) for e in by_destination] == [("t850.grib", answer["id"])]
+    by_step = json.loads(system.cli("view", "metadata", "step", "--json").stdout)
+    assert [(e["path"], e["size"]) for e in by_step] == [("12/t850.grib", len(data))]
 
 
 def test_same_reqid_twice_gives_one_data_file(system: System) -> None:
