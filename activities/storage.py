@@ -47,6 +47,7 @@ class FetchResult:
     md5: str
     adler32: str
     transfer_ids: list[int] = field(default_factory=list)  # to queue for dissemination
+    copies: bool = True  # whether replicas or archives want the new object
 
 
 @dataclass
@@ -170,7 +171,21 @@ class StorageActivities:
                 session.add(transfer)
                 if transfer.id is not None:
                     released.append(transfer.id)
-        return FetchResult(stored.size, stored.md5, stored.adler32, released)
+        return FetchResult(
+            stored.size, stored.md5, stored.adler32, released, self._wants_copies(data_file_id)
+        )
+
+    def _wants_copies(self, data_file_id: str) -> bool:
+        if len(self.store.locations) > 1:
+            return True
+        with Session(self.engine) as session:
+            archive = session.exec(
+                select(Destination.id)
+                .join(DataTransfer, col(DataTransfer.destination_id) == col(Destination.id))
+                .where(DataTransfer.data_file_id == data_file_id)
+                .where(col(Destination.backup_url).is_not(None))
+            ).first()
+        return archive is not None
 
     @activity.defn
     async def queue_transfers(self, transfer_ids: list[int]) -> None:

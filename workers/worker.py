@@ -18,7 +18,7 @@ from ecpds.workers.schedules import ensure_schedules
 from ecpds.workflows.destination import DestinationWorkflow
 from ecpds.workflows.gc import GarbageCollectionWorkflow
 from ecpds.workflows.replication import ReplicationWorkflow
-from ecpds.workflows.retrieval import RetrievalWorkflow
+from ecpds.workflows.retrieval import RetrievalBatchWorkflow, RetrievalWorkflow
 from ecpds.workflows.transfer import TransferWorkflow
 
 
@@ -39,6 +39,7 @@ def build_worker(client: Client, settings: Settings) -> Worker:
             DestinationWorkflow,
             TransferWorkflow,
             RetrievalWorkflow,
+            RetrievalBatchWorkflow,
             ReplicationWorkflow,
             GarbageCollectionWorkflow,
         ],

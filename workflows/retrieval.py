@@ -1,21 +1,27 @@
 """RetrievalWorkflow: one asynchronously pushed file fetched from its source into the store.
 
 Then its transfers go to their destinations' schedulers, and the new object to the
-replica locations and the destinations' archives.
+replica locations and the destinations' archives. RetrievalBatchWorkflow starts the
+retrievals of one registration, so that the portal starts one workflow, not thousands.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.common import TypedSearchAttributes as Attributes
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.storage import FailInput, ReplicateInput, StorageActivities
-    from ecpds.core.retrieval import RetrievalInput
+    from ecpds.core.retrieval import RetrievalBatch, RetrievalInput, retrieval_workflow_id
+
+DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
+DESTINATION = SearchAttributeKey.for_keyword("Destination")
 
 FETCH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -66,16 +72,39 @@ class RetrievalWorkflow:
                 fetched.transfer_ids,
                 start_to_close_timeout=timedelta(minutes=2),
             )
-        await workflow.execute_activity_method(
-            StorageActivities.replicate,
-            ReplicateInput([request.data_file_id]),
-            start_to_close_timeout=timedelta(hours=6),
-            heartbeat_timeout=timedelta(seconds=60),
-        )
-        await workflow.execute_activity_method(
-            StorageActivities.backup,
-            [request.data_file_id],
-            start_to_close_timeout=timedelta(hours=6),
-            heartbeat_timeout=timedelta(seconds=60),
-        )
+        if fetched.copies:
+            await workflow.execute_activity_method(
+                StorageActivities.replicate,
+                ReplicateInput([request.data_file_id]),
+                start_to_close_timeout=timedelta(hours=6),
+                heartbeat_timeout=timedelta(seconds=60),
+            )
+            await workflow.execute_activity_method(
+                StorageActivities.backup,
+                [request.data_file_id],
+                start_to_close_timeout=timedelta(hours=6),
+                heartbeat_timeout=timedelta(seconds=60),
+            )
         return RetrievalOutput(done=True, size=fetched.size, adler32=fetched.adler32)
+
+
+@workflow.defn
+class RetrievalBatchWorkflow:
+    @workflow.run
+    async def run(self, batch: RetrievalBatch) -> int:
+        """Start a RetrievalWorkflow per file (they outlive this one); how many were started."""
+
+        async def start(data_file_id: str) -> None:
+            attributes = [SearchAttributePair(DATA_FILE_ID, data_file_id)]
+            if batch.destination:
+                attributes.append(SearchAttributePair(DESTINATION, batch.destination))
+            await workflow.start_child_workflow(
+                RetrievalWorkflow.run,
+                RetrievalInput(data_file_id),
+                id=retrieval_workflow_id(data_file_id),
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                search_attributes=Attributes(attributes),
+            )
+
+        await asyncio.gather(*(start(i) for i in batch.data_file_ids))
+        return len(batch.data_file_ids)

@@ -23,13 +23,13 @@ from ecpds.core.dispatch import TemporalDispatcher
 from ecpds.core.ingest import parse_metadata
 from ecpds.core.models import Destination
 from ecpds.core.retrieval import (
+    BATCH,
     MAX_SOURCES,
-    RETRIEVAL_WORKFLOW,
-    RetrievalInput,
+    RETRIEVAL_BATCH_WORKFLOW,
+    RetrievalBatch,
     SourceSpec,
     group_progress,
     register_sources,
-    retrieval_workflow_id,
 )
 from ecpds.core.views import by_destination, by_metadata
 from ecpds.portal.api.deps import (
@@ -179,12 +179,17 @@ async def register(
     )
     if new:
         client, queue = found
+        ids = [r.id for r in registered]
         await _start_all(
             client,
-            RETRIEVAL_WORKFLOW,
+            RETRIEVAL_BATCH_WORKFLOW,
             [
-                (retrieval_workflow_id(r.id), RetrievalInput(r.id), _attrs(r.id, destination))
-                for r in registered
+                (
+                    f"retrievals-{ids[i]}",
+                    RetrievalBatch(ids[i : i + BATCH], destination),
+                    _attrs(ids[i], destination),
+                )
+                for i in range(0, len(ids), BATCH)
             ],
             queue,
         )
