@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/dissemination.py
 	$(BIN)/python bench/portal.py
 	$(BIN)/python bench/protocols.py
+	$(BIN)/python bench/submit.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
