@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -22,12 +22,6 @@ class CliError(Exception):
     """A problem the user can fix; the message is one line saying what and where."""
 
 
-def fail(message: str) -> typer.Exit:
-    """Print `message` as one line on stderr; the caller raises the returned Exit."""
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
-    return typer.Exit(1)
-
-
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn a CliError raised by a command into one line on stderr and exit code 1."""
 
@@ -36,7 +30,8 @@ def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except CliError as exc:
-            raise fail(str(exc)) from None
+            typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -105,19 +100,18 @@ def api_credentials(settings: Settings) -> tuple[str, httpx.Auth | None, dict[st
 
 
 def describe_failure(response: httpx.Response, user: str) -> str:
-    detail: Any = None
-    try:
-        detail = response.json().get("detail")
-    except (ValueError, AttributeError):
-        detail = response.text[:200] or response.reason_phrase
-    if isinstance(detail, list):
-        detail = "; ".join(str(item.get("msg", item)) for item in detail)
     if response.status_code == 401:
         return (
             f"the portal refused the credentials of '{user}' (HTTP 401): "
             "check ECPDS_API_USER and ECPDS_API_PASSWORD (or ECPDS_API_TOKEN)"
         )
-    return f"{detail} (HTTP {response.status_code})"
+    try:
+        detail: Any = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = response.text[:200]
+    if isinstance(detail, list):
+        detail = "; ".join(str(item.get("msg", item)) for item in detail)
+    return f"{detail or response.reason_phrase} (HTTP {response.status_code})"
 
 
 class ApiClient:
@@ -159,22 +153,9 @@ class ApiClient:
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         return self.request("POST", path, json=json, params=clean)
 
-    def upload(self, path: str, chunks: Iterator[bytes], size: int, params: dict[str, Any]) -> Any:
-        """Stream `chunks` as the raw request body (not multipart)."""
-        clean = {k: v for k, v in params.items() if v is not None}
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        return self.request("POST", path, content=chunks, params=clean, headers=headers)
-
-    def close(self) -> None:
-        self._http.close()
-
 
 def listing(answer: Any) -> list[dict[str, Any]]:
-    """A list answer, whether bare or wrapped in {"items": [...]}."""
-    if isinstance(answer, dict):
-        for key in ("items", "data", "results"):
-            if isinstance(answer.get(key), list):
-                return answer[key]
+    """The rows of a list endpoint's answer."""
     if isinstance(answer, list):
         return answer
     raise CliError(f"unexpected answer from the portal: {answer!r}"[:200])
