@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,9 @@ async def serve_worker() -> None:
     from bare import BareWorkflow, touch  # type: ignore[import-not-found]
     from temporalio.worker import Worker
 
-    from ecpds.workers.worker import build_worker
+    from ecpds.workers.worker import build_worker, tune_memory
 
+    tune_memory()  # as run_worker does
     settings = Settings()
     client = await Client.connect(settings.temporal_target)
     bare = Worker(
@@ -109,8 +111,10 @@ async def serve_worker() -> None:
         task_queue=BARE_QUEUE,
         workflows=[BareWorkflow],
         activities=[touch],
+        # The same limits as build_worker, so the two are compared like for like.
         max_concurrent_activities=64,
         max_concurrent_workflow_tasks=64,
+        max_cached_workflows=100,
     )
     async with build_worker(client, settings), bare:
         await asyncio.Event().wait()
@@ -266,78 +270,106 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             ) as worker:
                 client = await Client.connect(settings.temporal_target)
                 dispatcher = TemporalDispatcher(client, settings.task_queue, engine)
-                await bare_workflows(client, 50)  # warm up both workers
-                log("bare: running")
-                results["bare_workflows_per_s"] = await bare_workflows(client, args.small)
-                log("small: registering")
-                results["small_transfers_per_s"] = await small_transfers(
-                    engine, store, dispatcher, args.small
-                )
-                results["small_rate_ratio"] = (
-                    results["small_transfers_per_s"] / results["bare_workflows_per_s"]
-                )
-
-                size = args.large_mib * MiB
-                log(f"large: {args.large_mib} MiB")
-                tid = await put(engine, store, "large", "large.bin", size)
-                with session_scope(engine) as session:
-                    data_file_id = session.get(DataTransfer, tid).data_file_id  # type: ignore
-                source = store.primary.key(data_file_id)
-                started = time.monotonic()
-                await dispatcher.queue([tid])
-                await wait_done(engine, [tid])
-                results["large_sftp_mb_s"] = size / 1e6 / (time.monotonic() - started)
-                (remote / "large.bin").unlink()
-                rclone = shutil.which("rclone")
-                if rclone:
-                    seconds = timed(
-                        [
-                            rclone,
-                            "copyto",
-                            source,
-                            f":sftp:{remote}/rclone.bin",
-                            "--sftp-host=127.0.0.1",
-                            f"--sftp-port={sshd_port}",
-                            f"--sftp-user={user}",
-                            f"--sftp-key-file={key}",
-                        ]
+                if args.small:
+                    await bare_workflows(client, 50)  # warm up both workers
+                    log("bare: running")
+                    results["bare_workflows_per_s"] = await bare_workflows(client, args.small)
+                    log("small: registering")
+                    results["small_transfers_per_s"] = await small_transfers(
+                        engine, store, dispatcher, args.small
                     )
-                    results["rclone_sftp_mb_s"] = size / 1e6 / seconds
-                    results["large_vs_rclone"] = (
-                        results["large_sftp_mb_s"] / results["rclone_sftp_mb_s"]
+                    results["small_rate_ratio"] = (
+                        results["small_transfers_per_s"] / results["bare_workflows_per_s"]
                     )
-                    (remote / "rclone.bin").unlink()
-                seconds = timed(
-                    [
-                        "scp",
-                        "-q",
-                        "-P",
-                        str(sshd_port),
-                        "-i",
-                        str(key),
-                        "-o",
-                        "StrictHostKeyChecking=no",
-                        "-o",
-                        "UserKnownHostsFile=/dev/null",
-                        "-o",
-                        "BatchMode=yes",
-                        source,
-                        f"{user}@127.0.0.1:{remote}/scp.bin",
-                    ]
-                )
-                results["scp_sftp_mb_s"] = size / 1e6 / seconds
-                (remote / "scp.bin").unlink()
-                store.delete(data_file_id)
-
-                log(f"huge: {args.huge_mib} MiB")
-                tid = await put(engine, store, "large", "huge.bin", args.huge_mib * MiB)
-                peak = [rss_mib(worker.pid)]
-                log(f"huge: stored; worker RSS before sending {peak[0]:.0f} MiB")
-                await dispatcher.queue([tid])
-                await wait_done(engine, [tid], lambda: peak.append(rss_mib(worker.pid)))
-                results["peak_worker_rss_mib"] = max(peak)
-                (remote / "huge.bin").unlink()
+                bench = Bench(engine, store, dispatcher, remote, sshd_port, key, user)
+                if args.large_mib:
+                    log(f"large: {args.large_mib} MiB")
+                    results |= await large_transfer(bench, args.large_mib * MiB)
+                if args.huge_mib:
+                    log(f"huge: {args.huge_mib} MiB")
+                    results["peak_worker_rss_mib"] = await huge_transfer(
+                        bench, args.huge_mib * MiB, worker.pid
+                    )
     return results
+
+
+@dataclass
+class Bench:
+    engine: Engine
+    store: Store
+    dispatcher: TemporalDispatcher
+    remote: Path  # the SFTP server's folder
+    sshd_port: int
+    key: Path
+    user: str
+
+
+async def large_transfer(bench: Bench, size: int) -> dict[str, float]:
+    """One file through ecpds, then the same stored file by rclone and by scp."""
+    results: dict[str, float] = {}
+    tid = await put(bench.engine, bench.store, "large", "large.bin", size)
+    with session_scope(bench.engine) as session:
+        transfer = session.get(DataTransfer, tid)
+        assert transfer is not None
+        data_file_id = transfer.data_file_id
+    source = bench.store.primary.key(data_file_id)
+    started = time.monotonic()
+    await bench.dispatcher.queue([tid])
+    await wait_done(bench.engine, [tid])
+    results["large_sftp_mb_s"] = size / 1e6 / (time.monotonic() - started)
+    (bench.remote / "large.bin").unlink()
+    rclone = shutil.which("rclone")
+    if rclone:
+        seconds = timed(
+            [
+                rclone,
+                "copyto",
+                source,
+                f":sftp:{bench.remote}/rclone.bin",
+                "--sftp-host=127.0.0.1",
+                f"--sftp-port={bench.sshd_port}",
+                f"--sftp-user={bench.user}",
+                f"--sftp-key-file={bench.key}",
+            ]
+        )
+        results["rclone_sftp_mb_s"] = size / 1e6 / seconds
+        results["large_vs_rclone"] = results["large_sftp_mb_s"] / results["rclone_sftp_mb_s"]
+        (bench.remote / "rclone.bin").unlink()
+    else:
+        log("rclone is missing: run tests/peers/install.sh")
+    seconds = timed(
+        [
+            "scp",
+            "-q",
+            "-P",
+            str(bench.sshd_port),
+            "-i",
+            str(bench.key),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            source,
+            f"{bench.user}@127.0.0.1:{bench.remote}/scp.bin",
+        ]
+    )
+    results["scp_sftp_mb_s"] = size / 1e6 / seconds
+    (bench.remote / "scp.bin").unlink()
+    bench.store.delete(data_file_id)
+    return results
+
+
+async def huge_transfer(bench: Bench, size: int, worker_pid: int) -> float:
+    """The worker's peak RSS (MiB, sampled every 50 ms) while it sends one file."""
+    tid = await put(bench.engine, bench.store, "large", "huge.bin", size)
+    peak = [rss_mib(worker_pid)]
+    log(f"huge: stored; worker RSS before sending {peak[0]:.0f} MiB")
+    await bench.dispatcher.queue([tid])
+    await wait_done(bench.engine, [tid], lambda: peak.append(rss_mib(worker_pid)))
+    (bench.remote / "huge.bin").unlink()
+    return max(peak)
 
 
 LABELS = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -60,8 +61,22 @@ def build_worker(client: Client, settings: Settings) -> Worker:
         max_concurrent_workflow_tasks=64,
         max_concurrent_local_activities=64,
         # Transfer workflows are short; a small cache keeps the worker's memory flat.
-        max_cached_workflows=200,
+        max_cached_workflows=100,
     )
+
+
+def tune_memory() -> None:
+    """Return large transfer buffers to the system at once, and share few malloc arenas.
+
+    glibc otherwise keeps freed multi-MiB chunks per thread arena, and the worker's
+    memory grows with every large transfer it has sent.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return  # not glibc: nothing to tune
+    libc.mallopt(-8, 2)  # M_ARENA_MAX
+    libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MiB and more is mmapped, unmapped on free
 
 
 async def connect(settings: Settings) -> Client:
@@ -70,6 +85,7 @@ async def connect(settings: Settings) -> Client:
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run a worker until `stop` is set (or forever); in-flight activities finish first."""
+    tune_memory()
     client = await connect(settings)
     await ensure_schedules(client, dissemination_queue(settings))
     worker = build_worker(client, settings)
