@@ -55,6 +55,12 @@ def _curl_rate(*args: str) -> float:
     return int(size) / float(seconds) / 1e6
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children that have ended (sshd's sessions)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def _timed(size: int, *args: str) -> float:
     start = time.perf_counter()
     _run(*args)
@@ -93,7 +99,7 @@ def prepare(settings: Settings, size: int, public_key: str) -> tuple[str, str, P
 
 
 @contextlib.contextmanager
-def portal_process(settings: Settings, env: dict[str, str], log: Path) -> Iterator[None]:
+def portal_process(settings: Settings, env: dict[str, str], log: Path) -> Iterator[int]:
     code = "from ecpds.core.settings import Settings; from ecpds.portal import server;" + (
         "server.run(Settings())"
     )
@@ -107,7 +113,7 @@ def portal_process(settings: Settings, env: dict[str, str], log: Path) -> Iterat
                 settings.sftp_port,
             ):
                 wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
-            yield
+            yield proc.pid
         finally:
             proc.terminate()
             try:
@@ -117,7 +123,7 @@ def portal_process(settings: Settings, env: dict[str, str], log: Path) -> Iterat
 
 
 @contextlib.contextmanager
-def nginx(folder: Path, file: Path, cert: Path, key: Path) -> Iterator[int]:
+def nginx(folder: Path, file: Path, cert: Path, key: Path) -> Iterator[tuple[int, int]]:
     port = free_port()
     (folder / "www").mkdir(parents=True)
     os.link(file, folder / "www" / "big.bin")
@@ -126,6 +132,7 @@ def nginx(folder: Path, file: Path, cert: Path, key: Path) -> Iterator[int]:
         f"""
 worker_processes 1;
 daemon off;
+master_process off;
 pid {folder}/nginx.pid;
 error_log {folder}/error.log;
 {"user root;" if os.geteuid() == 0 else ""}
@@ -145,14 +152,14 @@ http {{
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(folder)])
     try:
         wait_for_port("127.0.0.1", port, timeout=20, proc=proc)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
 
 
 @contextlib.contextmanager
-def openssh(folder: Path, client_key: Path) -> Iterator[int]:
+def openssh(folder: Path, client_key: Path) -> Iterator[tuple[int, int]]:
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
     server = Path("/usr/lib/openssh/sftp-server")
     if not Path(sshd).exists() or not server.exists():
@@ -175,7 +182,7 @@ def openssh(folder: Path, client_key: Path) -> Iterator[int]:
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
     try:
         wait_for_port("127.0.0.1", port, timeout=20, proc=proc)
-        yield port
+        yield port, proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -234,9 +241,9 @@ def main() -> int:
         results: dict[str, float | int | str] = {"size_mib": args.size_mib}
         user = os.environ.get("USER") or "root"
         with (
-            portal_process(settings, env, base / "portal.log"),
-            nginx(base / "nginx", stored, cert, key) as nginx_port,
-            openssh(base / "sshd", client_key) as sshd_port,
+            portal_process(settings, env, base / "portal.log") as portal_pid,
+            nginx(base / "nginx", stored, cert, key) as (nginx_port, nginx_pid),
+            openssh(base / "sshd", client_key) as (sshd_port, sshd_pid),
         ):
             s3 = boto3.client(
                 "s3",
@@ -264,11 +271,21 @@ def main() -> int:
                 "s3_mb_s": lambda: _curl_rate(url),
                 "ftp_mb_s": lambda: _curl_rate(ftp),
             }
+            servers = {"https": portal_pid, "nginx": nginx_pid, "sftp": portal_pid}
+            servers["openssh_sftp"] = sshd_pid
             # Rounds interleave the front-ends and their peers, so a busy moment on the
-            # machine does not fall on one side only; the best round counts.
+            # machine does not fall on one side only; the best round counts. Server CPU
+            # seconds per GiB do not depend on what else the machine is doing.
             for _ in range(args.runs):
                 for name, measure in measures.items():
+                    server = servers.get(name.removesuffix("_mb_s"))
+                    before = cpu_seconds(server) if server else 0.0
                     results[name] = max(float(results.get(name, 0)), measure())
+                    if server:
+                        time.sleep(0.3)  # let sshd reap the session it forked
+                        used = (cpu_seconds(server) - before) * (1 << 30) / size
+                        cpu_key = name.replace("_mb_s", "_cpu_s_per_gib")
+                        results[cpu_key] = round(min(float(results.get(cpu_key, used)), used), 2)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     for key_name in (
@@ -298,6 +315,8 @@ def main() -> int:
             f"  SFTP   {results['sftp_mb_s']:>8}   OpenSSH sftp   {results['openssh_sftp_mb_s']:>8}"
             f"   ratio {results['sftp_vs_openssh']}"
         )
+        cpu = {k: v for k, v in results.items() if k.endswith("_cpu_s_per_gib")}
+        print(f"  server CPU seconds per GiB: {cpu}")
         print(f"  S3     {results['s3_mb_s']:>8}")
         print(f"  FTP    {results['ftp_mb_s']:>8}")
     return 0

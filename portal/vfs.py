@@ -15,6 +15,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
+from zlib_ng import zlib_ng
 
 from ecpds.core.db import session_scope
 from ecpds.core.ingest import Dispatcher, IngestResult, ingest
@@ -29,7 +30,7 @@ from ecpds.core.models import (
     TransferStatus,
     utcnow,
 )
-from ecpds.core.store import Store
+from ecpds.core.store import IntegrityError, Store
 from ecpds.portal.access import AccessDenied, BadPath, NotFound, Principal
 
 # Bytes not yet (INIT, FETC) in the store are not offered for download.
@@ -302,22 +303,27 @@ class Download:
         """The bytes [start, end); a whole-file read is verified against its ADLER32.
 
         The last chunk is held back until the object is verified and the pick-up
-        recorded, so a client that has every byte also sees the transfer DONE.
+        recorded, so a client that has every byte also sees the transfer DONE, and a
+        damaged object ends in a broken transfer rather than a complete-looking one.
         """
-        assert self.entry.data_file_id is not None
-        whole = start == 0 and (end is None or end >= self.size)
-        source = self.fs.store.iter_bytes(
-            self.entry.data_file_id,
-            start=start,
-            end=end,
-            adler32=self.entry.adler32 if whole else None,
-        )
+        entry = self.entry
+        assert entry.data_file_id is not None
+        whole = start == 0 and (end is None or end >= self.size) and entry.adler32 is not None
+        # zlib-ng's ADLER32 is about ten times quicker than zlib's, the largest CPU cost
+        # of a download after TLS.
+        running = 1
         held = None
-        for chunk in source:
+        for chunk in self.fs.store.iter_bytes(entry.data_file_id, start=start, end=end):
+            if whole:
+                running = zlib_ng.adler32(chunk, running)
             if held is not None:
                 yield held
             held = chunk
         if whole:
+            if f"{running & 0xFFFFFFFF:08x}" != entry.adler32:
+                raise IntegrityError(
+                    f"object {entry.data_file_id}: ADLER32 does not match {entry.adler32}"
+                )
             self.finished()
         if held is not None:
             yield held

@@ -248,3 +248,17 @@ def test_twenty_concurrent_downloads(web: str, portal: Portal) -> None:
             return await asyncio.gather(*(one() for _ in range(20)))
 
     assert asyncio.run(fetch_all()) == [digest] * 20
+
+
+def test_damaged_object_is_not_served_whole(web: str, portal: Portal) -> None:
+    payload = os.urandom(3 * 1024 * 1024)
+    with client(web) as http:
+        data_file = http.put("/data/alpha/damaged.bin", content=payload).json()["id"]
+    path = Path(portal.store.primary.key(data_file))
+    damaged = bytearray(path.read_bytes())
+    damaged[12345] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    with client(web) as http, pytest.raises(httpx.HTTPError):
+        http.get("/data/alpha/damaged.bin")
+    with session_scope(portal.engine) as session:
+        assert session.exec(select(DataTransfer.status)).one() == TransferStatus.HOLD
