@@ -218,14 +218,10 @@ class Supervisor:
             pid_file(self.settings).unlink()
 
 
-def _openapi_url(base: str) -> str | None:
-    with httpx.Client(verify=False, timeout=5) as http:
-        for path in ("/api/v1/openapi.json", "/openapi.json"):
-            with contextlib.suppress(httpx.HTTPError):
-                if http.get(base + path).status_code == 200:
-                    docs = path.replace("openapi.json", "docs")
-                    return f"{base}{path} (docs {base}{docs})"
-    return None
+def _openapi_answers(schema_url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(schema_url, verify=False, timeout=5).status_code == 200
+    return False
 
 
 def _admin_note(settings: Settings, first_start: bool) -> str:
@@ -255,9 +251,8 @@ def service_table(settings: Settings, supervisor: Supervisor, first_start: bool)
     base = f"https://{settings.public_host}:{settings.https_port}"
     table.add_row("Portal HTTPS", base, "self-signed unless ECPDS_TLS_CERT is set")
     table.add_row("REST API", settings.portal_url, "")
-    openapi = _openapi_url(base)
-    if openapi:
-        table.add_row("OpenAPI", openapi, "")
+    if _openapi_answers(f"{base}/api/v1/openapi.json"):
+        table.add_row("OpenAPI docs", f"{base}/api/v1/docs", f"schema {base}/api/v1/openapi.json")
     for label, attr in EXTRA_PORTS:
         port = getattr(settings, attr)
         if answers(settings.public_host, port):
