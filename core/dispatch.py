@@ -19,6 +19,7 @@ from ecpds.core.db import session_scope
 from ecpds.core.models import DataFile, DataTransfer, Destination, TransferStatus
 
 DESTINATION_WORKFLOW = "DestinationWorkflow"
+SIGNAL_BATCH = 1000  # transfers per signal: well under Temporal's 2 MB payload limit
 QUEUEABLE = frozenset({TransferStatus.WAIT, TransferStatus.SCHE, TransferStatus.RETR})
 
 
@@ -129,7 +130,9 @@ class TemporalDispatcher:
         """Queue the transfers that are waiting; a transfer queued twice runs once."""
         by_destination = self._queueable(transfer_ids)
         for destination, entries in by_destination.items():
-            await self._signal(destination, "enqueue", Enqueue(entries))
+            for start in range(0, len(entries), SIGNAL_BATCH):
+                batch = entries[start : start + SIGNAL_BATCH]
+                await self._signal(destination, "enqueue", Enqueue(batch))
 
     def _queueable(self, transfer_ids: Iterable[int]) -> dict[str, list[QueuedTransfer]]:
         ids = list(transfer_ids)
