@@ -328,6 +328,20 @@ def settled(api: httpx.Client, transfer_id: int) -> dict:
         time.sleep(0.2)
 
 
+def test_delete_then_apply_puts_it_back(system: Running, tmp_path: Path) -> None:
+    deleted = system.cli("alias", "delete", "dest1-mirror")
+    assert deleted.exit_code == 0, deleted.output
+    assert json.loads(system.cli("alias", "list", "--json").stdout) == []
+    gone = system.cli("alias", "show", "dest1-mirror")
+    assert gone.exit_code == 1 and "dest1-mirror" in gone.stderr
+    site = tmp_path / "site.toml"
+    site.write_text(SITE.format(remote=system.home.parent / "remote"))
+    again = system.cli("apply", "-f", str(site), "--json", READER_PASSWORD=READER_PASSWORD)
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert report["created"] == ["alias dest1-mirror"] and report["updated"] == []
+
+
 def test_bad_input_is_one_line_and_changes_nothing(system: Running, tmp_path: Path) -> None:
     def catalog() -> dict[str, set[str]]:
         # Names and ids only: the scheduler changes statuses while the test runs.
