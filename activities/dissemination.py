@@ -33,8 +33,10 @@ from ecpds.core.models import (
     TransferStatus,
 )
 from ecpds.core.naming import NamingError, target_path
+from ecpds.core.protocols import ProtocolError
 from ecpds.core.secrets import CredentialBox, CredentialError
 from ecpds.core.store import Store, StoreError
+from ecpds.core.transmit import SendRequest, SendResult, partial_offset, send
 
 T = TypeVar("T")
 HEARTBEAT_EVERY = 1.0
@@ -119,7 +121,7 @@ class TransmitCancelled(Exception):
 
 @dataclass
 class _Plan:
-    request: Any  # ecpds.core.transmit.SendRequest
+    request: SendRequest
     credentials: dict[str, str]
     size: int
     compressed: bool
@@ -254,9 +256,6 @@ class DisseminationActivities:
     @activity.defn
     async def transmit(self, request: TransmitInput) -> TransmitOutput:
         """Send one transfer's file to one host, heartbeating bytes sent; resumes on retry."""
-        from ecpds.core.protocols import ProtocolError
-        from ecpds.core.transmit import partial_offset, send
-
         info = activity.info()
         plan = await self._run(self._prepare, request)
         resume = info.attempt > 1 or bool(info.heartbeat_details)
@@ -323,8 +322,6 @@ class DisseminationActivities:
         )
 
     def _prepare(self, request: TransmitInput) -> _Plan:
-        from ecpds.core.transmit import SendRequest
-
         now = datetime.now(UTC)
         with session_scope(self.engine) as session:
             transfer, data_file, dest, host = _load(session, request)
@@ -376,7 +373,9 @@ class DisseminationActivities:
                 transfer.last_error = message
                 session.add(transfer)
 
-    def _done(self, request: TransmitInput, result: Any, offset: int, seconds: float) -> None:
+    def _done(
+        self, request: TransmitInput, result: SendResult, offset: int, seconds: float
+    ) -> None:
         with session_scope(self.engine) as session:
             transfer = session.get(DataTransfer, request.transfer_id)
             if transfer is not None:
