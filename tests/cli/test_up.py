@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy
+from amqtt.client import MQTTClient
+from amqtt.errors import ConnectError
 from typer.testing import CliRunner, Result
 
 from ecpds.cli.main import app
@@ -287,6 +289,15 @@ def test_apply_site_twice_then_read_back(system: Running, tmp_path: Path) -> Non
         json.loads(system.cli("destination", "show", "dest1", "--json").stdout)["max_connections"]
         == 2
     )
+
+
+async def test_mqtt_broker_takes_data_user_logins(system: Running) -> None:
+    broker = f"127.0.0.1:{system.port('mqtt_port')}"
+    reader = MQTTClient(config={"auto_reconnect": False})
+    await reader.connect(f"mqtt://reader:{READER_PASSWORD}@{broker}/")
+    await reader.disconnect()
+    with pytest.raises(ConnectError):
+        await MQTTClient(config={"auto_reconnect": False}).connect(f"mqtt://reader:wrong@{broker}/")
 
 
 def test_put_stores_the_file_with_its_md5(system: Running, tmp_path: Path) -> None:
