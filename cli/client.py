@@ -22,6 +22,14 @@ class CliError(Exception):
     """A problem the user can fix; the message is one line saying what and where."""
 
 
+class ApiError(CliError):
+    """The portal answered with an HTTP error status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn a CliError raised by a command into one line on stderr and exit code 1."""
 
@@ -138,7 +146,7 @@ class ApiClient:
         except httpx.HTTPError as exc:
             raise CliError(f"{method} {self.base_url}{path} failed: {exc}") from None
         if response.status_code >= 400:
-            raise CliError(describe_failure(response, self.user))
+            raise ApiError(describe_failure(response, self.user), response.status_code)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()

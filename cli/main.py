@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from ecpds.cli import data, supervisor
-from ecpds.cli.client import CliError, CliState, reports_errors, state_of
+from ecpds.cli.client import ApiError, CliError, CliState, reports_errors, state_of
 from ecpds.cli.operations import scheduler_app, transfer_app
 from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
 from ecpds.cli.site import load_site
@@ -56,7 +56,14 @@ def apply(
 ) -> None:
     """Create or update hosts, destinations, aliases and users from a site file (idempotent)."""
     spec = load_site(file)
-    report = state_of(ctx).client().post("/apply", json=spec, params={"dry_run": dry_run})
+    client = state_of(ctx).client()
+    try:
+        report = client.post("/apply", json=spec, params={"dry_run": dry_run})
+    except ApiError as exc:
+        if exc.status not in (400, 404, 409, 422):
+            raise
+        # The portal found a problem in the file's content: say which file.
+        raise CliError(f"{file.name}: {exc}") from None
     if as_json:
         print_json(report)
         return

@@ -379,7 +379,7 @@ def test_bad_input_is_one_line_and_changes_nothing(system: Running, tmp_path: Pa
     product = tmp_path / "p.bin"
     product.write_bytes(b"payload")
     cases = [
-        (system.cli("apply", "-f", str(nocreds)), "nocreds"),
+        (system.cli("apply", "-f", str(nocreds)), "nocreds.toml: host 'nocreds'"),
         (
             system.cli("apply", "-f", str(typo)),
             "site.toml: destination 'x': unknown key 'max_conections'",
