@@ -203,3 +203,30 @@ def test_source_without_credentials_is_refused(system: System, sshd) -> None:
     result = system.cli("put", "-s", sshd.url("/tmp/x.bufr"), "-d", "obs3")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "register a host" in result.stderr
+
+
+def test_async_push_is_disseminated_once_fetched(system: System, sshd) -> None:
+    outgoing = system.tmp / "outgoing"
+    system.host("out", f"file://{outgoing}")
+    system.destination(f"site-{system.settings.task_queue}", hosts=["out"])
+    folder, contents = _sftp_group(system, sshd, 1)
+    result = system.cli(
+        "put",
+        "-s",
+        sshd.url(folder / "obs-000.bufr"),
+        "-d",
+        f"site-{system.settings.task_queue}",
+        "--target",
+        "in/obs.bufr",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    [registered] = json.loads(result.stdout)["files"]
+
+    def delivered() -> bool:
+        with Session(system.engine) as session:
+            transfer = session.get(DataTransfer, registered["transfers"][0])
+            return transfer is not None and transfer.status == TransferStatus.DONE
+
+    system.until(delivered, "the transfer to be DONE")
+    assert (outgoing / "in" / "obs.bufr").read_bytes() == contents[0]
