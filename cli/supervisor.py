@@ -303,27 +303,31 @@ def up(settings: Settings, config: Path | None) -> int:
     stop.install()
     supervisor = Supervisor(settings, stop)
     try:
-        if embedded:
-            try:
-                temporal_cmd = dev_server_command(
-                    supervisor.home / "temporal.db",
-                    settings.temporal_port,
-                    settings.temporal_ui_port,
-                    ui=True,
-                )
-            except DevServerError as exc:
-                raise CliError(str(exc)) from None
-            temporal = supervisor.start("temporal", temporal_cmd)
-            supervisor.wait_for(temporal, "127.0.0.1", settings.temporal_port)
+        with console.status("starting", spinner="dots") as status:
+            if embedded:
+                try:
+                    temporal_cmd = dev_server_command(
+                        supervisor.home / "temporal.db",
+                        settings.temporal_port,
+                        settings.temporal_ui_port,
+                        ui=True,
+                    )
+                except DevServerError as exc:
+                    raise CliError(str(exc)) from None
+                status.update("starting Temporal's dev server")
+                temporal = supervisor.start("temporal", temporal_cmd)
+                supervisor.wait_for(temporal, "127.0.0.1", settings.temporal_port)
+                if stop:
+                    return 0
+            status.update("starting the worker and the portal")
+            supervisor.start("worker", child_command("worker"))
+            portal = supervisor.start("portal", child_command("portal"))
+            supervisor.wait_for(portal, settings.public_host, settings.https_port)
             if stop:
                 return 0
-        supervisor.start("worker", child_command("worker"))
-        portal = supervisor.start("portal", child_command("portal"))
-        supervisor.wait_for(portal, settings.public_host, settings.https_port)
-        if stop:
-            return 0
-        supervisor.check_children()
-        console.print(service_table(settings, supervisor, first_start))
+            supervisor.check_children()
+            table = service_table(settings, supervisor, first_start)
+        console.print(table)
         console.print("ready: Ctrl-C or `ecpds down` stops everything")
         sys.stdout.flush()
         while not stop:
