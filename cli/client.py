@@ -90,15 +90,17 @@ def api_credentials(settings: Settings) -> tuple[str, httpx.Auth | None, dict[st
     """Who calls and how: a token, else user and password from settings, else those
     `ecpds up` wrote on first start."""
     if settings.api_token:
-        return "token", None, {"Authorization": f"Bearer {settings.api_token}"}
+        return "the API token", None, {"Authorization": f"Bearer {settings.api_token}"}
     if settings.api_password:
-        return settings.api_user, httpx.BasicAuth(settings.api_user, settings.api_password), {}
+        user = settings.api_user
+        return f"the credentials of '{user}'", httpx.BasicAuth(user, settings.api_password), {}
     admin_file = settings.admin_file
     if admin_file.is_file():
         try:
             saved = tomllib.loads(admin_file.read_text())
             user = str(saved["api_user"])
-            return user, httpx.BasicAuth(user, str(saved["api_password"])), {}
+            auth = httpx.BasicAuth(user, str(saved["api_password"]))
+            return f"the credentials of '{user}' in {admin_file}", auth, {}
         except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
             raise CliError(f"{admin_file} is unreadable or incomplete: {exc}") from None
     raise CliError(
@@ -107,10 +109,10 @@ def api_credentials(settings: Settings) -> tuple[str, httpx.Auth | None, dict[st
     )
 
 
-def describe_failure(response: httpx.Response, user: str) -> str:
+def describe_failure(response: httpx.Response, caller: str) -> str:
     if response.status_code == 401:
         return (
-            f"the portal refused the credentials of '{user}' (HTTP 401): "
+            f"the portal refused {caller} (HTTP 401): "
             "check ECPDS_API_USER and ECPDS_API_PASSWORD (or ECPDS_API_TOKEN)"
         )
     try:
@@ -127,7 +129,7 @@ class ApiClient:
 
     def __init__(self, settings: Settings, *, timeout: float = 300.0) -> None:
         self.base_url = settings.portal_url.rstrip("/")
-        self.user, auth, headers = api_credentials(settings)
+        self.caller, auth, headers = api_credentials(settings)
         self._http = httpx.Client(
             base_url=self.base_url,
             auth=auth,
@@ -146,7 +148,7 @@ class ApiClient:
         except httpx.HTTPError as exc:
             raise CliError(f"{method} {self.base_url}{path} failed: {exc}") from None
         if response.status_code >= 400:
-            raise ApiError(describe_failure(response, self.user), response.status_code)
+            raise ApiError(describe_failure(response, self.caller), response.status_code)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()

@@ -78,6 +78,16 @@ def apply(
 
 @app.command()
 @reports_errors
+def token(
+    ctx: typer.Context,
+    label: Annotated[str, typer.Option(help="what the token is for")] = "",
+) -> None:
+    """Create an API token for the calling user; use it as ECPDS_API_TOKEN. Shown only once."""
+    typer.echo(state_of(ctx).client().post("/tokens", json={"label": label})["token"])
+
+
+@app.command()
+@reports_errors
 def up(ctx: typer.Context) -> None:
     """Run everything: Temporal dev server (unless ECPDS_TEMPORAL_ADDRESS), a worker, the portal."""
     state = state_of(ctx)

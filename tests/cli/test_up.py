@@ -274,6 +274,11 @@ def test_apply_site_twice_then_read_back(system: Running, tmp_path: Path) -> Non
     assert [(a["source"], a["target"]) for a in aliases] == [("dest1", "mirror")]
     table = system.cli("destination", "list")
     assert table.exit_code == 0 and "dest1" in table.stdout and "local1" in table.stdout
+    token = system.cli("token", "--label", "tests").stdout.strip()
+    with_token = system.cli("host", "list", "--json", ECPDS_API_TOKEN=token)
+    assert [h["name"] for h in json.loads(with_token.stdout)] == ["local1"]
+    forged = system.cli("host", "list", ECPDS_API_TOKEN=token + "x")
+    assert forged.exit_code == 1 and "HTTP 401" in forged.stderr
 
     draft = tmp_path / "draft.toml"
     draft.write_text(
