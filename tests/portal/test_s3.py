@@ -32,6 +32,13 @@ from .conftest import LoopThread, Portal
 
 
 @pytest.fixture
+def catalog_url(tmp_path: Path) -> str:
+    """SQLite only: the catalog queries are the same as over HTTPS, which also runs on
+    PostgreSQL; this keeps the suite's time down."""
+    return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
+@pytest.fixture
 def s3_url(
     portal: Portal, loop_thread: LoopThread, certificate: tuple[Path, Path]
 ) -> Iterator[str]:

@@ -23,6 +23,13 @@ from .conftest import ALICE_PASSWORD, BOB_PASSWORD, LoopThread, Portal
 
 
 @pytest.fixture
+def catalog_url(tmp_path: Path) -> str:
+    """SQLite only: the catalog queries are the same as over HTTPS, which also runs on
+    PostgreSQL; this keeps the suite's time down."""
+    return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
+@pytest.fixture
 def sftp_port(portal: Portal, loop_thread: LoopThread) -> Iterator[int]:
     port = free_port()
     key = load_host_key(portal.home / "ssh_host_key")
