@@ -16,6 +16,7 @@ import typer
 from ecpds.cli import data, supervisor
 from ecpds.cli.client import ApiError, CliError, CliState, reports_errors, state_of
 from ecpds.cli.operations import scheduler_app, transfer_app
+from ecpds.cli.portal import key_app, policy_app
 from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
 from ecpds.cli.site import load_site
 
@@ -32,6 +33,8 @@ for _resource in RESOURCES:
 data.register(app)
 app.add_typer(scheduler_app, name="scheduler", help="Hold, restart or clean a destination.")
 app.add_typer(transfer_app, name="transfer", help="List transfers and operate on one.")
+app.add_typer(key_app, name="key", help="S3 access keys of data users.")
+app.add_typer(policy_app, name="policy", help="Policies: destinations given to users as a group.")
 
 
 @app.callback()

@@ -6,6 +6,7 @@ import asyncio
 import ftplib
 import hashlib
 import io
+import json
 import os
 import tomllib
 from collections.abc import Iterator
@@ -19,7 +20,9 @@ import pytest
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from typer.testing import CliRunner
 
+from ecpds.cli.main import app as main_app
 from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.settings import Settings
 from ecpds.portal.server import serve
@@ -161,6 +164,29 @@ def test_four_front_ends_one_portal(running: Settings) -> None:
     with pytest.raises(ClientError) as gone:
         s3.put_object(Bucket="delta", Key="q.txt", Body=b"x")
     assert gone.value.response["Error"]["Code"] == "NoSuchBucket"
+
+    cli_env = {
+        "ECPDS_API_URL": f"https://127.0.0.1:{running.https_port}/api/v1",
+        "ECPDS_API_USER": admin["api_user"],
+        "ECPDS_API_PASSWORD": admin["api_password"],
+    }
+    runner = CliRunner()
+    made = runner.invoke(main_app, ["key", "create", "carol", "--json"], env=cli_env)
+    assert made.exit_code == 0, made.output
+    second = json.loads(made.output)["access_key_id"]
+    listed_cli = runner.invoke(main_app, ["key", "list", "carol", "--json"], env=cli_env)
+    assert {k["access_key_id"] for k in json.loads(listed_cli.output)} == {
+        keys["access_key_id"],
+        second,
+    }
+    assert runner.invoke(main_app, ["key", "delete", "carol", second], env=cli_env).exit_code == 0
+    made = runner.invoke(
+        main_app, ["policy", "create", "ops2", "-d", "gamma", "-u", "carol"], env=cli_env
+    )
+    assert made.exit_code == 0, made.output
+    assert "ops2" in runner.invoke(main_app, ["policy", "list"], env=cli_env).output
+    wrong = runner.invoke(main_app, ["key", "list", "nobody"], env=cli_env)
+    assert wrong.exit_code != 0 and "nobody" in wrong.output and "Traceback" not in wrong.output
 
     assert api.delete(f"/users/carol/keys/{keys['access_key_id']}").status_code == 204
     with pytest.raises(ClientError) as revoked:
