@@ -23,8 +23,12 @@ if TYPE_CHECKING:
     from ecpds.portal.server import Portal
 
 
-class FrontEndError(Exception):
-    """A front-end cannot start; the message is one line."""
+def _cannot_listen(name: str, host: str, port: int, exc: BaseException | None = None) -> Exception:
+    """The portal's one-line start-up error (imported late: the server module imports us)."""
+    from ecpds.portal.server import PortalError
+
+    reason = f": {exc.strerror or exc}" if isinstance(exc, OSError) else ""
+    return PortalError(f"{name} cannot listen on {host}:{port}{reason}")
 
 
 def portal_fs(portal: Portal) -> PortalFS:
@@ -62,7 +66,8 @@ async def serve_s3(portal: Portal, stop: asyncio.Event) -> None:
     try:
         await server.serve()
     except SystemExit:
-        raise FrontEndError(f"S3 cannot listen on {settings.bind}:{settings.s3_port}") from None
+        # uvicorn exits the process when it cannot bind; the portal reports it instead.
+        raise _cannot_listen("S3", settings.bind, settings.s3_port) from None
     finally:
         watcher.cancel()
 
@@ -84,9 +89,7 @@ async def serve_sftp(portal: Portal, stop: asyncio.Event) -> None:
             stop,
         )
     except OSError as exc:
-        raise FrontEndError(
-            f"SFTP cannot listen on {settings.bind}:{settings.sftp_port}: {exc.strerror or exc}"
-        ) from None
+        raise _cannot_listen("SFTP", settings.bind, settings.sftp_port, exc) from None
 
 
 async def serve_ftp(portal: Portal, stop: asyncio.Event) -> None:
@@ -99,6 +102,4 @@ async def serve_ftp(portal: Portal, stop: asyncio.Event) -> None:
             portal_fs(portal), settings.bind, settings.ftp_port, certificate, stop, masquerade
         )
     except OSError as exc:
-        raise FrontEndError(
-            f"FTP cannot listen on {settings.bind}:{settings.ftp_port}: {exc.strerror or exc}"
-        ) from None
+        raise _cannot_listen("FTP", settings.bind, settings.ftp_port, exc) from None
