@@ -88,17 +88,25 @@ def _same_server(a: HostUrl, b: HostUrl) -> bool:
     return (a.scheme, a.host, a.port, a.user) == (b.scheme, b.host, b.port, b.user or a.user)
 
 
-def resolve_source(session: Session, box: CredentialBox, url: str) -> Source:
+def resolve_source(
+    session: Session, box: CredentialBox, url: str, *, hosts: list[str] | None = None
+) -> Source:
     """The host covering `url` (longest folder prefix, acquisition hosts first) and its login.
 
-    Raises ProtocolError (one line) when the URL is invalid or no host can log in to it.
+    With `hosts`, only those may be used and one of them must cover the URL. Raises
+    ProtocolError (one line) when the URL is invalid or no host can log in to it.
     """
     parsed = parse_url(url)
     folder, file_name = posixpath.split(parsed.path)
     if not file_name:
         raise ProtocolError(f"source {url!r} names a folder, not a file", retryable=False)
+    if ".." in parsed.path.split("/"):
+        raise ProtocolError(f"source {url!r}: '..' is not allowed in the path", retryable=False)
+    query = select(Host).where(col(Host.active).is_(True))
+    if hosts is not None:
+        query = query.where(col(Host.name).in_(hosts))
     best: tuple[int, int, Host] | None = None
-    for host in session.exec(select(Host).where(col(Host.active).is_(True))).all():
+    for host in session.exec(query).all():
         try:
             host_url = parse_url(host.url)
         except ProtocolError:
@@ -111,6 +119,12 @@ def resolve_source(session: Session, box: CredentialBox, url: str) -> Source:
             best = rank
     netloc = url.split("://", 1)[-1].split("/", 1)[0]
     folder_url = f"{parsed.scheme}://{netloc}{folder or '/'}"
+    if best is None and hosts is not None:
+        raise ProtocolError(
+            f"source {url!r} is not under a host of this destination "
+            f"(its hosts: {', '.join(hosts) or 'none'})",
+            retryable=False,
+        )
     if best is None:
         source = Source(parsed.host or "local", folder_url, file_name, {}, {})
     else:
@@ -291,6 +305,16 @@ def register_sources(
             ).first()
             is None
         )
+        dest = catalog.find_destination(session, name=destination)
+        if dest is None:
+            raise IngestError(f"unknown destination {destination!r}", 404)
+        # Other users fetch only through the hosts of the destination they push to:
+        # the site's other logins (and the workers' own files) are not theirs to read.
+        hosts = (
+            None
+            if user is None or user.admin
+            else [h.name for h in catalog.destination_hosts(session, destination=dest)]
+        )
         resolved: set[str] = set()
         first: list[DataTransfer] | None = None
         now = utcnow()
@@ -301,7 +325,7 @@ def register_sources(
                 parsed = parse_url(spec.url)
                 folder = spec.url.rsplit("/", 1)[0]
                 if folder not in resolved:
-                    resolve_source(session, box, spec.url)
+                    resolve_source(session, box, spec.url, hosts=hosts)
                     resolved.add(folder)
             except ProtocolError as exc:
                 raise IngestError(str(exc)) from None

@@ -8,13 +8,14 @@ retrievals of one registration, so that the portal starts one workflow, not thou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
 from temporalio.common import TypedSearchAttributes as Attributes
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.storage import FailInput, ReplicateInput, StorageActivities
@@ -98,13 +99,15 @@ class RetrievalBatchWorkflow:
             attributes = [SearchAttributePair(DATA_FILE_ID, data_file_id)]
             if batch.destination:
                 attributes.append(SearchAttributePair(DESTINATION, batch.destination))
-            await workflow.start_child_workflow(
-                RetrievalWorkflow.run,
-                RetrievalInput(data_file_id),
-                id=retrieval_workflow_id(data_file_id),
-                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                search_attributes=Attributes(attributes),
-            )
+            # Started already when this batch runs again: that retrieval goes on.
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await workflow.start_child_workflow(
+                    RetrievalWorkflow.run,
+                    RetrievalInput(data_file_id),
+                    id=retrieval_workflow_id(data_file_id),
+                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                    search_attributes=Attributes(attributes),
+                )
 
         await asyncio.gather(*(start(i) for i in batch.data_file_ids))
         return len(batch.data_file_ids)

@@ -66,8 +66,8 @@ class System:
     loop: LoopThread
     tmp: Path
 
-    def cli(self, *args: str, input: str | bytes | None = None) -> Result:
-        return CliRunner().invoke(cli_app, list(args), env=self.env, input=input)
+    def cli(self, *args: str, input: str | bytes | None = None, **env: str) -> Result:
+        return CliRunner().invoke(cli_app, list(args), env=self.env | env, input=input)
 
     def destination(self, name: str, **fields: Any) -> None:
         with session_scope(self.engine) as session:

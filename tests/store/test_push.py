@@ -13,7 +13,9 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
-from ecpds.core.models import DataFile, DataTransfer, HostKind, TransferStatus
+from ecpds.core import catalog
+from ecpds.core.db import session_scope
+from ecpds.core.models import DataFile, DataTransfer, DataUserCreate, HostKind, TransferStatus
 
 from .conftest import System, environ_with
 
@@ -198,11 +200,26 @@ def test_async_failure_is_named_by_wait(system: System, sshd) -> None:
     assert "does not exist" in waited.stderr
 
 
-def test_source_without_credentials_is_refused(system: System, sshd) -> None:
+def test_sources_that_may_not_be_read_are_refused(system: System, sshd) -> None:
     system.destination("obs3")
     result = system.cli("put", "-s", sshd.url("/tmp/x.bufr"), "-d", "obs3")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "register a host" in result.stderr
+
+    folder, _ = _sftp_group(system, sshd, 1)
+    escape = system.cli("put", "-s", sshd.url(f"{folder}/../../etc/passwd"), "-d", "obs3")
+    assert escape.exit_code == 1 and "'..' is not allowed" in escape.stderr
+    with session_scope(system.engine) as session:
+        catalog.create_user(
+            session,
+            data=DataUserCreate(name="carol", password="carol-password", destinations=["obs3"]),
+        )
+    as_carol = {"ECPDS_API_USER": "carol", "ECPDS_API_PASSWORD": "carol-password"}
+    for url in (sshd.url(folder / "obs-000.bufr"), "file:///etc/hostname"):
+        refused = system.cli("put", "-s", url, "-d", "obs3", **as_carol)
+        assert refused.exit_code == 1, refused.output
+        assert "not under a host of this destination" in refused.stderr
+    assert system.files_named("obs-000.bufr") == [] and system.files_named("hostname") == []
 
 
 def test_async_push_is_disseminated_once_fetched(system: System, sshd) -> None:
