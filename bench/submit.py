@@ -148,8 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             ]  # fmt: skip
             put_s = curl_s = float("inf")
             # Alternate the two, best of each: the machine's load swings within a minute.
-            for round in range(1, args.rounds + 1):
-                log(f"round {round}: ecpds put of {args.size_mib} MiB, then curl …")
+            for attempt in range(1, args.rounds + 1):
+                log(f"round {attempt}: ecpds put of {args.size_mib} MiB, then curl …")
                 put_s = min(put_s, timed(ecpds("put", str(product), "-d", "bench"), env)[0])
                 curl_s = min(curl_s, timed(curl, env)[0])
             product.unlink()
