@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.models import DataUserCreate, DestinationCreate
-from ecpds.core.secrets import CredentialBox, load_or_create_key
+from ecpds.core.secrets import CredentialBox, hash_password, load_or_create_key
 from ecpds.core.store import Store
 from ecpds.portal.access import create_access_key
 from ecpds.portal.vfs import PortalFS
@@ -98,6 +98,12 @@ def alice_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, asyncssh.
     return path, key
 
 
+@pytest.fixture(scope="session")
+def password_hashes() -> dict[str, str]:
+    """argon2 is slow on purpose: hash the test passwords once per session."""
+    return {"alice": hash_password(ALICE_PASSWORD), "bob": hash_password(BOB_PASSWORD)}
+
+
 @dataclass
 class Portal:
     engine: Engine
@@ -113,7 +119,11 @@ class Portal:
 
 @pytest.fixture
 def portal(
-    engine: Engine, store: Store, tmp_path: Path, alice_key: tuple[Path, asyncssh.SSHKey]
+    engine: Engine,
+    store: Store,
+    tmp_path: Path,
+    alice_key: tuple[Path, asyncssh.SSHKey],
+    password_hashes: dict[str, str],
 ) -> Portal:
     """alice may use `alpha`, bob `beta`; both are buckets (no dissemination hosts)."""
     box = CredentialBox(load_or_create_key(tmp_path / "secret.key"))
@@ -122,14 +132,10 @@ def portal(
         for name in ("alpha", "beta"):
             catalog.create_destination(session, data=DestinationCreate(name=name))
         alice = catalog.create_user(
-            session,
-            data=DataUserCreate(
-                name="alice", password=ALICE_PASSWORD, destinations=["alpha"], ssh_keys=[public]
-            ),
+            session, data=DataUserCreate(name="alice", destinations=["alpha"], ssh_keys=[public])
         )
-        bob = catalog.create_user(
-            session, data=DataUserCreate(name="bob", password=BOB_PASSWORD, destinations=["beta"])
-        )
+        bob = catalog.create_user(session, data=DataUserCreate(name="bob", destinations=["beta"]))
+        alice.password_hash, bob.password_hash = password_hashes["alice"], password_hashes["bob"]
         alice_key_id, alice_secret = create_access_key(session, box, alice)
         bob_key_id, bob_secret = create_access_key(session, box, bob)
     return Portal(
