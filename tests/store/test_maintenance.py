@@ -68,8 +68,10 @@ def _ingest(system: System, name: str) -> str:
 
 
 def test_garbage_collection_removes_exactly_what_has_expired(system: System) -> None:
-    system.destination("gc")
+    archive = system.tmp / "archive"
+    system.destination("gc", backup_url=str(archive))
     expired, live, mixed, running = (_ingest(system, n) for n in ("a", "b", "c", "d"))
+    assert system.store.archive(expired, str(archive), "a", system.data_file(expired).adler32)
     past = utcnow() - timedelta(hours=1)
     with session_scope(system.engine) as session:
         for data_file_id, status in ((expired, None), (running, TransferStatus.EXEC)):
@@ -104,6 +106,7 @@ def test_garbage_collection_removes_exactly_what_has_expired(system: System) -> 
         transfers = session.exec(select(DataTransfer)).all()
     assert files[expired].deleted and files[expired].locations == []
     assert not any(loc.exists(expired) for loc in system.store.locations)
+    assert (archive / "a").read_bytes() == b"a" * 1000  # archives are never collected
     for kept in (live, mixed, running):
         assert not files[kept].deleted
         assert all(loc.exists(kept) for loc in system.store.locations)
