@@ -190,7 +190,23 @@ class PortalDTPHandler(DTPHandler):
 
 
 class TLSPortalDTPHandler(TLS_DTPHandler, PortalDTPHandler):
-    pass
+    """The TLS data channel; an empty transfer waits for the handshake before closing.
+
+    pyftpdlib closes at once when there is nothing to send (an empty listing), which
+    cuts the client's TLS handshake short and breaks clients such as ftplib.
+    """
+
+    _finish_after_handshake = False
+
+    def handle_close(self) -> None:
+        if self._ssl_accepting and not self._closed:
+            self._finish_after_handshake = True
+            return
+        super().handle_close()
+
+    def handle_ssl_established(self) -> None:
+        if self._finish_after_handshake:
+            self.handle_close()
 
 
 class PortalFTPFS(AbstractedFS):
