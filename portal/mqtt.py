@@ -148,7 +148,7 @@ async def run_broker(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     try:
         await broker.start()
     except (BrokerError, OSError) as exc:
-        from ecpds.portal.server import PortalError
+        from ecpds.portal.server import PortalError  # here: server.py imports this module
 
         where = f"{settings.bind}:{settings.mqtt_port}"
         raise PortalError(f"MQTT cannot listen on {where}: {exc}") from None
