@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, func, insert
 from sqlmodel import Session, col, select
 
 from ecpds.core import catalog
@@ -27,6 +27,7 @@ from ecpds.core.models import (
     DataFile,
     DataTransfer,
     DataUser,
+    Destination,
     Host,
     HostKind,
     TransferStatus,
@@ -402,31 +403,42 @@ class GroupProgress:
 def group_progress(
     session: Session, *, group: str, destinations: list[str] | None = None
 ) -> GroupProgress:
-    """How far the group's files are: in the store, failed (with why), still to come."""
-    files = catalog.list_data_files(
-        session, destinations=destinations, group=group, limit=MAX_SOURCES * 10
+    """How far the group's files are: in the store, failed (with why), still to come.
+
+    Counted in SQL: `ecpds wait` asks every second while the workers fetch.
+    """
+    members = (
+        select(DataFile.id).where(DataFile.group == group).where(col(DataFile.deleted).is_(False))
     )
-    progress = GroupProgress(group=group, total=len(files))
-    waiting = [f.id for f in files if f.arrived is None]
-    progress.arrived = progress.total - len(waiting)
-    errors: dict[str, str] = {}
-    for start in range(0, len(waiting), 500):
-        rows = session.exec(
-            select(DataTransfer.data_file_id, DataTransfer.last_error)
-            .where(col(DataTransfer.data_file_id).in_(waiting[start : start + 500]))
-            .where(DataTransfer.status == TransferStatus.FAIL)
-        ).all()
-        for data_file_id, error in rows:
-            errors[data_file_id] = error or "failed"
-    for data_file in files:
-        if data_file.id in errors:
-            progress.failed.append(
-                {
-                    "id": data_file.id,
-                    "name": data_file.name,
-                    "source": data_file.source or "",
-                    "error": errors[data_file.id],
-                }
+    if destinations is not None:
+        members = members.where(
+            col(DataFile.id).in_(
+                select(DataTransfer.data_file_id)
+                .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
+                .where(col(Destination.name).in_(destinations))
             )
-    progress.pending = len(waiting) - len(progress.failed)
+        )
+    ids = members.subquery()
+    total, arrived = session.exec(
+        select(func.count(), func.count(col(DataFile.arrived))).where(
+            col(DataFile.id).in_(select(ids.c.id))
+        )
+    ).one()
+    progress = GroupProgress(group=group, total=total, arrived=arrived)
+    failed = session.exec(
+        select(DataFile.id, DataFile.name, DataFile.source, DataTransfer.last_error)
+        .join(DataTransfer, col(DataTransfer.data_file_id) == col(DataFile.id))
+        .where(col(DataFile.id).in_(select(ids.c.id)))
+        .where(col(DataFile.arrived).is_(None))
+        .where(DataTransfer.status == TransferStatus.FAIL)
+        .order_by(col(DataFile.name))
+    ).all()
+    seen: set[str] = set()
+    for data_file_id, name, source, error in failed:
+        if data_file_id not in seen:
+            seen.add(data_file_id)
+            progress.failed.append(
+                {"id": data_file_id, "name": name, "source": source or "", "error": error or ""}
+            )
+    progress.pending = total - arrived - len(progress.failed)
     return progress
