@@ -49,6 +49,7 @@ async def serve_s3(portal: Portal, stop: asyncio.Event) -> None:
     gateway = S3Gateway(
         portal_fs(portal), portal.box, settings.home / "s3-multipart", settings.public_host
     )
+    await asyncio.to_thread(gateway.purge_stale_uploads)
     server = _Uvicorn(
         uvicorn.Config(
             gateway,

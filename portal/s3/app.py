@@ -15,6 +15,7 @@ import hashlib
 import json
 import secrets
 import shutil
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -45,6 +46,7 @@ from ecpds.portal.vfs import Entry, PortalFS
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 PART_CHUNK = 1 << 20
+STALE_UPLOAD_SECONDS = 7 * 86400
 
 
 class S3Error(Exception):
@@ -106,6 +108,16 @@ class S3Gateway:
             return name[: -len(self.domain) - 1], path.lstrip("/")
         bucket, _, key = path.lstrip("/").partition("/")
         return bucket, key
+
+    def purge_stale_uploads(self, max_age: float = STALE_UPLOAD_SECONDS) -> list[str]:
+        """Remove multipart uploads neither completed nor aborted within `max_age` seconds."""
+        if not self.spool.is_dir():
+            return []
+        cutoff = time.time() - max_age
+        stale = [d for d in self.spool.iterdir() if d.is_dir() and d.stat().st_mtime < cutoff]
+        for folder in stale:
+            shutil.rmtree(folder, ignore_errors=True)
+        return [d.name for d in stale]
 
     @property
     def engine(self) -> Engine:

@@ -177,6 +177,10 @@ def test_boto3_multipart_upload(alice_s3: BaseClient, portal: Portal, tmp_path: 
     )
     alice_s3.abort_multipart_upload(Bucket="alpha", Key="dropped.bin", UploadId=upload["UploadId"])
     assert list((portal.home / "s3-multipart").iterdir()) == []
+    left = alice_s3.create_multipart_upload(Bucket="alpha", Key="left.bin")["UploadId"]
+    gateway = S3Gateway(portal.fs, portal.box, portal.home / "s3-multipart")
+    assert gateway.purge_stale_uploads(max_age=3600) == []
+    assert gateway.purge_stale_uploads(max_age=-1) == [left]
     with pytest.raises(ClientError) as gone:
         alice_s3.head_object(Bucket="alpha", Key="dropped.bin")
     assert gone.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
