@@ -192,11 +192,18 @@ class PortalDTPHandler(DTPHandler):
 class TLSPortalDTPHandler(TLS_DTPHandler, PortalDTPHandler):
     """The TLS data channel; an empty transfer waits for the handshake before closing.
 
-    pyftpdlib closes at once when there is nothing to send (an empty listing), which
-    cuts the client's TLS handshake short and breaks clients such as ftplib.
+    pyftpdlib would close at once when there is nothing to send (an empty listing),
+    cutting the client's TLS handshake short, which breaks clients such as ftplib.
     """
 
     _finish_after_handshake = False
+
+    def send(self, data: bytes) -> int:
+        # asynchat passes the empty buffer of an empty listing on to send(); pyOpenSSL
+        # takes a zero-length write during the handshake for a dropped connection.
+        if not data:
+            return 0
+        return int(super().send(data))
 
     def handle_close(self) -> None:
         if self._ssl_accepting and not self._closed:

@@ -88,6 +88,8 @@ def test_ftplib_store_list_retrieve(ftp_port: int, portal: Portal, tls: bool) ->
         assert bytes(whole) == payload
         ftp.rename("model/run.grib", "model/renamed.grib")
         ftp.delete("model/renamed.grib")
+        for _ in range(5):  # empty listings, over TLS too
+            assert ftp.nlst() == []
         ftp.storbinary("STOR note.txt", io.BytesIO(b"n"))
         assert ftp.nlst() == ["note.txt"]
     finally:
