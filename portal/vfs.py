@@ -347,7 +347,6 @@ class Upload:
     def __init__(self, fs: PortalFS, principal: Principal, parts: tuple[str, ...]) -> None:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
         self._buffer = bytearray()
-        self.size = 0
         self._task = asyncio.ensure_future(fs.upload(principal, parts, self._chunks()))
 
     async def _chunks(self) -> AsyncIterator[bytes]:
@@ -369,7 +368,6 @@ class Upload:
 
     async def write(self, data: bytes) -> None:
         self._buffer += data
-        self.size += len(data)
         if len(self._buffer) >= UPLOAD_CHUNK:
             chunk, self._buffer = bytes(self._buffer), bytearray()
             await self._put(chunk)
