@@ -13,12 +13,11 @@ from typing import Annotated
 
 import typer
 
-from ecpds.cli import data, supervisor
+from ecpds.cli import data
 from ecpds.cli.client import ApiError, CliError, CliState, reports_errors, state_of
 from ecpds.cli.operations import scheduler_app, transfer_app
 from ecpds.cli.portal import key_app, policy_app
 from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
-from ecpds.cli.site import load_site
 
 app = typer.Typer(
     name="ecpds",
@@ -58,6 +57,8 @@ def apply(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Create or update hosts, destinations, aliases and users from a site file (idempotent)."""
+    from ecpds.cli.site import load_site  # heavy (the catalog models): only when used
+
     spec = load_site(file)
     client = state_of(ctx).client()
     try:
@@ -94,6 +95,8 @@ def token(
 def up(ctx: typer.Context) -> None:
     """Run everything: Temporal dev server (unless ECPDS_TEMPORAL_ADDRESS), a worker, the portal."""
     state = state_of(ctx)
+    from ecpds.cli import supervisor  # heavy: `put` and the look-ups start faster without
+
     raise typer.Exit(supervisor.up(state.settings, state.config))
 
 
@@ -101,6 +104,8 @@ def up(ctx: typer.Context) -> None:
 @reports_errors
 def down(ctx: typer.Context) -> None:
     """Stop what `ecpds up` started in the same home folder."""
+    from ecpds.cli import supervisor
+
     supervisor.down(state_of(ctx).settings)
 
 
