@@ -126,7 +126,16 @@ class StorageActivities:
             if data_file is None or data_file.deleted:
                 raise ApplicationError(f"data file {data_file_id} is gone", non_retryable=True)
             if data_file.arrived is not None:
-                return FetchResult(data_file.size, data_file.md5 or "", data_file.adler32 or "")
+                # An attempt that stored it died before answering: queueing is idempotent.
+                waiting = _transfers(
+                    session, data_file_id, {TransferStatus.WAIT, TransferStatus.SCHE}
+                )
+                return FetchResult(
+                    data_file.size,
+                    data_file.md5 or "",
+                    data_file.adler32 or "",
+                    [t.id for t in waiting if t.id is not None],
+                )
             if not data_file.source:
                 raise ApplicationError(
                     f"data file {data_file_id} has no source", non_retryable=True
