@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+# zlib-ng's ADLER32 is several times quicker than the standard library's, same values.
+from zlib_ng import zlib_ng
 
 
 @dataclass
@@ -27,7 +29,7 @@ class Digest:
     def update(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
         self._md5.update(chunk)
-        self._adler = zlib.adler32(chunk, self._adler)
+        self._adler = zlib_ng.adler32(chunk, self._adler)
         for h in self._extra.values():
             h.update(chunk)
 
