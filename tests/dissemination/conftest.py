@@ -122,6 +122,17 @@ class Dissemination:
         handle = self.client.get_workflow_handle(destination_workflow_id(destination))
         return await handle.query(DestinationWorkflow.view)
 
+    async def wait_view(self, destination: str, check: Any, timeout: float = 60) -> Any:
+        """Query the scheduler until `check(view)` holds: its state lags the catalog a little."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            view = await self.view(destination)
+            if check(view):
+                return view
+            if asyncio.get_running_loop().time() > deadline:
+                pytest.fail(f"scheduler of {destination} never got there: {view}")
+            await asyncio.sleep(0.1)
+
     async def histories(self, workflow_id_prefix: str) -> str:
         """Every event of every workflow whose id starts with the prefix, as one JSON text."""
         texts = []

@@ -74,7 +74,7 @@ async def test_failover_to_backup_and_back_to_primary(dissemination: Disseminati
     [first] = await env.put(dest, "first.bin", b"1" * 70000)
     [done] = await env.wait_for([first], "DONE")
     assert (backup_dir / "first.bin").read_bytes() == b"1" * 70000
-    assert (await env.view(dest)).host_index == 1
+    await env.wait_view(dest, lambda view: view.host_index == 1)
     # "next and stay": the next transfer starts on the backup host straight away.
     [second] = await env.put(dest, "second.bin", b"2" * 1000)
     await env.wait_for([second], "DONE")
@@ -87,7 +87,7 @@ async def test_failover_to_backup_and_back_to_primary(dissemination: Disseminati
     [back] = await env.wait_for([third], "DONE")
     assert (primary_dir / "third.bin").read_bytes() == b"3" * 1000
     assert back.host_id != done.host_id
-    assert (await env.view(dest)).host_index == 0
+    await env.wait_view(dest, lambda view: view.host_index == 0)
     assert_no_secrets(await env.histories(f"transfer-{dest}-"), sshd)
     assert_no_secrets(await env.histories(f"destination-{dest}"), sshd)
 

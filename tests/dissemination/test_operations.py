@@ -84,8 +84,9 @@ async def test_operations_over_rest_and_cli(dissemination: Dissemination, portal
         bob = httpx.BasicAuth("bob", "bob-password")
         refused = await http.post(f"/destinations/{dest}/operations/restart", auth=bob)
         assert refused.status_code == 403
-    await asyncio.sleep(0.5)  # the priority reaches the catalog through the scheduler
-    assert env.transfers([small])[0].priority == 7
+    # The priority reaches the catalog through the scheduler.
+    while env.transfers([small])[0].priority != 7:
+        await asyncio.sleep(0.1)
 
     code, output = await asyncio.to_thread(portal.cli, "scheduler", "restart", dest)
     assert code == 0, output
