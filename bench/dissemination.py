@@ -1,6 +1,7 @@
 """Dissemination benchmark, measured in one run on this machine.
 
-(a) many 16 KiB transfers to one destination beside a bare one-activity workflow,
+(a) many 16 KiB transfers to one destination beside a bare one-activity workflow
+    (each served by its own worker process with the same limits),
 (b) one large file to a local OpenSSH server beside `rclone copy` and `scp`,
 (c) the worker's peak memory while it sends a 4 GiB file.
 Prints a table, or with --json one JSON object.
@@ -96,27 +97,30 @@ def worker_environment(settings: Settings) -> dict[str, str]:
     )
 
 
-async def serve_worker() -> None:
-    """The worker process: our worker, and the bare workflow's on its own queue."""
+async def serve_worker(kind: str) -> None:
+    """A worker process: ecpds's own, or the bare workflow's on its own queue."""
     from bare import BareWorkflow, touch  # type: ignore[import-not-found]
     from temporalio.worker import Worker
 
     from ecpds.workers.worker import build_worker, tune_memory
 
-    tune_memory()  # as run_worker does
+    tune_memory()  # both as run_worker does
     settings = Settings()
     client = await Client.connect(settings.temporal_target)
-    bare = Worker(
-        client,
-        task_queue=BARE_QUEUE,
-        workflows=[BareWorkflow],
-        activities=[touch],
-        # The same limits as build_worker, so the two are compared like for like.
-        max_concurrent_activities=64,
-        max_concurrent_workflow_tasks=64,
-        max_cached_workflows=100,
-    )
-    async with build_worker(client, settings), bare:
+    if kind == "ecpds":
+        worker = build_worker(client, settings)
+    else:
+        worker = Worker(
+            client,
+            task_queue=BARE_QUEUE,
+            workflows=[BareWorkflow],
+            activities=[touch],
+            # The same limits as build_worker, so the two are compared like for like.
+            max_concurrent_activities=64,
+            max_concurrent_workflow_tasks=64,
+            max_cached_workflows=100,
+        )
+    async with worker:
         await asyncio.Event().wait()
 
 
@@ -258,16 +262,19 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             )
         server_cmd = dev_server_command(tmp / "temporal.db", port, free_port(), ui=False)
         here = Path(__file__).resolve()
-        worker_cmd = [sys.executable, str(here), "--worker"]
+        worker_cmd = [sys.executable, str(here), "--worker", "ecpds"]
+        bare_cmd = [sys.executable, str(here), "--worker", "bare"]
         with (
             process(server_cmd, tmp / "temporal.log") as server,
             process(sshd_cmd, tmp / "sshd.log") as sshd,
         ):
             wait_for_port("127.0.0.1", port, 90, server)
             wait_for_port("127.0.0.1", sshd_port, 20, sshd)
-            with process(
-                worker_cmd, tmp / "worker.log", env=worker_environment(settings)
-            ) as worker:
+            environment = worker_environment(settings)
+            with (
+                process(worker_cmd, tmp / "worker.log", env=environment) as worker,
+                process(bare_cmd, tmp / "bare.log", env=environment),
+            ):
                 client = await Client.connect(settings.temporal_target)
                 dispatcher = TemporalDispatcher(client, settings.task_queue, engine)
                 if args.small:
@@ -390,10 +397,10 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2000, help="number of 16 KiB transfers")
     parser.add_argument("--large-mib", type=int, default=1024, help="size of the large file")
     parser.add_argument("--huge-mib", type=int, default=4096, help="file sent for peak RSS")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("ecpds", "bare"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        asyncio.run(serve_worker())
+        asyncio.run(serve_worker(args.worker))
         return
     results = asyncio.run(run(args))
     if args.json:
