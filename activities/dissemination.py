@@ -123,8 +123,6 @@ class TransmitCancelled(Exception):
 class _Plan:
     request: SendRequest
     credentials: dict[str, str]
-    size: int
-    compressed: bool
     resume: bool  # the destination resumes targets that exist
 
 
@@ -303,15 +301,8 @@ class DisseminationActivities:
             message = " ".join(f"{type(exc).__name__}: {exc}".split())
             await self._run(self._failed, request, message)
             raise ApplicationError(message, type=type(exc).__name__) from None
+        # send() has checked the size at the far end against the bytes delivered.
         seconds = time.monotonic() - started
-        far_size = result.remote_size
-        if not plan.compressed and far_size is not None and far_size != plan.size:
-            message = (
-                f"size check failed on host {plan.request.host_name}: "
-                f"{result.remote_size} bytes at the far end, {plan.size} expected"
-            )
-            await self._run(self._failed, request, message)
-            raise ApplicationError(message, type="SizeMismatch")
         await self._run(self._done, request, result, offset, seconds)
         return TransmitOutput(
             bytes_sent=result.bytes_sent,
@@ -357,13 +348,7 @@ class DisseminationActivities:
                 target=target,
                 compression=dest.compression,
             )
-            return _Plan(
-                send_request,
-                credentials,
-                data_file.size,
-                bool(dest.compression),
-                dest.if_target_exists == "resume",
-            )
+            return _Plan(send_request, credentials, dest.if_target_exists == "resume")
 
     def _failed(self, request: TransmitInput, message: str) -> None:
         with session_scope(self.engine) as session:
