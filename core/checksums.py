@@ -11,6 +11,20 @@ from zlib_ng import zlib_ng
 
 
 @dataclass
+class Adler32:
+    """Running ADLER32 alone: the store's integrity check on reads, where MD5 is not wanted."""
+
+    value: int = 1
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        self.value = zlib_ng.adler32(chunk, self.value)
+
+    @property
+    def adler32(self) -> str:
+        return f"{self.value & 0xFFFFFFFF:08x}"
+
+
+@dataclass
 class Digest:
     """Running MD5 + ADLER32 (+ optional sha256/sha512) over the bytes fed to it."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import secrets
-import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from ecpds.core.checksums import Digest
+from ecpds.core.checksums import Adler32, Digest
 
 CHUNK = 1 << 20
 # Objects up to this size are checked before their first byte is handed out, so a
@@ -113,14 +112,14 @@ class Location:
 
     def adler32(self, object_id: str) -> str | None:
         """The ADLER32 of the copy here, read in full; None when there is no copy."""
-        value = 1
+        running = Adler32()
         try:
             with self.fs.open(self.key(object_id), "rb") as src:
                 while chunk := src.read(CHUNK):
-                    value = zlib.adler32(chunk, value)
+                    running.update(chunk)
         except FileNotFoundError:
             return None
-        return f"{value & 0xFFFFFFFF:08x}"
+        return running.adler32
 
 
 def _write(location: Location, object_id: str, chunks: Iterable[bytes], max_size: int) -> Digest:
@@ -281,7 +280,7 @@ class Store:
         chunk_size: int,
         adler32: str | None,
     ) -> Iterator[bytes]:
-        digest = Digest() if adler32 else None
+        digest = Adler32() if adler32 else None
         offset = start
         errors: list[str] = []
         for loc in order:
