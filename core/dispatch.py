@@ -6,6 +6,8 @@ transfers to queue; operations on destinations and transfers travel the same way
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,11 +16,16 @@ from enum import StrEnum
 from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio.client import Client
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from ecpds.core.db import session_scope
 from ecpds.core.models import DataFile, DataTransfer, Destination, TransferStatus
+from ecpds.core.store import Store
 
 DESTINATION_WORKFLOW = "DestinationWorkflow"
+REPLICATION_WORKFLOW = "ReplicationWorkflow"
+DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
 SIGNAL_BATCH = 1000  # transfers per signal: well under Temporal's 2 MB payload limit
 QUEUEABLE = frozenset({TransferStatus.WAIT, TransferStatus.SCHE, TransferStatus.RETR})
 
@@ -133,6 +140,32 @@ class TemporalDispatcher:
             for start in range(0, len(entries), SIGNAL_BATCH):
                 batch = entries[start : start + SIGNAL_BATCH]
                 await self._signal(destination, "enqueue", Enqueue(batch))
+
+    async def stored(self, data_file_ids: list[str], store: Store) -> None:
+        """Copy new objects to the replica locations and archives, if the site has either.
+
+        Every door (REST, web, S3, FTP, SFTP) ingests through here, so each new object is
+        copied at once rather than at the next store sweep.
+        """
+        if not data_file_ids:
+            return
+        if len(store.locations) < 2 and not await asyncio.to_thread(self._has_archives):
+            return
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await self.client.start_workflow(
+                REPLICATION_WORKFLOW,
+                {"data_file_ids": data_file_ids},
+                id=f"replication-{data_file_ids[0]}",
+                task_queue=self.task_queue,
+                search_attributes=TypedSearchAttributes(
+                    [SearchAttributePair(DATA_FILE_ID, data_file_ids[0])]
+                ),
+            )
+
+    def _has_archives(self) -> bool:
+        with self.engine.connect() as conn:
+            query = select(Destination.id).where(col(Destination.backup_url).is_not(None))
+            return conn.execute(query.limit(1)).first() is not None
 
     def _queueable(self, transfer_ids: Iterable[int]) -> dict[str, list[QueuedTransfer]]:
         ids = list(transfer_ids)

@@ -42,6 +42,10 @@ class Dispatcher(Protocol):
 
     async def queue(self, transfer_ids: list[int]) -> None: ...
 
+    async def stored(self, data_file_ids: list[str], store: Store) -> None:
+        """New objects are in the store: copy them to replicas and archives."""
+        ...
+
 
 class IngestError(Exception):
     """Bad input for an ingest: one line; `status` is the matching HTTP code."""
@@ -319,4 +323,5 @@ async def ingest(
         ]
         if queued:
             await dispatcher.queue(queued)
+        await dispatcher.stored([data_file.id], store)
     return IngestResult(data_file=data_file, transfer_ids=ids)

@@ -22,7 +22,6 @@ from ecpds.portal.api.deps import (
     UserDep,
     visible_destinations,
 )
-from ecpds.portal.api.sources import start_copies
 
 router = APIRouter(tags=["files"])
 
@@ -80,7 +79,6 @@ async def upload_file(
         dispatcher=state.dispatcher,
     )
     data_file = result.data_file
-    await start_copies(state, [data_file.id])
     return UploadResult(
         id=data_file.id,
         name=data_file.name,

@@ -14,14 +14,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
-from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from ecpds.core.dispatch import TemporalDispatcher
 from ecpds.core.ingest import parse_metadata
-from ecpds.core.models import Destination
 from ecpds.core.retrieval import (
     BATCH,
     MAX_SOURCES,
@@ -43,7 +41,6 @@ from ecpds.portal.api.deps import (
 
 router = APIRouter(tags=["files"])
 
-REPLICATION_WORKFLOW = "ReplicationWorkflow"
 DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
 DESTINATION = SearchAttributeKey.for_keyword("Destination")
 STARTS_IN_FLIGHT = 64
@@ -112,34 +109,6 @@ async def _start_all(
                 )
 
     await asyncio.gather(*(start(*item) for item in items))
-
-
-async def start_copies(state: ApiState, data_file_ids: list[str]) -> None:
-    """Replicate new objects and write them to archives, if the site has either."""
-    found = temporal_client(state)
-    if found is None or not data_file_ids:
-        return
-
-    def archives() -> bool:
-        with state.engine.connect() as conn:
-            query = select(Destination.id).where(col(Destination.backup_url).is_not(None))
-            return conn.execute(query.limit(1)).first() is not None
-
-    if len(state.store.locations) < 2 and not await run_in_threadpool(archives):
-        return
-    client, queue = found
-    await _start_all(
-        client,
-        REPLICATION_WORKFLOW,
-        [
-            (
-                f"replication-{data_file_ids[0]}",
-                {"data_file_ids": data_file_ids},
-                _attrs(data_file_ids[0]),
-            )
-        ],
-        queue,
-    )
 
 
 def _attrs(data_file_id: str, destination: str | None = None) -> TypedSearchAttributes:

@@ -11,6 +11,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import httpx
 from sqlmodel import Session, select
 
 from ecpds.core import catalog
@@ -247,3 +248,24 @@ def test_async_push_is_disseminated_once_fetched(system: System, sshd) -> None:
 
     system.until(delivered, "the transfer to be DONE")
     assert (outgoing / "in" / "obs.bufr").read_bytes() == contents[0]
+
+
+def test_upload_through_the_web_door_is_replicated(system: System) -> None:
+    """Every door ingests the same way: a /data/ PUT gets its replicas at once too."""
+    system.destination("webdoor")
+    data = os.urandom(2 * 2**20 + 5)
+    base = system.settings.api_url.removesuffix("/api/v1")
+    answer = httpx.put(
+        f"{base}/data/webdoor/w.grib",
+        content=data,
+        auth=("admin", system.env["ECPDS_API_PASSWORD"]),
+        timeout=60,
+    )
+    assert answer.status_code == 201, answer.text
+    (stored,) = system.files_named("w.grib")
+    data_file = system.until(
+        lambda: (f := system.data_file(stored.id)) and len(f.locations) == 3 and f,
+        "the replicas of the object uploaded through /data/",
+    )
+    for location in system.store.locations:
+        assert location.fs.cat_file(location.key(data_file.id)) == data
