@@ -28,7 +28,8 @@ STARTUP_SECONDS = 180.0  # the first start migrates the catalog and hashes the a
 GRACE_SECONDS = 20.0  # after SIGTERM, before SIGKILL
 EXTRA_PORTS = (("FTP", "ftp_port"), ("SFTP", "sftp_port"), ("S3", "s3_port"), ("MQTT", "mqtt_port"))
 
-console = Console()
+# Piped into a log, the table keeps whole URLs and passwords instead of cutting them at 80.
+console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 @dataclass
@@ -236,7 +237,7 @@ def _admin_note(settings: Settings, first_start: bool) -> str:
 def service_table(settings: Settings, supervisor: Supervisor, first_start: bool) -> Table:
     table = Table(title=f"ecpds in {supervisor.home}")
     for column in ("service", "address", "notes"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     if settings.temporal_address:
         table.add_row("Temporal", settings.temporal_address, "external (ECPDS_TEMPORAL_ADDRESS)")
     else:
