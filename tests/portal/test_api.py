@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import threading
 import time
 import zlib
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from peers.loop import LoopThread
 from sqlalchemy import Engine
 from temporalio.client import Client
 
@@ -30,25 +29,6 @@ from ecpds.portal.server import serve
 from ecpds.portal.tls import ensure_certificate
 
 SECRET = "s3cr3t-host-password"
-
-
-class LoopThread:
-    """An event loop in a thread: uvicorn and the Temporal client both live on it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return self.submit(coro).result(60)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @dataclass

@@ -3,13 +3,10 @@ server, in a thread of their own, with three store locations (two folders and S3
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import threading
 import time
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +14,7 @@ from typing import Any
 import fsspec.config
 import pytest
 import uvicorn
+from peers.loop import LoopThread
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio.client import Client
@@ -34,25 +32,6 @@ from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.portal.api.app import create_app
 from ecpds.workers.worker import build_worker
-
-
-class LoopThread:
-    """An event loop in a thread: the API, the worker and the Temporal client live on it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 120) -> Any:
-        return self.submit(coro).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @dataclass
