@@ -342,6 +342,7 @@ class DisseminationActivities:
                 data_file_id=data_file.id,
                 size=data_file.size,
                 adler32=data_file.adler32,
+                md5=data_file.md5,
                 host_name=host.name,
                 host_url=host.url,
                 host_options=dict(host.options or {}),

@@ -226,8 +226,8 @@ class Data:
     source: Path  # big.bin and small/ for rclone
     store: Path  # the same bytes in an ecpds store
     big_size: int
-    small: list[tuple[str, str]]  # (object id, adler32)
-    big: tuple[str, str]
+    small: list[tuple[str, str, str]]  # (object id, adler32, md5), as the catalog has them
+    big: tuple[str, str, str]
 
 
 def make_data(base: Path, big_size: int, small_count: int, small_size: int) -> Data:
@@ -248,12 +248,14 @@ def make_data(base: Path, big_size: int, small_count: int, small_size: int) -> D
     with (source / "big.bin").open("wb") as out:
         for chunk in big_chunks():
             out.write(chunk)
-    big = ("big", store.write("big", big_chunks()).adler32)
+    stored = store.write("big", big_chunks())
+    big = ("big", stored.adler32, stored.md5)
     small = []
     for n in range(small_count):
         data = os.urandom(small_size)
         (source / "small" / f"f{n:05d}.bin").write_bytes(data)
-        small.append((f"s{n:05d}", store.write(f"s{n:05d}", [data]).adler32))
+        stored = store.write(f"s{n:05d}", [data])
+        small.append((f"s{n:05d}", stored.adler32, stored.md5))
     return Data(source, store_dir, big_size, small, big)
 
 
@@ -269,7 +271,7 @@ def child(job_file: str) -> None:
     Path(job_file).unlink()
     store = Store([job["store"]])
 
-    def one(object_id: str, size: int, adler32: str, url: str, target: str) -> None:
+    def one(object_id: str, size: int, adler32: str, md5: str, url: str, target: str) -> None:
         request = SendRequest(
             data_file_id=object_id,
             size=size,
@@ -278,18 +280,19 @@ def child(job_file: str) -> None:
             host_url=url,
             host_options=job["options"],
             target=target,
+            md5=md5,
         )
         send(store, request, job["credentials"], progress=lambda n: None)
 
     started = time.perf_counter()
-    big_id, big_adler = job["big"]
-    one(big_id, job["big_size"], big_adler, job["big_url"], "big.bin")
+    big_id, big_adler, big_md5 = job["big"]
+    one(big_id, job["big_size"], big_adler, big_md5, job["big_url"], "big.bin")
     big_seconds = time.perf_counter() - started
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
         futures = [
-            pool.submit(one, oid, job["small_size"], adler, job["small_url"], f"{oid}.bin")
-            for oid, adler in job["small"]
+            pool.submit(one, oid, job["small_size"], adler, md5, job["small_url"], f"{oid}.bin")
+            for oid, adler, md5 in job["small"]
         ]
         for future in futures:
             future.result()

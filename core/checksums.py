@@ -26,11 +26,18 @@ class Adler32:
 
 @dataclass
 class Digest:
-    """Running MD5 + ADLER32 (+ optional sha256/sha512) over the bytes fed to it."""
+    """Running MD5 + ADLER32 (+ optional sha256/sha512) over the bytes fed to it.
+
+    `known_md5` is the MD5 of the bytes to come when the caller already has it (a store
+    object read back unchanged, its ADLER32 checked): MD5 is then not computed again, and
+    `adler=False` skips ADLER32 where the reader checks it already.
+    """
 
     extra: tuple[str, ...] = ()
+    known_md5: str | None = None
+    adler: bool = True
     size: int = 0
-    _md5: Any = field(default_factory=hashlib.md5)
+    _md5: Any = None
     _adler: int = 1
     _extra: dict[str, Any] = field(default_factory=dict)
 
@@ -39,17 +46,24 @@ class Digest:
             if name not in ("sha256", "sha512"):
                 raise ValueError(f"unknown checksum {name!r}: use sha256 or sha512")
             self._extra[name] = hashlib.new(name)
+        if self.known_md5 is None:
+            self._md5 = hashlib.md5()
 
     def update(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
-        self._md5.update(chunk)
-        self._adler = zlib_ng.adler32(chunk, self._adler)
+        if self._md5 is not None:
+            self._md5.update(chunk)
+        if self.adler:
+            self._adler = zlib_ng.adler32(chunk, self._adler)
         for h in self._extra.values():
             h.update(chunk)
 
     @property
     def md5(self) -> str:
-        return self._md5.hexdigest()
+        if self._md5 is None:
+            assert self.known_md5 is not None
+            return self.known_md5
+        return str(self._md5.hexdigest())
 
     @property
     def adler32(self) -> str:

@@ -15,6 +15,7 @@ from peers.httpd import HttpServer
 from peers.sshd import SshServer
 
 from ecpds.core.devserver import free_port
+from ecpds.core.protocols import openssh
 
 # Without mkdirs, a folder that is not there is what a missing bucket is to S3.
 NO_MKDIRS = {"missing_container": {"mkdirs": False}}
@@ -53,13 +54,12 @@ def file_peer(tmp_path: Path) -> Iterator[Peer]:
         )
 
 
-@pytest.fixture
-def sftp_peer(sshd: SshServer) -> Iterator[Peer]:
+def _sftp_peer(sshd: SshServer, engine: str) -> Iterator[Peer]:
     folder = sshd.folder(f"c-{uuid.uuid4().hex[:8]}")
     with small_disk(folder.parent / f"{folder.name}-full") as full:
         yield Peer(
             url=sshd.url(folder),
-            options={"host_key": sshd.host_key},
+            options={"host_key": sshd.host_key, "engine": engine},
             credentials={"private_key": sshd.private_key},
             resumable=True,
             bad_credentials={"private_key": _stranger_key()},
@@ -70,6 +70,20 @@ def sftp_peer(sshd: SshServer) -> Iterator[Peer]:
             full_disk_url=sshd.url(full) if full else None,
             **_local_checks(folder),
         )
+
+
+@pytest.fixture
+def sftp_peer(sshd: SshServer) -> Iterator[Peer]:
+    """SFTP through the OpenSSH client, the engine a worker with `ssh` installed uses."""
+    if openssh.client() is None:
+        pytest.skip("no OpenSSH client 8.5 or newer on PATH (run tests/peers/install.sh)")
+    yield from _sftp_peer(sshd, "openssh")
+
+
+@pytest.fixture
+def sftp_asyncssh_peer(sshd: SshServer) -> Iterator[Peer]:
+    """SFTP through sshfs/asyncssh, the engine where no OpenSSH client is installed."""
+    yield from _sftp_peer(sshd, "asyncssh")
 
 
 def _ftp_peer(server: FtpServer) -> Iterator[Peer]:

@@ -22,6 +22,7 @@ from ecpds.core.transmit import SendRequest, partial_offset, send
 PEERS = [
     "file_peer",
     "sftp_peer",
+    "sftp_asyncssh_peer",
     "ftp_peer",
     "ftps_peer",
     "webdav_peer",
@@ -34,6 +35,8 @@ PEERS = [
 
 MiB = 1 << 20
 BIG = 100 * MiB
+# The MD5 the catalog holds for each stored object, which the worker passes to `send`.
+CATALOG_MD5: dict[str, str] = {}
 
 
 class Interrupted(Exception):
@@ -57,7 +60,9 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, d
         ("other", os.urandom(7_000)),
     ]:
         object_id = os.urandom(8).hex()
-        made[name] = (object_id, data, store.write(object_id, [data]).adler32)
+        stored = store.write(object_id, [data])
+        made[name] = (object_id, data, stored.adler32)
+        CATALOG_MD5[object_id] = stored.md5
     yield store, made
 
 
@@ -75,6 +80,7 @@ def big_object(objects: tuple[Store, dict]) -> tuple[str, str, str]:
 
     object_id = os.urandom(8).hex()
     stored = store.write(object_id, chunks())
+    CATALOG_MD5[object_id] = stored.md5
     return object_id, md5.hexdigest(), stored.adler32
 
 
@@ -87,6 +93,7 @@ def _request(peer: Peer, object_id: str, size: int, adler: str, target: str, **k
         host_url=kw.pop("url", peer.url),
         host_options={**peer.options, **kw.pop("options", {})},
         target=target,
+        md5=CATALOG_MD5[object_id],
         **kw,
     )
 

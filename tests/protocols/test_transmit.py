@@ -75,13 +75,17 @@ def test_send_compressed_records_compressed_size(store: Store, tmp_path: Path) -
     assert result.extra["compression"] == "gzip"
 
 
-def test_sftp_key_login_resume_and_fingerprint(store: Store, sshd: SshServer) -> None:
+ENGINES = pytest.mark.parametrize("engine", ["openssh", "asyncssh"])
+
+
+@ENGINES
+def test_sftp_key_login_resume_and_fingerprint(store: Store, sshd: SshServer, engine: str) -> None:
     data = os.urandom(5 * 1024 * 1024 + 3)
     object_id, adler = _stored(store, data)
-    folder = sshd.folder("resume")
+    folder = sshd.folder(f"resume-{engine}")
     url = sshd.url(folder)
     creds = {"private_key": sshd.private_key}
-    options = {"host_key": sshd.host_key, "mode": "600"}
+    options = {"host_key": sshd.host_key, "mode": "600", "engine": engine}
     request = _request(object_id, len(data), adler, url, options=options, target="x/y.bin")
     # An earlier attempt broke off after 2 MiB: its partial file is where a resume looks.
     staging = folder / "x" / ".y.bin.ecpds-part"
@@ -98,14 +102,15 @@ def test_sftp_key_login_resume_and_fingerprint(store: Store, sshd: SshServer) ->
     assert oct((folder / "x/y.bin").stat().st_mode & 0o777) == "0o600"
 
 
-def test_sftp_password_login(store: Store, sshd: SshServer) -> None:
+@ENGINES
+def test_sftp_password_login(store: Store, sshd: SshServer, engine: str) -> None:
     if sshd.password_user is None:
         pytest.skip("password login needs the tests to run as root")
     data = os.urandom(100_000)
     object_id, adler = _stored(store, data)
-    folder = sshd.folder("password")
+    folder = sshd.folder(f"password-{engine}")
     url = sshd.url(folder, user=sshd.password_user)
-    request = _request(object_id, len(data), adler, url, target="p.bin")
+    request = _request(object_id, len(data), adler, url, target="p.bin", options={"engine": engine})
     send(store, request, {"password": sshd.password}, progress=lambda n: None)
     assert (folder / "p.bin").read_bytes() == data
     with pytest.raises(ProtocolError) as info:
@@ -114,14 +119,16 @@ def test_sftp_password_login(store: Store, sshd: SshServer) -> None:
     assert "h1" in str(info.value) and "sftp" in str(info.value)
 
 
-def test_sftp_wrong_host_key_is_refused(store: Store, sshd: SshServer) -> None:
+@ENGINES
+def test_sftp_wrong_host_key_is_refused(store: Store, sshd: SshServer, engine: str) -> None:
     object_id, adler = _stored(store, b"x")
-    url = sshd.url(sshd.folder("pinned"))
-    request = _request(
-        object_id, 1, adler, url, options={"host_key": "SHA256:not-the-key"}, target="k"
-    )
-    with pytest.raises(ProtocolError, match="does not match"):
+    folder = sshd.folder(f"pinned-{engine}")
+    options = {"host_key": "SHA256:not-the-key", "engine": engine}
+    request = _request(object_id, 1, adler, sshd.url(folder), options=options, target="k")
+    with pytest.raises(ProtocolError, match="does not match") as info:
         send(store, request, {"private_key": sshd.private_key}, progress=lambda n: None)
+    assert sshd.host_key in str(info.value)  # the key the server offered, to check by hand
+    assert list(folder.iterdir()) == []
 
 
 def test_compressed_upload_restarts_instead_of_resuming(store: Store, sshd: SshServer) -> None:
