@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -86,6 +87,15 @@ def sshd_config(folder: Path) -> tuple[list[str], int, Path]:
     return [sshd, "-D", "-e", "-f", str(config)], port, client_key
 
 
+def work_folder(needed: int) -> str | None:
+    """/dev/shm when it has room for the files and their copies at the server, else the
+    default: on a disk, write-back stalls made one run differ from the next by 2x."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and shutil.disk_usage(shm).free > needed + (2 << 30):
+        return shm
+    return None
+
+
 def worker_environment(settings: Settings) -> dict[str, str]:
     return dict(
         os.environ,
@@ -125,10 +135,15 @@ async def serve_worker(kind: str) -> None:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """RSS of the process and its children (the ssh clients of the OpenSSH engine)."""
+    total = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for each in [str(pid), *(children.read_text().split() if children.exists() else [])]:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
 
 
 # --- measurements ---------------------------------------------------------------------------
@@ -223,7 +238,10 @@ def timed(cmd: list[str]) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
     results: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="ecpds-bench-") as tmp_name:
+    largest = max(args.large_mib, args.huge_mib) * MiB
+    base = work_folder(2 * largest + args.large_mib * MiB)
+    log(f"working in {base or tempfile.gettempdir()}")
+    with tempfile.TemporaryDirectory(prefix="ecpds-bench-", dir=base) as tmp_name:
         tmp = Path(tmp_name)
         (tmp / "sshd").mkdir()
         remote = tmp / "remote"
@@ -291,7 +309,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                 bench = Bench(engine, store, dispatcher, remote, sshd_port, key, user)
                 if args.large_mib:
                     log(f"large: {args.large_mib} MiB")
-                    results |= await large_transfer(bench, args.large_mib * MiB)
+                    results |= await large_transfer(bench, args.large_mib * MiB, args.repeat)
                 if args.huge_mib:
                     log(f"huge: {args.huge_mib} MiB")
                     results["peak_worker_rss_mib"] = await huge_transfer(
@@ -311,60 +329,69 @@ class Bench:
     user: str
 
 
-async def large_transfer(bench: Bench, size: int) -> dict[str, float]:
-    """One file through ecpds, then the same stored file by rclone and by scp."""
-    results: dict[str, float] = {}
-    tid = await put(bench.engine, bench.store, "large", "large.bin", size)
-    with session_scope(bench.engine) as session:
-        transfer = session.get(DataTransfer, tid)
-        assert transfer is not None
-        data_file_id = transfer.data_file_id
-    source = bench.store.primary.key(data_file_id)
-    started = time.monotonic()
-    await bench.dispatcher.queue([tid])
-    await wait_done(bench.engine, [tid])
-    results["large_sftp_mb_s"] = size / 1e6 / (time.monotonic() - started)
-    (bench.remote / "large.bin").unlink()
+async def large_transfer(bench: Bench, size: int, repeat: int) -> dict[str, float]:
+    """One file through ecpds, then the same stored file by rclone and by scp, `repeat`
+    times in turn; the best run of each counts (a slow minute on a shared machine then
+    hits all three, and is not mistaken for one tool's speed)."""
+    runs: dict[str, list[float]] = {"large_sftp_mb_s": [], "rclone_sftp_mb_s": [], "scp": []}
     rclone = shutil.which("rclone")
-    if rclone:
+    if not rclone:
+        log("rclone is missing: run tests/peers/install.sh")
+    for rep in range(repeat):
+        tid = await put(bench.engine, bench.store, "large", f"large-{rep}.bin", size)
+        with session_scope(bench.engine) as session:
+            transfer = session.get(DataTransfer, tid)
+            assert transfer is not None
+            data_file_id = transfer.data_file_id
+        source = bench.store.primary.key(data_file_id)
+        started = time.monotonic()
+        await bench.dispatcher.queue([tid])
+        await wait_done(bench.engine, [tid])
+        runs["large_sftp_mb_s"].append(size / 1e6 / (time.monotonic() - started))
+        (bench.remote / f"large-{rep}.bin").unlink()
+        if rclone:
+            seconds = timed(
+                [
+                    rclone,
+                    "copyto",
+                    source,
+                    f":sftp:{bench.remote}/rclone.bin",
+                    "--sftp-host=127.0.0.1",
+                    f"--sftp-port={bench.sshd_port}",
+                    f"--sftp-user={bench.user}",
+                    f"--sftp-key-file={bench.key}",
+                ]
+            )
+            runs["rclone_sftp_mb_s"].append(size / 1e6 / seconds)
+            (bench.remote / "rclone.bin").unlink()
         seconds = timed(
             [
-                rclone,
-                "copyto",
+                "scp",
+                "-q",
+                "-P",
+                str(bench.sshd_port),
+                "-i",
+                str(bench.key),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
                 source,
-                f":sftp:{bench.remote}/rclone.bin",
-                "--sftp-host=127.0.0.1",
-                f"--sftp-port={bench.sshd_port}",
-                f"--sftp-user={bench.user}",
-                f"--sftp-key-file={bench.key}",
+                f"{bench.user}@127.0.0.1:{bench.remote}/scp.bin",
             ]
         )
-        results["rclone_sftp_mb_s"] = size / 1e6 / seconds
+        runs["scp"].append(size / 1e6 / seconds)
+        (bench.remote / "scp.bin").unlink()
+        bench.store.delete(data_file_id)
+        log("large: run {} of {}: {}".format(
+            rep + 1, repeat, ", ".join(f"{k} {v[-1]:.0f}" for k, v in runs.items() if v)
+        ))  # fmt: skip
+    results = {key: max(values) for key, values in runs.items() if values}
+    results["scp_sftp_mb_s"] = results.pop("scp")
+    if "rclone_sftp_mb_s" in results:
         results["large_vs_rclone"] = results["large_sftp_mb_s"] / results["rclone_sftp_mb_s"]
-        (bench.remote / "rclone.bin").unlink()
-    else:
-        log("rclone is missing: run tests/peers/install.sh")
-    seconds = timed(
-        [
-            "scp",
-            "-q",
-            "-P",
-            str(bench.sshd_port),
-            "-i",
-            str(bench.key),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            source,
-            f"{bench.user}@127.0.0.1:{bench.remote}/scp.bin",
-        ]
-    )
-    results["scp_sftp_mb_s"] = size / 1e6 / seconds
-    (bench.remote / "scp.bin").unlink()
-    bench.store.delete(data_file_id)
     return results
 
 
@@ -383,11 +410,11 @@ LABELS = {
     "bare_workflows_per_s": "bare one-activity workflows /s",
     "small_transfers_per_s": "16 KiB transfers /s (one destination)",
     "small_rate_ratio": "small transfers / bare workflows (target >= 0.8)",
-    "large_sftp_mb_s": "large file over SFTP, MB/s",
-    "rclone_sftp_mb_s": "rclone copy, same file and server, MB/s",
-    "scp_sftp_mb_s": "scp, same file and server, MB/s",
+    "large_sftp_mb_s": "large file over SFTP, MB/s (best run)",
+    "rclone_sftp_mb_s": "rclone copy, same file and server, MB/s (best run)",
+    "scp_sftp_mb_s": "scp, same file and server, MB/s (best run)",
     "large_vs_rclone": "ecpds / rclone (target >= 1.0)",
-    "peak_worker_rss_mib": "worker peak RSS sending 4 GiB, MiB (target < 200)",
+    "peak_worker_rss_mib": "worker (+ ssh child) peak RSS sending 4 GiB, MiB (target < 200)",
 }
 
 
@@ -397,6 +424,9 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2000, help="number of 16 KiB transfers")
     parser.add_argument("--large-mib", type=int, default=1024, help="size of the large file")
     parser.add_argument("--huge-mib", type=int, default=4096, help="file sent for peak RSS")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="large-file runs of each tool; the best counts"
+    )
     parser.add_argument("--worker", choices=("ecpds", "bare"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
