@@ -138,7 +138,9 @@ def resolve_source(
             catalog.host_credentials(session, box=box, name=host.name),
         )
     try:
-        check_host(source.folder_url, _fetch_options(source.options), source.credentials)
+        check_host(
+            source.folder_url, _fetch_options(source.options, source.folder_url), source.credentials
+        )
     except ProtocolError as exc:
         if best is None:
             raise ProtocolError(
@@ -149,9 +151,12 @@ def resolve_source(
     return source
 
 
-def _fetch_options(options: dict[str, Any]) -> dict[str, Any]:
+def _fetch_options(options: dict[str, Any], url: str) -> dict[str, Any]:
     # Upload-only settings of the host do not matter for reading.
-    return {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar")}
+    kept = {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar", "engine")}
+    if parse_url(url).scheme == "sftp":
+        kept["engine"] = "asyncssh"  # reads go through fsspec; the OpenSSH engine only sends
+    return kept
 
 
 class SourceConnections:
@@ -179,7 +184,10 @@ class SourceConnections:
                 self._remotes.move_to_end(key)
                 return remote
         remote = open_remote(
-            source.host_name, source.folder_url, _fetch_options(source.options), source.credentials
+            source.host_name,
+            source.folder_url,
+            _fetch_options(source.options, source.folder_url),
+            source.credentials,
         )
         if getattr(remote, "fs", None) is None:
             remote.close()
