@@ -506,10 +506,23 @@ def connect(
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": folder}
         if password:
             env |= {"SSH_ASKPASS": os.path.join(folder, "askpass"), "SSH_ASKPASS_REQUIRE": "force"}
-        errors = tempfile.TemporaryFile()  # noqa: SIM115 - the channel closes it
-        # ssh appends; we read with pread, so the shared file offset never moves under it
-        fcntl.fcntl(errors.fileno(), fcntl.F_SETFL, os.O_APPEND)
         command = _command(ssh, url, options, folder, bool(key), bool(password))
+        remote = _start(host_name, url, options, command, env)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return remote
+
+
+def _start(
+    host_name: str, url: HostUrl, options: Options, command: list[str], env: dict[str, str]
+) -> OpenSshRemote:
+    """Run ssh and log in; every way that can fail is one ProtocolError."""
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 - the channel closes it
+    # ssh appends; we read with pread, so the shared file offset never moves under it
+    fcntl.fcntl(errors.fileno(), fcntl.F_SETFL, os.O_APPEND)
+    started = time.monotonic()
+    channel: SshChannel | None = None
+    try:
         process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
@@ -519,19 +532,17 @@ def connect(
             start_new_session=True,  # no terminal to prompt on, and our signals are our own
         )
         channel = SshChannel(process, errors, options.timeout)
-        started = time.monotonic()
-        try:
-            channel.handshake()
-            remote = OpenSshRemote(host_name, url, options, channel)
-        except BaseException as exc:
-            failure = _login_failure(url, options, channel, exc, time.monotonic() - started)
+        channel.handshake()
+        return OpenSshRemote(host_name, url, options, channel)
+    except Exception as exc:
+        failure = _login_failure(url, options, errors, exc, time.monotonic() - started)
+        if channel is not None:
             channel.close()
-            if failure is None:
-                raise
-            raise ProtocolError(f"{where}: {failure}") from None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return remote
+        else:
+            errors.close()
+        if failure is not None:
+            raise ProtocolError(f"sftp host {host_name} ({url.where}): {failure}") from None
+        raise Remote(host_name, url, options).to_protocol_error(exc, "connecting") from None
 
 
 def _openssh_key(host_name: str, text: str, credentials: dict[str, str]) -> str:
@@ -549,7 +560,7 @@ def _openssh_key(host_name: str, text: str, credentials: dict[str, str]) -> str:
 
 
 def _login_failure(
-    url: HostUrl, options: Options, channel: SshChannel, exc: BaseException, seconds: float
+    url: HostUrl, options: Options, errors: IO[bytes], exc: BaseException, seconds: float
 ) -> str | None:
     """One line for a connection that did not get as far as SFTP; None: not a login problem."""
     if isinstance(exc, TimeoutError):
@@ -559,7 +570,7 @@ def _login_failure(
     said = exc.reason
     lowered = said.lower()
     if "host key verification failed" in lowered and options.host_key:
-        seen = _offered_key(channel.errors) or "offered by the server"
+        seen = _offered_key(errors) or "offered by the server"
         return f"host key {seen} does not match the configured {options.host_key}"
     if "permission denied" in lowered or "too many authentication failures" in lowered:
         return f"authentication failed for user {url.user!r} (check the password or key)"

@@ -10,7 +10,7 @@ import contextlib
 import errno
 import posixpath
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import asyncssh
 from fsspec.asyn import sync
@@ -37,7 +37,8 @@ class Options(CommonOptions):
     host_key: str | None = None  # expected fingerprint "SHA256:..." or "MD5:..."; None = any
     mode: str | None = Field(default=None, pattern=r"^[0-7]{3,4}$")  # chmod after upload
     requests: int = Field(default=64, ge=1, le=1024)  # pipelined SFTP requests in flight
-    ciphers: tuple[str, ...] = FAST_CIPHERS  # preference order offered to the server
+    # preference order offered to the server; names as OpenSSH and asyncssh spell them
+    ciphers: tuple[Annotated[str, Field(pattern=r"^[a-z0-9@.-]+$")], ...] = FAST_CIPHERS
     # auto: OpenSSH when its client is installed (a third of asyncssh's CPU per byte)
     engine: Literal["auto", "openssh", "asyncssh"] = "auto"
 
