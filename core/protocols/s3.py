@@ -7,6 +7,7 @@ multipart upload is resumed from the parts the store already holds.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import functools
 from collections.abc import Coroutine, Iterable
@@ -23,6 +24,7 @@ from botocore.exceptions import (
 from fsspec.asyn import sync
 from pydantic import Field
 from s3fs import S3FileSystem
+from zlib_ng import zlib_ng
 
 from ecpds.core.protocols import CommonOptions, HostUrl, MiB, ProtocolError, options_dataclass
 from ecpds.core.protocols.base import Remote
@@ -71,6 +73,12 @@ def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
         )
 
 
+def crc32(data: bytes) -> str:
+    """The body's x-amz-checksum-crc32, which S3 checks. botocore would compute the same
+    value on the event loop that carries every part, at a quarter of zlib-ng's speed."""
+    return base64.b64encode(zlib_ng.crc32(data).to_bytes(4, "big")).decode()
+
+
 def part_size(first: int, number: int) -> int:
     """Size of part `number`: `first`, doubled every 1,000 parts, so the 10,000 parts S3
     allows reach far beyond `first` x 10,000 bytes while small files keep small parts."""
@@ -117,7 +125,7 @@ class S3Remote(Remote):
         else:
             head = reader.read(opts.multipart_threshold + 1)
             if len(head) <= opts.multipart_threshold:
-                self._call("put_object", Key=key, Body=head, **extra)
+                self._call("put_object", Key=key, Body=head, ChecksumCRC32=crc32(head), **extra)
                 return len(head)
             reader.unread(head)
             del head
@@ -139,7 +147,12 @@ class S3Remote(Remote):
     ) -> int:
         def submit(number: int, data: bytes) -> concurrent.futures.Future:
             return self._submit(
-                "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                "upload_part",
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumCRC32=crc32(data),
             )
 
         return send_parts(

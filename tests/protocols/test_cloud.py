@@ -151,3 +151,15 @@ def test_gcs_token_forms(tmp_path) -> None:
             open_remote("g", "gcs://bucket/p", {}, {"token": broken})
         assert "token credential" in str(info.value) and "\n" not in str(info.value)
         assert info.value.retryable is False
+
+
+def test_s3_crc32_is_the_one_botocore_would_send() -> None:
+    """S3 checks the x-amz-checksum-crc32 we compute (moto does not: compare with botocore)."""
+    from botocore.httpchecksum import Crc32Checksum
+
+    from ecpds.core.protocols.s3 import crc32
+
+    for data in (b"", b"forecast", os.urandom(3 * MiB + 1)):
+        reference = Crc32Checksum()
+        reference.update(data)
+        assert crc32(data) == reference.b64digest()
