@@ -1,0 +1,115 @@
+"""The catalog is the queue: far more waiting transfers than a workflow could carry."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import timedelta
+
+from sqlalchemy import func, insert
+from sqlmodel import select
+from temporalio.api.enums.v1 import EventType
+
+from ecpds.core.db import session_scope
+from ecpds.core.dispatch import Operation, destination_workflow_id
+from ecpds.core.models import DataTransfer, TransferStatus, utcnow
+from ecpds.core.queue import WAITING_COUNT
+
+from .conftest import Dissemination
+
+QUEUED = 12_000  # more than the ~10,000 the scheduler could carry in its own state
+
+
+def waiting_count(env: Dissemination, destination_id: int) -> int:
+    with session_scope(env.engine) as session:
+        return session.exec(
+            select(func.count())
+            .select_from(DataTransfer)
+            .where(DataTransfer.destination_id == destination_id)
+            .where(DataTransfer.status == TransferStatus.WAIT)
+        ).one()
+
+
+async def test_a_queue_longer_than_a_workflow_could_carry(dissemination: Dissemination) -> None:
+    env = dissemination
+    dest = env.name("long")
+    out = env.tmp / f"{dest}-h"
+    env.add_host(f"{dest}-h", f"file://{out}", retry_count=0, retry_frequency=1)
+    env.add_destination(dest, [f"{dest}-h"], max_connections=10)
+    await env.dispatcher.operate_destination(dest, Operation.HOLD)
+    await env.wait_destination(dest, lambda d: d.on_hold)
+    # One stored file backs every transfer; the catalog rows go in in bulk, as a day of
+    # products for a destination that is down would have arrived.
+    [first] = await env.put(dest, "tiny", b"t", priority=99)
+    [row] = env.transfers([first])
+    now, rng = utcnow(), random.Random(7)
+    with session_scope(env.engine) as session:
+        session.execute(
+            insert(DataTransfer),
+            [
+                {
+                    "target": f"t{i:05d}",
+                    "priority": rng.randrange(100),
+                    "scheduled": now,
+                    "expires": now + timedelta(days=1),
+                    "data_file_id": row.data_file_id,
+                    "destination_id": row.destination_id,
+                    "status": TransferStatus.WAIT,
+                    "queued": now + timedelta(microseconds=i),
+                    "bytes_sent": 0,
+                    "start_count": 0,
+                    "requeue_count": 0,
+                    "deleted": False,
+                }
+                for i in range(QUEUED)
+            ],
+        )
+        queue = session.exec(
+            select(DataTransfer.id, DataTransfer.priority, DataTransfer.queued).where(
+                DataTransfer.destination_id == row.destination_id
+            )
+        ).all()
+    ids = [tid for tid, _, _ in queue if tid is not None]
+    in_order = [tid for tid, _, _ in sorted(queue, key=lambda r: (r[1], r[2], r[0]))]
+    await env.dispatcher.queue(ids)
+    await env.dispatcher.queue(ids)  # queueing again changes nothing
+
+    view = await env.wait_view(dest, lambda view: len(view.queued) >= 100)
+    assert view.queued == in_order[: len(view.queued)] and view.waiting == WAITING_COUNT
+    assert view.running == [] and view.held == "operator"
+    assert waiting_count(env, row.destination_id) == len(ids) == QUEUED + 1
+
+    await env.dispatcher.operate_destination(dest, Operation.RESTART)
+    deadline = asyncio.get_running_loop().time() + 30
+    while waiting_count(env, row.destination_id) > len(ids) - 40:
+        assert asyncio.get_running_loop().time() < deadline, "the queue did not go down"
+        await asyncio.sleep(0.1)
+    await env.dispatcher.operate_destination(dest, Operation.HOLD)
+    view = await env.wait_view(dest, lambda view: view.held and not view.running)
+
+    # The scheduler's history has its children in the order it started them.
+    handle = env.client.get_workflow_handle(destination_workflow_id(dest))
+    history = await handle.fetch_history()
+    started = [
+        int(e.start_child_workflow_execution_initiated_event_attributes.workflow_id.rsplit("-")[-1])
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED
+    ]
+    assert len(started) >= 40 and started == in_order[: len(started)]
+    assert {t.status for t in env.transfers(started)} == {"DONE"}
+    assert waiting_count(env, row.destination_id) == len(ids) - len(started)
+    assert len(list(out.iterdir())) == len(started)
+    # Read again from the catalog on hold, the window goes on where the transfers stopped.
+    view = await env.wait_view(dest, lambda view: view.queued[:1] == [in_order[len(started)]])
+    assert view.queued == in_order[len(started) : len(started) + len(view.queued)]
+
+    # The wake-up signals stayed small, and no workflow task failed on a payload.
+    signals = [
+        e.workflow_execution_signaled_event_attributes
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    ]
+    assert [s.signal_name for s in signals].count("wake") == 3
+    assert all(s.input.ByteSize() < 1000 for s in signals)
+    failed = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    assert not [e for e in history.events if e.event_type == failed]
