@@ -52,6 +52,7 @@ class HostRef:
     name: str
     retry_count: int
     retry_frequency: int
+    max_connections: int = 0  # 0: the destination's
 
 
 @dataclass
@@ -202,7 +203,10 @@ class DisseminationActivities:
                 on_host_failure=str(dest.on_host_failure),
                 active_from=dest.active_from,
                 active_until=dest.active_until,
-                hosts=[HostRef(h.id or 0, h.name, h.retry_count, h.retry_frequency) for h in hosts],
+                hosts=[
+                    HostRef(h.id or 0, h.name, h.retry_count, h.retry_frequency, h.max_connections)
+                    for h in hosts
+                ],
             )
 
     @activity.defn

@@ -2,7 +2,7 @@
 
 The catalog is its queue: it reads a window of the next ready transfers in order
 (priority, queue time, id), starts at most `max_connections` TransferWorkflows at once
-inside the active window, keeps
+(and at most a host's own `max_connections` on that host) inside the active window, keeps
 the fail-over state (host to start on, failed cycles, time on a backup host) and runs
 operations.
 """
@@ -89,6 +89,7 @@ class DestinationView:
 class _Running:
     entry: QueuedTransfer
     host_index: int  # the host it started on
+    host_id: int
     task: asyncio.Task[None] | None = None
     cancel_as: str | None = None  # the operation that cancelled it
 
@@ -303,7 +304,15 @@ class DestinationWorkflow:
         self.read_at = now
 
     def _free(self) -> int:
-        return self.config.max_connections - len(self.running)
+        """Connections free on the destination and on the host a transfer would start on."""
+        config = self.config
+        free = config.max_connections - len(self.running)
+        if config.hosts:
+            host = config.hosts[self.state.host_index % len(config.hosts)]
+            if host.max_connections:
+                busy = sum(1 for r in self.running.values() if r.host_id == host.id)
+                free = min(free, host.max_connections - busy)
+        return free
 
     # --- scheduling -------------------------------------------------------------------
 
@@ -342,7 +351,7 @@ class DestinationWorkflow:
     def _start(self, entry: QueuedTransfer) -> None:
         entry.start_count += 1
         index = self.state.host_index % len(self.config.hosts)
-        running = _Running(entry, index)
+        running = _Running(entry, index, self.config.hosts[index].id)
         self.running[entry.id] = running
         running.task = asyncio.create_task(self._run_transfer(running))
 

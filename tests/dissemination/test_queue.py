@@ -1,4 +1,4 @@
-"""The catalog is the queue: far more waiting transfers than a workflow could carry."""
+"""The catalog is the queue: a long queue on one destination, and a host's own connection limit."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from temporalio.api.enums.v1 import EventType
 
 from ecpds.core.db import session_scope
 from ecpds.core.dispatch import Operation, destination_workflow_id
-from ecpds.core.models import DataTransfer, TransferStatus, utcnow
+from ecpds.core.models import DataTransfer, Host, TransferStatus, utcnow
 from ecpds.core.queue import WAITING_COUNT
 
 from .conftest import Dissemination
@@ -113,3 +113,42 @@ async def test_a_queue_longer_than_a_workflow_could_carry(dissemination: Dissemi
     assert all(s.input.ByteSize() < 1000 for s in signals)
     failed = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
     assert not [e for e in history.events if e.event_type == failed]
+
+
+async def test_a_host_limit_below_the_destination_limit(dissemination: Dissemination) -> None:
+    env = dissemination
+    dest = env.name("hostcap")
+    primary, backup = env.tmp / f"{dest}-p", env.tmp / f"{dest}-b"
+    # Slow enough (64 KiB at 256 KiB/s) that four would overlap if the host allowed them.
+    env.add_host(
+        f"{dest}-p",
+        f"file://{primary}",
+        retry_count=0,
+        max_connections=1,
+        options={"max_rate": 256 << 10},
+    )
+    env.add_host(f"{dest}-b", f"file://{backup}", retry_count=0)
+    env.add_destination(dest, [f"{dest}-p", f"{dest}-b"], max_connections=4)
+    await env.dispatcher.operate_destination(dest, Operation.HOLD)
+    await env.wait_destination(dest, lambda d: d.on_hold)
+    ids = [(await env.put(dest, f"f{i}", b"c" * (64 << 10)))[0] for i in range(5)]
+    await env.wait_view(dest, lambda view: len(view.queued) == 5)
+    await env.dispatcher.operate_destination(dest, Operation.RESTART)
+
+    most = 0
+    deadline = asyncio.get_running_loop().time() + 60
+    while not all(t.status == "DONE" for t in env.transfers(ids)):
+        assert asyncio.get_running_loop().time() < deadline, env.transfers(ids)
+        view = await env.view(dest)
+        most = max(most, len(view.running))
+        await asyncio.sleep(0.05)
+    assert most == 1
+    # A full host is waited for, not failed over: every transfer went to the primary.
+    done = sorted(env.transfers(ids), key=lambda t: t.started)  # type: ignore[arg-type, return-value]
+    with session_scope(env.engine) as session:
+        primary_id = session.exec(select(Host.id).where(Host.name == f"{dest}-p")).one()
+    assert {t.host_id for t in done} == {primary_id}
+    assert all(t.start_count == 1 and t.last_error is None for t in done)
+    assert all(b.started >= a.finished for a, b in zip(done, done[1:], strict=False))  # type: ignore[operator]
+    assert sorted(p.name for p in primary.iterdir()) == [f"f{i}" for i in range(5)]
+    assert not backup.exists() or not list(backup.iterdir())
