@@ -152,3 +152,63 @@ async def test_a_host_limit_below_the_destination_limit(dissemination: Dissemina
     assert all(b.started >= a.finished for a, b in zip(done, done[1:], strict=False))  # type: ignore[operator]
     assert sorted(p.name for p in primary.iterdir()) == [f"f{i}" for i in range(5)]
     assert not backup.exists() or not list(backup.iterdir())
+
+
+async def test_clean_expired_extend_and_delete_act_on_the_catalog(
+    dissemination: Dissemination,
+) -> None:
+    env = dissemination
+    dest = env.name("clean")
+    out = env.tmp / f"{dest}-h"
+    env.add_host(f"{dest}-h", f"file://{out}", retry_count=0)
+    env.add_destination(dest, [f"{dest}-h"])
+    await env.dispatcher.operate_destination(dest, Operation.HOLD)
+    await env.wait_destination(dest, lambda d: d.on_hold)
+    [gone] = await env.put(dest, "gone", b"g", lifetime=1)
+    [kept] = await env.put(dest, "kept", b"k", lifetime=1)
+    [deleted] = await env.put(dest, "deleted", b"d")
+    [plain] = await env.put(dest, "plain", b"p")
+    await env.dispatcher.operate_transfer(kept, Operation.EXTEND, value=3600)
+    await env.dispatcher.operate_transfer(deleted, Operation.DELETE)
+    await asyncio.sleep(1.5)  # "gone" and (before its extension) "kept" would have expired
+    await env.dispatcher.operate_destination(dest, Operation.CLEAN_EXPIRED)
+    [expired] = await env.wait_for([gone], "STOP")
+    assert expired.last_error == "expired" and expired.finished is not None
+    view = await env.wait_view(dest, lambda view: view.waiting == 2)
+    assert view.queued == [kept, plain]
+    [removed] = env.transfers([deleted])
+    assert removed.deleted and removed.status == "STOP"
+    await env.dispatcher.operate_destination(dest, Operation.RESTART)
+    await env.wait_for([kept, plain], "DONE")
+    assert sorted(p.name for p in out.iterdir()) == ["kept", "plain"]
+
+
+async def test_a_failed_cycle_waits_in_the_catalog(dissemination: Dissemination) -> None:
+    env = dissemination
+    dest = env.name("retry")
+    # A folder under a file: every attempt fails at once.
+    env.add_host(f"{dest}-h", "file:///dev/null/out", retry_count=0)
+    env.add_destination(dest, [f"{dest}-h"], retry_count=5, retry_frequency=3600, max_start=5)
+    [tid] = await env.put(dest, "f", b"f")
+    [waiting] = await waited(env, tid, 1)
+    assert waiting.retry_at is not None
+    assert 3500 < (waiting.retry_at - utcnow()).total_seconds() <= 3600
+    assert waiting.last_error and f"{dest}-h" in waiting.last_error
+    # Waiting, not ready: the window is empty, and no timer is closer than the retry time.
+    view = await env.wait_view(dest, lambda view: view.waiting == 1)
+    assert view.queued == [] and view.running == [] and view.failed_cycles == 1
+    # A restart clears the wait: the transfer starts again at once.
+    await env.dispatcher.operate_destination(dest, Operation.RESTART)
+    [again] = await waited(env, tid, 2)
+    assert again.retry_at is not None
+
+
+async def waited(env: Dissemination, tid: int, starts: int) -> list[DataTransfer]:
+    """Wait until the transfer is back in the queue after its `starts`-th start."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        rows = env.transfers([tid])
+        if rows[0].status == "WAIT" and rows[0].start_count == starts:
+            return rows
+        assert asyncio.get_running_loop().time() < deadline, rows
+        await asyncio.sleep(0.1)
