@@ -1,4 +1,4 @@
-"""Dissemination activities: load a destination's scheduler settings, record statuses, transmit.
+"""Dissemination activities: a scheduler's settings, queue reads and status writes; transmit.
 
 Host credentials are read from the catalog and decrypted here, by host id, and never
 leave this module: no input, output or error message of these activities carries them.
@@ -21,8 +21,9 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from ecpds.core import queue
 from ecpds.core.db import session_scope
-from ecpds.core.dispatch import Operation, QueuedTransfer
+from ecpds.core.dispatch import Operation
 from ecpds.core.models import (
     DataFile,
     DataTransfer,
@@ -34,6 +35,7 @@ from ecpds.core.models import (
 )
 from ecpds.core.naming import NamingError, target_path
 from ecpds.core.protocols import ProtocolError
+from ecpds.core.queue import QueueWindow
 from ecpds.core.secrets import CredentialBox, CredentialError
 from ecpds.core.store import Store, StoreError
 from ecpds.core.transmit import SendRequest, SendResult, partial_offset, send
@@ -50,11 +52,13 @@ class HostRef:
     name: str
     retry_count: int
     retry_frequency: int
+    max_connections: int = 0  # 0: the destination's
 
 
 @dataclass
 class DestinationConfig:
     name: str
+    id: int = 0
     exists: bool = True
     active: bool = True
     on_hold: bool = False
@@ -73,7 +77,11 @@ class DestinationConfig:
 
 @dataclass
 class TransferChange:
-    """A status the scheduler decided for one transfer (fields left None are kept)."""
+    """A status the scheduler decided for one transfer (fields left None are kept).
+
+    `retry_at` (epoch seconds; None: no wait) is always written: every change either ends
+    the transfer or puts it back in the queue with the time it may start again.
+    """
 
     id: int
     status: str
@@ -82,6 +90,7 @@ class TransferChange:
     requeue_count: int | None = None
     deleted: bool = False
     finished: bool = False
+    retry_at: float | None = None
 
 
 @dataclass
@@ -90,6 +99,28 @@ class CatalogUpdate:
     transfers: list[TransferChange] = field(default_factory=list)
     destination_status: str | None = None
     on_hold: bool | None = None
+    retry_now: bool = False  # clear the retry time of every waiting transfer (a restart)
+
+
+@dataclass
+class QueueRequest:
+    """The next ready transfers of a destination, excluding the ones its scheduler runs.
+
+    Ready is by the workflow's clock (`now`, epoch seconds), the one it sets its timers by.
+    """
+
+    destination_id: int
+    now: float
+    limit: int
+    exclude: list[int] = field(default_factory=list)
+    drop_expired: bool = False
+
+
+@dataclass
+class ExpiryRequest:
+    destination_id: int
+    now: float
+    exclude: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -159,6 +190,7 @@ class DisseminationActivities:
             ).all()
             return DestinationConfig(
                 name=name,
+                id=dest.id or 0,
                 active=dest.active,
                 on_hold=dest.on_hold,
                 max_connections=dest.max_connections,
@@ -171,7 +203,10 @@ class DisseminationActivities:
                 on_host_failure=str(dest.on_host_failure),
                 active_from=dest.active_from,
                 active_until=dest.active_until,
-                hosts=[HostRef(h.id or 0, h.name, h.retry_count, h.retry_frequency) for h in hosts],
+                hosts=[
+                    HostRef(h.id or 0, h.name, h.retry_count, h.retry_frequency, h.max_connections)
+                    for h in hosts
+                ],
             )
 
     @activity.defn
@@ -181,6 +216,14 @@ class DisseminationActivities:
     def _record(self, update: CatalogUpdate) -> None:
         now = datetime.now(UTC)
         with session_scope(self.engine) as session:
+            dest = None
+            if any((update.destination_status, update.on_hold is not None, update.retry_now)):
+                dest = session.exec(
+                    select(Destination).where(Destination.name == update.destination)
+                ).first()
+            if dest is not None and update.retry_now:
+                # Before the changes: a cycle that failed after the restart keeps its wait.
+                queue.clear_retry_times(session, destination_id=dest.id or 0)
             for change in update.transfers:
                 transfer = session.get(DataTransfer, change.id)
                 if transfer is None:
@@ -196,44 +239,37 @@ class DisseminationActivities:
                     transfer.deleted = True
                 if change.finished:
                     transfer.finished = now
+                transfer.retry_at = _when(change.retry_at)
                 session.add(transfer)
-            if update.destination_status is not None or update.on_hold is not None:
-                dest = session.exec(
-                    select(Destination).where(Destination.name == update.destination)
-                ).first()
-                if dest is not None:
-                    if update.destination_status is not None:
-                        dest.status = update.destination_status  # type: ignore[assignment]
-                    if update.on_hold is not None:
-                        dest.on_hold = update.on_hold
-                    session.add(dest)
+            if dest is not None:
+                if update.destination_status is not None:
+                    dest.status = update.destination_status  # type: ignore[assignment]
+                if update.on_hold is not None:
+                    dest.on_hold = update.on_hold
+                session.add(dest)
 
     @activity.defn
-    async def apply_operation(self, request: OperationRequest) -> QueuedTransfer | None:
-        """Write an operator's change to the catalog; the queue entry to (re)queue, if any."""
-        return await self._run(self._apply_operation, request)
+    async def apply_operation(self, request: OperationRequest) -> None:
+        """Write an operator's change of a transfer that is not running to the catalog."""
+        await self._run(self._apply_operation, request)
 
-    def _apply_operation(self, request: OperationRequest) -> QueuedTransfer | None:
+    def _apply_operation(self, request: OperationRequest) -> None:
         now = datetime.now(UTC)
         op = Operation(request.operation)
         with session_scope(self.engine) as session:
             transfer = session.get(DataTransfer, request.transfer_id)
             if transfer is None or transfer.deleted:
-                return None
-            requeue = transfer.status in (
-                TransferStatus.WAIT,
-                TransferStatus.SCHE,
-                TransferStatus.RETR,
-            )
+                return
             if op is Operation.REQUEUE:
                 transfer.status = TransferStatus.WAIT
                 transfer.queued = now
                 transfer.start_count = 0
+                transfer.retry_at = None
                 transfer.last_error = None
                 transfer.finished = None
-                requeue = True
             elif op is Operation.SCHEDULE_NOW:
                 transfer.scheduled = now
+                transfer.retry_at = None
                 if transfer.status is TransferStatus.SCHE:
                     transfer.status = TransferStatus.WAIT
             elif op is Operation.PRIORITY:
@@ -241,13 +277,38 @@ class DisseminationActivities:
             elif op is Operation.EXTEND:
                 transfer.expires = transfer.expires + timedelta(seconds=request.value or 0)
             else:
-                return None
+                return
             session.add(transfer)
-            session.flush()
-            if not requeue:
-                return None
-            data_file = session.get(DataFile, transfer.data_file_id)
-            return QueuedTransfer.of(transfer, data_file.size if data_file else 0)
+
+    @activity.defn
+    async def next_transfers(self, request: QueueRequest) -> QueueWindow:
+        """The next ready transfers of a destination's queue, and when more become ready."""
+        return await self._run(self._next_transfers, request)
+
+    def _next_transfers(self, request: QueueRequest) -> QueueWindow:
+        with session_scope(self.engine) as session:
+            return queue.next_transfers(
+                session,
+                destination_id=request.destination_id,
+                now=datetime.fromtimestamp(request.now, UTC),
+                limit=request.limit,
+                exclude=request.exclude,
+                drop_expired=request.drop_expired,
+            )
+
+    @activity.defn
+    async def clean_expired(self, request: ExpiryRequest) -> None:
+        """Stop the expired transfers waiting in a destination's queue."""
+        await self._run(self._clean_expired, request)
+
+    def _clean_expired(self, request: ExpiryRequest) -> None:
+        with session_scope(self.engine) as session:
+            queue.clean_expired(
+                session,
+                destination_id=request.destination_id,
+                now=datetime.fromtimestamp(request.now, UTC),
+                exclude=request.exclude,
+            )
 
     # --- transmit ---------------------------------------------------------------------
 
@@ -372,6 +433,10 @@ class DisseminationActivities:
                 transfer.rate = result.bytes_sent / seconds if seconds > 0 else None
                 transfer.last_error = None
                 session.add(transfer)
+
+
+def _when(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
 
 
 def _load(

@@ -1,18 +1,19 @@
 """Hand transfers to the dissemination engine: one scheduler workflow per destination.
 
-`TemporalDispatcher.queue` signals (and starts if needed) `destination-<name>` with the
-transfers to queue; operations on destinations and transfers travel the same way.
+The catalog is the queue. `TemporalDispatcher.queue` only wakes (and starts if needed)
+`destination-<name>`, telling it where the best of the new work ranks; operations on
+destinations and transfers travel the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
+import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio.client import Client
@@ -20,14 +21,13 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from ecpds.core.db import session_scope
-from ecpds.core.models import DataFile, DataTransfer, Destination, TransferStatus
+from ecpds.core.models import QUEUED_STATUSES, DataTransfer, Destination
 from ecpds.core.store import Store
 
 DESTINATION_WORKFLOW = "DestinationWorkflow"
 REPLICATION_WORKFLOW = "ReplicationWorkflow"
 DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
-SIGNAL_BATCH = 1000  # transfers per signal: well under Temporal's 2 MB payload limit
-QUEUEABLE = frozenset({TransferStatus.WAIT, TransferStatus.SCHE, TransferStatus.RETR})
+LOOKUP_BATCH = 10_000  # transfer ids per catalog query, well under SQLite's variable limit
 
 
 def destination_workflow_id(name: str) -> str:
@@ -37,41 +37,6 @@ def destination_workflow_id(name: str) -> str:
 def transfer_workflow_id(destination: str, transfer_id: int) -> str:
     """Derived from the transfer id; the destination in it keeps catalogs apart on one server."""
     return f"transfer-{destination}-{transfer_id}"
-
-
-@dataclass
-class QueuedTransfer:
-    """What the scheduler needs to order and start one transfer (times in epoch seconds)."""
-
-    id: int
-    data_file_id: str
-    priority: int
-    queued: float
-    scheduled: float
-    expires: float
-    start_count: int = 0
-    requeue_count: int = 0
-    not_before: float = 0.0
-    size: int = 0  # bytes of the data file
-
-    @property
-    def order(self) -> tuple[int, float, int]:
-        return (self.priority, self.queued, self.id)
-
-    @classmethod
-    def of(cls, transfer: DataTransfer, size: int) -> QueuedTransfer:
-        assert transfer.id is not None
-        return cls(
-            id=transfer.id,
-            data_file_id=transfer.data_file_id,
-            priority=transfer.priority,
-            queued=transfer.queued.timestamp(),
-            scheduled=transfer.scheduled.timestamp(),
-            expires=transfer.expires.timestamp(),
-            start_count=transfer.start_count,
-            requeue_count=transfer.requeue_count,
-            size=size,
-        )
 
 
 class Operation(StrEnum):
@@ -103,8 +68,26 @@ class Command:
 
 
 @dataclass
-class Enqueue:
-    transfers: list[QueuedTransfer] = field(default_factory=list)
+class Wake:
+    """New work for a destination's scheduler, the same size however much was queued.
+
+    `priority`, `queued` and `transfer_id` place the best of it in the queue's order;
+    `ready_at` is the earliest time any of it may start (epoch seconds).
+    """
+
+    priority: int
+    queued: float
+    transfer_id: int
+    ready_at: float
+
+    @property
+    def order(self) -> tuple[int, float, int]:
+        return (self.priority, self.queued, self.transfer_id)
+
+    def joined(self, other: Wake) -> Wake:
+        best = min(self, other, key=lambda wake: wake.order)
+        ready_at = min(self.ready_at, other.ready_at)
+        return Wake(best.priority, best.queued, best.transfer_id, ready_at)
 
 
 class OperationError(Exception):
@@ -134,12 +117,9 @@ class TemporalDispatcher:
         )
 
     async def queue(self, transfer_ids: list[int]) -> None:
-        """Queue the transfers that are waiting; a transfer queued twice runs once."""
-        by_destination = self._queueable(transfer_ids)
-        for destination, entries in by_destination.items():
-            for start in range(0, len(entries), SIGNAL_BATCH):
-                batch = entries[start : start + SIGNAL_BATCH]
-                await self._signal(destination, "enqueue", Enqueue(batch))
+        """Wake the schedulers of the transfers that wait; a transfer queued twice runs once."""
+        for destination, wake in self._wakes(transfer_ids).items():
+            await self._signal(destination, "wake", wake)
 
     async def stored(self, data_file_ids: list[str], store: Store) -> None:
         """Copy new objects to the replica locations and archives, if the site has either.
@@ -167,23 +147,30 @@ class TemporalDispatcher:
             query = select(Destination.id).where(col(Destination.backup_url).is_not(None))
             return conn.execute(query.limit(1)).first() is not None
 
-    def _queueable(self, transfer_ids: Iterable[int]) -> dict[str, list[QueuedTransfer]]:
+    def _wakes(self, transfer_ids: Iterable[int]) -> dict[str, Wake]:
         ids = list(transfer_ids)
-        found: dict[str, list[QueuedTransfer]] = defaultdict(list)
-        if not ids:
-            return found
+        wakes: dict[str, Wake] = {}
         with session_scope(self.engine) as session:
-            rows = session.exec(
-                select(DataTransfer, Destination.name, DataFile.size)
-                .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
-                .join(DataFile, col(DataFile.id) == col(DataTransfer.data_file_id))
-                .where(col(DataTransfer.id).in_(ids))
-                .where(col(DataTransfer.status).in_(list(QUEUEABLE)))
-                .where(col(DataTransfer.deleted).is_(False))
-            ).all()
-            for transfer, name, size in rows:
-                found[name].append(QueuedTransfer.of(transfer, size))
-        return found
+            for start in range(0, len(ids), LOOKUP_BATCH):
+                rows = session.execute(
+                    sa.select(
+                        Destination.name,
+                        DataTransfer.id,
+                        DataTransfer.priority,
+                        DataTransfer.queued,
+                        DataTransfer.scheduled,
+                        DataTransfer.retry_at,
+                    )
+                    .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
+                    .where(col(DataTransfer.id).in_(ids[start : start + LOOKUP_BATCH]))
+                    .where(col(DataTransfer.status).in_(list(QUEUED_STATUSES)))
+                    .where(col(DataTransfer.deleted).is_(False))
+                ).all()
+                for name, tid, priority, queued, scheduled, retry_at in rows:
+                    ready = max(scheduled, retry_at or scheduled)
+                    wake = Wake(priority, queued.timestamp(), tid, ready.timestamp())
+                    wakes[name] = wakes[name].joined(wake) if name in wakes else wake
+        return wakes
 
     async def operate_destination(
         self, name: str, operation: Operation, *, immediate: bool = False

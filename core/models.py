@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Index, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -61,6 +61,11 @@ class TransferStatus(StrEnum):
 
 
 FINAL_STATUSES = frozenset({TransferStatus.DONE, TransferStatus.FAIL, TransferStatus.STOP})
+# What waits in a destination's queue. The SQL spells it out with literals because SQLite
+# (and PostgreSQL's generic plans) use a partial index only for a query that repeats its
+# predicate, which a bound parameter does not.
+QUEUED_STATUSES = frozenset({TransferStatus.WAIT, TransferStatus.SCHE, TransferStatus.RETR})
+QUEUED_SQL = "datatransfer.status IN ('WAIT', 'SCHE', 'RETR') AND NOT datatransfer.deleted"
 
 
 class HostKind(StrEnum):
@@ -416,6 +421,33 @@ class DataTransferBase(SQLModel):
 
 
 class DataTransfer(DataTransferBase, table=True):
+    # The queue: the next transfers in start order, and the earliest scheduled and retry
+    # times, each one index lookup per destination however long the queue is.
+    __table_args__ = (
+        Index(
+            "ix_datatransfer_queue",
+            "destination_id",
+            "priority",
+            "queued",
+            "id",
+            sqlite_where=text(QUEUED_SQL),
+            postgresql_where=text(QUEUED_SQL),
+        ),
+        Index(
+            "ix_datatransfer_queue_scheduled",
+            "destination_id",
+            "scheduled",
+            sqlite_where=text(QUEUED_SQL),
+            postgresql_where=text(QUEUED_SQL),
+        ),
+        Index(
+            "ix_datatransfer_queue_retry",
+            "destination_id",
+            "retry_at",
+            sqlite_where=text(QUEUED_SQL),
+            postgresql_where=text(QUEUED_SQL),
+        ),
+    )
     id: int | None = Field(default=None, primary_key=True)
     data_file_id: str = Field(foreign_key="datafile.id", index=True, ondelete="CASCADE")
     destination_id: int = Field(foreign_key="destination.id", index=True, ondelete="CASCADE")
@@ -431,6 +463,9 @@ class DataTransfer(DataTransferBase, table=True):
     rate: float | None = Field(default=None, description="bytes per second")
     start_count: int = 0
     requeue_count: int = 0
+    retry_at: datetime | None = Field(
+        default=None, sa_type=UTCDateTime, description="not started again before (failed cycle)"
+    )
     last_error: str | None = None
     workflow_id: str | None = None
     deleted: bool = False
@@ -449,5 +484,6 @@ class DataTransferPublic(DataTransferBase):
     rate: float | None
     start_count: int
     requeue_count: int
+    retry_at: datetime | None = None
     last_error: str | None
     workflow_id: str | None

@@ -23,7 +23,9 @@ from ecpds.workflows.retrieval import RetrievalBatchWorkflow, RetrievalWorkflow
 from ecpds.workflows.transfer import TransferWorkflow
 
 
-def build_worker(client: Client, settings: Settings) -> Worker:
+def build_worker(
+    client: Client, settings: Settings, *, max_concurrent_activities: int = 64
+) -> Worker:
     """A worker for the dissemination queue, with the catalog, store and credential key."""
     activities = DisseminationActivities(
         open_catalog(settings.catalog_url),
@@ -48,6 +50,8 @@ def build_worker(client: Client, settings: Settings) -> Worker:
             activities.load_destination,
             activities.record,
             activities.apply_operation,
+            activities.next_transfers,
+            activities.clean_expired,
             activities.transmit,
             storage.fetch,
             storage.queue_transfers,
@@ -57,7 +61,7 @@ def build_worker(client: Client, settings: Settings) -> Worker:
             storage.backup,
             storage.collect_garbage,
         ],
-        max_concurrent_activities=64,
+        max_concurrent_activities=max_concurrent_activities,
         max_concurrent_workflow_tasks=64,
         max_concurrent_local_activities=64,
         # Transfer workflows are short; a small cache keeps the worker's memory flat.

@@ -1,15 +1,18 @@
 """DestinationWorkflow: the scheduler of one destination (`destination-<name>`).
 
-It owns the queue: orders transfers by (priority, queue time, id), starts at most
-`max_connections` TransferWorkflows at once inside the active window, keeps the fail-over
-state (host to start on, failed cycles, time on a backup host) and runs operations.
+The catalog is its queue: it reads a window of the next ready transfers in order
+(priority, queue time, id), starts at most `max_connections` TransferWorkflows at once
+(and at most a host's own `max_connections` on that host) inside the active window, keeps
+the fail-over state (host to start on, failed cycles, time on a backup host) and runs
+operations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -22,11 +25,14 @@ with workflow.unsafe.imports_passed_through():
         CatalogUpdate,
         DestinationConfig,
         DisseminationActivities,
+        ExpiryRequest,
         OperationRequest,
+        QueueRequest,
         TransferChange,
     )
-    from ecpds.core.dispatch import Command, Enqueue, Operation, QueuedTransfer
+    from ecpds.core.dispatch import Command, Operation, Wake
     from ecpds.core.dispatch import transfer_workflow_id as child_id
+    from ecpds.core.queue import EXPIRED, QueuedTransfer
     from ecpds.workflows.transfer import (
         DATA_FILE_ID,
         DESTINATION,
@@ -38,15 +44,17 @@ with workflow.unsafe.imports_passed_through():
     )
 
 CONFIG_TTL = 30.0  # seconds before the destination's settings are read again
+WINDOW_TTL = 30.0  # seconds before the window is read again (a file deleted meanwhile)
 MAX_HISTORY = 10_000  # events before the scheduler drains and continues as new
+WINDOW = 100  # ready transfers read from the catalog at once (at least 2 x max_connections)
+MAX_WINDOW = 1_000  # ... and at most this many: the read is a marker in the history
 LOCAL = timedelta(seconds=30)
 
 
 @dataclass
 class DestinationState:
-    """What survives continue-as-new."""
+    """What survives continue-as-new: a few numbers, not the queue (the catalog is the queue)."""
 
-    queue: list[QueuedTransfer] = field(default_factory=list)
     failed_cycles: int = 0
     host_index: int = 0
     backup_since: float | None = None
@@ -61,7 +69,12 @@ class DestinationInput:
 
 @dataclass
 class DestinationView:
-    """The scheduler's state, for queries."""
+    """The scheduler's state, for queries.
+
+    `queued` is the window: the next ready transfers in start order (at most the window's
+    size); `waiting` counts every transfer waiting in the catalog, ready or not, up to
+    10,000, as of the scheduler's last read.
+    """
 
     status: str
     queued: list[int]
@@ -69,11 +82,14 @@ class DestinationView:
     failed_cycles: int
     host_index: int
     held: str | None
+    waiting: int = 0
 
 
 @dataclass
 class _Running:
     entry: QueuedTransfer
+    host_index: int  # the host it started on
+    host_id: int
     task: asyncio.Task[None] | None = None
     cancel_as: str | None = None  # the operation that cancelled it
 
@@ -98,7 +114,6 @@ def window_state(now: datetime, start: str | None, end: str | None) -> tuple[boo
 class DestinationWorkflow:
     def __init__(self) -> None:
         self.name = ""
-        self.queue: dict[int, QueuedTransfer] = {}
         self.running: dict[int, _Running] = {}
         self.commands: list[Command] = []
         self.changes: list[TransferChange] = []
@@ -108,14 +123,29 @@ class DestinationWorkflow:
         self.written_status: str | None = None
         self.written_hold: bool | None = None
         self.wake = False
+        # The window: the next ready transfers, as the catalog gave them.
+        self.window: deque[QueuedTransfer] = deque()
+        self.complete = False  # the window held every ready transfer when it was read
+        self.waiting = 0
+        self.next_ready: float | None = None
+        self.read_at = float("-inf")
+        self.stale = True  # the catalog may have changed in a way the window does not show
+        self.reading = False
+        self.retry_now = False
+        # Transfers whose workflow an earlier run started and still runs: left alone a while.
+        self.elsewhere: dict[int, float] = {}
 
     # --- messages ---------------------------------------------------------------------
 
-    @workflow.signal
-    def enqueue(self, batch: Enqueue) -> None:
-        for entry in batch.transfers:
-            if entry.id not in self.running and entry.id not in self.queue:
-                self.queue[entry.id] = entry
+    @workflow.signal(name="wake")
+    def wake_up(self, wake: Wake) -> None:
+        """New work in the catalog: read the window again only if it may change it."""
+        if self.reading:
+            self.stale = True  # the read under way may have missed it
+        elif wake.ready_at > self._now():
+            self.next_ready = min(self.next_ready or wake.ready_at, wake.ready_at)
+        elif self.complete or not self.window or wake.order < self.window[-1].order:
+            self.stale = True
         self.wake = True
 
     @workflow.signal
@@ -127,11 +157,12 @@ class DestinationWorkflow:
     def view(self) -> DestinationView:
         return DestinationView(
             status=self._status(),
-            queued=[e.id for e in sorted(self.queue.values(), key=lambda e: e.order)],
+            queued=[e.id for e in self.window],
             running=sorted(self.running),
             failed_cycles=self.state.failed_cycles,
             host_index=self.state.host_index,
             held=self.state.held,
+            waiting=self.waiting,
         )
 
     # --- main loop --------------------------------------------------------------------
@@ -141,15 +172,13 @@ class DestinationWorkflow:
         self.name = request.destination
         if request.state is not None:
             self.state = request.state
-            for entry in request.state.queue:
-                self.queue.setdefault(entry.id, entry)
         await self._load_config()
         if self.config.on_hold and self.state.held is None:
             self.state.held = "operator"
         while True:
             # Cleared before the work, so a signal or a finished transfer during it loops again.
             self.wake = False
-            if self._now() - self.loaded_at >= CONFIG_TTL and (self.queue or self.commands):
+            if self._now() - self.loaded_at >= CONFIG_TTL and (self.waiting or self.commands):
                 await self._load_config()
             while self.commands:
                 await self._run_command(self.commands.pop(0))
@@ -158,11 +187,10 @@ class DestinationWorkflow:
                 or workflow.info().is_continue_as_new_suggested()
             )
             if not draining:
-                self._start_ready()
+                await self._start_ready()
             await self._flush()
             if draining and not self.running and not self.commands and not self.changes:
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                self.state.queue = list(self.queue.values())
                 workflow.continue_as_new(DestinationInput(self.name, self.state))
             timeout = self._next_wake()
             with contextlib.suppress(TimeoutError):
@@ -190,15 +218,21 @@ class DestinationWorkflow:
             return "Running"
         if self.state.failed_cycles:
             return "Retrying"
-        return "Waiting" if self.queue else "Idle"
+        return "Waiting" if self.waiting else "Idle"
 
     async def _flush(self) -> None:
         """Write the statuses decided since the last flush in one local activity."""
         status = self._status()
         hold = self.state.held is not None
-        if not self.changes and status == self.written_status and hold == self.written_hold:
+        if (
+            not self.changes
+            and not self.retry_now
+            and status == self.written_status
+            and hold == self.written_hold
+        ):
             return
         changes, self.changes = self.changes, []
+        retry_now, self.retry_now = self.retry_now, False
         await workflow.execute_local_activity_method(
             DisseminationActivities.record,
             CatalogUpdate(
@@ -206,6 +240,7 @@ class DestinationWorkflow:
                 changes,
                 destination_status=status if status != self.written_status else None,
                 on_hold=hold if hold != self.written_hold else None,
+                retry_now=retry_now,
             ),
             start_to_close_timeout=LOCAL,
         )
@@ -214,56 +249,114 @@ class DestinationWorkflow:
     def _next_wake(self) -> float | None:
         """Seconds until something may start without a signal; None when only a signal can."""
         config = self.config
-        if not self.queue or self.state.held is not None or not config.active or not config.hosts:
+        if not self._can_start() or self._free() <= 0:
             return None
-        if len(self.running) >= config.max_connections:
+        times = [t for t in (self.next_ready, *self.elsewhere.values()) if t is not None]
+        if not self.waiting and not times:
             return None
         inside, opens_in = window_state(workflow.now(), config.active_from, config.active_until)
         if not inside:
             return opens_in
-        return min(max(e.scheduled, e.not_before) for e in self.queue.values()) - self._now()
+        return min(times) - self._now() if times else None
+
+    # --- the queue --------------------------------------------------------------------
+
+    def _can_start(self) -> bool:
+        config = self.config
+        return self.state.held is None and config.exists and config.active and bool(config.hosts)
+
+    def _must_read(self) -> bool:
+        now = self._now()
+        return (
+            self.stale
+            or (not self.window and not self.complete)
+            or (self.next_ready is not None and now >= self.next_ready)
+            or (bool(self.window) and now - self.read_at >= WINDOW_TTL)
+            or any(until <= now for until in self.elsewhere.values())
+        )
+
+    async def _read(self, *, drop_expired: bool) -> None:
+        """Read the window again from the catalog, after writing what is still to write."""
+        # Cleared first: whatever happens during the read makes the next one necessary.
+        self.stale = False
+        await self._flush()
+        now = self._now()
+        self.elsewhere = {tid: until for tid, until in self.elsewhere.items() if until > now}
+        self.reading = True
+        try:
+            found = await workflow.execute_local_activity_method(
+                DisseminationActivities.next_transfers,
+                QueueRequest(
+                    destination_id=self.config.id,
+                    now=now,
+                    limit=min(max(WINDOW, 2 * self.config.max_connections), MAX_WINDOW),
+                    exclude=sorted({*self.running, *self.elsewhere}),
+                    drop_expired=drop_expired,
+                ),
+                start_to_close_timeout=LOCAL,
+            )
+        finally:
+            self.reading = False
+        self.window = deque(found.transfers)
+        self.complete = found.complete
+        self.waiting = found.waiting
+        self.next_ready = found.next_ready
+        self.read_at = now
+
+    def _free(self) -> int:
+        """Connections free on the destination and on the host a transfer would start on."""
+        config = self.config
+        free = config.max_connections - len(self.running)
+        if config.hosts:
+            host = config.hosts[self.state.host_index % len(config.hosts)]
+            if host.max_connections:
+                busy = sum(1 for r in self.running.values() if r.host_id == host.id)
+                free = min(free, host.max_connections - busy)
+        return free
 
     # --- scheduling -------------------------------------------------------------------
 
-    def _start_ready(self) -> None:
+    async def _start_ready(self) -> None:
         config = self.config
-        if self.state.held or not config.exists or not config.active or not config.hosts:
+        if not self._can_start():
+            if self.stale:
+                await self._read(drop_expired=False)  # so that the view shows the queue
             return
-        now = self._now()
         if not window_state(workflow.now(), config.active_from, config.active_until)[0]:
+            if self.stale:
+                await self._read(drop_expired=False)
             return
         if (
             self.state.backup_since is not None
-            and now - self.state.backup_since >= config.reset_frequency
+            and self._now() - self.state.backup_since >= config.reset_frequency
         ):
             self.state.host_index, self.state.backup_since = 0, None
-        free = config.max_connections - len(self.running)
-        ready = sorted(
-            (e for e in self.queue.values() if max(e.scheduled, e.not_before) <= now),
-            key=lambda e: e.order,
-        )
-        for entry in ready:
-            if entry.expires <= now:
-                del self.queue[entry.id]
+        while self._free() > 0:
+            if self._must_read():
+                await self._read(drop_expired=True)
+                if not self._can_start():
+                    return
+                continue
+            if not self.window:
+                return
+            entry = self.window.popleft()
+            self.waiting = max(self.waiting - 1, 0)
+            if entry.expires <= self._now():
                 self.changes.append(
-                    TransferChange(
-                        entry.id, "STOP", last_error="expired before it was sent", finished=True
-                    )
+                    TransferChange(entry.id, "STOP", last_error=EXPIRED, finished=True)
                 )
                 continue
-            if free <= 0:
-                break
-            free -= 1
-            del self.queue[entry.id]
-            entry.start_count += 1
-            running = _Running(entry)
-            self.running[entry.id] = running
-            running.task = asyncio.create_task(self._run_transfer(running))
+            self._start(entry)
+
+    def _start(self, entry: QueuedTransfer) -> None:
+        entry.start_count += 1
+        index = self.state.host_index % len(self.config.hosts)
+        running = _Running(entry, index, self.config.hosts[index].id)
+        self.running[entry.id] = running
+        running.task = asyncio.create_task(self._run_transfer(running))
 
     async def _run_transfer(self, running: _Running) -> None:
         entry = running.entry
-        hosts = self.config.hosts
-        first = self.state.host_index % len(hosts)
         try:
             result = await workflow.execute_child_workflow(
                 TransferWorkflow.run,
@@ -272,8 +365,8 @@ class DestinationWorkflow:
                     destination=self.name,
                     priority=entry.priority,
                     start_count=entry.start_count,
-                    hosts=hosts,
-                    first_host=first,
+                    hosts=self.config.hosts,
+                    first_host=running.host_index,
                     size=entry.size,
                 ),
                 id=child_id(self.name, entry.id),
@@ -299,6 +392,7 @@ class DestinationWorkflow:
         except WorkflowAlreadyStartedError:
             # Started by an earlier run of this scheduler: it records its own outcome.
             del self.running[entry.id]
+            self.elsewhere[entry.id] = self._now() + WINDOW_TTL
             self.wake = True
             return
         del self.running[entry.id]
@@ -320,48 +414,50 @@ class DestinationWorkflow:
         """A full cycle over the hosts failed: wait, re-queue for later, hold or fail."""
         config, now = self.config, self._now()
         self.state.failed_cycles += 1
+        self.stale = True  # it is back in the queue, perhaps ready at once
         if self.state.failed_cycles > config.retry_count:
             self.state.held = "failures"
-            entry.not_before = 0.0
-            self.queue[entry.id] = entry
             self.changes.append(
                 TransferChange(entry.id, "WAIT", last_error=error, start_count=entry.start_count)
             )
         elif entry.start_count >= config.max_start:
-            entry.requeue_count += 1
-            if entry.requeue_count > config.max_requeue:
+            requeue_count = entry.requeue_count + 1
+            if requeue_count > config.max_requeue:
                 self.changes.append(
                     TransferChange(
                         entry.id,
                         "FAIL",
                         last_error=error,
-                        requeue_count=entry.requeue_count,
+                        requeue_count=requeue_count,
                         finished=True,
                     )
                 )
                 return
-            entry.start_count = 0
-            entry.not_before = now + config.start_frequency
-            self.queue[entry.id] = entry
             self.changes.append(
                 TransferChange(
                     entry.id,
                     "RETR",
                     last_error=error,
                     start_count=0,
-                    requeue_count=entry.requeue_count,
+                    requeue_count=requeue_count,
+                    retry_at=now + config.start_frequency,
                 )
             )
         else:
-            entry.not_before = now + config.retry_frequency
-            self.queue[entry.id] = entry
             self.changes.append(
-                TransferChange(entry.id, "WAIT", last_error=error, start_count=entry.start_count)
+                TransferChange(
+                    entry.id,
+                    "WAIT",
+                    last_error=error,
+                    start_count=entry.start_count,
+                    retry_at=now + config.retry_frequency,
+                )
             )
 
     # --- operations -------------------------------------------------------------------
 
     async def _run_command(self, command: Command) -> None:
+        self.stale = True
         op = Operation(command.operation)
         if op is Operation.HOLD:
             self.state.held = "operator"
@@ -369,19 +465,20 @@ class DestinationWorkflow:
             self.state.held = None
             self.state.failed_cycles = 0
             self.state.host_index, self.state.backup_since = 0, None
-            for entry in self.queue.values():
-                entry.not_before = 0.0
+            for change in self.changes:
+                change.retry_at = None
+            self.retry_now = True
             if command.immediate:
                 for running in self.running.values():
                     self._cancel(running, "restart")
             await self._load_config()
         elif op is Operation.CLEAN_EXPIRED:
-            now = self._now()
-            for entry in [e for e in self.queue.values() if e.expires <= now]:
-                del self.queue[entry.id]
-                self.changes.append(
-                    TransferChange(entry.id, "STOP", last_error="expired", finished=True)
-                )
+            await self._flush()
+            await workflow.execute_local_activity_method(
+                DisseminationActivities.clean_expired,
+                ExpiryRequest(self.config.id, self._now(), sorted(self.running)),
+                start_to_close_timeout=LOCAL,
+            )
         elif command.transfer_id is not None:
             await self._transfer_command(op, command.transfer_id, command.value)
 
@@ -391,24 +488,18 @@ class DestinationWorkflow:
             if running is not None:
                 self._cancel(running, op.value)
                 return
-            self.queue.pop(transfer_id, None)
             self.changes.append(_stopped(transfer_id, op.value))
             return
         if running is not None:
             if op is Operation.REQUEUE:
                 self._cancel(running, op.value)
             return
-        entry = await workflow.execute_local_activity_method(
+        await self._flush()  # a stop decided just before must not overwrite this change
+        await workflow.execute_local_activity_method(
             DisseminationActivities.apply_operation,
             OperationRequest(transfer_id, op.value, value),
             start_to_close_timeout=LOCAL,
         )
-        if entry is None:
-            return
-        old = self.queue.get(transfer_id)
-        if old is not None and op in (Operation.PRIORITY, Operation.EXTEND):
-            entry.not_before, entry.start_count = old.not_before, old.start_count
-        self.queue[transfer_id] = entry
 
     def _cancel(self, running: _Running, operation: str) -> None:
         if running.cancel_as is None and running.task is not None:
@@ -419,21 +510,18 @@ class DestinationWorkflow:
         """A running transfer an operator cancelled: stop it, or put it back in the queue."""
         entry, operation = running.entry, running.cancel_as
         if operation == Operation.REQUEUE.value:
-            requeued = await workflow.execute_local_activity_method(
+            await workflow.execute_local_activity_method(
                 DisseminationActivities.apply_operation,
                 OperationRequest(entry.id, operation),
                 start_to_close_timeout=LOCAL,
             )
-            if requeued is not None:
-                self.queue[entry.id] = requeued
         elif operation == "restart":
-            entry.not_before = 0.0
-            self.queue[entry.id] = entry
             self.changes.append(
                 TransferChange(entry.id, "WAIT", last_error="interrupted by an immediate restart")
             )
         else:
             self.changes.append(_stopped(entry.id, operation or Operation.STOP.value))
+        self.stale = True
 
 
 def _stopped(transfer_id: int, operation: str) -> TransferChange:

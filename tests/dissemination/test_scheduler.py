@@ -52,8 +52,10 @@ async def test_priority_order_under_max_connections(dissemination: Dissemination
     ids = []
     for i, priority in enumerate([50, 10, 99, 10, 0]):
         ids += await env.put(dest, f"f{i}", b"x" * 1000, priority=priority)
-    view = await env.view(dest)
+    # The scheduler reads its window from the catalog after each wake-up signal.
+    view = await env.wait_view(dest, lambda view: len(view.queued) == 5)
     assert view.queued == [ids[4], ids[1], ids[3], ids[0], ids[2]] and view.running == []
+    assert view.waiting == 5
     assert all(t.status == "WAIT" for t in env.transfers(ids))
     await env.dispatcher.operate_destination(dest, Operation.RESTART)
     await env.wait_for(ids, "DONE")
