@@ -2,7 +2,7 @@
 
 Revision ID: 0003_queue
 Revises: 0002_portal
-Create Date: 2026-12-04 09:00:00
+Create Date: 2026-12-02 02:00:00
 """
 
 from collections.abc import Sequence
