@@ -18,7 +18,15 @@ from ecpds.core.store import Store
 
 PG_URL = os.environ.get("ECPDS_TEST_DATABASE_URL", "")
 
-pytest_plugins = ["peers.sshd", "peers.ftp", "peers.httpd", "peers.s3", "peers.azure", "peers.gcs"]
+pytest_plugins = [
+    "peers.sshd",
+    "peers.ftp",
+    "peers.vsftpd",
+    "peers.httpd",
+    "peers.s3",
+    "peers.azure",
+    "peers.gcs",
+]
 
 
 @pytest.fixture(scope="session")

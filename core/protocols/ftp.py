@@ -8,8 +8,10 @@ connection, all of which dissemination needs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ftplib
 import posixpath
+import socket
 import ssl
 from collections.abc import Iterable
 
@@ -24,6 +26,7 @@ class Options(CommonOptions):
     passive: bool = True
     verify_tls: bool = True  # ftps: check the server certificate
     ca_file: str | None = None  # ftps: trust this CA bundle instead of the system's
+    tls13: bool = True  # ftps: offer TLS 1.3; false works around servers whose TLS 1.3 is broken
 
 
 def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
@@ -34,6 +37,20 @@ def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
             f"{url.where}: {url.scheme} user {url.user!r} needs a password credential",
             retryable=False,
         )
+
+
+class _FtpTls(ftplib.FTP_TLS):
+    """FTP_TLS whose data connections resume the control connection's TLS session, as
+    many servers insist (vsftpd's default `require_ssl_reuse`, FileZilla Server)."""
+
+    def ntransfercmd(
+        self, cmd: str, rest: int | str | None = None
+    ) -> tuple[socket.socket, int | None]:
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:  # type: ignore[attr-defined]
+            session = getattr(self.sock, "session", None)
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+        return conn, size
 
 
 def _reply_code(exc: BaseException) -> str:
@@ -49,7 +66,14 @@ class FtpRemote(Remote):
 
     def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
         self.ftp.voidcmd("TYPE I")
-        conn = self.ftp.transfercmd(f"STOR {path}", rest=offset or None)
+        try:
+            conn = self.ftp.transfercmd(f"STOR {path}", rest=offset or None)
+        except ftplib.error_perm as exc:
+            # Servers word a missing folder many ways (vsftpd: "553 Could not create file"):
+            # look, so that the message says what is wrong.
+            if _reply_code(exc) in ("550", "553") and not self._folder_exists(path):
+                raise FileNotFoundError(errno.ENOENT, " ".join(str(exc).split())) from exc
+            raise
         written = 0
         try:
             for chunk in chunks:
@@ -71,6 +95,16 @@ class FtpRemote(Remote):
             conn.close()
         self.ftp.voidresp()
         return written
+
+    def _folder_exists(self, path: str) -> bool:
+        """Whether the folder of `path` is there (the working folder is left as it was)."""
+        here = self.ftp.pwd()
+        try:
+            self.ftp.cwd(posixpath.dirname(path) or "/")
+        except ftplib.error_perm:
+            return False
+        self.ftp.cwd(here)
+        return True
 
     def _rename(self, source: str, dest: str) -> None:
         try:
@@ -106,6 +140,9 @@ class FtpRemote(Remote):
             return f"authentication failed for user {self.url.user or 'anonymous'!r}", True
         if code in ("452", "552") or "space" in text.lower():
             return f"remote disk full ({text})", True
+        if code == "451" and "writing" in text.lower():
+            # vsftpd's answer when its write fails, which is nearly always ENOSPC or EDQUOT
+            return f"remote disk full or another write error on the server ({text})", True
         if code.startswith("4"):
             return f"temporary failure ({text})", True
         if code == "550" and "no such file" in text.lower():
@@ -134,6 +171,8 @@ class FtpRemote(Remote):
 
 def _tls_context(options: Options) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=options.ca_file)
+    if not options.tls13:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
     if not options.verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -145,7 +184,7 @@ def connect(
 ) -> FtpRemote:
     ftp: ftplib.FTP
     if url.scheme == "ftps":
-        ftp = ftplib.FTP_TLS(context=_tls_context(options), timeout=options.timeout)
+        ftp = _FtpTls(context=_tls_context(options), timeout=options.timeout)
     else:
         ftp = ftplib.FTP(timeout=options.timeout)
     remote = FtpRemote(host_name, url, options, ftp)

@@ -134,8 +134,14 @@ class HttpRemote(Remote):
         for part in [p for p in folder.split("/") if p]:
             current = f"{current}/{part}"
             response = self.client.request("MKCOL", self._href(current) + "/")
-            # 405: the collection exists already
-            self._expect(response, 201, 405)
+            # 405: the collection exists already. Another transfer may have made it in the
+            # meantime, which some servers answer with an error: it is there all the same.
+            if response.status_code not in (201, 405) and not self._collection(current):
+                self._expect(response, 201, 405)
+
+    def _collection(self, path: str) -> bool:
+        response = self.client.request("PROPFIND", self._href(path) + "/", headers={"Depth": "0"})
+        return response.status_code == 207
 
     def _size(self, path: str) -> int | None:
         response = self.client.head(self._href(path))

@@ -10,6 +10,7 @@ command -v rclone >/dev/null || need+=(rclone)
 command -v curl >/dev/null || need+=(curl)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v lbzip2 >/dev/null || need+=(lbzip2)
+command -v vsftpd >/dev/null || [ -x /usr/sbin/vsftpd ] || need+=(vsftpd)
 command -v openssl >/dev/null || need+=(openssl)
 command -v npm >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

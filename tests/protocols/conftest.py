@@ -90,6 +90,7 @@ def _ftp_peer(server: FtpServer) -> Iterator[Peer]:
     name = f"c-{uuid.uuid4().hex[:8]}"
     folder = server.root / name
     folder.mkdir()
+    folder.chmod(0o777)  # vsftpd writes as a local user, not as the tests' user
     options = {"ca_file": server.ca_file} if server.ca_file else {}
     with small_disk(server.root / f"{name}-full") as full:
         yield Peer(
@@ -116,6 +117,12 @@ def ftp_peer(ftp_server: FtpServer) -> Iterator[Peer]:
 @pytest.fixture
 def ftps_peer(ftps_server: FtpServer) -> Iterator[Peer]:
     yield from _ftp_peer(ftps_server)
+
+
+@pytest.fixture
+def ftps_vsftpd_peer(vsftpd_server: FtpServer) -> Iterator[Peer]:
+    """vsftpd insisting on TLS session reuse on the data channel, as it does by default."""
+    yield from _ftp_peer(vsftpd_server)
 
 
 def _http_peer(server: HttpServer, options: dict) -> Iterator[Peer]:

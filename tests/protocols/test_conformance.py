@@ -6,6 +6,7 @@ to PEERS.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ PEERS = [
     "sftp_asyncssh_peer",
     "ftp_peer",
     "ftps_peer",
+    "ftps_vsftpd_peer",
     "webdav_peer",
     "https_put_peer",
     "https_post_peer",
@@ -162,6 +164,21 @@ def test_interrupted_upload_resumes_or_restarts(peer: Peer, objects: tuple[Store
     assert result.md5 == hashlib.md5(data).hexdigest()
     assert peer.read("dir/resume.bin") == data
     assert peer.names() == ["dir/resume.bin"]
+
+
+def test_parallel_uploads_into_a_new_folder(peer: Peer, objects: tuple[Store, dict]) -> None:
+    """Transfers of one destination run side by side, each making the same missing folders."""
+    store, made = objects
+    object_id, data, adler = made["small"]
+    targets = [f"new/deep/f{n}.bin" for n in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+        sent = pool.map(
+            lambda target: _send(store, peer, _request(peer, object_id, len(data), adler, target)),
+            targets,
+        )
+        assert all(result.remote_size == len(data) for result in sent)
+    assert peer.names() == sorted(targets)
+    assert all(peer.read(target) == data for target in targets)
 
 
 def test_compressed_delivery(peer: Peer, objects: tuple[Store, dict]) -> None:

@@ -189,3 +189,15 @@ def test_connections_are_reused_and_dead_ones_replaced(store: Store, ftp_server:
         "three.bin",
         "two.bin",
     ]
+
+
+def test_ftps_tls13_can_be_turned_off(ftps_server: FtpServer) -> None:
+    """For servers whose TLS 1.3 is broken (rclone has the same switch)."""
+    from ecpds.core.protocols import open_remote
+
+    url, creds = ftps_server.url(""), {"password": ftps_server.password}
+    seen = []
+    for options in ({}, {"tls13": False}):
+        with open_remote("h1", url, {"ca_file": ftps_server.ca_file, **options}, creds) as remote:
+            seen.append(remote.ftp.sock.version())
+    assert seen == ["TLSv1.3", "TLSv1.2"]
