@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import getpass
 import json
 import os
 import resource
@@ -90,11 +91,10 @@ def ftp_server(folders: Folders, scheme: str) -> Iterator[Server]:
         options: dict[str, Any] = {"ca_file": ftp.ca_file} if ftp.ca_file else {}
         also = {}
         if scheme == "ftps":
-            # Over TLS 1.3 rclone 1.60 loses the tail of a file sent to pyftpdlib. ecpds is
-            # compared on the same TLS 1.2, and measured on TLS 1.3 (its default) beside.
+            # Over TLS 1.3 rclone 1.60 loses the tail of a file sent to pyftpdlib, so it runs
+            # on TLS 1.2; ecpds runs on its default, TLS 1.3, and on TLS 1.2 beside.
             env |= {"EXPLICIT_TLS": "true", "NO_CHECK_CERTIFICATE": "true", "DISABLE_TLS13": "true"}
-            also = {"tls13": {**options, "tls13": True}}
-            options = {**options, "tls13": False}
+            also = {"tls12": {**options, "tls13": False}}
         yield Server(
             url=ftp.url,
             options=options,
@@ -125,8 +125,70 @@ def sftp_server(folders: Folders) -> Iterator[Server]:
         )
 
 
+DAV_EXT = "/usr/lib/nginx/modules/ngx_http_dav_ext_module.so"  # Debian: libnginx-mod-http-dav-ext
+
+
+@contextlib.contextmanager
+def nginx_webdav(folders: Folders) -> Iterator[Server]:
+    """nginx as a WebDAV server: in C, so that the clients, not the server, set the pace."""
+    from ecpds.core.devserver import free_port, wait_for_port
+
+    base = folders.mktemp("nginx")
+    root, scratch = base / "root", base / "body"
+    for folder in (root, scratch):
+        folder.mkdir()
+    port = free_port()
+    # Workers as the benchmark's own user, who owns the folders (ignored unless root).
+    user = f"user {getpass.getuser()};" if os.geteuid() == 0 else ""
+    (base / "nginx.conf").write_text(
+        f"""load_module {DAV_EXT};
+{user}
+worker_processes 1;
+daemon off;
+pid {base}/nginx.pid;
+error_log {base}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {scratch};
+  client_max_body_size 0;
+  server {{
+    listen 127.0.0.1:{port};
+    root {root};
+    location / {{
+      dav_methods PUT DELETE MKCOL COPY MOVE;
+      dav_ext_methods PROPFIND OPTIONS;
+      create_full_put_path on;
+      dav_access user:rw group:rw all:r;
+    }}
+  }}
+}}
+"""
+    )
+    log = (base / "out.log").open("wb")
+    proc = subprocess.Popen(["nginx", "-c", str(base / "nginx.conf"), "-p", str(base)],
+                            stdout=log, stderr=log)  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, timeout=20, proc=proc)
+        yield Server(
+            url=lambda name: f"http://127.0.0.1:{port}/{name}",
+            options={"method": "webdav"},
+            credentials={},
+            rclone_env={"TYPE": "webdav", "URL": f"http://127.0.0.1:{port}/", "VENDOR": "other"},
+            note="WebDAV (nginx)",
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
 @contextlib.contextmanager
 def http_server(folders: Folders) -> Iterator[Server]:
+    if shutil.which("nginx") and os.path.exists(DAV_EXT):
+        with nginx_webdav(folders) as server:
+            yield server
+        return
     from peers.httpd import _serve
 
     with contextlib.contextmanager(_serve)(folders.mktemp("webdav"), "webdav", False) as web:
