@@ -53,7 +53,7 @@ def _run(*args: str, stdin: str | None = None) -> None:
     subprocess.run(args, input=stdin, text=True, check=True, capture_output=True)
 
 
-def _password_user() -> str | None:
+def make_password_user() -> str | None:
     """The password-login user, created once when we are root; None otherwise."""
     if os.geteuid() != 0 or not shutil.which("useradd"):
         return None
@@ -85,7 +85,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         text=True,
         check=True,
     ).stdout.split()[1]
-    password_user = _password_user()
+    password_user = make_password_user()
     # pytest's own tmp folders are private to us; the password user needs a way in.
     root = Path(tempfile.mkdtemp(prefix="ecpds-sftp-"))
     root.chmod(0o755)

@@ -14,7 +14,7 @@ import pytest
 
 from ecpds.core.devserver import free_port, wait_for_port
 from peers.ftp import FtpServer
-from peers.sshd import PASSWORD, _password_user
+from peers.sshd import PASSWORD, make_password_user
 from peers.tls import self_signed
 
 VSFTPD = shutil.which("vsftpd") or "/usr/sbin/vsftpd"
@@ -24,7 +24,7 @@ VSFTPD = shutil.which("vsftpd") or "/usr/sbin/vsftpd"
 def vsftpd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FtpServer]:
     if not os.path.exists(VSFTPD):
         pytest.skip("vsftpd is not installed (run tests/peers/install.sh)")
-    user = _password_user()
+    user = make_password_user()
     if user is None:
         pytest.skip("vsftpd logs in local users: the tests must run as root to make one")
     base = tmp_path_factory.mktemp("vsftpd")
