@@ -631,7 +631,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 MiB and 100 small files")
     parser.add_argument("--protocols", default=",".join(PROTOCOLS), help="comma-separated")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of each tool, alternating; the best counts"
+        "--repeat", type=int, default=5, help="runs of each tool, alternating; the best counts"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
