@@ -81,15 +81,18 @@ class FtpRemote(Remote):
                 written += len(chunk)
             if isinstance(conn, ssl.SSLSocket):
                 conn.unwrap()
-        except OSError as exc:
+        except BaseException as exc:
             conn.close()
-            # The server dropped the data connection: its reply says why (disk full...).
+            # Wait for the server's reply to the broken transfer: it comes once the server
+            # has written what reached it, so the partial file's size is settled for a
+            # resume, and when the server dropped the connection it says why (disk full...).
             if self.ftp.sock is not None:
                 self.ftp.sock.settimeout(5)
             try:
                 self.ftp.voidresp()
             except (ftplib.Error, OSError, EOFError) as reason:
-                raise reason from exc
+                if isinstance(exc, OSError):
+                    raise reason from exc
             raise
         finally:
             conn.close()
