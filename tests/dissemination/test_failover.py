@@ -14,7 +14,7 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType
 
 from ecpds.core.devserver import free_port
-from ecpds.core.dispatch import Operation, transfer_workflow_id
+from ecpds.core.engine import Operation, transfer_workflow_id
 from ecpds.workers.worker import build_worker
 
 from .conftest import Dissemination

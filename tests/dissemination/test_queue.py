@@ -11,7 +11,7 @@ from sqlmodel import select
 from temporalio.api.enums.v1 import EventType
 
 from ecpds.core.db import session_scope
-from ecpds.core.dispatch import Operation, destination_workflow_id
+from ecpds.core.engine import Operation, destination_workflow_id
 from ecpds.core.models import DataTransfer, Host, TransferStatus, utcnow
 from ecpds.core.queue import WAITING_COUNT
 
