@@ -209,13 +209,15 @@ async def small_transfers(
 
 
 async def bare_workflows(client: Client, count: int) -> float:
+    from bare import BareWorkflow  # type: ignore[import-not-found]
+
     run = f"bare-{time.time_ns()}"
     started = time.monotonic()
     handles = []
     for start in range(0, count, 100):
         handles += await asyncio.gather(
             *(
-                client.start_workflow("BareWorkflow", i, id=f"{run}-{i}", task_queue=BARE_QUEUE)
+                client.start_workflow(BareWorkflow.run, i, id=f"{run}-{i}", task_queue=BARE_QUEUE)
                 for i in range(start, min(count, start + 100))
             )
         )

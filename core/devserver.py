@@ -9,13 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-# Custom search attributes that make transfers findable in the Temporal Web UI.
-SEARCH_ATTRIBUTES = {
-    "Destination": "Keyword",
-    "DataFileId": "Keyword",
-    "TransferStatus": "Keyword",
-    "Priority": "Int",
-}
+from temporalio.common import SearchAttributeIndexedValueType as Kind
+
+from ecpds.core.engine import SEARCH_ATTRIBUTES
+
+# The type names `temporal server start-dev --search-attribute NAME=TYPE` takes.
+_KINDS = {Kind.KEYWORD: "Keyword", Kind.INT: "Int"}
 
 
 class DevServerError(Exception):
@@ -63,8 +62,8 @@ def dev_server_command(db_file: Path, port: int, ui_port: int, *, ui: bool = Tru
     ]
     if not ui:
         cmd.append("--headless")
-    for name, kind in SEARCH_ATTRIBUTES.items():
-        cmd += ["--search-attribute", f"{name}={kind}"]
+    for key in SEARCH_ATTRIBUTES:
+        cmd += ["--search-attribute", f"{key.name}={_KINDS[key.indexed_value_type]}"]
     return cmd
 
 

@@ -2,7 +2,9 @@
 
 The catalog is the queue. `TemporalDispatcher.queue` only wakes (and starts if needed)
 `destination-<name>`, telling it where the best of the new work ranks; operations on
-destinations and transfers travel the same way.
+destinations and transfers travel the same way. Workflows are named by their registered
+types and typed inputs from `core.engine`: core, and the activities that use this
+dispatcher, never import a workflow module (workflows import activities).
 """
 
 from __future__ import annotations
@@ -10,84 +12,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
-from dataclasses import dataclass
-from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy import Engine
 from sqlmodel import col, select
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from ecpds.core.db import session_scope
+from ecpds.core.engine import (
+    COMMAND_SIGNAL,
+    DATA_FILE_ID,
+    DESTINATION_OPERATIONS,
+    DESTINATION_WORKFLOW,
+    REPLICATION_WORKFLOW,
+    WAKE_SIGNAL,
+    Command,
+    DestinationInput,
+    Operation,
+    ReplicationInput,
+    Wake,
+    destination_workflow_id,
+    replication_workflow_id,
+)
 from ecpds.core.models import QUEUED_STATUSES, DataTransfer, Destination
 from ecpds.core.store import Store
 
-DESTINATION_WORKFLOW = "DestinationWorkflow"
-REPLICATION_WORKFLOW = "ReplicationWorkflow"
-DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
 LOOKUP_BATCH = 10_000  # transfer ids per catalog query, well under SQLite's variable limit
-
-
-def destination_workflow_id(name: str) -> str:
-    return f"destination-{name}"
-
-
-def transfer_workflow_id(destination: str, transfer_id: int) -> str:
-    """Derived from the transfer id; the destination in it keeps catalogs apart on one server."""
-    return f"transfer-{destination}-{transfer_id}"
-
-
-class Operation(StrEnum):
-    """Operator actions; the first three act on a destination, the rest on one transfer."""
-
-    HOLD = "hold"
-    RESTART = "restart"
-    CLEAN_EXPIRED = "clean-expired"
-    REQUEUE = "requeue"
-    STOP = "stop"
-    INTERRUPT = "interrupt"
-    SCHEDULE_NOW = "schedule-now"
-    PRIORITY = "priority"
-    EXTEND = "extend"
-    DELETE = "delete"
-
-
-DESTINATION_OPERATIONS = frozenset({Operation.HOLD, Operation.RESTART, Operation.CLEAN_EXPIRED})
-
-
-@dataclass
-class Command:
-    """An operation for a destination's scheduler; `value` is a priority or seconds."""
-
-    operation: str
-    transfer_id: int | None = None
-    value: int | None = None
-    immediate: bool = False
-
-
-@dataclass
-class Wake:
-    """New work for a destination's scheduler, the same size however much was queued.
-
-    `priority`, `queued` and `transfer_id` place the best of it in the queue's order;
-    `ready_at` is the earliest time any of it may start (epoch seconds).
-    """
-
-    priority: int
-    queued: float
-    transfer_id: int
-    ready_at: float
-
-    @property
-    def order(self) -> tuple[int, float, int]:
-        return (self.priority, self.queued, self.transfer_id)
-
-    def joined(self, other: Wake) -> Wake:
-        best = min(self, other, key=lambda wake: wake.order)
-        ready_at = min(self.ready_at, other.ready_at)
-        return Wake(best.priority, best.queued, best.transfer_id, ready_at)
 
 
 class OperationError(Exception):
@@ -106,10 +58,11 @@ class TemporalDispatcher:
         self.task_queue = task_queue
         self.engine = engine
 
-    async def _signal(self, destination: str, signal: str, arg: object) -> None:
+    async def _signal(self, destination: str, signal: str, arg: Wake | Command) -> None:
+        """Signal the destination's scheduler, starting it if it does not run."""
         await self.client.start_workflow(
             DESTINATION_WORKFLOW,
-            {"destination": destination},  # the workflow's DestinationInput
+            DestinationInput(destination),
             id=destination_workflow_id(destination),
             task_queue=self.task_queue,
             start_signal=signal,
@@ -119,7 +72,7 @@ class TemporalDispatcher:
     async def queue(self, transfer_ids: list[int]) -> None:
         """Wake the schedulers of the transfers that wait; a transfer queued twice runs once."""
         for destination, wake in self._wakes(transfer_ids).items():
-            await self._signal(destination, "wake", wake)
+            await self._signal(destination, WAKE_SIGNAL, wake)
 
     async def stored(self, data_file_ids: list[str], store: Store) -> None:
         """Copy new objects to the replica locations and archives, if the site has either.
@@ -134,8 +87,8 @@ class TemporalDispatcher:
         with contextlib.suppress(WorkflowAlreadyStartedError):
             await self.client.start_workflow(
                 REPLICATION_WORKFLOW,
-                {"data_file_ids": data_file_ids},
-                id=f"replication-{data_file_ids[0]}",
+                ReplicationInput(data_file_ids),
+                id=replication_workflow_id(data_file_ids[0]),
                 task_queue=self.task_queue,
                 search_attributes=TypedSearchAttributes(
                     [SearchAttributePair(DATA_FILE_ID, data_file_ids[0])]
@@ -180,7 +133,7 @@ class TemporalDispatcher:
         with session_scope(self.engine) as session:
             if session.exec(select(Destination.id).where(Destination.name == name)).first() is None:
                 raise OperationError(f"destination {name!r} does not exist", 404)
-        await self._signal(name, "command", Command(operation.value, immediate=immediate))
+        await self._signal(name, COMMAND_SIGNAL, Command(operation.value, immediate=immediate))
 
     async def operate_transfer(
         self, transfer_id: int, operation: Operation, *, value: int | None = None
@@ -205,5 +158,7 @@ class TemporalDispatcher:
             if transfer.deleted:
                 raise OperationError(f"transfer {transfer_id} is deleted", 409)
         await self._signal(
-            destination, "command", Command(operation.value, transfer_id=transfer_id, value=value)
+            destination,
+            COMMAND_SIGNAL,
+            Command(operation.value, transfer_id=transfer_id, value=value),
         )

@@ -8,16 +8,15 @@ read costs the same whether 10 or 500,000 transfers wait.
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Integer, String, bindparam, func, literal, text, update
 from sqlmodel import Session, col, select
 
+from ecpds.core.engine import EXPIRED, QueuedTransfer, QueueWindow
 from ecpds.core.models import QUEUED_SQL, DataTransfer, TransferStatus, UTCDateTime
 
 WAITING_COUNT = 10_000  # queue lengths are counted up to this, so a count stays cheap
-EXPIRED = "expired before it was sent"
 
 # SQLite would pick the scheduled-time index for `scheduled <= now` and then sort the whole
 # queue; the hint keeps it on the index that is already in start order. PostgreSQL's
@@ -32,34 +31,6 @@ WHERE destination_id = :destination AND {queued}
 ORDER BY priority, queued, id
 LIMIT :limit OFFSET :offset
 """
-
-
-@dataclass
-class QueuedTransfer:
-    """What the scheduler needs to order and start one transfer (times in epoch seconds)."""
-
-    id: int
-    data_file_id: str
-    priority: int
-    queued: float
-    expires: float
-    start_count: int = 0
-    requeue_count: int = 0
-    size: int = 0  # bytes of the data file
-
-    @property
-    def order(self) -> tuple[int, float, int]:
-        return (self.priority, self.queued, self.id)
-
-
-@dataclass
-class QueueWindow:
-    """The next ready transfers of a destination, in start order, and what else waits."""
-
-    transfers: list[QueuedTransfer]
-    complete: bool  # no other transfer is ready
-    waiting: int  # ready or not, counted up to WAITING_COUNT
-    next_ready: float | None  # no waiting transfer that is not ready now becomes so earlier
 
 
 def next_transfers(

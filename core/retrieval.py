@@ -37,24 +37,8 @@ from ecpds.core.models import (
 from ecpds.core.protocols import HostUrl, ProtocolError, check_host, open_remote, parse_url
 from ecpds.core.secrets import CredentialBox
 
-RETRIEVAL_BATCH_WORKFLOW = "RetrievalBatchWorkflow"
 MAX_SOURCES = 10_000
 BATCH = 1000  # retrievals started by one RetrievalBatchWorkflow
-
-
-def retrieval_workflow_id(data_file_id: str) -> str:
-    return f"retrieval-{data_file_id}"
-
-
-@dataclass
-class RetrievalInput:
-    data_file_id: str
-
-
-@dataclass
-class RetrievalBatch:
-    data_file_ids: list[str]
-    destination: str = ""
 
 
 @dataclass

@@ -18,19 +18,12 @@ from temporalio.client import (
     ScheduleSpec,
 )
 
-from ecpds.workflows.gc import GarbageCollectionWorkflow, GcRequest
-from ecpds.workflows.replication import ReplicationInput, ReplicationWorkflow
+from ecpds.core.engine import ReplicationInput, gc_schedule_id, store_check_schedule_id
+from ecpds.workflows.gc import GarbageCollectionInput, GarbageCollectionWorkflow
+from ecpds.workflows.replication import ReplicationWorkflow
 
 GC_EVERY = timedelta(minutes=10)
 CHECK_EVERY = timedelta(days=1)
-
-
-def gc_schedule_id(task_queue: str) -> str:
-    return f"{task_queue}-garbage-collection"
-
-
-def check_schedule_id(task_queue: str) -> str:
-    return f"{task_queue}-store-check"
 
 
 async def ensure_schedules(client: Client, task_queue: str) -> list[str]:
@@ -40,18 +33,18 @@ async def ensure_schedules(client: Client, task_queue: str) -> list[str]:
             gc_schedule_id(task_queue),
             ScheduleActionStartWorkflow(
                 GarbageCollectionWorkflow.run,
-                GcRequest(),
+                GarbageCollectionInput(),
                 id=gc_schedule_id(task_queue),
                 task_queue=task_queue,
             ),
             GC_EVERY,
         ),
         (
-            check_schedule_id(task_queue),
+            store_check_schedule_id(task_queue),
             ScheduleActionStartWorkflow(
                 ReplicationWorkflow.run,
                 ReplicationInput(check=True),
-                id=check_schedule_id(task_queue),
+                id=store_check_schedule_id(task_queue),
                 task_queue=task_queue,
             ),
             CHECK_EVERY,

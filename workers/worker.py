@@ -8,13 +8,13 @@ import ctypes
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from ecpds.activities.dissemination import DisseminationActivities
+from ecpds.activities.scheduling import SchedulingActivities
 from ecpds.activities.storage import StorageActivities
+from ecpds.activities.transmit import TransmitActivities
 from ecpds.core.db import open_catalog
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
-from ecpds.workers.queues import dissemination_queue
 from ecpds.workers.schedules import ensure_schedules
 from ecpds.workflows.destination import DestinationWorkflow
 from ecpds.workflows.gc import GarbageCollectionWorkflow
@@ -26,18 +26,16 @@ from ecpds.workflows.transfer import TransferWorkflow
 def build_worker(
     client: Client, settings: Settings, *, max_concurrent_activities: int = 64
 ) -> Worker:
-    """A worker for the dissemination queue, with the catalog, store and credential key."""
-    activities = DisseminationActivities(
-        open_catalog(settings.catalog_url),
-        Store(settings.store_urls),
-        CredentialBox(load_or_create_key(settings.key_file)),
-    )
-    storage = StorageActivities(
-        activities.engine, activities.store, activities.box, dissemination_queue(settings)
-    )
+    """A worker for the task queue, with the catalog, store and credential key."""
+    engine = open_catalog(settings.catalog_url)
+    store = Store(settings.store_urls)
+    box = CredentialBox(load_or_create_key(settings.key_file))
+    scheduling = SchedulingActivities(engine)
+    transmit = TransmitActivities(engine, store, box)
+    storage = StorageActivities(engine, store, box, settings.task_queue)
     return Worker(
         client,
-        task_queue=dissemination_queue(settings),
+        task_queue=settings.task_queue,
         workflows=[
             DestinationWorkflow,
             TransferWorkflow,
@@ -47,12 +45,12 @@ def build_worker(
             GarbageCollectionWorkflow,
         ],
         activities=[
-            activities.load_destination,
-            activities.record,
-            activities.apply_operation,
-            activities.next_transfers,
-            activities.clean_expired,
-            activities.transmit,
+            scheduling.load_destination,
+            scheduling.record,
+            scheduling.apply_operation,
+            scheduling.next_transfers,
+            scheduling.clean_expired,
+            transmit.transmit,
             storage.fetch,
             storage.queue_transfers,
             storage.fail_retrieval,
@@ -91,7 +89,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     """Run a worker until `stop` is set (or forever); in-flight activities finish first."""
     tune_memory()
     client = await connect(settings)
-    await ensure_schedules(client, dissemination_queue(settings))
+    await ensure_schedules(client, settings.task_queue)
     worker = build_worker(client, settings)
     async with worker:
         await (stop or asyncio.Event()).wait()

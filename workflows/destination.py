@@ -21,27 +21,33 @@ from temporalio.exceptions import ChildWorkflowError, WorkflowAlreadyStartedErro
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from ecpds.activities.dissemination import (
-        CatalogUpdate,
+    from ecpds.activities.scheduling import (
+        CleanExpiredInput,
         DestinationConfig,
-        DisseminationActivities,
-        ExpiryRequest,
-        OperationRequest,
-        QueueRequest,
+        NextTransfersInput,
+        OperationInput,
+        RecordInput,
+        SchedulingActivities,
         TransferChange,
     )
-    from ecpds.core.dispatch import Command, Operation, Wake
-    from ecpds.core.dispatch import transfer_workflow_id as child_id
-    from ecpds.core.queue import EXPIRED, QueuedTransfer
-    from ecpds.workflows.transfer import (
+    from ecpds.core.engine import (
+        COMMAND_SIGNAL,
         DATA_FILE_ID,
         DESTINATION,
+        DESTINATION_WORKFLOW,
+        EXPIRED,
         PRIORITY,
         TRANSFER_STATUS,
-        TransferInput,
-        TransferWorkflow,
-        task_priority,
+        WAKE_SIGNAL,
+        Command,
+        DestinationInput,
+        DestinationState,
+        Operation,
+        QueuedTransfer,
+        Wake,
     )
+    from ecpds.core.engine import transfer_workflow_id as child_id
+    from ecpds.workflows.transfer import TransferInput, TransferWorkflow, task_priority
 
 CONFIG_TTL = 30.0  # seconds before the destination's settings are read again
 WINDOW_TTL = 30.0  # seconds before the window is read again (a file deleted meanwhile)
@@ -49,22 +55,6 @@ MAX_HISTORY = 10_000  # events before the scheduler drains and continues as new
 WINDOW = 100  # ready transfers read from the catalog at once (at least 2 x max_connections)
 MAX_WINDOW = 1_000  # ... and at most this many: the read is a marker in the history
 LOCAL = timedelta(seconds=30)
-
-
-@dataclass
-class DestinationState:
-    """What survives continue-as-new: a few numbers, not the queue (the catalog is the queue)."""
-
-    failed_cycles: int = 0
-    host_index: int = 0
-    backup_since: float | None = None
-    held: str | None = None  # "operator" or "failures"
-
-
-@dataclass
-class DestinationInput:
-    destination: str
-    state: DestinationState | None = None
 
 
 @dataclass
@@ -110,7 +100,7 @@ def window_state(now: datetime, start: str | None, end: str | None) -> tuple[boo
     return False, (opens - now).total_seconds()
 
 
-@workflow.defn
+@workflow.defn(name=DESTINATION_WORKFLOW)
 class DestinationWorkflow:
     def __init__(self) -> None:
         self.name = ""
@@ -137,7 +127,7 @@ class DestinationWorkflow:
 
     # --- messages ---------------------------------------------------------------------
 
-    @workflow.signal(name="wake")
+    @workflow.signal(name=WAKE_SIGNAL)
     def wake_up(self, wake: Wake) -> None:
         """New work in the catalog: read the window again only if it may change it."""
         if self.reading:
@@ -148,7 +138,7 @@ class DestinationWorkflow:
             self.stale = True
         self.wake = True
 
-    @workflow.signal
+    @workflow.signal(name=COMMAND_SIGNAL)
     def command(self, command: Command) -> None:
         self.commands.append(command)
         self.wake = True
@@ -203,7 +193,7 @@ class DestinationWorkflow:
 
     async def _load_config(self) -> None:
         self.config = await workflow.execute_local_activity_method(
-            DisseminationActivities.load_destination, self.name, start_to_close_timeout=LOCAL
+            SchedulingActivities.load_destination, self.name, start_to_close_timeout=LOCAL
         )
         self.loaded_at = self._now()
 
@@ -234,8 +224,8 @@ class DestinationWorkflow:
         changes, self.changes = self.changes, []
         retry_now, self.retry_now = self.retry_now, False
         await workflow.execute_local_activity_method(
-            DisseminationActivities.record,
-            CatalogUpdate(
+            SchedulingActivities.record,
+            RecordInput(
                 self.name,
                 changes,
                 destination_status=status if status != self.written_status else None,
@@ -285,8 +275,8 @@ class DestinationWorkflow:
         self.reading = True
         try:
             found = await workflow.execute_local_activity_method(
-                DisseminationActivities.next_transfers,
-                QueueRequest(
+                SchedulingActivities.next_transfers,
+                NextTransfersInput(
                     destination_id=self.config.id,
                     now=now,
                     limit=min(max(WINDOW, 2 * self.config.max_connections), MAX_WINDOW),
@@ -475,8 +465,8 @@ class DestinationWorkflow:
         elif op is Operation.CLEAN_EXPIRED:
             await self._flush()
             await workflow.execute_local_activity_method(
-                DisseminationActivities.clean_expired,
-                ExpiryRequest(self.config.id, self._now(), sorted(self.running)),
+                SchedulingActivities.clean_expired,
+                CleanExpiredInput(self.config.id, self._now(), sorted(self.running)),
                 start_to_close_timeout=LOCAL,
             )
         elif command.transfer_id is not None:
@@ -496,8 +486,8 @@ class DestinationWorkflow:
             return
         await self._flush()  # a stop decided just before must not overwrite this change
         await workflow.execute_local_activity_method(
-            DisseminationActivities.apply_operation,
-            OperationRequest(transfer_id, op.value, value),
+            SchedulingActivities.apply_operation,
+            OperationInput(transfer_id, op.value, value),
             start_to_close_timeout=LOCAL,
         )
 
@@ -511,8 +501,8 @@ class DestinationWorkflow:
         entry, operation = running.entry, running.cancel_as
         if operation == Operation.REQUEUE.value:
             await workflow.execute_local_activity_method(
-                DisseminationActivities.apply_operation,
-                OperationRequest(entry.id, operation),
+                SchedulingActivities.apply_operation,
+                OperationInput(entry.id, operation),
                 start_to_close_timeout=LOCAL,
             )
         elif operation == "restart":

@@ -11,12 +11,13 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.storage import GcInput, StorageActivities
+    from ecpds.core.engine import GARBAGE_COLLECTION_WORKFLOW
 
 BATCHES_PER_RUN = 100
 
 
 @dataclass
-class GcRequest:
+class GarbageCollectionInput:
     limit: int = 1000
 
 
@@ -27,10 +28,10 @@ class GcOutput:
     objects: int = 0
 
 
-@workflow.defn
+@workflow.defn(name=GARBAGE_COLLECTION_WORKFLOW)
 class GarbageCollectionWorkflow:
     @workflow.run
-    async def run(self, request: GcRequest) -> GcOutput:
+    async def run(self, request: GarbageCollectionInput) -> GcOutput:
         total = GcOutput()
         for _ in range(BATCHES_PER_RUN):
             report = await workflow.execute_activity_method(

@@ -6,24 +6,16 @@ whole store, reading every copy, and repairs lost or corrupted ones from a good 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.storage import FilePage, ReplicateInput, StorageActivities
+    from ecpds.core.engine import REPLICATION_WORKFLOW, ReplicationInput
 
 PAGES_PER_RUN = 50  # then continue as new, to keep the history short
-
-
-@dataclass
-class ReplicationInput:
-    data_file_ids: list[str] = field(default_factory=list)
-    check: bool = False
-    after: str = ""  # sweep position: the last file id done
-    repaired: int = 0
-    lost: int = 0
 
 
 @dataclass
@@ -33,7 +25,7 @@ class ReplicationOutput:
     lost: int = 0
 
 
-@workflow.defn
+@workflow.defn(name=REPLICATION_WORKFLOW)
 class ReplicationWorkflow:
     @workflow.run
     async def run(self, request: ReplicationInput) -> ReplicationOutput:

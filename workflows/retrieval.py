@@ -13,16 +13,20 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.common import RetryPolicy, SearchAttributePair
 from temporalio.common import TypedSearchAttributes as Attributes
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.storage import FailInput, ReplicateInput, StorageActivities
-    from ecpds.core.retrieval import RetrievalBatch, RetrievalInput, retrieval_workflow_id
-
-DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
-DESTINATION = SearchAttributeKey.for_keyword("Destination")
+    from ecpds.core.engine import (
+        DATA_FILE_ID,
+        DESTINATION,
+        RETRIEVAL_BATCH_WORKFLOW,
+        RETRIEVAL_WORKFLOW,
+        RetrievalBatchInput,
+        retrieval_workflow_id,
+    )
 
 FETCH_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
@@ -30,6 +34,11 @@ FETCH_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=5,
 )
+
+
+@dataclass
+class RetrievalInput:
+    data_file_id: str
 
 
 @dataclass
@@ -47,7 +56,7 @@ def _reason(error: ActivityError) -> str:
     return str(cause or error)
 
 
-@workflow.defn
+@workflow.defn(name=RETRIEVAL_WORKFLOW)
 class RetrievalWorkflow:
     @workflow.run
     async def run(self, request: RetrievalInput) -> RetrievalOutput:
@@ -89,10 +98,10 @@ class RetrievalWorkflow:
         return RetrievalOutput(done=True, size=fetched.size, adler32=fetched.adler32)
 
 
-@workflow.defn
+@workflow.defn(name=RETRIEVAL_BATCH_WORKFLOW)
 class RetrievalBatchWorkflow:
     @workflow.run
-    async def run(self, batch: RetrievalBatch) -> int:
+    async def run(self, batch: RetrievalBatchInput) -> int:
         """Start a RetrievalWorkflow per file (they outlive this one); how many were started."""
 
         async def start(data_file_id: str) -> None:

@@ -10,21 +10,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import Priority, RetryPolicy, SearchAttributeKey
+from temporalio.common import Priority, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from ecpds.activities.dissemination import (
-        DisseminationActivities,
-        HostRef,
-        TransmitInput,
-        TransmitOutput,
-    )
+    from ecpds.activities.scheduling import HostRef
+    from ecpds.activities.transmit import TransmitActivities, TransmitInput, TransmitOutput
+    from ecpds.core.engine import TRANSFER_STATUS, TRANSFER_WORKFLOW
 
-DESTINATION = SearchAttributeKey.for_keyword("Destination")
-DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
-TRANSFER_STATUS = SearchAttributeKey.for_keyword("TransferStatus")
-PRIORITY = SearchAttributeKey.for_int("Priority")
 # Files up to this size go in a local activity: no task-queue round trip, no heartbeats
 # needed. The workflow's own tasks still carry the transfer's priority.
 LOCAL_SEND_LIMIT = 1 << 20
@@ -59,7 +52,7 @@ class TransferOutput:
 # Not sandboxed: thousands of these start per hour, and building a sandbox per run cost
 # as much CPU as the transfer itself (about 25% of the small-transfer rate here). The
 # workflow uses only workflow.* APIs and plain dataclasses, so it is deterministic as is.
-@workflow.defn(sandboxed=False)
+@workflow.defn(name=TRANSFER_WORKFLOW, sandboxed=False)
 class TransferWorkflow:
     @workflow.run
     async def run(self, request: TransferInput) -> TransferOutput:
@@ -94,14 +87,14 @@ class TransferWorkflow:
         )
         if request.size <= LOCAL_SEND_LIMIT:
             return await workflow.execute_local_activity_method(
-                DisseminationActivities.transmit,
+                TransmitActivities.transmit,
                 transmit,
                 start_to_close_timeout=timedelta(minutes=5),
                 retry_policy=retry,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         return await workflow.execute_activity_method(
-            DisseminationActivities.transmit,
+            TransmitActivities.transmit,
             transmit,
             start_to_close_timeout=timedelta(days=1),
             heartbeat_timeout=timedelta(seconds=request.heartbeat_timeout),

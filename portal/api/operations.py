@@ -12,12 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
 
-from ecpds.core.dispatch import (
-    DESTINATION_OPERATIONS,
-    Operation,
-    OperationError,
-    TemporalDispatcher,
-)
+from ecpds.core.dispatch import OperationError, TemporalDispatcher
+from ecpds.core.engine import DESTINATION_OPERATIONS, Operation
 from ecpds.portal.api.deps import AdminDep, StateDep
 
 router = APIRouter(tags=["operations"])

@@ -15,16 +15,21 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.engine import (
+    DATA_FILE_ID,
+    DESTINATION,
+    RETRIEVAL_BATCH_WORKFLOW,
+    RetrievalBatchInput,
+    retrieval_batch_workflow_id,
+)
 from ecpds.core.ingest import parse_metadata
 from ecpds.core.retrieval import (
     BATCH,
     MAX_SOURCES,
-    RETRIEVAL_BATCH_WORKFLOW,
-    RetrievalBatch,
     SourceSpec,
     group_progress,
     register_sources,
@@ -41,8 +46,6 @@ from ecpds.portal.api.deps import (
 
 router = APIRouter(tags=["files"])
 
-DATA_FILE_ID = SearchAttributeKey.for_keyword("DataFileId")
-DESTINATION = SearchAttributeKey.for_keyword("Destination")
 STARTS_IN_FLIGHT = 64
 
 
@@ -154,8 +157,8 @@ async def register(
             RETRIEVAL_BATCH_WORKFLOW,
             [
                 (
-                    f"retrievals-{ids[i]}",
-                    RetrievalBatch(ids[i : i + BATCH], destination),
+                    retrieval_batch_workflow_id(ids[i]),
+                    RetrievalBatchInput(ids[i : i + BATCH], destination),
                     _attrs(ids[i], destination),
                 )
                 for i in range(0, len(ids), BATCH)

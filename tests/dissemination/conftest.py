@@ -16,7 +16,8 @@ from temporalio.client import Client
 
 from ecpds.core import catalog
 from ecpds.core.db import session_scope
-from ecpds.core.dispatch import TemporalDispatcher, destination_workflow_id
+from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.engine import destination_workflow_id
 from ecpds.core.ingest import ingest
 from ecpds.core.models import (
     AliasCreate,

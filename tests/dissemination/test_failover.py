@@ -14,7 +14,7 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType
 
 from ecpds.core.devserver import free_port
-from ecpds.core.dispatch import Operation, transfer_workflow_id
+from ecpds.core.engine import Operation, destination_workflow_id, transfer_workflow_id
 from ecpds.workers.worker import build_worker
 
 from .conftest import Dissemination
@@ -89,7 +89,7 @@ async def test_failover_to_backup_and_back_to_primary(dissemination: Disseminati
     assert back.host_id != done.host_id
     await env.wait_view(dest, lambda view: view.host_index == 0)
     assert_no_secrets(await env.histories(f"transfer-{dest}-"), sshd)
-    assert_no_secrets(await env.histories(f"destination-{dest}"), sshd)
+    assert_no_secrets(await env.histories(destination_workflow_id(dest)), sshd)
 
 
 async def test_hold_after_retry_count_then_restart(dissemination: Dissemination, sshd) -> None:

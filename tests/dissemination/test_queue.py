@@ -11,7 +11,7 @@ from sqlmodel import select
 from temporalio.api.enums.v1 import EventType
 
 from ecpds.core.db import session_scope
-from ecpds.core.dispatch import Operation, destination_workflow_id
+from ecpds.core.engine import WAKE_SIGNAL, Operation, destination_workflow_id
 from ecpds.core.models import DataTransfer, Host, TransferStatus, utcnow
 from ecpds.core.queue import WAITING_COUNT
 
@@ -109,7 +109,7 @@ async def test_a_queue_longer_than_a_workflow_could_carry(dissemination: Dissemi
         for e in history.events
         if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
     ]
-    assert [s.signal_name for s in signals].count("wake") == 3
+    assert [s.signal_name for s in signals].count(WAKE_SIGNAL) == 3
     assert all(s.input.ByteSize() < 1000 for s in signals)
     failed = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
     assert not [e for e in history.events if e.event_type == failed]

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from pathlib import Path
 
-from ecpds.core.dispatch import Operation
+from ecpds.core.engine import Operation
 
 from .conftest import Dissemination
 

@@ -8,7 +8,7 @@ import contextlib
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
-from ecpds.core.dispatch import Operation, transfer_workflow_id
+from ecpds.core.engine import Operation, transfer_workflow_id
 from ecpds.workers.worker import build_worker
 
 from .conftest import Dissemination

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncssh
 
-from ecpds.core.dispatch import Operation
+from ecpds.core.engine import Operation
 
 from .conftest import Dissemination
 

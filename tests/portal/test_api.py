@@ -21,7 +21,8 @@ from temporalio.client import Client
 
 from ecpds.core.catalog import bootstrap_admin
 from ecpds.core.devserver import free_port
-from ecpds.core.dispatch import TemporalDispatcher, destination_workflow_id
+from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.engine import destination_workflow_id
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.portal.api.app import create_app

@@ -10,11 +10,12 @@ from datetime import timedelta
 from sqlmodel import Session, select
 
 from ecpds.core.db import session_scope
+from ecpds.core.engine import ReplicationInput
 from ecpds.core.ingest import ingest
 from ecpds.core.models import DataFile, DataTransfer, TransferStatus, utcnow
 from ecpds.workers.schedules import ensure_schedules
-from ecpds.workflows.gc import GarbageCollectionWorkflow, GcRequest
-from ecpds.workflows.replication import ReplicationInput, ReplicationWorkflow
+from ecpds.workflows.gc import GarbageCollectionInput, GarbageCollectionWorkflow
+from ecpds.workflows.replication import ReplicationWorkflow
 
 from .conftest import System
 
@@ -95,7 +96,7 @@ def test_garbage_collection_removes_exactly_what_has_expired(system: System) -> 
     output = system.loop.run(
         system.client.execute_workflow(
             GarbageCollectionWorkflow.run,
-            GcRequest(limit=2),  # small batches: the workflow must loop over them
+            GarbageCollectionInput(limit=2),  # small batches: the workflow must loop over them
             id=f"gc-{system.settings.task_queue}",
             task_queue=system.settings.task_queue,
         )
@@ -116,7 +117,7 @@ def test_garbage_collection_removes_exactly_what_has_expired(system: System) -> 
     again = system.loop.run(
         system.client.execute_workflow(
             GarbageCollectionWorkflow.run,
-            GcRequest(),
+            GarbageCollectionInput(),
             id=f"gc2-{system.settings.task_queue}",
             task_queue=system.settings.task_queue,
         )
