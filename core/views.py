@@ -28,6 +28,19 @@ def _stored(query: Any) -> Any:
     return query.where(col(DataFile.deleted).is_(False)).where(col(DataFile.arrived).is_not(None))
 
 
+def _pushed_to(query: Any, destinations: list[str] | None) -> Any:
+    """Only the files with a transfer to one of `destinations` (None: all files)."""
+    if destinations is None:
+        return query
+    return query.where(
+        col(DataFile.id).in_(
+            select(DataTransfer.data_file_id)
+            .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
+            .where(col(Destination.name).in_(destinations))
+        )
+    )
+
+
 def by_destination(
     session: Session, *, destination: str, prefix: str = "", limit: int = 1000
 ) -> list[ViewEntry]:
@@ -54,15 +67,7 @@ def by_metadata(
     limit: int = 1000,
 ) -> list[ViewEntry]:
     """The files with metadata `key` (equal to `value` if given), as `VALUE/NAME`, sorted."""
-    query = _stored(select(DataFile))
-    if destinations is not None:
-        query = query.where(
-            col(DataFile.id).in_(
-                select(DataTransfer.data_file_id)
-                .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
-                .where(col(Destination.name).in_(destinations))
-            )
-        )
+    query = _pushed_to(_stored(select(DataFile)), destinations)
     entries = []
     # JSON operators differ between SQLite and PostgreSQL: the key is matched here.
     for data_file in session.exec(query).all():
@@ -96,17 +101,10 @@ def group_progress(
 
     Counted in SQL: `ecpds wait` asks every second while the workers fetch.
     """
-    members = (
-        select(DataFile.id).where(DataFile.group == group).where(col(DataFile.deleted).is_(False))
+    members = _pushed_to(
+        select(DataFile.id).where(DataFile.group == group).where(col(DataFile.deleted).is_(False)),
+        destinations,
     )
-    if destinations is not None:
-        members = members.where(
-            col(DataFile.id).in_(
-                select(DataTransfer.data_file_id)
-                .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
-                .where(col(Destination.name).in_(destinations))
-            )
-        )
     ids = members.subquery()
     total, arrived = session.exec(
         select(func.count(), func.count(col(DataFile.arrived))).where(
