@@ -30,8 +30,8 @@ from ecpds.core.models import (
     utcnow,
 )
 from ecpds.core.protocols import ProtocolError
-from ecpds.core.retrieval import SourceConnections, resolve_source
 from ecpds.core.secrets import CredentialBox
+from ecpds.core.sources import SourceConnections, resolve_source
 from ecpds.core.store import CHUNK, Store, StoreError
 
 T = TypeVar("T")

@@ -8,31 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import re
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.models import (
     DataFile,
     DataTransfer,
     DataUser,
-    Destination,
     TransferStatus,
     new_data_file_id,
     utcnow,
 )
+from ecpds.core.push import IngestError, PushOptions, PushPlan, check_file_name, plan_push
 from ecpds.core.store import ObjectTooLarge, Store, StoredObject
 
-_META_PAIR = re.compile(r"^([\w.-]+)=(.*)$")
 _BLOCK = 1 << 20  # bytes handed to the writer thread at a time
 _IN_FLIGHT = 8  # blocks received but not yet written: bounds memory per upload
 
@@ -47,120 +43,10 @@ class Dispatcher(Protocol):
         ...
 
 
-class IngestError(Exception):
-    """Bad input for an ingest: one line; `status` is the matching HTTP code."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 @dataclass
 class IngestResult:
     data_file: DataFile
     transfer_ids: list[int] = field(default_factory=list)
-
-
-def parse_metadata(text: str | None) -> dict[str, str]:
-    """`k=v,k2=v2` as a dict; an empty or missing text is no metadata."""
-    if not text:
-        return {}
-    metadata = {}
-    for pair in text.split(","):
-        match = _META_PAIR.match(pair.strip())
-        if match is None:
-            raise IngestError(f"metadata {pair!r} is not key=value (use k=v,k2=v2)")
-        metadata[match.group(1)] = match.group(2)
-    return metadata
-
-
-@dataclass
-class _Plan:
-    """What the catalog step will register, decided before any byte is stored."""
-
-    destination: Destination
-    max_size: int
-    transfers: list[DataTransfer]
-
-
-def _plan(
-    session: Session,
-    *,
-    destination: str,
-    target: str,
-    user: DataUser | None,
-    priority: int | None,
-    lifetime: int | None,
-    delay: int | None,
-    at: datetime | None,
-    standby: bool | None,
-    reqid: str | None,
-) -> _Plan:
-    dest = catalog.find_destination(session, name=destination)
-    if dest is None:
-        raise IngestError(f"unknown destination {destination!r}", 404)
-    if (
-        user is not None
-        and not user.admin
-        and destination not in catalog.user_destinations(session, user=user)
-    ):
-        raise IngestError(f"user {user.name!r} may not upload to {destination!r}", 403)
-    if priority is not None and not 0 <= priority <= 99:
-        raise IngestError(f"priority {priority} is out of range 0..99")
-    if lifetime is not None and lifetime <= 0:
-        raise IngestError(f"lifetime {lifetime} must be a positive number of seconds")
-    if delay is not None and delay < 0:
-        raise IngestError(f"delay {delay} must not be negative")
-    if at is not None and delay:
-        raise IngestError("give either a delay or a time (at), not both")
-    if not target or target.endswith("/") or "\0" in target:
-        raise IngestError(f"target {target!r} is not a file name")
-    if (
-        dest.max_pending
-        and catalog.pending_transfers(session, destination=dest) >= dest.max_pending
-    ):
-        raise IngestError(
-            f"destination {destination!r} already has {dest.max_pending} pending transfers"
-            " (max_pending)",
-            429,
-        )
-    if (
-        reqid is not None
-        and session.exec(select(DataFile.id).where(DataFile.reqid == reqid)).first()
-    ):
-        raise IngestError(f"request id {reqid!r} was already used", 409)
-
-    now = utcnow()
-    start = at if at is not None else now + timedelta(seconds=delay or 0)
-    if start.tzinfo is None:
-        raise IngestError("time (at) needs a time zone, e.g. 2030-01-01T06:00:00Z")
-    transfers = []
-    legs = [(dest, target, None)] + catalog.aliases_for(session, destination=dest, target=target)
-    for leg_dest, leg_target, alias in legs:
-        seconds = lifetime or (alias and alias.lifetime) or leg_dest.default_lifetime
-        scheduled = start + timedelta(seconds=alias.delay if alias else 0)
-        expires = scheduled + timedelta(seconds=seconds)
-        if expires <= now:
-            raise IngestError(f"the transfer to {leg_dest.name!r} would expire before it starts")
-        if standby or not catalog.has_dissemination_hosts(session, destination=leg_dest):
-            status = TransferStatus.HOLD
-        elif scheduled > now:
-            status = TransferStatus.SCHE
-        else:
-            status = TransferStatus.WAIT
-        assert leg_dest.id is not None
-        transfers.append(
-            DataTransfer(
-                data_file_id="",
-                destination_id=leg_dest.id,
-                target=leg_target,
-                priority=_first(priority, alias and alias.priority, leg_dest.default_priority),
-                scheduled=scheduled,
-                expires=expires,
-                status=status,
-            )
-        )
-    return _Plan(destination=dest, max_size=dest.max_file_size, transfers=transfers)
 
 
 class UploadBrokenOff(Exception):
@@ -231,10 +117,6 @@ async def store_stream(
     return await result
 
 
-def _first(*values: int | None) -> int:
-    return next(v for v in values if v is not None)
-
-
 def _register(engine: Engine, data_file: DataFile, transfers: list[DataTransfer]) -> list[int]:
     with session_scope(engine) as session:
         session.add(data_file)
@@ -255,15 +137,7 @@ async def ingest(
     name: str,
     chunks: AsyncIterable[bytes],
     user: DataUser | None = None,
-    target: str | None = None,
-    priority: int | None = None,
-    lifetime: int | None = None,
-    delay: int | None = None,
-    at: datetime | None = None,
-    standby: bool | None = None,
-    metadata: dict[str, str] | None = None,
-    group: str | None = None,
-    reqid: str | None = None,
+    options: PushOptions | None = None,
     dispatcher: Dispatcher | None = None,
 ) -> IngestResult:
     """Store the bytes of `chunks` and register one transfer per destination and alias.
@@ -271,23 +145,13 @@ async def ingest(
     Nothing is left behind when it fails: the object is removed if the catalog step
     fails. Transfers not on hold are handed to `dispatcher`.
     """
-    if not name or "/" in name or "\0" in name:
-        raise IngestError(f"file name {name!r} is not a plain file name")
+    check_file_name(name)
+    given = options or PushOptions()
+    push = replace(given, target=given.target or name)
 
-    def plan() -> _Plan:
+    def plan() -> PushPlan:
         with Session(engine) as session:
-            return _plan(
-                session,
-                destination=destination,
-                target=target or name,
-                user=user,
-                priority=priority,
-                lifetime=lifetime,
-                delay=delay,
-                at=at,
-                standby=standby,
-                reqid=reqid,
-            )
+            return plan_push(session, destination=destination, options=push, user=user)
 
     planned = await asyncio.to_thread(plan)
     object_id = new_data_file_id()
@@ -302,9 +166,9 @@ async def ingest(
         size=stored.size,
         md5=stored.md5,
         adler32=stored.adler32,
-        meta=dict(metadata or {}),
-        group=group,
-        reqid=reqid,
+        meta=dict(push.metadata),
+        group=push.group,
+        reqid=push.reqid,
         arrived=now,
         expires=max(t.expires for t in planned.transfers),
         locations=stored.locations,

@@ -30,6 +30,7 @@ from ecpds.core.models import (
     TransferStatus,
     utcnow,
 )
+from ecpds.core.push import PushOptions
 from ecpds.core.store import IntegrityError, Store
 from ecpds.portal.access import AccessDenied, BadPath, NotFound, Principal
 
@@ -233,12 +234,14 @@ class PortalFS:
             destination=destination,
             name=target.rsplit("/", 1)[-1],
             chunks=chunks,
-            target=target,
-            priority=dest.incoming_priority,
-            lifetime=dest.incoming_lifetime,
-            delay=dest.incoming_delay or None,
-            standby=dest.incoming_standby or None,
-            metadata=dict(dest.incoming_metadata) or None,
+            options=PushOptions(
+                target=target,
+                priority=dest.incoming_priority,
+                lifetime=dest.incoming_lifetime,
+                delay=dest.incoming_delay or None,
+                standby=dest.incoming_standby or None,
+                metadata=dict(dest.incoming_metadata),
+            ),
             dispatcher=self.dispatcher,
         )
         await asyncio.to_thread(self._supersede, destination, target, result.transfer_ids)

@@ -8,12 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
 from ecpds.core import catalog
-from ecpds.core.ingest import ingest, parse_metadata
+from ecpds.core.ingest import ingest
 from ecpds.core.models import DataFile, DataFilePublic, DataTransfer, DataUser
+from ecpds.core.push import PushOptions, parse_metadata
 from ecpds.portal.api.deps import (
     AdminDep,
     ApiState,
@@ -24,6 +25,28 @@ from ecpds.portal.api.deps import (
 )
 
 router = APIRouter(tags=["files"])
+
+
+class PushFields(BaseModel):
+    """The options of a push as the API takes them: checked by `core.push`, as at every door."""
+
+    priority: int | None = Field(default=None, description="0 (highest) to 99")
+    lifetime: int | None = Field(default=None, description="seconds")
+    delay: int | None = Field(default=None, description="seconds")
+    at: datetime | None = Field(default=None, description="scheduled time, ISO 8601")
+    standby: bool | None = None
+    metadata: str | None = Field(default=None, description="k=v,k2=v2")
+    group: str | None = None
+    reqid: str | None = None
+
+    def options(self, target: str | None = None) -> PushOptions:
+        fields = self.model_dump(include=set(PushFields.model_fields) - {"metadata"})
+        return PushOptions(target=target, metadata=parse_metadata(self.metadata), **fields)
+
+
+class UploadQuery(PushFields):
+    name: str = Field(min_length=1, description="file name")
+    target: str | None = Field(default=None, description="name at the remote site")
 
 
 class UploadResult(BaseModel):
@@ -41,20 +64,12 @@ async def upload_file(
     request: Request,
     state: StateDep,
     user: UserDep,
-    name: Annotated[str, Query(min_length=1, description="file name")],
-    target: Annotated[str | None, Query(description="name at the remote site")] = None,
-    priority: Annotated[int | None, Query(ge=0, le=99)] = None,
-    lifetime: Annotated[int | None, Query(gt=0, description="seconds")] = None,
-    delay: Annotated[int | None, Query(ge=0, description="seconds")] = None,
-    at: Annotated[datetime | None, Query(description="scheduled time, ISO 8601")] = None,
-    standby: bool | None = None,
-    metadata: Annotated[str | None, Query(description="k=v,k2=v2")] = None,
-    group: str | None = None,
-    reqid: str | None = None,
+    query: Annotated[UploadQuery, Query()],
 ) -> UploadResult:
     """Stream the request body (not multipart) into the store and queue its transfers."""
-    if reqid is not None:
-        earlier = await run_in_threadpool(_earlier_upload, state, reqid)
+    options = query.options(query.target)
+    if options.reqid is not None:
+        earlier = await run_in_threadpool(_earlier_upload, state, options.reqid)
         if earlier is not None:
             # The same request again (a retry): same answer, nothing stored twice.
             async for _ in request.stream():
@@ -64,18 +79,10 @@ async def upload_file(
         engine=state.engine,
         store=state.store,
         destination=destination,
-        name=name,
+        name=query.name,
         chunks=request.stream(),
         user=user,
-        target=target,
-        priority=priority,
-        lifetime=lifetime,
-        delay=delay,
-        at=at,
-        standby=standby,
-        metadata=parse_metadata(metadata),
-        group=group,
-        reqid=reqid,
+        options=options,
         dispatcher=state.dispatcher,
     )
     data_file = result.data_file

@@ -26,15 +26,13 @@ from ecpds.core.engine import (
     RetrievalBatchInput,
     retrieval_batch_workflow_id,
 )
-from ecpds.core.ingest import parse_metadata
 from ecpds.core.retrieval import (
     BATCH,
     MAX_SOURCES,
     SourceSpec,
-    group_progress,
     register_sources,
 )
-from ecpds.core.views import by_destination, by_metadata
+from ecpds.core.views import by_destination, by_metadata, group_progress
 from ecpds.portal.api.deps import (
     ApiState,
     SessionDep,
@@ -43,6 +41,7 @@ from ecpds.portal.api.deps import (
     check_destination_access,
     visible_destinations,
 )
+from ecpds.portal.api.files import PushFields
 
 router = APIRouter(tags=["files"])
 
@@ -55,16 +54,8 @@ class Source(BaseModel):
     target: str | None = Field(default=None, description="name at the remote site")
 
 
-class SourcesRequest(BaseModel):
+class SourcesRequest(PushFields):
     sources: list[Source] = Field(min_length=1, max_length=MAX_SOURCES)
-    priority: int | None = Field(default=None, ge=0, le=99)
-    lifetime: int | None = Field(default=None, gt=0, description="seconds")
-    delay: int | None = Field(default=None, ge=0, description="seconds")
-    at: datetime | None = None
-    standby: bool | None = None
-    metadata: str | None = Field(default=None, description="k=v,k2=v2")
-    group: str | None = None
-    reqid: str | None = None
 
 
 class RegisteredFile(BaseModel):
@@ -139,14 +130,7 @@ async def register(
             destination=destination,
             sources=[SourceSpec(s.url, s.name, s.target) for s in body.sources],
             user=user,
-            priority=body.priority,
-            lifetime=body.lifetime,
-            delay=body.delay,
-            at=body.at,
-            standby=body.standby,
-            metadata=parse_metadata(body.metadata),
-            group=body.group,
-            reqid=body.reqid,
+            options=body.options(),
         )
     )
     if new:
@@ -197,10 +181,6 @@ class ViewEntry(BaseModel):
     id: str
     size: int
     arrived: datetime | None
-
-
-def _entry(entry: Any) -> ViewEntry:
-    return ViewEntry(path=entry.path, id=entry.data_file_id, size=entry.size, arrived=entry.arrived)
 
 
 @router.get("/views/destinations/{destination}")

@@ -25,6 +25,7 @@ from ecpds.core.models import (
     HostUpdate,
     TransferStatus,
 )
+from ecpds.core.push import PushOptions
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
@@ -168,7 +169,7 @@ def test_ingest_removes_the_object_when_the_catalog_refuses(engine: Engine, stor
             destination="d",
             name=name,
             chunks=_chunks(b"abc"),
-            reqid="request-1",
+            options=PushOptions(reqid="request-1"),
         )
         return result.data_file.id
 

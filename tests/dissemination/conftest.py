@@ -27,6 +27,7 @@ from ecpds.core.models import (
     HostCreate,
     HostUpdate,
 )
+from ecpds.core.push import PushOptions
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
@@ -82,8 +83,8 @@ class Dissemination:
             destination=destination,
             name=name,
             chunks=chunks(),
+            options=PushOptions(**options),
             dispatcher=self.dispatcher,
-            **options,
         )
         return result.transfer_ids
 

@@ -13,6 +13,7 @@ from ecpds.core.db import session_scope
 from ecpds.core.engine import ReplicationInput
 from ecpds.core.ingest import ingest
 from ecpds.core.models import DataFile, DataTransfer, TransferStatus, utcnow
+from ecpds.core.push import PushOptions
 from ecpds.workers.schedules import ensure_schedules
 from ecpds.workflows.gc import GarbageCollectionInput, GarbageCollectionWorkflow
 from ecpds.workflows.replication import ReplicationWorkflow
@@ -61,7 +62,7 @@ def _ingest(system: System, name: str) -> str:
             destination="gc",
             name=name,
             chunks=_chunks(name.encode() * 1000),
-            lifetime=3600,
+            options=PushOptions(lifetime=3600),
         )
     )
     system.store.repair(result.data_file.id, result.data_file.adler32 or "")
