@@ -136,7 +136,8 @@ def worker(ctx: typer.Context) -> None:
 @reports_errors
 def portal(ctx: typer.Context) -> None:
     """Run the portal (REST API, data front ends, MQTT broker) until Ctrl-C or SIGTERM."""
-    from ecpds.portal.server import PortalError, run
+    from ecpds.portal.base import PortalError
+    from ecpds.portal.server import run
 
     try:
         run(state_of(ctx).settings)
