@@ -12,6 +12,7 @@ import httpx
 import typer
 from pydantic import ValidationError
 
+from ecpds.cli import running
 from ecpds.core.settings import Settings, load_settings
 
 P = ParamSpec("P")
@@ -20,6 +21,10 @@ R = TypeVar("R")
 
 class CliError(Exception):
     """A problem the user can fix; the message is one line saying what and where."""
+
+
+class NoCredentials(CliError):
+    """Neither settings nor a running system's admin file say who calls the API."""
 
 
 class ApiError(CliError):
@@ -61,6 +66,7 @@ class CliState:
     def __init__(self, config: Path | None) -> None:
         self.config = config
         self._settings: Settings | None = None
+        self._system: tuple[Settings, running.RunningSystem | None] | None = None
 
     @property
     def settings(self) -> Settings:
@@ -75,8 +81,25 @@ class CliState:
                 raise CliError(f"{self.config}: not valid TOML: {exc}") from None
         return self._settings
 
+    @property
+    def system(self) -> tuple[Settings, running.RunningSystem | None]:
+        """The settings pointed at the running system this command means, and that system."""
+        if self._system is None:
+            try:
+                system = running.find(self.settings)
+            except running.Ambiguous as exc:
+                raise CliError(str(exc)) from None
+            self._system = running.locate(self.settings, system), system
+        return self._system
+
     def client(self) -> ApiClient:
-        return ApiClient(self.settings)
+        settings, system = self.system
+        try:
+            return ApiClient(settings, unreachable=running.unreachable(settings, system))
+        except NoCredentials:
+            if system is None and not settings.model_fields_set & {"api_url", "home"}:
+                raise CliError(running.nothing_runs(settings)) from None
+            raise
 
 
 def state_of(ctx: typer.Context) -> CliState:
@@ -103,7 +126,7 @@ def api_credentials(settings: Settings) -> tuple[str, httpx.Auth | None, dict[st
             return f"the credentials of '{user}' in {admin_file}", auth, {}
         except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
             raise CliError(f"{admin_file} is unreadable or incomplete: {exc}") from None
-    raise CliError(
+    raise NoCredentials(
         f"no API credentials: set ECPDS_API_PASSWORD or ECPDS_API_TOKEN, "
         f"or start the system once with `ecpds up` to create {admin_file}"
     )
@@ -127,8 +150,11 @@ def describe_failure(response: httpx.Response, caller: str) -> str:
 class ApiClient:
     """Calls /api/v1 of the portal; answers are decoded JSON, failures CliError."""
 
-    def __init__(self, settings: Settings, *, timeout: float = 300.0) -> None:
+    def __init__(
+        self, settings: Settings, *, timeout: float = 300.0, unreachable: str = ""
+    ) -> None:
         self.base_url = settings.portal_url.rstrip("/")
+        self.unreachable = unreachable or "is `ecpds up` running?"
         self.caller, auth, headers = api_credentials(settings)
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -142,9 +168,8 @@ class ApiClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError:
-            raise CliError(
-                f"cannot reach the portal at {self.base_url}: is `ecpds up` running?"
-            ) from None
+            where = f"cannot reach the portal at {self.base_url}"
+            raise CliError(f"{where}: {self.unreachable}") from None
         except httpx.HTTPError as exc:
             raise CliError(f"{method} {self.base_url}{path} failed: {exc}") from None
         if response.status_code >= 400:

@@ -103,10 +103,10 @@ def up(ctx: typer.Context) -> None:
 @app.command()
 @reports_errors
 def down(ctx: typer.Context) -> None:
-    """Stop what `ecpds up` started in the same home folder."""
+    """Stop what `ecpds up` started: the one in ECPDS_HOME, else ./var, else the only one."""
     from ecpds.cli import supervisor
 
-    supervisor.down(state_of(ctx).settings)
+    supervisor.down(state_of(ctx).system[0])
 
 
 @app.command()
@@ -136,7 +136,8 @@ def worker(ctx: typer.Context) -> None:
 @reports_errors
 def portal(ctx: typer.Context) -> None:
     """Run the portal (REST API, data front ends, MQTT broker) until Ctrl-C or SIGTERM."""
-    from ecpds.portal.server import PortalError, run
+    from ecpds.portal.base import PortalError
+    from ecpds.portal.server import run
 
     try:
         run(state_of(ctx).settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +21,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
+from ecpds.cli import running
 from ecpds.cli.client import CliError
+from ecpds.cli.running import alive
 from ecpds.core.devserver import DevServerError, dev_server_command
 from ecpds.core.settings import Settings
 
@@ -87,20 +90,6 @@ def write_pids(path: Path, pids: dict[str, int]) -> None:
     partial = path.with_suffix(".part")
     partial.write_text("".join(f"{name} {pid}\n" for name, pid in pids.items()))
     partial.replace(path)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes: it only waits for its parent to reap it.
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 def signal_group(pid: int, sig: int) -> None:
@@ -215,6 +204,7 @@ class Supervisor:
                 child.process.wait()
             # Sweep anything the child left behind in its group.
             signal_group(child.pid, signal.SIGKILL)
+        running.forget(self.settings)
         with contextlib.suppress(FileNotFoundError):
             pid_file(self.settings).unlink()
 
@@ -226,7 +216,7 @@ def _openapi_answers(schema_url: str) -> bool:
 
 
 def _admin_note(settings: Settings, first_start: bool) -> str:
-    admin_file = settings.admin_file
+    admin_file = settings.admin_file.resolve()
     if first_start and admin_file.is_file():
         with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError):
             saved = tomllib.loads(admin_file.read_text())
@@ -262,8 +252,25 @@ def service_table(settings: Settings, supervisor: Supervisor, first_start: bool)
     table.add_row("Catalog", catalog, "")
     table.add_row("Store", ", ".join(settings.store_urls), "")
     table.add_row("Admin", settings.api_user, _admin_note(settings, first_start))
-    table.add_row("Logs", str(supervisor.logs), f"pids in {pid_file(settings)}")
+    table.add_row("Logs", str(supervisor.logs), f"pids in {pid_file(settings).resolve()}")
+    table.add_row("State", str(running.state_file(supervisor.home)), "where other shells find it")
+    table.add_row("CLI", *cli_command())
     return table
+
+
+def cli_command() -> tuple[str, str]:
+    """The `ecpds` command beside this interpreter, and how to have it on the PATH."""
+    command = Path(sys.executable).parent / "ecpds"
+    if shutil.which("ecpds") == str(command):
+        return str(command), "on the PATH"
+    return str(command), f"or `source {command.parent / 'activate'}` to type just `ecpds`"
+
+
+def state_notes(settings: Settings) -> dict[str, str]:
+    notes = {"temporal": settings.temporal_target}
+    if not settings.temporal_address:
+        notes["temporal_ui"] = f"http://127.0.0.1:{settings.temporal_ui_port}"
+    return notes
 
 
 def child_command(*args: str) -> list[str]:
@@ -272,13 +279,13 @@ def child_command(*args: str) -> list[str]:
 
 def up(settings: Settings, config: Path | None) -> int:
     """Start everything, print the service table, and supervise until told to stop."""
-    running = read_pids(pid_file(settings))
-    if running.get("up") and alive(running["up"]):
+    previous = read_pids(pid_file(settings))
+    if previous.get("up") and alive(previous["up"]):
         raise CliError(
-            f"ecpds is already running in {settings.home.resolve()} (pid {running['up']}): "
+            f"ecpds is already running in {settings.home.resolve()} (pid {previous['up']}): "
             "`ecpds down` stops it"
         )
-    left = [f"{name} {pid}" for name, pid in running.items() if alive(pid)]
+    left = [f"{name} {pid}" for name, pid in previous.items() if alive(pid)]
     if left:
         raise CliError(
             f"a previous `ecpds up` left processes running ({', '.join(left)}): "
@@ -328,6 +335,7 @@ def up(settings: Settings, config: Path | None) -> int:
                 return 0
             supervisor.check_children()
             table = service_table(settings, supervisor, first_start)
+            running.record(settings, supervisor.pids["up"], state_notes(settings))
         console.print(table)
         console.print("ready: Ctrl-C or `ecpds down` stops everything")
         sys.stdout.flush()
@@ -364,6 +372,7 @@ def down(settings: Settings) -> None:
         if alive(pid):
             console.print(f"{name} (pid {pid}) ignored SIGTERM: killing it")
         signal_group(pid, signal.SIGKILL)
+    running.forget(settings)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    console.print(f"stopped {', '.join(['up', *pids])}")
+    console.print(f"stopped {', '.join(['up', *pids])} in {settings.home.resolve()}")

@@ -19,11 +19,14 @@ CONFIG_ENV = "ECPDS_CONFIG"
 
 
 class Settings(BaseSettings):
-    """Everything a process needs to find its peers; defaults keep it all under ./var."""
+    """Everything a process needs to find its peers; defaults keep all state in ./var."""
 
     model_config = SettingsConfigDict(env_prefix="ECPDS_", extra="forbid")
 
-    home: Path = Field(default=Path("var"), description="folder for state: catalog, store, keys")
+    home: Path = Field(
+        default=Path("var"),
+        description="the state folder itself (catalog, store, keys, log/, run/), not its parent",
+    )
     database_url: str = Field(default="", description="SQLAlchemy URL; SQLite under home if empty")
     store_locations: list[str] = Field(
         default_factory=list, description="fsspec URLs of store locations; home/store if empty"

@@ -12,7 +12,7 @@ import contextlib
 import posixpath
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -167,26 +167,6 @@ class Store:
         digest = _write(self.primary, object_id, chunks, max_size)
         return StoredObject(digest.size, digest.md5, digest.adler32, [self.primary.url])
 
-    async def write_async(
-        self, object_id: str, chunks: AsyncIterable[bytes], *, max_size: int = 0
-    ) -> StoredObject:
-        """As `write`, from an async stream (an HTTP request body)."""
-        location = self.primary
-        out, partial, final = location.open_new(object_id)
-        digest = Digest()
-        try:
-            with out:
-                async for chunk in chunks:
-                    digest.update(chunk)
-                    if max_size and digest.size > max_size:
-                        raise ObjectTooLarge(f"file is larger than the limit of {max_size} bytes")
-                    out.write(chunk)
-            location.fs.mv(partial, final)
-        except BaseException:
-            location.discard(partial)
-            raise
-        return StoredObject(digest.size, digest.md5, digest.adler32, [location.url])
-
     # --- reading ----------------------------------------------------------------------------
 
     def _read_order(self, object_id: str, urls: Sequence[str] | None) -> list[Location]:
@@ -308,10 +288,6 @@ class Store:
                 )
             return
         raise _no_good_copy(object_id, errors)
-
-    async def aiter_bytes(self, object_id: str, **kwargs: Any) -> AsyncIterator[bytes]:
-        for chunk in self.iter_bytes(object_id, **kwargs):
-            yield chunk
 
     def verify(self, object_id: str, adler32: str, location: Location | None = None) -> bool:
         """Whether the copy in `location` (every location if None) has this ADLER32."""

@@ -7,75 +7,27 @@ its dispatcher, and the portal's TLS certificate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-import uvicorn
-
+from ecpds.portal.base import Portal, cannot_listen, serve_asgi
 from ecpds.portal.ftp import serve_ftp_until
 from ecpds.portal.s3.app import S3Gateway
 from ecpds.portal.sftp import serve_sftp_until
 from ecpds.portal.tls import ensure_certificate
 from ecpds.portal.vfs import PortalFS
 
-if TYPE_CHECKING:
-    from ecpds.portal.server import Portal
-
-
-def _cannot_listen(name: str, host: str, port: int, exc: BaseException | None = None) -> Exception:
-    """The portal's one-line start-up error (imported late: the server module imports us)."""
-    from ecpds.portal.server import PortalError
-
-    reason = f": {exc.strerror or exc}" if isinstance(exc, OSError) else ""
-    return PortalError(f"{name} cannot listen on {host}:{port}{reason}")
-
 
 def portal_fs(portal: Portal) -> PortalFS:
     return PortalFS(portal.engine, portal.store, portal.app.state.api.dispatcher)
 
 
-class _Uvicorn(uvicorn.Server):
-    # The portal handles signals for all its servers at once.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve_s3(portal: Portal, stop: asyncio.Event) -> None:
     """The S3 API over TLS on settings.s3_port (path-style buckets)."""
     settings = portal.settings
-    cert, key = await asyncio.to_thread(ensure_certificate, settings)
     gateway = S3Gateway(
         portal_fs(portal), portal.box, settings.home / "s3-multipart", settings.public_host
     )
     await asyncio.to_thread(gateway.purge_stale_uploads)
-    server = _Uvicorn(
-        uvicorn.Config(
-            gateway,
-            host=settings.bind,
-            port=settings.s3_port,
-            ssl_certfile=str(cert),
-            ssl_keyfile=str(key),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
-    )
-    watcher = asyncio.create_task(_stop_when(stop, server))
-    try:
-        await server.serve()
-    except SystemExit:
-        # uvicorn exits the process when it cannot bind; the portal reports it instead.
-        raise _cannot_listen("S3", settings.bind, settings.s3_port) from None
-    finally:
-        watcher.cancel()
-
-
-async def _stop_when(stop: asyncio.Event, server: uvicorn.Server) -> None:
-    await stop.wait()
-    server.should_exit = True
+    await serve_asgi("S3", gateway, settings.s3_port, settings, stop)
 
 
 async def serve_sftp(portal: Portal, stop: asyncio.Event) -> None:
@@ -90,7 +42,7 @@ async def serve_sftp(portal: Portal, stop: asyncio.Event) -> None:
             stop,
         )
     except OSError as exc:
-        raise _cannot_listen("SFTP", settings.bind, settings.sftp_port, exc) from None
+        raise cannot_listen("SFTP", settings.bind, settings.sftp_port, exc) from None
 
 
 async def serve_ftp(portal: Portal, stop: asyncio.Event) -> None:
@@ -103,4 +55,4 @@ async def serve_ftp(portal: Portal, stop: asyncio.Event) -> None:
             portal_fs(portal), settings.bind, settings.ftp_port, certificate, stop, masquerade
         )
     except OSError as exc:
-        raise _cannot_listen("FTP", settings.bind, settings.ftp_port, exc) from None
+        raise cannot_listen("FTP", settings.bind, settings.ftp_port, exc) from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.contexts import Action, BaseContext
@@ -23,9 +23,7 @@ from sqlmodel import select
 from ecpds.core.models import DataUser, DataUserDestination, Destination
 from ecpds.core.secrets import verify_password
 from ecpds.core.settings import Settings
-
-if TYPE_CHECKING:
-    from ecpds.portal.server import Portal
+from ecpds.portal.base import Portal, cannot_listen
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +146,7 @@ async def run_broker(settings: Settings, engine: Engine, stop: asyncio.Event) ->
     try:
         await broker.start()
     except (BrokerError, OSError) as exc:
-        from ecpds.portal.server import PortalError  # here: server.py imports this module
-
-        where = f"{settings.bind}:{settings.mqtt_port}"
-        raise PortalError(f"MQTT cannot listen on {where}: {exc}") from None
+        raise cannot_listen("MQTT", settings.bind, settings.mqtt_port, exc) from None
     try:
         await stop.wait()
     finally:
@@ -159,5 +154,5 @@ async def run_broker(settings: Settings, engine: Engine, stop: asyncio.Event) ->
 
 
 async def serve_mqtt(portal: Portal, stop: asyncio.Event) -> None:
-    """The portal's MQTT server (see ecpds.portal.server.SERVERS)."""
+    """The portal's MQTT server (one of ecpds.portal.server.SERVERS)."""
     await run_broker(portal.settings, portal.engine, stop)

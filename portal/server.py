@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import uvicorn
 import uvloop
-from fastapi import FastAPI
-from sqlalchemy import Engine
 from temporalio.client import Client
 
 from ecpds.core.catalog import bootstrap_admin
@@ -23,77 +16,26 @@ from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.portal.api.app import create_app
+from ecpds.portal.base import Portal, PortalServer, serve_asgi
 from ecpds.portal.frontends import serve_ftp, serve_s3, serve_sftp
 from ecpds.portal.mqtt import serve_mqtt
-from ecpds.portal.tls import ensure_certificate
 
 log = logging.getLogger(__name__)
 
 
-class PortalError(Exception):
-    """The portal cannot start; the message is one line."""
-
-
-@dataclass
-class Portal:
-    """What the portal's servers share."""
-
-    settings: Settings
-    engine: Engine
-    store: Store
-    box: CredentialBox
-    app: FastAPI
-    temporal: Client | None = None
-
-
-PortalServer = Callable[[Portal, asyncio.Event], Coroutine[Any, Any, None]]
-
-
-class _Uvicorn(uvicorn.Server):
-    # The portal handles signals for all its servers at once.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve_https(portal: Portal, stop: asyncio.Event) -> None:
     """The REST API (and other HTTPS routes) until `stop` is set."""
-    settings = portal.settings
-    cert, key = await asyncio.to_thread(ensure_certificate, settings)
-    server = _Uvicorn(
-        uvicorn.Config(
-            portal.app,
-            host=settings.bind,
-            port=settings.https_port,
-            ssl_certfile=str(cert),
-            ssl_keyfile=str(key),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=5,
-        )
-    )
-
-    async def stop_when_asked() -> None:
-        await stop.wait()
-        server.should_exit = True
-
-    watcher = asyncio.create_task(stop_when_asked())
-    try:
-        await server.serve()
-    except SystemExit:
-        # uvicorn exits the process when it cannot bind; the portal reports it instead.
-        raise PortalError(f"HTTPS cannot listen on {settings.bind}:{settings.https_port}") from None
-    finally:
-        watcher.cancel()
-    if not stop.is_set():
-        raise PortalError(f"HTTPS on {settings.bind}:{settings.https_port} stopped on its own")
+    await serve_asgi("HTTPS", portal.app, portal.settings.https_port, portal.settings, stop)
 
 
-# Other front ends append their server here (one line each); each runs until `stop`.
-SERVERS: list[PortalServer] = [serve_https]
-SERVERS.append(serve_mqtt)
-SERVERS.extend([serve_s3, serve_ftp, serve_sftp])
+# Every server the portal runs; each runs until `stop`.
+SERVERS: list[PortalServer] = [
+    serve_https,
+    serve_mqtt,
+    serve_s3,
+    serve_ftp,
+    serve_sftp,
+]
 
 
 def open_portal(settings: Settings) -> Portal:

@@ -106,10 +106,6 @@ class RemotePool:
         for remote in stale:
             remote.close()
 
-    def idle_count(self) -> int:
-        with self._lock:
-            return sum(len(free) for free in self._free.values())
-
     def close(self) -> None:
         with self._lock:
             remotes = [r for free in self._free.values() for r, _ in free]

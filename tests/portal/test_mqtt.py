@@ -92,7 +92,7 @@ async def test_wrong_password_and_anonymous_are_refused(broker: int) -> None:
 
 
 async def test_taken_port_is_one_line_error(engine: Engine, settings: Settings) -> None:
-    from ecpds.portal.server import PortalError
+    from ecpds.portal.base import PortalError
 
     taken = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = taken.sockets[0].getsockname()[1]
