@@ -377,6 +377,15 @@ class PortalFTPFS(AbstractedFS):
         return _UploadFile(self.cmd_channel, upload, self.loop, filename)
 
 
+def _ftp_mlsd(handler: Any, path: str) -> str | None:
+    # pyftpdlib answers 501 for a folder that is not there; clients (rclone) read only 550
+    # as "not found".
+    if not handler.fs.isdir(path):
+        handler.respond(f"550 no folder {handler.fs.fs2ftp(path)}.")
+        return None
+    return type(handler).__mro__[1].ftp_MLSD(handler, path)  # type: ignore[attr-defined,no-any-return]
+
+
 def build_server(
     fs: PortalFS,
     loop: asyncio.AbstractEventLoop,
@@ -397,6 +406,7 @@ def build_server(
         "banner": "ecpds data portal",
         "masquerade_address": masquerade,
         "principal": None,
+        "ftp_MLSD": _ftp_mlsd,
     }
     if certificate:
         attributes |= {

@@ -269,12 +269,13 @@ def test_ftp_refuses_missing_and_foreign_paths_with_550(ftp_port: int, portal: P
     ftp = ftplib.FTP(timeout=30)
     ftp.connect("127.0.0.1", ftp_port)
     ftp.login("alice", ALICE_PASSWORD)
+    ftp.voidcmd("TYPE I")  # SIZE is refused in ASCII mode whatever the path
     try:
         ftp.storbinary("STOR /alpha/here.txt", io.BytesIO(b"here"))
         for path in ("/alpha/missing", "/alpha/missing/deeper.txt", "/beta/x", "/beta"):
             for command in (
                 lambda p: list(ftp.mlsd(p)),
-                lambda p: ftp.sendcmd(f"SIZE {p}"),
+                lambda p: (ftp.voidcmd("TYPE I"), ftp.sendcmd(f"SIZE {p}")),
                 lambda p: ftp.sendcmd(f"MDTM {p}"),
                 lambda p: ftp.sendcmd(f"RNFR {p}"),
             ):
