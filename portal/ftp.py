@@ -8,6 +8,7 @@ data connection ends normally; an aborted or cut transfer leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import stat as statmod
@@ -78,8 +79,16 @@ class PortalAuthorizer:
         return None
 
 
+class Refused(OSError, FilesystemError):
+    """A refused file-system call; pyftpdlib answers both kinds with 550 in every command
+    (some, such as SIZE, MDTM, MLSD and RNFR, only catch OSError and drop the session)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EACCES, message)
+
+
 def _os_error(exc: Exception) -> OSError:
-    return FilesystemError(str(exc))
+    return Refused(str(exc))
 
 
 def _stat_result(entry: Entry) -> os.stat_result:
@@ -275,7 +284,7 @@ class PortalFTPFS(AbstractedFS):
 
     def chdir(self, path: str) -> None:
         if not self._entry(path).is_dir:
-            raise FilesystemError(f"{path} is not a folder")
+            raise Refused(f"{path} is not a folder")
         self.cwd = join_path(self._parts(path))
 
     def listdir(self, path: str) -> list[str]:
@@ -339,7 +348,9 @@ class PortalFTPFS(AbstractedFS):
         raise FilesystemError("modes are fixed: files are read-only copies")
 
     def utime(self, path: str, timeval: float) -> None:
-        raise FilesystemError("times are the arrival times and cannot be changed")
+        # Times are the arrival times; clients that preserve times (MFMT after an upload,
+        # as rclone does) must not fail for it.
+        self._entry(path)
 
     def mkstemp(self, *args: Any, **kwargs: Any) -> Any:
         raise FilesystemError("STOU is not supported: upload under a name of your own")
@@ -366,6 +377,15 @@ class PortalFTPFS(AbstractedFS):
         return _UploadFile(self.cmd_channel, upload, self.loop, filename)
 
 
+def _ftp_mlsd(handler: Any, path: str) -> str | None:
+    # pyftpdlib answers 501 for a folder that is not there; clients (rclone) read only 550
+    # as "not found".
+    if not handler.fs.isdir(path):
+        handler.respond(f"550 no folder {handler.fs.fs2ftp(path)}.")
+        return None
+    return type(handler).__mro__[1].ftp_MLSD(handler, path)  # type: ignore[attr-defined,no-any-return]
+
+
 def build_server(
     fs: PortalFS,
     loop: asyncio.AbstractEventLoop,
@@ -386,6 +406,7 @@ def build_server(
         "banner": "ecpds data portal",
         "masquerade_address": masquerade,
         "principal": None,
+        "ftp_MLSD": _ftp_mlsd,
     }
     if certificate:
         attributes |= {

@@ -13,10 +13,13 @@ import os
 import stat as statmod
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
+from asyncssh.constants import FXP_WRITE
+from asyncssh.packet import SSHPacket
+from asyncssh.sftp import SFTPServerHandler
 
 from ecpds.core.ingest import IngestError
 from ecpds.portal.access import (
@@ -44,6 +47,31 @@ CIPHERS = [
 ]
 DIR_MODE = statmod.S_IFDIR | 0o755
 FILE_MODE = statmod.S_IFREG | 0o644
+
+
+_process_write: Any = SFTPServerHandler._packet_handlers[FXP_WRITE]
+
+
+async def _process_padded_write(handler: SFTPServerHandler, packet: SSHPacket) -> object:
+    """SSH_FXP_WRITE that ignores bytes after the data, as OpenSSH's sftp-server does.
+
+    Debian's rclone pads its write packets; asyncssh refuses any packet with bytes left
+    over. The request is cut to handle, offset and data and handed to asyncssh's own
+    parser, so only the trailing bytes are treated differently.
+    """
+    body = SSHPacket(packet.get_remaining_payload())
+    body.get_string()
+    body.get_uint64()
+    body.get_string()
+    return await _process_write(handler, SSHPacket(body.get_consumed_payload()))
+
+
+# asyncssh builds its SFTPServerHandler itself, with no hook for a subclass: the table of
+# request parsers is the one place to change; only this process's SFTP server uses it.
+SFTPServerHandler._packet_handlers = {
+    **SFTPServerHandler._packet_handlers,
+    FXP_WRITE: _process_padded_write,  # type: ignore[dict-item]
+}
 
 
 def load_host_key(path: Path) -> asyncssh.SSHKey:

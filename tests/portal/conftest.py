@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,10 +19,13 @@ from sqlalchemy import Engine
 
 from ecpds.core import catalog
 from ecpds.core.db import session_scope
+from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.models import DataUserCreate, DestinationCreate
 from ecpds.core.secrets import CredentialBox, hash_password, load_or_create_key
 from ecpds.core.store import Store
 from ecpds.portal.access import create_access_key
+from ecpds.portal.ftp import build_server, run_in_thread
+from ecpds.portal.sftp import load_host_key, start_sftp
 from ecpds.portal.vfs import PortalFS
 
 ALICE_PASSWORD = "alice-password-1"
@@ -127,3 +131,33 @@ def portal(
         bob_key_id=bob_key_id,
         bob_secret=bob_secret,
     )
+
+
+@pytest.fixture
+def sftp_port(portal: Portal, loop_thread: LoopThread) -> Iterator[int]:
+    """The portal's SFTP server on a free port."""
+    port = free_port()
+    key = load_host_key(portal.home / "ssh_host_key")
+    acceptor = loop_thread.run(start_sftp(portal.fs, "127.0.0.1", port, key))
+    yield port
+
+    async def stop() -> None:
+        acceptor.close()
+        await acceptor.wait_closed()
+
+    loop_thread.run(stop())
+
+
+@pytest.fixture
+def ftp_port(
+    portal: Portal, loop_thread: LoopThread, certificate: tuple[Path, Path]
+) -> Iterator[int]:
+    """The portal's FTP server (AUTH TLS offered) on a free port."""
+    port = free_port()
+    server = build_server(portal.fs, loop_thread.loop, "127.0.0.1", port, certificate=certificate)
+    stop = threading.Event()
+    thread = run_in_thread(server, stop)
+    wait_for_port("127.0.0.1", port, timeout=20)
+    yield port
+    stop.set()
+    thread.join(15)

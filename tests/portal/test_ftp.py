@@ -7,20 +7,16 @@ import io
 import os
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlmodel import select
 
 from ecpds.core.db import session_scope
-from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.models import DataFile, DataTransfer, TransferStatus
-from ecpds.portal.ftp import build_server, run_in_thread
 
-from .conftest import ALICE_PASSWORD, BOB_PASSWORD, LoopThread, Portal
+from .conftest import ALICE_PASSWORD, BOB_PASSWORD, Portal
 
 
 @pytest.fixture
@@ -28,20 +24,6 @@ def catalog_url(tmp_path: Path) -> str:
     """SQLite only: the catalog queries are the same as over HTTPS, which also runs on
     PostgreSQL; this keeps the suite's time down."""
     return f"sqlite:///{tmp_path / 'catalog.db'}"
-
-
-@pytest.fixture
-def ftp_port(
-    portal: Portal, loop_thread: LoopThread, certificate: tuple[Path, Path]
-) -> Iterator[int]:
-    port = free_port()
-    server = build_server(portal.fs, loop_thread.loop, "127.0.0.1", port, certificate=certificate)
-    stop = threading.Event()
-    thread = run_in_thread(server, stop)
-    wait_for_port("127.0.0.1", port, timeout=20)
-    yield port
-    stop.set()
-    thread.join(15)
 
 
 def login(port: int, user: str, password: str, tls: bool = False) -> ftplib.FTP:

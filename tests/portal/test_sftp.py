@@ -7,7 +7,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncssh
@@ -15,11 +14,9 @@ import pytest
 from sqlmodel import select
 
 from ecpds.core.db import session_scope
-from ecpds.core.devserver import free_port
 from ecpds.core.models import DataFile, DataTransfer, TransferStatus
-from ecpds.portal.sftp import load_host_key, start_sftp
 
-from .conftest import ALICE_PASSWORD, BOB_PASSWORD, LoopThread, Portal
+from .conftest import ALICE_PASSWORD, BOB_PASSWORD, Portal
 
 
 @pytest.fixture
@@ -27,20 +24,6 @@ def catalog_url(tmp_path: Path) -> str:
     """SQLite only: the catalog queries are the same as over HTTPS, which also runs on
     PostgreSQL; this keeps the suite's time down."""
     return f"sqlite:///{tmp_path / 'catalog.db'}"
-
-
-@pytest.fixture
-def sftp_port(portal: Portal, loop_thread: LoopThread) -> Iterator[int]:
-    port = free_port()
-    key = load_host_key(portal.home / "ssh_host_key")
-    acceptor = loop_thread.run(start_sftp(portal.fs, "127.0.0.1", port, key))
-    yield port
-
-    async def stop() -> None:
-        acceptor.close()
-        await acceptor.wait_closed()
-
-    loop_thread.run(stop())
 
 
 def connect(port: int, user: str, password: str) -> asyncssh.SSHClientConnection:
