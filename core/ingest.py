@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from ecpds.core import catalog
+from ecpds.core import access, catalog
 from ecpds.core.db import session_scope
 from ecpds.core.models import (
     DataFile,
@@ -97,14 +97,11 @@ def _plan(
     reqid: str | None,
 ) -> _Plan:
     dest = catalog.find_destination(session, name=destination)
-    if dest is None:
-        raise IngestError(f"unknown destination {destination!r}", 404)
-    if (
-        user is not None
-        and not user.admin
-        and destination not in catalog.user_destinations(session, user=user)
+    # Same answer for "absent" and "not yours" (policies included): names are not disclosed.
+    if dest is None or (
+        user is not None and destination not in access.user_destinations(session, user=user)
     ):
-        raise IngestError(f"user {user.name!r} may not upload to {destination!r}", 403)
+        raise IngestError(f"unknown destination {destination!r}", 404)
     if priority is not None and not 0 <= priority <= 99:
         raise IngestError(f"priority {priority} is out of range 0..99")
     if lifetime is not None and lifetime <= 0:
