@@ -25,6 +25,7 @@ import boto3
 from botocore.config import Config
 
 from ecpds.core import catalog
+from ecpds.core.access import create_access_key
 from ecpds.core.db import open_catalog, session_scope
 from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.ingest import ingest
@@ -32,7 +33,6 @@ from ecpds.core.models import DataUserCreate, DestinationCreate
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
-from ecpds.portal.access import create_access_key
 from ecpds.portal.tls import ensure_certificate
 
 MiB = 1 << 20

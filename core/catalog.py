@@ -1,7 +1,7 @@
 """Catalog functions: keyword-only reads and writes of every entity, each taking a session.
 
-Bad input raises a `CatalogError` whose message is one line naming the problem and whose
-`status` is the HTTP code the REST API answers with.
+Bad input raises one of `ecpds.core.errors` (`NotFound`, `Conflict`, `Invalid`): one line
+naming the problem, with the HTTP code the REST API answers with as `status`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from ecpds.core.db import session_scope
+from ecpds.core.errors import Conflict, Invalid, NotFound
 from ecpds.core.models import (
     FINAL_STATUSES,
     Alias,
@@ -54,24 +55,6 @@ from ecpds.core.secrets import (
     verify_password,
 )
 from ecpds.core.settings import Settings
-
-
-class CatalogError(Exception):
-    """Bad input for the catalog; `status` is the matching HTTP code."""
-
-    status = 400
-
-
-class NotFound(CatalogError):
-    status = 404
-
-
-class Conflict(CatalogError):
-    status = 409
-
-
-class Invalid(CatalogError):
-    status = 422
 
 
 def validation_message(errors: ValidationError | Sequence[Any]) -> str:
@@ -406,7 +389,9 @@ def list_users(session: Session) -> Sequence[DataUser]:
     return session.exec(select(DataUser).order_by(DataUser.name)).all()
 
 
-def user_destinations(session: Session, *, user: DataUser) -> list[str]:
+def _linked_destinations(session: Session, user: DataUser) -> list[str]:
+    """The destinations linked to `user` itself (the field it is edited by); the ones it
+    reaches, policies included, are `ecpds.core.access.user_destinations`."""
     rows = session.exec(
         select(Destination.name)
         .join(DataUserDestination, col(DataUserDestination.destination_id) == col(Destination.id))
@@ -469,16 +454,8 @@ def delete_user(session: Session, *, name: str) -> None:
 
 def user_public(session: Session, user: DataUser) -> DataUserPublic:
     return DataUserPublic.model_validate(
-        user.model_dump() | {"destinations": user_destinations(session, user=user)}
+        user.model_dump() | {"destinations": _linked_destinations(session, user)}
     )
-
-
-def authenticate(session: Session, *, name: str, password: str) -> DataUser | None:
-    """The active user with this name and password, or None."""
-    user = find_user(session, name=name)
-    if user is None or not user.active or not verify_password(user.password_hash, password):
-        return None
-    return user
 
 
 def create_token(session: Session, *, user: DataUser, label: str = "") -> str:
@@ -488,14 +465,6 @@ def create_token(session: Session, *, user: DataUser, label: str = "") -> str:
     session.add(ApiToken(user_id=user.id, token_sha256=token_digest(token), label=label))
     session.flush()
     return token
-
-
-def user_for_token(session: Session, *, token: str) -> DataUser | None:
-    row = session.exec(select(ApiToken).where(ApiToken.token_sha256 == token_digest(token))).first()
-    if row is None:
-        return None
-    user = session.get(DataUser, row.user_id)
-    return user if user is not None and user.active else None
 
 
 def bootstrap_admin(engine: Engine, settings: Settings) -> str | None:

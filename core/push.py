@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, select
 
-from ecpds.core import catalog
+from ecpds.core import access, catalog
 from ecpds.core.models import DataFile, DataTransfer, DataUser, Destination, TransferStatus, utcnow
 
 _META_PAIR = re.compile(r"^([\w.-]+)=(.*)$")
@@ -96,14 +96,11 @@ def plan_push(
     IngestError (one line, with its HTTP status) when the push may not be made.
     """
     dest = catalog.find_destination(session, name=destination)
-    if dest is None:
-        raise IngestError(f"unknown destination {destination!r}", 404)
-    if (
-        user is not None
-        and not user.admin
-        and destination not in catalog.user_destinations(session, user=user)
+    # Same answer for "absent" and "not yours" (policies included): names are not disclosed.
+    if dest is None or (
+        user is not None and destination not in access.user_destinations(session, user=user)
     ):
-        raise IngestError(f"user {user.name!r} may not upload to {destination!r}", 403)
+        raise IngestError(f"unknown destination {destination!r}", 404)
     options.check()
     target = options.target or ""
     check_target(target)

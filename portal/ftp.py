@@ -24,15 +24,10 @@ from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHa
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY, _RetryError
 from pyftpdlib.servers import ThreadedFTPServer
 
+from ecpds.core.access import Principal
+from ecpds.core.errors import EcpdsError, Unauthenticated
 from ecpds.core.ingest import IngestError
-from ecpds.portal.access import (
-    AccessError,
-    AuthenticationFailed,
-    Principal,
-    join_path,
-    login_password,
-    split_path,
-)
+from ecpds.portal.access import join_path, login_password, split_path
 from ecpds.portal.vfs import Download, Entry, PortalFS, Upload
 
 log = logging.getLogger(__name__)
@@ -51,7 +46,7 @@ class PortalAuthorizer:
     def validate_authentication(self, username: str, password: str, handler: Any) -> None:
         try:
             handler.principal = login_password(self.fs.engine, username, password)
-        except AuthenticationFailed as exc:
+        except Unauthenticated as exc:
             raise FTPAuthenticationFailed(str(exc)) from exc
 
     def get_home_dir(self, username: str) -> str:
@@ -142,7 +137,7 @@ class _UploadFile:
     def write(self, data: bytes) -> int:
         try:
             self._run(self.upload.write(data))
-        except (AccessError, IngestError) as exc:
+        except (EcpdsError, IngestError) as exc:
             raise OSError(str(exc)) from exc
         return len(data)
 
@@ -156,7 +151,7 @@ class _UploadFile:
             return
         try:
             self._run(self.upload.close())
-        except (AccessError, IngestError) as exc:
+        except (EcpdsError, IngestError) as exc:
             # The data channel answers after closing its file: make that answer the failure.
             channel._resp = (f"550 {' '.join(str(exc).split())}.", log.info)
 
@@ -244,13 +239,13 @@ class PortalFTPFS(AbstractedFS):
     def _parts(self, path: str) -> tuple[str, ...]:
         try:
             return split_path(path, self.cwd)
-        except AccessError as exc:
+        except EcpdsError as exc:
             raise _os_error(exc) from exc
 
     def _call(self, func: Any, *args: Any) -> Any:
         try:
             return func(self.principal, *args)
-        except (AccessError, IngestError) as exc:
+        except (EcpdsError, IngestError) as exc:
             raise _os_error(exc) from exc
 
     # --- path mapping -----------------------------------------------------------------------
@@ -258,7 +253,7 @@ class PortalFTPFS(AbstractedFS):
     def ftpnorm(self, ftppath: str) -> str:
         try:
             return join_path(split_path(ftppath, self.cwd))
-        except AccessError:
+        except EcpdsError:
             return REFUSED
 
     def ftp2fs(self, ftppath: str) -> str:
@@ -372,7 +367,7 @@ class PortalFTPFS(AbstractedFS):
 
         try:
             upload = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
-        except AccessError as exc:
+        except EcpdsError as exc:
             raise _os_error(exc) from exc
         return _UploadFile(self.cmd_channel, upload, self.loop, filename)
 

@@ -1,7 +1,8 @@
 """The embedded MQTT broker (amqtt, MQTT 3.1.1) that tells data users about new products.
 
 Clients log in as catalog data users. A user may subscribe to the topic filters in its
-`mqtt_topics` and to the MQTT topics of its destinations; only admin users publish.
+`mqtt_topics` and to the MQTT topics of every destination it reaches (policies included);
+only admin users publish.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from amqtt.errors import BrokerError
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 from sqlalchemy import Engine
-from sqlmodel import Session as DbSession
-from sqlmodel import select
 
-from ecpds.core.models import DataUser, DataUserDestination, Destination
-from ecpds.core.secrets import verify_password
+from ecpds.core import access
+from ecpds.core.db import session_scope
+from ecpds.core.errors import Unauthenticated
 from ecpds.core.settings import Settings
+from ecpds.portal.access import login_password
 from ecpds.portal.base import Portal, cannot_listen
 
 log = logging.getLogger(__name__)
@@ -66,20 +67,14 @@ class Grants:
     by_user: dict[str, Grant] = field(default_factory=dict)
 
     def login(self, name: str, password: str) -> Grant | None:
-        with DbSession(self.engine) as session:
-            user = session.exec(select(DataUser).where(DataUser.name == name)).first()
-            if user is None or not user.active or not verify_password(user.password_hash, password):
-                return None
-            destination_topics = session.exec(
-                select(Destination.mqtt_topic)
-                .join(DataUserDestination, DataUserDestination.destination_id == Destination.id)
-                .where(DataUserDestination.user_id == user.id)
-            ).all()
-        topics = [*user.mqtt_topics]
-        for topic in destination_topics:
-            if topic:
-                topics += [topic, f"{topic.rstrip('/')}/#"]
-        grant = Grant(admin=user.admin, topics=tuple(topics))
+        """Log in through the access layer; topics of every destination it reaches are granted."""
+        try:
+            principal = login_password(self.engine, name, password)
+        except Unauthenticated:
+            return None
+        with session_scope(self.engine) as session:
+            topics = access.topic_filters(session, principal)
+        grant = Grant(admin=principal.admin, topics=topics)
         self.by_user[name] = grant
         return grant
 

@@ -21,12 +21,10 @@ from asyncssh.constants import FXP_WRITE
 from asyncssh.packet import SSHPacket
 from asyncssh.sftp import SFTPServerHandler
 
+from ecpds.core.access import Principal
+from ecpds.core.errors import EcpdsError, NotFound, Unauthenticated
 from ecpds.core.ingest import IngestError
 from ecpds.portal.access import (
-    AccessError,
-    AuthenticationFailed,
-    NotFound,
-    Principal,
     join_path,
     login_password,
     login_public_key,
@@ -88,7 +86,7 @@ def load_host_key(path: Path) -> asyncssh.SSHKey:
 def _sftp_error(exc: Exception) -> asyncssh.SFTPError:
     if isinstance(exc, NotFound):
         return asyncssh.SFTPNoSuchFile(str(exc))
-    if isinstance(exc, AccessError):
+    if isinstance(exc, EcpdsError):
         return asyncssh.SFTPPermissionDenied(str(exc))
     return asyncssh.SFTPFailure(str(exc))
 
@@ -125,7 +123,7 @@ class PortalSSHServer(asyncssh.SSHServer):
     async def validate_password(self, username: str, password: str) -> bool:
         try:
             principal = await asyncio.to_thread(login_password, self.fs.engine, username, password)
-        except AuthenticationFailed:
+        except Unauthenticated:
             return False
         assert self.conn is not None
         self.conn.set_extra_info(principal=principal)
@@ -139,7 +137,7 @@ class PortalSSHServer(asyncssh.SSHServer):
             return False
         try:
             principal = await asyncio.to_thread(login_public_key, self.fs.engine, username, key)
-        except AuthenticationFailed:
+        except Unauthenticated:
             return False
         assert self.conn is not None
         self.conn.set_extra_info(principal=principal)
@@ -179,13 +177,13 @@ class PortalSFTPServer(asyncssh.SFTPServer):
     def _parts(self, path: bytes) -> tuple[str, ...]:
         try:
             return split_path(path.decode("utf-8"))
-        except (AccessError, UnicodeDecodeError) as exc:
+        except (EcpdsError, UnicodeDecodeError) as exc:
             raise asyncssh.SFTPPermissionDenied(str(exc)) from exc
 
     async def _call(self, func, *args):  # type: ignore[no-untyped-def]
         try:
             return await asyncio.to_thread(func, self.principal, *args)
-        except (AccessError, IngestError) as exc:
+        except (EcpdsError, IngestError) as exc:
             raise _sftp_error(exc) from exc
 
     # --- names ------------------------------------------------------------------------------
@@ -253,7 +251,7 @@ class PortalSFTPServer(asyncssh.SFTPServer):
         if writing:
             try:
                 return _Writer(self.fs.start_upload(self.principal, parts))
-            except AccessError as exc:
+            except EcpdsError as exc:
                 raise _sftp_error(exc) from exc
         download: Download = await self._call(self.fs.open_read, parts)
         assert download.entry.data_file_id is not None
@@ -281,7 +279,7 @@ class PortalSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPFailure("writes must be sequential; the upload is abandoned")
         try:
             await file_obj.upload.write(data)
-        except (AccessError, IngestError) as exc:
+        except (EcpdsError, IngestError) as exc:
             raise _sftp_error(exc) from exc
         file_obj.offset += len(data)
         return len(data)
@@ -306,7 +304,7 @@ class PortalSFTPServer(asyncssh.SFTPServer):
             return
         try:
             await file_obj.upload.close()
-        except (AccessError, IngestError) as exc:
+        except (EcpdsError, IngestError) as exc:
             raise _sftp_error(exc) from exc
 
 

@@ -17,7 +17,9 @@ from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 from zlib_ng import zlib_ng
 
+from ecpds.core.access import Principal
 from ecpds.core.db import session_scope
+from ecpds.core.errors import BadPath, Denied, NotFound
 from ecpds.core.ingest import Dispatcher, IngestResult, ingest
 from ecpds.core.models import (
     DataFile,
@@ -32,7 +34,6 @@ from ecpds.core.models import (
 )
 from ecpds.core.push import PushOptions
 from ecpds.core.store import IntegrityError, Store
-from ecpds.portal.access import AccessDenied, BadPath, NotFound, Principal
 
 # Bytes not yet (INIT, FETC) in the store are not offered for download.
 HIDDEN = (TransferStatus.INIT, TransferStatus.FETC)
@@ -108,7 +109,7 @@ class PortalFS:
     def listdir(self, principal: Principal, parts: tuple[str, ...]) -> list[Entry]:
         if not parts:
             if Operation.DIR.value not in principal.operations:
-                raise AccessDenied(f"user {principal.name} may not dir")
+                raise Denied(f"user {principal.name} may not dir")
             return [Entry(name=d, is_dir=True) for d in principal.destinations]
         destination, sub = parts[0], "/".join(parts[1:])
         principal.check(Operation.DIR, destination)
@@ -176,7 +177,7 @@ class PortalFS:
     def delete(self, principal: Principal, parts: tuple[str, ...]) -> None:
         """Withdraw a file: its transfers under that name are marked deleted."""
         if len(parts) < 2:
-            raise AccessDenied("destinations cannot be deleted through the portal")
+            raise Denied("destinations cannot be deleted through the portal")
         destination, target = parts[0], "/".join(parts[1:])
         principal.check(Operation.DELETE, destination, target)
         with session_scope(self.engine) as session:
@@ -189,9 +190,9 @@ class PortalFS:
 
     def rename(self, principal: Principal, old: tuple[str, ...], new: tuple[str, ...]) -> None:
         if len(old) < 2 or len(new) < 2:
-            raise AccessDenied("destinations cannot be renamed through the portal")
+            raise Denied("destinations cannot be renamed through the portal")
         if old[0] != new[0]:
-            raise AccessDenied("a file cannot be moved to another destination")
+            raise Denied("a file cannot be moved to another destination")
         destination, source, target = old[0], "/".join(old[1:]), "/".join(new[1:])
         principal.check(Operation.RENAME, destination, source)
         principal.check(Operation.RENAME, destination, target)
@@ -209,7 +210,7 @@ class PortalFS:
     def mkdir(self, principal: Principal, parts: tuple[str, ...]) -> None:
         """Folders exist through the names of their files, so only the permission is checked."""
         if len(parts) < 2:
-            raise AccessDenied("destinations cannot be created through the portal")
+            raise Denied("destinations cannot be created through the portal")
         principal.check(Operation.MKDIR, parts[0], "/".join(parts[1:]))
 
     def check_upload(self, principal: Principal, parts: tuple[str, ...]) -> tuple[str, str]:
@@ -359,7 +360,7 @@ class Upload:
     async def _put(self, item: bytes | None) -> None:
         if self._task.done():
             self._task.result()
-            raise AccessDenied("the upload has already finished")
+            raise Denied("the upload has already finished")
         if not self._queue.full():
             self._queue.put_nowait(item)
             return

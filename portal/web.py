@@ -19,17 +19,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from sqlalchemy import Engine
 from starlette.requests import ClientDisconnect
 
+from ecpds.core.access import Principal
+from ecpds.core.errors import EcpdsError, Unauthenticated
 from ecpds.core.ingest import Dispatcher, IngestError
 from ecpds.core.store import Store
-from ecpds.portal.access import (
-    AccessError,
-    AuthenticationFailed,
-    Principal,
-    join_path,
-    login_password,
-    login_token,
-    split_path,
-)
+from ecpds.portal.access import join_path, login_password, login_token, split_path
 from ecpds.portal.vfs import Download, Entry, PortalFS
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -95,12 +89,12 @@ def data_router(backing: Callable[[], Backing]) -> APIRouter:
                 try:
                     name, _, password = base64.b64decode(value).decode().partition(":")
                 except (binascii.Error, UnicodeDecodeError) as exc:
-                    raise AuthenticationFailed("malformed Basic credentials") from exc
+                    raise Unauthenticated("malformed Basic credentials") from exc
                 return await asyncio.to_thread(login_password, fs.engine, name, password)
             if scheme.lower() == "bearer" and value:
                 return await asyncio.to_thread(login_token, fs.engine, value.strip())
-            raise AuthenticationFailed("log in with HTTP Basic or a bearer token")
-        except AccessError as exc:
+            raise Unauthenticated("log in with HTTP Basic or a bearer token")
+        except EcpdsError as exc:
             headers = {"WWW-Authenticate": 'Basic realm="ecpds"'} if exc.status == 401 else None
             raise HTTPException(exc.status, str(exc), headers=headers) from exc
 
@@ -120,7 +114,7 @@ def data_router(backing: Callable[[], Backing]) -> APIRouter:
                     return JSONResponse([_entry_json(e) for e in entries])
                 return HTMLResponse(_listing_html(parts, entries))
             download = await asyncio.to_thread(fs.open_read, user, parts)
-        except AccessError as exc:
+        except EcpdsError as exc:
             return _error(exc)
         return _download(download, request)
 
@@ -130,7 +124,7 @@ def data_router(backing: Callable[[], Backing]) -> APIRouter:
         try:
             parts = split_path(path)
             result = await fs.upload(user, parts, _body(request))
-        except (AccessError, IngestError) as exc:
+        except (EcpdsError, IngestError) as exc:
             refused = _error(exc)
             # The body may be unread: closing keeps it from being parsed as the next request.
             refused.headers["Connection"] = "close"
@@ -154,7 +148,7 @@ def data_router(backing: Callable[[], Backing]) -> APIRouter:
     async def delete(path: str, user: User) -> Response:
         try:
             await asyncio.to_thread(current().delete, user, split_path(path))
-        except AccessError as exc:
+        except EcpdsError as exc:
             return _error(exc)
         return Response(status_code=204)
 

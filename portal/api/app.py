@@ -8,8 +8,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from ecpds.core.catalog import CatalogError, validation_message
+from ecpds.core.catalog import validation_message
 from ecpds.core.db import open_catalog
+from ecpds.core.errors import EcpdsError
 from ecpds.core.ingest import Dispatcher, IngestError
 from ecpds.core.secrets import CredentialBox, CredentialError, load_or_create_key
 from ecpds.core.settings import Settings
@@ -51,12 +52,15 @@ ROUTERS: tuple[APIRouter, ...] = (
 
 
 def _detail(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse({"detail": " ".join(message.split())}, status_code=status_code)
+    headers = {"WWW-Authenticate": 'Basic realm="ecpds"'} if status_code == 401 else None
+    return JSONResponse(
+        {"detail": " ".join(message.split())}, status_code=status_code, headers=headers
+    )
 
 
 def _install_error_handlers(app: FastAPI) -> None:
-    async def catalog_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, CatalogError | IngestError)
+    async def refused(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, EcpdsError | IngestError)
         return _detail(exc.status, str(exc))
 
     async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
@@ -71,8 +75,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def server_error(_: Request, exc: Exception) -> JSONResponse:
         return _detail(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc))
 
-    app.add_exception_handler(CatalogError, catalog_error)
-    app.add_exception_handler(IngestError, catalog_error)
+    app.add_exception_handler(EcpdsError, refused)
+    app.add_exception_handler(IngestError, refused)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(IntegrityError, conflict)
     app.add_exception_handler(CredentialError, server_error)

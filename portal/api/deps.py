@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -17,7 +16,8 @@ from fastapi.security import (
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from ecpds.core import catalog
+from ecpds.core import access
+from ecpds.core.errors import Unauthenticated
 from ecpds.core.ingest import Dispatcher
 from ecpds.core.models import DataUser
 from ecpds.core.secrets import CredentialBox
@@ -55,11 +55,6 @@ SessionDep = Annotated[Session, Depends(get_session)]
 _basic = HTTPBasic(auto_error=False, realm="ecpds")
 _bearer = HTTPBearer(auto_error=False)
 
-# argon2 is slow on purpose; a password already checked against the same hash is not
-# checked again, so that scripts pushing many files pay for it once.
-_verified: set[tuple[int, str, str]] = set()
-_VERIFIED_MAX = 4096
-
 
 def _unauthorized(message: str) -> HTTPException:
     return HTTPException(
@@ -67,36 +62,19 @@ def _unauthorized(message: str) -> HTTPException:
     )
 
 
-def _password_user(session: Session, name: str, password: str) -> DataUser | None:
-    user = catalog.find_user(session, name=name)
-    if user is None or user.id is None or not user.active or not user.password_hash:
-        return None
-    key = (user.id, user.password_hash, hashlib.sha256(password.encode()).hexdigest())
-    if key in _verified:
-        return user
-    if catalog.authenticate(session, name=name, password=password) is None:
-        return None
-    if len(_verified) >= _VERIFIED_MAX:
-        _verified.clear()
-    _verified.add(key)
-    return user
-
-
 def current_user(
     session: SessionDep,
     basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> DataUser:
-    if bearer is not None:
-        user = catalog.user_for_token(session, token=bearer.credentials)
-        if user is None:
-            raise _unauthorized("unknown or revoked token")
-        return user
-    if basic is not None:
-        user = _password_user(session, basic.username, basic.password)
-        if user is None:
-            raise _unauthorized(f"wrong user name or password for {basic.username!r}")
-        return user
+    """The caller, logged in by the access layer with a bearer token or HTTP Basic."""
+    try:
+        if bearer is not None:
+            return access.token_user(session, token=bearer.credentials)
+        if basic is not None:
+            return access.password_user(session, name=basic.username, password=basic.password)
+    except Unauthenticated as exc:
+        raise _unauthorized(str(exc)) from exc
     raise _unauthorized("credentials needed: HTTP Basic (user, password) or a bearer token")
 
 
@@ -114,11 +92,9 @@ AdminDep = Annotated[DataUser, Depends(admin_user)]
 
 def visible_destinations(session: Session, user: DataUser) -> list[str] | None:
     """The destinations `user` may read; None means all of them (admins)."""
-    return None if user.admin else catalog.user_destinations(session, user=user)
+    return access.principal_for(session, user).visible
 
 
 def check_destination_access(session: Session, user: DataUser, destination: str) -> None:
-    allowed = visible_destinations(session, user)
-    if allowed is not None and destination not in allowed:
-        # Same answer as for a destination that does not exist: names are not disclosed.
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown destination {destination!r}")
+    """Raise NotFound, the answer for an absent destination, unless `user` reaches it."""
+    access.principal_for(session, user).check_destination(destination)

@@ -7,7 +7,13 @@ from pydantic import ConfigDict
 
 from ecpds.core import catalog
 from ecpds.core.models import DestinationCreate, DestinationPublic, DestinationUpdate
-from ecpds.portal.api.deps import AdminDep, SessionDep, UserDep, check_destination_access
+from ecpds.portal.api.deps import (
+    AdminDep,
+    SessionDep,
+    UserDep,
+    check_destination_access,
+    visible_destinations,
+)
 
 router = APIRouter(prefix="/destinations", tags=["destinations"])
 
@@ -22,7 +28,7 @@ class DestinationPatch(DestinationUpdate):
 
 @router.get("")
 def list_destinations(session: SessionDep, user: UserDep) -> list[DestinationPublic]:
-    names = None if user.admin else catalog.user_destinations(session, user=user)
+    names = visible_destinations(session, user)
     return [
         catalog.destination_public(session, d)
         for d in catalog.list_destinations(session, names=names)

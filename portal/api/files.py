@@ -69,7 +69,7 @@ async def upload_file(
     """Stream the request body (not multipart) into the store and queue its transfers."""
     options = query.options(query.target)
     if options.reqid is not None:
-        earlier = await run_in_threadpool(_earlier_upload, state, options.reqid)
+        earlier = await run_in_threadpool(_earlier_upload, state, user, options.reqid)
         if earlier is not None:
             # The same request again (a retry): same answer, nothing stored twice.
             async for _ in request.stream():
@@ -96,10 +96,16 @@ async def upload_file(
     )
 
 
-def _earlier_upload(state: ApiState, reqid: str) -> UploadResult | None:
+def _earlier_upload(state: ApiState, user: DataUser, reqid: str) -> UploadResult | None:
+    """The upload made with `reqid`, if the caller may see it; else None, as for a new reqid."""
     with Session(state.engine) as session:
         data_file = session.exec(select(DataFile).where(DataFile.reqid == reqid)).first()
         if data_file is None:
+            return None
+        allowed = visible_destinations(session, user)
+        if allowed is not None and not catalog.list_transfers(
+            session, destinations=allowed, data_file_id=data_file.id, limit=1
+        ):
             return None
         ids = session.exec(
             select(DataTransfer.id).where(DataTransfer.data_file_id == data_file.id)

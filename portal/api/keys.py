@@ -9,8 +9,8 @@ from pydantic import BaseModel
 from sqlmodel import select
 
 from ecpds.core import catalog
+from ecpds.core.access import create_access_key
 from ecpds.core.models import AccessKey, DataUser
-from ecpds.portal.access import create_access_key
 from ecpds.portal.api.deps import SessionDep, StateDep, UserDep
 
 router = APIRouter(prefix="/users/{name}/keys", tags=["keys"])

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, col, select
 
-from ecpds.core import catalog
+from ecpds.core import catalog, errors
 from ecpds.core.models import DataUser, DataUserPolicy, Destination, Policy, PolicyDestination
 from ecpds.portal.api.deps import AdminDep, SessionDep
 
@@ -38,7 +38,7 @@ class PolicyPublic(BaseModel):
 def _get(session: Session, name: str) -> Policy:
     policy = session.exec(select(Policy).where(Policy.name == name)).first()
     if policy is None:
-        raise catalog.NotFound(f"unknown policy {name!r}")
+        raise errors.NotFound(f"unknown policy {name!r}")
     return policy
 
 
@@ -69,7 +69,7 @@ def _link(
         for name in dict.fromkeys(destinations):
             dest = catalog.find_destination(session, name=name)
             if dest is None or dest.id is None:
-                raise catalog.Invalid(f"policy {policy.name!r}: unknown destination {name!r}")
+                raise errors.Invalid(f"policy {policy.name!r}: unknown destination {name!r}")
             ids.append(dest.id)
         for link in session.exec(
             select(PolicyDestination).where(PolicyDestination.policy_id == policy.id)
@@ -83,7 +83,7 @@ def _link(
         for name in dict.fromkeys(users):
             user = catalog.find_user(session, name=name)
             if user is None or user.id is None:
-                raise catalog.Invalid(f"policy {policy.name!r}: unknown user {name!r}")
+                raise errors.Invalid(f"policy {policy.name!r}: unknown user {name!r}")
             user_ids.append(user.id)
         for member in session.exec(
             select(DataUserPolicy).where(DataUserPolicy.policy_id == policy.id)
@@ -103,7 +103,7 @@ def list_policies(session: SessionDep, _: AdminDep) -> list[PolicyPublic]:
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_policy(data: PolicyIn, session: SessionDep, _: AdminDep) -> PolicyPublic:
     if session.exec(select(Policy).where(Policy.name == data.name)).first() is not None:
-        raise catalog.Conflict(f"policy {data.name!r} already exists")
+        raise errors.Conflict(f"policy {data.name!r} already exists")
     policy = Policy(name=data.name, comment=data.comment)
     session.add(policy)
     session.flush()

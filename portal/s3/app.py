@@ -30,17 +30,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ecpds.core.access import Principal
+from ecpds.core.errors import BadPath, EcpdsError, NotFound, Unauthenticated
 from ecpds.core.ingest import IngestError
 from ecpds.core.secrets import CredentialBox
-from ecpds.portal.access import (
-    AccessError,
-    AuthenticationFailed,
-    BadPath,
-    NotFound,
-    Principal,
-    login_access_key,
-    split_path,
-)
+from ecpds.portal.access import login_access_key, split_path
 from ecpds.portal.s3.sigv4 import SignatureError, SignedRequest, decode_body, read_claim, verify
 from ecpds.portal.vfs import Entry, PortalFS
 
@@ -78,12 +72,12 @@ def _iso(when: datetime | None) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.000Z") if when else "1970-01-01T00:00:00.000Z"
 
 
-def _access_error(exc: AccessError, bucket: str, key: str) -> S3Error:
+def _access_error(exc: EcpdsError, bucket: str, key: str) -> S3Error:
     if isinstance(exc, NotFound):
         if key:
             return S3Error("NoSuchKey", str(exc), 404)
         return S3Error("NoSuchBucket", str(exc), 404)
-    if isinstance(exc, AuthenticationFailed):
+    if isinstance(exc, Unauthenticated):
         return S3Error("InvalidAccessKeyId", str(exc), 403)
     if isinstance(exc, BadPath):
         return S3Error("InvalidArgument", str(exc), 400)
@@ -135,7 +129,7 @@ class S3Gateway:
             response = _error_response(exc.code, str(exc), exc.status, path)
         except SignatureError as exc:
             response = _error_response(exc.code, str(exc), exc.status, path)
-        except AccessError as exc:
+        except EcpdsError as exc:
             err = _access_error(exc, bucket, key)
             response = _error_response(err.code, str(err), err.status, path)
         except IngestError as exc:
@@ -164,7 +158,7 @@ class S3Gateway:
             principal, secret = await asyncio.to_thread(
                 login_access_key, self.engine, self.box, claim.access_key_id
             )
-        except AuthenticationFailed as exc:
+        except Unauthenticated as exc:
             raise S3Error("InvalidAccessKeyId", str(exc), 403) from exc
         raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
         host = headers.get("host", "")
@@ -414,7 +408,7 @@ class S3Gateway:
                 done.append(key)
             except NotFound:
                 done.append(key)
-            except (AccessError, S3Error) as exc:
+            except (EcpdsError, S3Error) as exc:
                 failed.append((key, str(exc)))
         deleted = (
             "" if quiet else "".join(f"<Deleted><Key>{escape(k)}</Key></Deleted>" for k in done)

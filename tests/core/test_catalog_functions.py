@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
-from ecpds.core import catalog
+from ecpds.core import access, catalog, errors
 from ecpds.core.db import session_scope
+from ecpds.core.errors import Unauthenticated
 from ecpds.core.ingest import IngestError, ingest
 from ecpds.core.models import (
     AliasCreate,
@@ -58,7 +59,7 @@ def test_host_credentials_are_encrypted_at_rest(engine: Engine, box: CredentialB
         catalog.update_host(session, box=box, name="h", data=HostUpdate(url="sftp://ops@near/in"))
         # Changing the URL keeps the credentials; a bad URL is refused with its name.
         assert catalog.host_credentials(session, box=box, name="h") == {"password": SECRET}
-        with pytest.raises(catalog.Invalid, match="'h'.*nope"):
+        with pytest.raises(errors.Invalid, match="'h'.*nope"):
             catalog.update_host(session, box=box, name="h", data=HostUpdate(url="nope://x"))
 
 
@@ -69,10 +70,12 @@ def test_user_passwords_are_hashed_and_checked(engine: Engine) -> None:
         stored = conn.execute(text("SELECT password_hash FROM datauser")).scalar_one()
     assert "first-password" not in stored and stored.startswith("$argon2")
     with session_scope(engine) as session:
-        assert catalog.authenticate(session, name="u", password="first-password") is not None
-        assert catalog.authenticate(session, name="u", password="wrong-password") is None
+        assert access.password_user(session, name="u", password="first-password").name == "u"
+        with pytest.raises(Unauthenticated, match="wrong user name or password for 'u'"):
+            access.password_user(session, name="u", password="wrong-password")
         catalog.update_user(session, name="u", data=DataUserUpdate(active=False))
-        assert catalog.authenticate(session, name="u", password="first-password") is None
+        with pytest.raises(Unauthenticated, match="wrong user name or password for 'u'"):
+            access.password_user(session, name="u", password="first-password")
 
 
 def test_aliases_chain_match_and_rewrite(engine: Engine) -> None:
@@ -98,7 +101,7 @@ def test_aliases_chain_match_and_rewrite(engine: Engine) -> None:
         ]
         legs = catalog.aliases_for(session, destination=a, target="t.txt")
         assert [(d.name, t) for d, t, _ in legs] == [("b", "t.txt")]
-        with pytest.raises(catalog.Invalid, match="rewrite needs a pattern"):
+        with pytest.raises(errors.Invalid, match="rewrite needs a pattern"):
             catalog.create_alias(
                 session, data=AliasCreate(name="x", source="a", target="d", rewrite="y")
             )
@@ -115,7 +118,7 @@ def test_destination_hosts_keep_their_order(engine: Engine, box: CredentialBox) 
         assert catalog.destination_public(session, d).hosts == ["q", "r"]
         catalog.delete_host(session, name="q")
         assert catalog.destination_public(session, d).hosts == ["r"]
-        with pytest.raises(catalog.Conflict, match="'d' already exists"):
+        with pytest.raises(errors.Conflict, match="'d' already exists"):
             catalog.create_destination(session, data=DestinationCreate(name="d"))
 
 
@@ -127,8 +130,7 @@ def test_bootstrap_admin_once(engine: Engine, tmp_path: Path) -> None:
     assert f'api_password = "{password}"' in settings.admin_file.read_text()
     assert catalog.bootstrap_admin(engine, settings) is None
     with Session(engine) as session:
-        admin = catalog.authenticate(session, name="admin", password=password)
-        assert admin is not None and admin.admin
+        assert access.password_user(session, name="admin", password=password).admin
 
 
 def test_ingest_limits_leave_nothing_behind(engine: Engine, store: Store) -> None:

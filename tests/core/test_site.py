@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from ecpds.core import catalog
+from ecpds.core import catalog, errors
 from ecpds.core.db import session_scope
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.site import SiteError, apply_site, load_site, parse_site
@@ -93,7 +93,7 @@ def test_a_bad_entry_applies_nothing(engine: Engine, box: CredentialBox, tmp_pat
     text = SITE.replace('hosts = ["primary", "spare"]', 'hosts = ["primary", "ghost"]')
     spec = load_site(_write(tmp_path, text))
     with (
-        pytest.raises(catalog.Invalid, match="'met-office'.*'ghost'"),
+        pytest.raises(errors.Invalid, match="'met-office'.*'ghost'"),
         session_scope(engine) as session,
     ):
         apply_site(session, box, spec)

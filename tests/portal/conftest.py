@@ -18,12 +18,12 @@ from peers.loop import LoopThread
 from sqlalchemy import Engine
 
 from ecpds.core import catalog
+from ecpds.core.access import create_access_key
 from ecpds.core.db import session_scope
 from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.models import DataUserCreate, DestinationCreate
 from ecpds.core.secrets import CredentialBox, hash_password, load_or_create_key
 from ecpds.core.store import Store
-from ecpds.portal.access import create_access_key
 from ecpds.portal.ftp import build_server, run_in_thread
 from ecpds.portal.sftp import load_host_key, start_sftp
 from ecpds.portal.vfs import PortalFS

@@ -361,8 +361,9 @@ def test_users_see_and_upload_only_their_destinations(api: Api, tmp_path: Path) 
         refused(client.get("/destinations/d1"), 404, "d1")
         refused(client.post("/destinations", json={"name": "mine"}), 403, "dave")
         refused(client.get("/hosts"), 403, "dave")
+        # Not yours reads as absent, as for a GET: names of other users' destinations stay hidden.
         refused(
-            client.post("/destinations/d1/files", params={"name": "x"}, content=b"x"), 403, "d1"
+            client.post("/destinations/d1/files", params={"name": "x"}, content=b"x"), 404, "d1"
         )
         mine = ok(client.post("/destinations/d2/files", params={"name": "y"}, content=b"y"), 201)
         # dave sees the file queued to d2 through the alias, and his own; only d2 transfers.

@@ -1,0 +1,35 @@
+"""The one family of refusals: bad input, unknown names, conflicts, failed log-ins, denials.
+
+Each carries `status`, the HTTP code the REST API answers with; the other doors (S3,
+FTP, SFTP, MQTT) map the same classes to their own codes.
+"""
+
+
+class EcpdsError(Exception):
+    """A request ecpds refuses, with a one-line message saying what was wrong."""
+
+    status = 400
+
+
+class BadPath(EcpdsError):
+    status = 400
+
+
+class Unauthenticated(EcpdsError):
+    status = 401
+
+
+class Denied(EcpdsError):
+    status = 403
+
+
+class NotFound(EcpdsError):
+    status = 404
+
+
+class Conflict(EcpdsError):
+    status = 409
+
+
+class Invalid(EcpdsError):
+    status = 422
