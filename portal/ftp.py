@@ -21,6 +21,7 @@ from OpenSSL import SSL
 from pyftpdlib.authorizers import AuthenticationFailed as FTPAuthenticationFailed
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
+from pyftpdlib.handlers.ftp import control as ftp_control
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, _ERRNOS_RETRY, _RetryError
 from pyftpdlib.servers import ThreadedFTPServer
 
@@ -80,6 +81,18 @@ class Refused(OSError, FilesystemError):
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.EACCES, message)
+
+
+def _reason(err: Exception) -> str:
+    """pyftpdlib's text for a failed command: ours says why, not "Permission denied"."""
+    if isinstance(err, Refused):
+        return str(err.strerror)
+    return str(os.strerror(err.errno)) if isinstance(err, OSError) and err.errno else str(err)
+
+
+# pyftpdlib turns every OSError into the system's text for its errno; a refusal of ours
+# carries the reason (an unknown destination, a missing folder) the client should see.
+ftp_control.strerror = _reason
 
 
 def _os_error(exc: Exception) -> OSError:
