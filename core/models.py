@@ -447,10 +447,16 @@ class DataTransfer(DataTransferBase, table=True):
             sqlite_where=text(QUEUED_SQL),
             postgresql_where=text(QUEUED_SQL),
         ),
+        # Transfer ids name Temporal workflows and are never reused, even after a delete.
+        {"sqlite_autoincrement": True},
     )
     id: int | None = Field(default=None, primary_key=True)
     data_file_id: str = Field(foreign_key="datafile.id", index=True, ondelete="CASCADE")
-    destination_id: int = Field(foreign_key="destination.id", index=True, ondelete="CASCADE")
+    # None once the destination is deleted; the transfer keeps its history and the name.
+    destination_id: int | None = Field(
+        default=None, foreign_key="destination.id", index=True, ondelete="SET NULL"
+    )
+    destination_name: str | None = Field(default=None, description="of a deleted destination")
     status: TransferStatus = Field(default=TransferStatus.INIT, index=True)
     queued: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     started: datetime | None = Field(default=None, sa_type=UTCDateTime)
