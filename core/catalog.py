@@ -82,6 +82,7 @@ def validation_message(errors: ValidationError | Sequence[Any]) -> str:
     for error in errors.errors() if isinstance(errors, ValidationError) else errors:
         where = ".".join(str(p) for p in error["loc"] if p not in ("body", "query", "path"))
         what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        what = what.removeprefix("Value error, ")  # our own checks' messages stand alone
         parts.append(f"{where}: {what}" if where else what)
     return "; ".join(parts)
 
