@@ -104,8 +104,12 @@ def resource_group(resource: Resource) -> typer.Typer:
     def delete(
         ctx: typer.Context,
         name: Annotated[str, typer.Argument(help="its name")],
+        force: Annotated[
+            bool, typer.Option("--force", help="delete even what is still in use")
+        ] = False,
     ) -> None:
-        state_of(ctx).client().delete(f"{resource.path}/{name}")
+        params = {"force": "true"} if force else {}
+        state_of(ctx).client().request("DELETE", f"{resource.path}/{name}", params=params)
         typer.echo(f"deleted {resource.name} {name}")
 
     return group

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, func, or_
 from sqlmodel import Session, col, select
 
 from ecpds.core.db import session_scope
@@ -43,6 +43,8 @@ from ecpds.core.models import (
     HostKind,
     HostPublic,
     HostUpdate,
+    Policy,
+    PolicyDestination,
     TransferStatus,
 )
 from ecpds.core.protocols import ProtocolError, check_host
@@ -63,6 +65,7 @@ def validation_message(errors: ValidationError | Sequence[Any]) -> str:
     for error in errors.errors() if isinstance(errors, ValidationError) else errors:
         where = ".".join(str(p) for p in error["loc"] if p not in ("body", "query", "path"))
         what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        what = what.removeprefix("Value error, ")  # our own checks' messages stand alone
         parts.append(f"{where}: {what}" if where else what)
     return "; ".join(parts)
 
@@ -130,8 +133,39 @@ def update_host(session: Session, *, box: CredentialBox, name: str, data: HostUp
     return host
 
 
-def delete_host(session: Session, *, name: str) -> None:
-    session.delete(get_host(session, name=name))
+def delete_host(session: Session, *, name: str, force: bool = False) -> None:
+    """Delete a host; one still in a destination's host list needs `force`."""
+    host = get_host(session, name=name)
+    links = session.exec(
+        select(DestinationHost, Destination.name)
+        .join(Destination, col(Destination.id) == col(DestinationHost.destination_id))
+        .where(DestinationHost.host_id == host.id)
+        .order_by(Destination.name)
+    ).all()
+    if links and not force:
+        users = ", ".join(
+            f"{d!r} (primary)" if link.position == 0 else repr(d) for link, d in links
+        )
+        raise Conflict(f"host {name!r} is used by destinations {users}: delete with force")
+    for link, _ in links:
+        session.delete(link)
+    session.flush()
+    for link, _ in links:
+        _renumber_hosts(session, link.destination_id)
+    session.delete(host)
+    session.flush()
+
+
+def _renumber_hosts(session: Session, destination_id: int) -> None:
+    """Close the gap a removed host leaves, so the first one left is the primary."""
+    links = session.exec(
+        select(DestinationHost)
+        .where(DestinationHost.destination_id == destination_id)
+        .order_by(col(DestinationHost.position))
+    ).all()
+    for position, link in enumerate(links):
+        link.position = position
+        session.add(link)
     session.flush()
 
 
@@ -225,9 +259,62 @@ def update_destination(session: Session, *, name: str, data: DestinationUpdate) 
     return destination
 
 
-def delete_destination(session: Session, *, name: str) -> None:
-    session.delete(get_destination(session, name=name))
+def destination_users(session: Session, *, destination: Destination) -> list[str]:
+    """What would be orphaned by deleting the destination, one phrase each."""
+    uses = []
+    pending = pending_transfers(session, destination=destination)
+    if pending:
+        uses.append(f"{pending} unfinished transfer{'s' if pending != 1 else ''}")
+    aliases = session.exec(
+        select(Alias.name)
+        .where(or_(Alias.source_id == destination.id, Alias.target_id == destination.id))
+        .order_by(Alias.name)
+    ).all()
+    uses += [f"alias {a!r}" for a in aliases]
+    users = session.exec(
+        select(DataUser.name)
+        .join(DataUserDestination, col(DataUserDestination.user_id) == col(DataUser.id))
+        .where(DataUserDestination.destination_id == destination.id)
+        .order_by(DataUser.name)
+    ).all()
+    uses += [f"user {u!r}" for u in users]
+    policies = session.exec(
+        select(Policy.name)
+        .join(PolicyDestination, col(PolicyDestination.policy_id) == col(Policy.id))
+        .where(PolicyDestination.destination_id == destination.id)
+        .order_by(Policy.name)
+    ).all()
+    uses += [f"policy {p!r}" for p in policies]
+    return uses
+
+
+def delete_destination(session: Session, *, name: str, force: bool = False) -> list[int]:
+    """Delete a destination; one in use needs `force`. Returns the transfers it stopped.
+
+    Its transfers outlive it: unfinished ones are stopped, and all keep their history
+    (with the destination's name) until the garbage collector retires them at expiry.
+    """
+    destination = get_destination(session, name=name)
+    uses = destination_users(session, destination=destination)
+    if uses and not force:
+        raise Conflict(f"destination {name!r} is used by {', '.join(uses)}: delete with force")
+    transfers = session.exec(
+        select(DataTransfer).where(DataTransfer.destination_id == destination.id)
+    ).all()
+    stopped = []
+    for transfer in transfers:
+        if transfer.status not in FINAL_STATUSES:
+            transfer.status = TransferStatus.STOP
+            transfer.last_error = f"destination {name!r} deleted"
+            assert transfer.id is not None
+            stopped.append(transfer.id)
+        transfer.destination_id = None
+        transfer.destination_name = name
+        session.add(transfer)
     session.flush()
+    session.delete(destination)
+    session.flush()
+    return stopped
 
 
 def destination_public(session: Session, destination: Destination) -> DestinationPublic:
@@ -447,8 +534,21 @@ def update_user(session: Session, *, name: str, data: DataUserUpdate) -> DataUse
     return user
 
 
-def delete_user(session: Session, *, name: str) -> None:
-    session.delete(get_user(session, name=name))
+def delete_user(session: Session, *, name: str, caller: DataUser | None = None) -> None:
+    """Delete a user, never the caller itself nor the last active admin."""
+    user = get_user(session, name=name)
+    if caller is not None and caller.id == user.id:
+        raise Conflict(f"user {name!r} cannot delete itself: ask another admin")
+    if user.admin and user.active:
+        others = session.exec(
+            select(func.count())
+            .select_from(DataUser)
+            .where(col(DataUser.admin).is_(True), col(DataUser.active).is_(True))
+            .where(DataUser.id != user.id)
+        ).one()
+        if not others:
+            raise Conflict(f"user {name!r} is the last admin: make another user admin first")
+    session.delete(user)
     session.flush()
 
 
@@ -581,12 +681,16 @@ def list_transfers(
 
 
 def transfer_public(session: Session, transfer: DataTransfer) -> DataTransferPublic:
-    destination = session.get(Destination, transfer.destination_id)
+    destination = (
+        session.get(Destination, transfer.destination_id)
+        if transfer.destination_id is not None
+        else None
+    )
     host = session.get(Host, transfer.host_id) if transfer.host_id is not None else None
     return DataTransferPublic.model_validate(
         transfer.model_dump()
         | {
-            "destination": destination.name if destination else "",
+            "destination": destination.name if destination else transfer.destination_name or "",
             "host": host.name if host else None,
         }
     )

@@ -19,6 +19,7 @@ from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from ecpds.core.db import session_scope
 from ecpds.core.engine import (
@@ -35,6 +36,7 @@ from ecpds.core.engine import (
     Wake,
     destination_workflow_id,
     replication_workflow_id,
+    transfer_workflow_id,
 )
 from ecpds.core.models import QUEUED_STATUSES, DataTransfer, Destination
 from ecpds.core.store import Store
@@ -162,3 +164,21 @@ class TemporalDispatcher:
             COMMAND_SIGNAL,
             Command(operation.value, transfer_id=transfer_id, value=value),
         )
+
+
+async def stop_deleted_destination(client: Client, name: str, transfer_ids: list[int]) -> None:
+    """Terminate a deleted destination's scheduler and the transfers it had running.
+
+    Its transfers are already stopped in the catalog; a workflow that is not running is
+    fine. Transfers are abandoned children of the scheduler, so each is ended by name.
+    """
+    ids = [destination_workflow_id(name)]
+    ids += [transfer_workflow_id(name, tid) for tid in transfer_ids]
+    for workflow_id in ids:
+        try:
+            await client.get_workflow_handle(workflow_id).terminate(
+                reason=f"destination {name!r} deleted"
+            )
+        except RPCError as exc:
+            if exc.status is not RPCStatusCode.NOT_FOUND:
+                raise

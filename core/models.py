@@ -7,14 +7,20 @@ Update (all optional), the table, and Public (what the API returns). Secrets
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, UniqueConstraint, text
+from pydantic import AfterValidator
+from sqlalchemy import JSON, BigInteger, DateTime, Index, String, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from ecpds.core.compression import CODECS
+from ecpds.core.naming import NamingError, target_path
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -99,6 +105,102 @@ class Operation(StrEnum):
     RENAME = "rename"
 
 
+# --- checks of written values -------------------------------------------------------------
+# Every field is checked when it is written (REST, `ecpds apply`, the CLI), so that a bad
+# value is refused at once instead of failing each send attempt. Messages name what is
+# allowed; the caller adds the field's name.
+
+
+def _clock(value: str) -> str:
+    hours, sep, minutes = value.partition(":")
+    if not (
+        sep
+        and len(hours) == len(minutes) == 2
+        and hours.isdigit()
+        and minutes.isdigit()
+        and int(hours) < 24
+        and int(minutes) < 60
+    ):
+        raise ValueError(f"{value!r} is not a time of day: use HH:MM, 00:00 to 23:59")
+    return value
+
+
+def _compression(value: str) -> str:
+    if value.lower() != "none" and value.lower() not in CODECS:
+        raise ValueError(f"unknown compression {value!r}: use none, {', '.join(CODECS)}")
+    return value
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+    return value
+
+
+def _template(value: str) -> str:
+    try:
+        target_path(
+            value,
+            destination="d",
+            target="dir/name",
+            data_file_id="0",
+            transfer_id=1,
+            when=datetime(2000, 1, 1, tzinfo=UTC),
+        )
+    except NamingError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _url(schemes: tuple[str, ...] | None, example: str) -> Any:
+    def check(value: str) -> str:
+        scheme = urlsplit(value).scheme.lower()
+        if "://" not in value or not scheme:
+            raise ValueError(f"{value!r} has no scheme: use a URL such as {example}")
+        if schemes is not None and scheme not in schemes:
+            raise ValueError(f"unknown scheme {scheme!r} in {value!r}: use {', '.join(schemes)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _location(value: str) -> str:
+    if value.startswith("/"):
+        return value
+    scheme = urlsplit(value).scheme
+    if "://" not in value or not scheme:
+        raise ValueError(f"{value!r} is neither an absolute path nor a URL such as s3://bucket/dir")
+    return value
+
+
+def _mqtt_topic(value: str) -> str:
+    if not value or "+" in value or "#" in value:
+        raise ValueError(f"{value!r} is not a topic to publish to: no wildcards, not empty")
+    return value
+
+
+def _operations(value: list[str]) -> list[str]:
+    allowed = [op.value for op in Operation]
+    for op in value:
+        if op not in allowed:
+            raise ValueError(f"unknown operation {op!r}: use {', '.join(allowed)}")
+    return value
+
+
+Clock = Annotated[str, AfterValidator(_clock)]
+CompressionName = Annotated[str, AfterValidator(_compression)]
+Regex = Annotated[str, AfterValidator(_regex)]
+TargetTemplate = Annotated[str, AfterValidator(_template)]
+HostUrlText = Annotated[str, _url(None, "sftp://user@host:22/dir")]
+BrokerUrl = Annotated[str, _url(("mqtt", "mqtts", "ws", "wss"), "mqtts://broker:8883")]
+Location = Annotated[str, AfterValidator(_location)]
+MqttTopic = Annotated[str, AfterValidator(_mqtt_topic)]
+Operations = Annotated[list[str], AfterValidator(_operations)]
+IfTargetExists = Literal["overwrite", "resume"]
+
+
 # --- data users ---------------------------------------------------------------------------
 
 
@@ -106,10 +208,10 @@ class DataUserBase(SQLModel):
     name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.@-]+$")
     admin: bool = False
     active: bool = True
-    operations: list[str] = Field(
+    operations: Operations = Field(
         default_factory=lambda: [op.value for op in Operation], sa_type=JSON
     )
-    path_pattern: str | None = None
+    path_pattern: Regex | None = Field(default=None, sa_type=String)
     ssh_keys: list[str] = Field(default_factory=list, sa_type=JSON)
     mqtt_topics: list[str] = Field(default_factory=list, sa_type=JSON)
     comment: str = ""
@@ -123,8 +225,8 @@ class DataUserCreate(DataUserBase):
 class DataUserUpdate(SQLModel):
     admin: bool | None = None
     active: bool | None = None
-    operations: list[str] | None = None
-    path_pattern: str | None = None
+    operations: Operations | None = None
+    path_pattern: Regex | None = None
     ssh_keys: list[str] | None = None
     mqtt_topics: list[str] | None = None
     comment: str | None = None
@@ -204,32 +306,32 @@ class DestinationBase(SQLModel):
     max_requeue: int = Field(default=3, ge=0, description="re-queues before FAIL")
     reset_frequency: int = Field(default=3600, ge=0, description="seconds on a backup host")
     on_host_failure: OnHostFailure = OnHostFailure.NEXT_AND_RETRY
-    active_from: str | None = Field(default=None, regex=r"^\d{2}:\d{2}$")
-    active_until: str | None = Field(default=None, regex=r"^\d{2}:\d{2}$")
+    active_from: Clock | None = Field(default=None, sa_type=String)
+    active_until: Clock | None = Field(default=None, sa_type=String)
     default_priority: int = Field(default=99, ge=0, le=99)
     default_lifetime: int = Field(default=2 * 86400, gt=0, description="seconds")
     max_pending: int = Field(default=0, ge=0, description="0 means no limit")
     max_file_size: int = Field(
         default=0, ge=0, sa_type=BigInteger, description="bytes; 0 means no limit"
     )
-    if_target_exists: str = Field(default="overwrite", regex=r"^(overwrite|resume)$")
-    compression: str | None = None
-    compression_pattern: str | None = None
+    if_target_exists: IfTargetExists = Field(default="overwrite", sa_type=String)
+    compression: CompressionName | None = Field(default=None, sa_type=String)
+    compression_pattern: Regex | None = Field(default=None, sa_type=String)
     compression_min_size: int = Field(default=0, ge=0, sa_type=BigInteger)
-    target_template: str = "{target}"
+    target_template: TargetTemplate = Field(default="{target}", sa_type=String)
     # notification
-    mqtt_topic: str | None = None
+    mqtt_topic: MqttTopic | None = Field(default=None, sa_type=String)
     mqtt_retain: bool = False
     mqtt_qos: int = Field(default=0, ge=0, le=2)
     mqtt_payload: str | None = None
-    mqtt_broker_url: str | None = None
+    mqtt_broker_url: BrokerUrl | None = Field(default=None, sa_type=String)
     # incoming (portal uploads)
     incoming_priority: int | None = Field(default=None, ge=0, le=99)
     incoming_lifetime: int | None = Field(default=None, gt=0)
     incoming_delay: int = Field(default=0, ge=0)
     incoming_standby: bool = False
     incoming_metadata: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
-    backup_url: str | None = None
+    backup_url: Location | None = Field(default=None, sa_type=String)
 
 
 class DestinationCreate(DestinationBase):
@@ -247,28 +349,28 @@ class DestinationUpdate(SQLModel):
     max_requeue: int | None = Field(default=None, ge=0)
     reset_frequency: int | None = Field(default=None, ge=0)
     on_host_failure: OnHostFailure | None = None
-    active_from: str | None = Field(default=None, regex=r"^\d{2}:\d{2}$")
-    active_until: str | None = Field(default=None, regex=r"^\d{2}:\d{2}$")
+    active_from: Clock | None = None
+    active_until: Clock | None = None
     default_priority: int | None = Field(default=None, ge=0, le=99)
     default_lifetime: int | None = Field(default=None, gt=0)
     max_pending: int | None = Field(default=None, ge=0)
     max_file_size: int | None = Field(default=None, ge=0)
-    if_target_exists: str | None = Field(default=None, regex=r"^(overwrite|resume)$")
-    compression: str | None = None
-    compression_pattern: str | None = None
-    compression_min_size: int | None = None
-    target_template: str | None = None
-    mqtt_topic: str | None = None
+    if_target_exists: IfTargetExists | None = None
+    compression: CompressionName | None = None
+    compression_pattern: Regex | None = None
+    compression_min_size: int | None = Field(default=None, ge=0)
+    target_template: TargetTemplate | None = None
+    mqtt_topic: MqttTopic | None = None
     mqtt_retain: bool | None = None
     mqtt_qos: int | None = Field(default=None, ge=0, le=2)
     mqtt_payload: str | None = None
-    mqtt_broker_url: str | None = None
+    mqtt_broker_url: BrokerUrl | None = None
     incoming_priority: int | None = Field(default=None, ge=0, le=99)
     incoming_lifetime: int | None = Field(default=None, gt=0)
     incoming_delay: int | None = Field(default=None, ge=0)
     incoming_standby: bool | None = None
     incoming_metadata: dict[str, str] | None = None
-    backup_url: str | None = None
+    backup_url: Location | None = None
     hosts: list[str] | None = None
 
 
@@ -292,7 +394,9 @@ class DestinationPublic(DestinationBase):
 class HostBase(SQLModel):
     name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.-]+$")
     kind: HostKind = HostKind.DISSEMINATION
-    url: str = Field(min_length=3, description="protocol URL, e.g. sftp://user@host:22/dir")
+    url: HostUrlText = Field(
+        min_length=3, sa_type=String, description="protocol URL, e.g. sftp://user@host:22/dir"
+    )
     options: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     active: bool = True
     retry_count: int = Field(default=2, ge=0, description="retries on this host")
@@ -309,7 +413,7 @@ class HostCreate(HostBase):
 
 class HostUpdate(SQLModel):
     kind: HostKind | None = None
-    url: str | None = None
+    url: HostUrlText | None = None
     options: dict[str, Any] | None = None
     active: bool | None = None
     retry_count: int | None = Field(default=None, ge=0)
@@ -447,10 +551,16 @@ class DataTransfer(DataTransferBase, table=True):
             sqlite_where=text(QUEUED_SQL),
             postgresql_where=text(QUEUED_SQL),
         ),
+        # Transfer ids name Temporal workflows and are never reused, even after a delete.
+        {"sqlite_autoincrement": True},
     )
     id: int | None = Field(default=None, primary_key=True)
     data_file_id: str = Field(foreign_key="datafile.id", index=True, ondelete="CASCADE")
-    destination_id: int = Field(foreign_key="destination.id", index=True, ondelete="CASCADE")
+    # None once the destination is deleted; the transfer keeps its history and the name.
+    destination_id: int | None = Field(
+        default=None, foreign_key="destination.id", index=True, ondelete="SET NULL"
+    )
+    destination_name: str | None = Field(default=None, description="of a deleted destination")
     status: TransferStatus = Field(default=TransferStatus.INIT, index=True)
     queued: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     started: datetime | None = Field(default=None, sa_type=UTCDateTime)

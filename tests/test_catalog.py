@@ -40,3 +40,55 @@ def test_transfer_round_trip_keeps_utc_and_big_sizes(engine: Engine) -> None:
         assert back.expires.tzinfo is not None
         assert back.bytes_sent == 5 * 2**30
         assert session.get(DataFile, f.id).meta == {"k": "v"}
+
+
+def test_transfer_ids_are_never_reused(engine: Engine) -> None:
+    """Transfer ids name Temporal workflows: a deleted row's id is never handed out again."""
+    with Session(engine) as session:
+        dest = Destination(name="dest-b")
+        f = DataFile(name="f.grib")
+        session.add(dest)
+        session.add(f)
+        session.commit()
+
+        def new_transfer() -> int:
+            t = DataTransfer(
+                data_file_id=f.id,
+                destination_id=dest.id,
+                target="f.grib",
+                expires=utcnow() + timedelta(days=2),
+            )
+            session.add(t)
+            session.commit()
+            assert t.id is not None
+            return t.id
+
+        new_transfer()
+        newest = new_transfer()
+        session.delete(session.get(DataTransfer, newest))
+        session.commit()
+        assert new_transfer() > newest
+
+
+def test_transfers_outlive_their_destination(engine: Engine) -> None:
+    with Session(engine) as session:
+        dest = Destination(name="dest-c")
+        f = DataFile(name="f.grib")
+        session.add(dest)
+        session.add(f)
+        session.commit()
+        t = DataTransfer(
+            data_file_id=f.id,
+            destination_id=dest.id,
+            target="f.grib",
+            expires=utcnow() + timedelta(days=2),
+            status=TransferStatus.DONE,
+        )
+        session.add(t)
+        session.commit()
+        transfer_id = t.id
+        session.delete(dest)
+        session.commit()
+        session.expire_all()
+        kept = session.get(DataTransfer, transfer_id)
+        assert kept is not None and kept.destination_id is None

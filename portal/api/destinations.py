@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ConfigDict
 
 from ecpds.core import catalog
+from ecpds.core.dispatch import TemporalDispatcher, stop_deleted_destination
 from ecpds.core.models import DestinationCreate, DestinationPublic, DestinationUpdate
 from ecpds.portal.api.deps import (
     AdminDep,
     SessionDep,
+    StateDep,
     UserDep,
     check_destination_access,
     visible_destinations,
@@ -57,7 +62,26 @@ def update_destination(
     return catalog.destination_public(session, destination)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_destination(name: str, session: SessionDep, _: AdminDep) -> None:
-    catalog.delete_destination(session, name=name)
-    session.commit()
+ForceQuery = Annotated[
+    bool, Query(description="delete even when transfers, aliases, users or policies use it")
+]
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "in use (the answer names by what): pass force=true"}},
+)
+async def delete_destination(
+    name: str, session: SessionDep, state: StateDep, _: AdminDep, force: ForceQuery = False
+) -> None:
+    """Delete a destination; its scheduler stops and its transfers keep their history."""
+
+    def delete() -> list[int]:
+        stopped = catalog.delete_destination(session, name=name, force=force)
+        session.commit()
+        return stopped
+
+    stopped = await run_in_threadpool(delete)
+    if isinstance(state.dispatcher, TemporalDispatcher):
+        await stop_deleted_destination(state.dispatcher.client, name, stopped)

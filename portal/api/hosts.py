@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
 from pydantic import ConfigDict
 
 from ecpds.core import catalog
@@ -46,7 +48,16 @@ def update_host(
     return catalog.host_public(session, host, box=state.box)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_host(name: str, session: SessionDep, _: AdminDep) -> None:
-    catalog.delete_host(session, name=name)
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "in a destination's host list: pass force=true"}},
+)
+def delete_host(
+    name: str,
+    session: SessionDep,
+    _: AdminDep,
+    force: Annotated[bool, Query(description="delete even from destinations' host lists")] = False,
+) -> None:
+    catalog.delete_host(session, name=name, force=force)
     session.commit()

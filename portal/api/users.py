@@ -46,7 +46,11 @@ def update_user(name: str, data: UserPatch, session: SessionDep, _: AdminDep) ->
     return catalog.user_public(session, user)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_user(name: str, session: SessionDep, _: AdminDep) -> None:
-    catalog.delete_user(session, name=name)
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={409: {"description": "the caller itself or the last admin"}},
+)
+def delete_user(name: str, session: SessionDep, caller: AdminDep) -> None:
+    catalog.delete_user(session, name=name, caller=caller)
     session.commit()

@@ -116,7 +116,9 @@ def test_destination_hosts_keep_their_order(engine: Engine, box: CredentialBox) 
         assert [h.name for h in catalog.destination_hosts(session, destination=d)] == ["r", "p"]
         catalog.update_destination(session, name="d", data=DestinationUpdate(hosts=["q", "r"]))
         assert catalog.destination_public(session, d).hosts == ["q", "r"]
-        catalog.delete_host(session, name="q")
+        with pytest.raises(catalog.Conflict, match="'d' \\(primary\\)"):
+            catalog.delete_host(session, name="q")
+        catalog.delete_host(session, name="q", force=True)
         assert catalog.destination_public(session, d).hosts == ["r"]
         with pytest.raises(errors.Conflict, match="'d' already exists"):
             catalog.create_destination(session, data=DestinationCreate(name="d"))

@@ -184,7 +184,8 @@ def test_crud_of_every_entity(api: Api, tmp_path: Path) -> None:
     ok(api.admin.delete("/users/carol"), 204)
     ok(api.admin.delete("/aliases/a13"), 204)
     ok(api.admin.delete("/destinations/d3"), 204)
-    ok(api.admin.delete("/hosts/h2"), 204)
+    refused(api.admin.delete("/hosts/h2"), 409, "h2", "'d1' (primary)", "force")
+    ok(api.admin.delete("/hosts/h2", params={"force": True}), 204)
     refused(api.admin.get("/users/carol"), 404, "carol")
     refused(api.admin.get("/aliases/a13"), 404, "a13")
     assert ok(api.admin.get("/destinations/d1"))["hosts"] == ["h1"]
