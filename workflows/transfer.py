@@ -37,7 +37,7 @@ OUTCOME_SIGNAL = "outcome"  # the status an operator's cancellation leaves in th
 PRIORITY_SIGNAL = "priority"  # an operator changed the priority of the running transfer
 # Patch ids: histories written before them replay as they ran.
 FAILS_PATCH = "transfer-cycle-fails"  # a failed cycle fails the workflow (was: completed)
-OUTCOME_WAIT = 10.0  # seconds a cancelled workflow waits for its outcome signal
+OUTCOME_WAIT = 2.0  # seconds a cancelled workflow waits for its outcome signal (sent first)
 
 
 def task_priority(priority: int, destination: str) -> Priority:
