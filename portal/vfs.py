@@ -277,7 +277,7 @@ class PortalFS:
                 select(Host.id)
                 .join(DestinationHost, col(DestinationHost.host_id) == Host.id)
                 .where(DestinationHost.destination_id == transfer.destination_id)
-                .where(col(Host.kind).in_([HostKind.DISSEMINATION, HostKind.BACKUP]))
+                .where(Host.kind == HostKind.DISSEMINATION)
                 .where(col(Host.active).is_(True))
             ).first()
             if disseminates is not None:
