@@ -140,9 +140,12 @@ class SchedulingActivities:
                 .join(DestinationHost, col(DestinationHost.host_id) == col(Host.id))
                 .where(DestinationHost.destination_id == dest.id)
                 .where(col(Host.active).is_(True))
-                .where(Host.kind == HostKind.DISSEMINATION)
+                .where(col(Host.kind).in_([HostKind.DISSEMINATION, HostKind.BACKUP]))
                 .order_by(col(DestinationHost.position))
             ).all()
+            # The dissemination hosts in their order, then the backup hosts: a cycle falls
+            # back on these when every dissemination host failed (or there is none).
+            hosts = sorted(hosts, key=lambda h: h.kind == HostKind.BACKUP)
             return DestinationConfig(
                 name=name,
                 id=dest.id or 0,

@@ -76,7 +76,7 @@ class TransmitActivities:
     async def transmit(self, request: TransmitInput) -> TransmitOutput:
         """Send one transfer's file to one host, heartbeating bytes sent; resumes on retry."""
         info = activity.info()
-        plan = await self._run(self._prepare, request)
+        plan = await self._run(self._prepare, request, info.workflow_id)
         resume = info.attempt > 1 or bool(info.heartbeat_details)
         offset = 0
         if resume or plan.resume:
@@ -133,7 +133,7 @@ class TransmitActivities:
             resumed_from=offset,
         )
 
-    def _prepare(self, request: TransmitInput) -> _Plan:
+    def _prepare(self, request: TransmitInput, workflow_id: str | None = None) -> _Plan:
         now = datetime.now(UTC)
         with session_scope(self.engine) as session:
             transfer, data_file, dest, host = _load(session, request)
@@ -155,6 +155,7 @@ class TransmitActivities:
             transfer.status = TransferStatus.EXEC
             transfer.host_id = host.id
             transfer.started = now
+            transfer.workflow_id = workflow_id or transfer.workflow_id
             transfer.start_count = request.start_count
             transfer.bytes_sent = 0
             transfer.last_error = None
@@ -173,10 +174,11 @@ class TransmitActivities:
             return _Plan(send_request, credentials, dest.if_target_exists == "resume")
 
     def _failed(self, request: TransmitInput, message: str) -> None:
+        """An attempt failed: the error is shown, the status stays EXEC (the cycle goes on,
+        with the host's next retry or the next host; the scheduler writes what follows)."""
         with session_scope(self.engine) as session:
             transfer = session.get(DataTransfer, request.transfer_id)
             if transfer is not None:
-                transfer.status = TransferStatus.RETR
                 transfer.last_error = message
                 session.add(transfer)
 

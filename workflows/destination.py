@@ -14,11 +14,17 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import TypedSearchAttributes
-from temporalio.exceptions import ChildWorkflowError, WorkflowAlreadyStartedError
-from temporalio.workflow import ParentClosePolicy
+from temporalio.exceptions import (
+    ApplicationError,
+    ChildWorkflowError,
+    TemporalError,
+    WorkflowAlreadyStartedError,
+)
+from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.scheduling import (
@@ -47,7 +53,15 @@ with workflow.unsafe.imports_passed_through():
         Wake,
     )
     from ecpds.core.engine import transfer_workflow_id as child_id
-    from ecpds.workflows.transfer import TransferInput, TransferWorkflow, task_priority
+    from ecpds.workflows.transfer import (
+        OUTCOME_SIGNAL,
+        PRIORITY_SIGNAL,
+        TRANSFER_FAILED,
+        TransferInput,
+        TransferOutput,
+        TransferWorkflow,
+        task_priority,
+    )
 
 CONFIG_TTL = 30.0  # seconds before the destination's settings are read again
 WINDOW_TTL = 30.0  # seconds before the window is read again (a file deleted meanwhile)
@@ -55,6 +69,8 @@ MAX_HISTORY = 10_000  # events before the scheduler drains and continues as new
 WINDOW = 100  # ready transfers read from the catalog at once (at least 2 x max_connections)
 MAX_WINDOW = 1_000  # ... and at most this many: the read is a marker in the history
 LOCAL = timedelta(seconds=30)
+# Patch ids: histories written before them replay as they ran.
+STATUS_PATCH = "transfer-status-signals"  # tell a cancelled or re-prioritised transfer
 
 
 @dataclass
@@ -80,8 +96,30 @@ class _Running:
     entry: QueuedTransfer
     host_index: int  # the host it started on
     host_id: int
+    failed_status: str = "WAIT"  # what a failed cycle leaves in the catalog (told the child)
     task: asyncio.Task[None] | None = None
+    handle: ChildWorkflowHandle[TransferWorkflow, TransferOutput] | None = None
     cancel_as: str | None = None  # the operation that cancelled it
+
+
+def failed_status(start_count: int, requeue_count: int, config: DestinationConfig) -> str:
+    """The catalog status a transfer gets when its cycle number `start_count` fails.
+
+    WAIT: back in the queue after the destination's retry frequency; RETR: `max_start`
+    failed starts, re-queued after the start frequency; FAIL: past `max_requeue` re-queues.
+    """
+    if start_count < config.max_start:
+        return "WAIT"
+    return "FAIL" if requeue_count + 1 > config.max_requeue else "RETR"
+
+
+def cancelled_status(operation: str | None) -> str:
+    """The catalog status an operation leaves on the running transfer it cancels."""
+    if operation == Operation.INTERRUPT.value:
+        return "INTR"
+    if operation in (Operation.REQUEUE.value, "restart"):
+        return "WAIT"
+    return "STOP"
 
 
 def window_state(now: datetime, start: str | None, end: str | None) -> tuple[bool, float]:
@@ -124,6 +162,7 @@ class DestinationWorkflow:
         self.retry_now = False
         # Transfers whose workflow an earlier run started and still runs: left alone a while.
         self.elsewhere: dict[int, float] = {}
+        self.signals: set[asyncio.Task[None]] = set()  # to running transfer workflows
 
     # --- messages ---------------------------------------------------------------------
 
@@ -341,14 +380,15 @@ class DestinationWorkflow:
     def _start(self, entry: QueuedTransfer) -> None:
         entry.start_count += 1
         index = self.state.host_index % len(self.config.hosts)
-        running = _Running(entry, index, self.config.hosts[index].id)
+        status = failed_status(entry.start_count, entry.requeue_count, self.config)
+        running = _Running(entry, index, self.config.hosts[index].id, status)
         self.running[entry.id] = running
         running.task = asyncio.create_task(self._run_transfer(running))
 
     async def _run_transfer(self, running: _Running) -> None:
         entry = running.entry
         try:
-            result = await workflow.execute_child_workflow(
+            running.handle = await workflow.start_child_workflow(
                 TransferWorkflow.run,
                 TransferInput(
                     transfer_id=entry.id,
@@ -358,6 +398,7 @@ class DestinationWorkflow:
                     hosts=self.config.hosts,
                     first_host=running.host_index,
                     size=entry.size,
+                    failed_status=running.failed_status,
                 ),
                 id=child_id(self.name, entry.id),
                 parent_close_policy=ParentClosePolicy.ABANDON,
@@ -371,12 +412,18 @@ class DestinationWorkflow:
                     ]
                 ),
             )
+            result = await running.handle
         except (ChildWorkflowError, asyncio.CancelledError) as exc:
             del self.running[entry.id]
+            cause = getattr(exc, "cause", None)
             if running.cancel_as is not None:
                 await self._cancelled(running)
+            elif isinstance(cause, ApplicationError) and cause.type == TRANSFER_FAILED:
+                # A failed cycle: the workflow failed with the one-line error (its details
+                # name the last host tried; the next cycle starts where this one did).
+                self._cycle_failed(entry, cause.message, running.failed_status)
             else:
-                self._cycle_failed(entry, f"transfer workflow failed: {getattr(exc, 'cause', exc)}")
+                self._cycle_failed(entry, f"transfer workflow failed: {cause or exc}")
             self.wake = True
             return
         except WorkflowAlreadyStartedError:
@@ -386,33 +433,42 @@ class DestinationWorkflow:
             self.wake = True
             return
         del self.running[entry.id]
-        if result.done:
-            self.state.failed_cycles = 0
-            if result.host_index == 0:
-                self.state.host_index, self.state.backup_since = 0, None
-            elif (
-                self.config.on_host_failure == "next_and_stay"
-                and self.state.host_index != result.host_index
-            ):
-                self.state.host_index = result.host_index
-                self.state.backup_since = self._now()
-        else:
+        self._cycle_done(result.done, result.host_index)
+        if not result.done:  # a transfer workflow started before it failed its cycles
             self._cycle_failed(entry, result.error or "failed on every host")
         self.wake = True
 
-    def _cycle_failed(self, entry: QueuedTransfer, error: str) -> None:
-        """A full cycle over the hosts failed: wait, re-queue for later, hold or fail."""
+    def _cycle_done(self, done: bool, host_index: int) -> None:
+        """The fail-over state after a cycle that ended on host `host_index`."""
+        if not done:
+            return
+        self.state.failed_cycles = 0
+        if host_index == 0:
+            self.state.host_index, self.state.backup_since = 0, None
+        elif self.config.on_host_failure == "next_and_stay" and self.state.host_index != host_index:
+            self.state.host_index = host_index
+            self.state.backup_since = self._now()
+
+    def _cycle_failed(self, entry: QueuedTransfer, error: str, status: str | None = None) -> None:
+        """A full cycle over the hosts failed: wait, re-queue for later, or fail; perhaps hold.
+
+        `status` is what the transfer workflow was told a failure gives (its search
+        attribute says it): the catalog gets the same, even if the settings changed since.
+        """
         config, now = self.config, self._now()
         self.state.failed_cycles += 1
         self.stale = True  # it is back in the queue, perhaps ready at once
-        if self.state.failed_cycles > config.retry_count:
+        status = status or failed_status(entry.start_count, entry.requeue_count, config)
+        held = self.state.failed_cycles > config.retry_count
+        if held:
             self.state.held = "failures"
+        if status == "WAIT" and held:
             self.changes.append(
                 TransferChange(entry.id, "WAIT", last_error=error, start_count=entry.start_count)
             )
-        elif entry.start_count >= config.max_start:
+        elif status in ("RETR", "FAIL"):
             requeue_count = entry.requeue_count + 1
-            if requeue_count > config.max_requeue:
+            if status == "FAIL":
                 self.changes.append(
                     TransferChange(
                         entry.id,
@@ -483,7 +539,14 @@ class DestinationWorkflow:
         if running is not None:
             if op is Operation.REQUEUE:
                 self._cancel(running, op.value)
-            return
+                return
+            if op not in (Operation.PRIORITY, Operation.EXTEND) or not workflow.patched(
+                STATUS_PATCH
+            ):
+                return
+            # Written to the catalog as for a waiting transfer; the workflow shows the priority.
+            if op is Operation.PRIORITY and running.handle is not None:
+                self._tell(running.handle, PRIORITY_SIGNAL, int(value or 0))
         await self._flush()  # a stop decided just before must not overwrite this change
         await workflow.execute_local_activity_method(
             SchedulingActivities.apply_operation,
@@ -494,7 +557,20 @@ class DestinationWorkflow:
     def _cancel(self, running: _Running, operation: str) -> None:
         if running.cancel_as is None and running.task is not None:
             running.cancel_as = operation
+            if running.handle is not None and workflow.patched(STATUS_PATCH):
+                # Its search attribute must show what the catalog will: say it first.
+                self._tell(running.handle, OUTCOME_SIGNAL, cancelled_status(operation))
             running.task.cancel()
+
+    def _tell(self, handle: ChildWorkflowHandle[Any, Any], signal: str, arg: object) -> None:
+        """Signal a running transfer workflow; one that has just closed needs no telling."""
+
+        async def tell() -> None:
+            with contextlib.suppress(TemporalError):
+                await handle.signal(signal, arg)
+
+        self.signals.add(task := asyncio.create_task(tell()))
+        task.add_done_callback(self.signals.discard)
 
     async def _cancelled(self, running: _Running) -> None:
         """A running transfer an operator cancelled: stop it, or put it back in the queue."""

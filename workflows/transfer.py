@@ -2,10 +2,20 @@
 
 Started by the destination's scheduler with the host to begin with; each host is tried
 by its own retry count and frequency before the next one. The history is the transfer's.
+
+It closes as the transfer went: COMPLETED when delivered, FAILED (an ApplicationError
+of type `TransferFailed` with the one-line error; its details are the last host's
+index) when the cycle failed, CANCELED when an operator stopped, interrupted or
+requeued it. Its `TransferStatus` search attribute is the status the catalog has for
+the transfer: EXEC while it runs (the host's own retries included), then DONE, or the
+status the scheduler gives a failed cycle (`failed_status`: WAIT, RETR or FAIL), or the
+one an operation gives (the scheduler signals it before it cancels the workflow).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -16,11 +26,18 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.scheduling import HostRef
     from ecpds.activities.transmit import TransmitActivities, TransmitInput, TransmitOutput
-    from ecpds.core.engine import TRANSFER_STATUS, TRANSFER_WORKFLOW
+    from ecpds.core.engine import PRIORITY, TRANSFER_STATUS, TRANSFER_WORKFLOW
 
 # Files up to this size go in a local activity: no task-queue round trip, no heartbeats
 # needed. The workflow's own tasks still carry the transfer's priority.
 LOCAL_SEND_LIMIT = 1 << 20
+
+TRANSFER_FAILED = "TransferFailed"  # the error type of a failed cycle
+OUTCOME_SIGNAL = "outcome"  # the status an operator's cancellation leaves in the catalog
+PRIORITY_SIGNAL = "priority"  # an operator changed the priority of the running transfer
+# Patch ids: histories written before them replay as they ran.
+FAILS_PATCH = "transfer-cycle-fails"  # a failed cycle fails the workflow (was: completed)
+OUTCOME_WAIT = 2.0  # seconds a cancelled workflow waits for its outcome signal (sent first)
 
 
 def task_priority(priority: int, destination: str) -> Priority:
@@ -38,6 +55,9 @@ class TransferInput:
     first_host: int = 0
     heartbeat_timeout: float = 15.0
     size: int = 0
+    # What the catalog shows if this cycle fails, as the scheduler decided at the start
+    # (from the start and requeue counts): the search attribute then says the same.
+    failed_status: str = "RETR"
 
 
 @dataclass
@@ -54,8 +74,21 @@ class TransferOutput:
 # workflow uses only workflow.* APIs and plain dataclasses, so it is deterministic as is.
 @workflow.defn(name=TRANSFER_WORKFLOW, sandboxed=False)
 class TransferWorkflow:
+    def __init__(self) -> None:
+        self.outcome: str | None = None
+
+    @workflow.signal(name=OUTCOME_SIGNAL)
+    def set_outcome(self, status: str) -> None:
+        """The status the catalog gets when the scheduler cancels this run (STOP, INTR...)."""
+        self.outcome = status
+
+    @workflow.signal(name=PRIORITY_SIGNAL)
+    def set_priority(self, priority: int) -> None:
+        workflow.upsert_search_attributes([PRIORITY.value_set(priority)])
+
     @workflow.run
     async def run(self, request: TransferInput) -> TransferOutput:
+        fails = workflow.patched(FAILS_PATCH)
         count = len(request.hosts)
         error = "the destination has no active dissemination host"
         index = request.first_host
@@ -64,9 +97,16 @@ class TransferWorkflow:
             host = request.hosts[index]
             try:
                 sent = await self._transmit(request, host)
+            except asyncio.CancelledError:
+                if fails:
+                    await self._cancelled()
+                raise
             except ActivityError as exc:
                 if isinstance(exc.cause, CancelledError):
-                    raise  # an operator interrupted the transfer: the workflow is cancelled
+                    # An operator interrupted the transfer: the workflow is cancelled.
+                    if fails:
+                        await self._cancelled()
+                    raise
                 error = f"host {host.name}: {exc.cause or exc}"
                 continue
             except ApplicationError as exc:  # local activities fail without the wrapper
@@ -74,8 +114,19 @@ class TransferWorkflow:
                 continue
             workflow.upsert_search_attributes([TRANSFER_STATUS.value_set("DONE")])
             return TransferOutput(True, index, md5=sent.md5, bytes_sent=sent.bytes_sent)
-        workflow.upsert_search_attributes([TRANSFER_STATUS.value_set("RETR")])
-        return TransferOutput(False, index, error)
+        if not fails:
+            workflow.upsert_search_attributes([TRANSFER_STATUS.value_set("RETR")])
+            return TransferOutput(False, index, error)
+        workflow.upsert_search_attributes([TRANSFER_STATUS.value_set(request.failed_status)])
+        raise ApplicationError(
+            " ".join(error.split()), index, type=TRANSFER_FAILED, non_retryable=True
+        )
+
+    async def _cancelled(self) -> None:
+        """Show the status the scheduler gives the cancelled transfer, once it has said it."""
+        with contextlib.suppress(TimeoutError, asyncio.TimeoutError):
+            await workflow.wait_condition(lambda: self.outcome is not None, timeout=OUTCOME_WAIT)
+        workflow.upsert_search_attributes([TRANSFER_STATUS.value_set(self.outcome or "STOP")])
 
     async def _transmit(self, request: TransferInput, host: HostRef) -> TransmitOutput:
         """One host, tried by its retry count and frequency."""

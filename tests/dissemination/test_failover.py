@@ -41,7 +41,10 @@ async def transmit_results(env: Dissemination, destination: str, transfer_id: in
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             payloads = event.activity_task_completed_event_attributes.result.payloads
         elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
-            payloads = event.marker_recorded_event_attributes.details["result"].payloads
+            marker = event.marker_recorded_event_attributes
+            if "result" not in marker.details:
+                continue  # a patch marker
+            payloads = marker.details["result"].payloads
         else:
             continue
         results.append(json.loads(payloads[0].data))
