@@ -7,6 +7,7 @@ leave this module: no input, output or error message of this activity carries th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 import time
@@ -16,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -27,10 +28,13 @@ from ecpds.core.naming import NamingError, target_path
 from ecpds.core.protocols import ProtocolError
 from ecpds.core.secrets import CredentialBox, CredentialError
 from ecpds.core.store import Store, StoreError
-from ecpds.core.transmit import SendRequest, SendResult, partial_offset, send
+from ecpds.core.transmit import SendRequest, SendResult, discard_partial, partial_offset, send
 
 T = TypeVar("T")
-HEARTBEAT_EVERY = 1.0
+# The worker sends heartbeats at most this often too (its heartbeat throttle): an operator's
+# interrupt reaches a running send with the next heartbeat's answer.
+HEARTBEAT_EVERY = 0.5
+PROGRESS_EVERY = 1.0  # seconds between writes of a running transfer's progress to the catalog
 
 
 @dataclass
@@ -57,7 +61,9 @@ class TransmitCancelled(Exception):
 class _Plan:
     request: SendRequest
     credentials: dict[str, str]
-    resume: bool  # the destination resumes targets that exist
+    resume: bool  # the destination resumes targets that exist, or an earlier start was cut
+    # An earlier start's unfinished upload on another host: removed, as it is not resumed.
+    elsewhere: tuple[SendRequest, dict[str, str]] | None = None
 
 
 class TransmitActivities:
@@ -77,9 +83,14 @@ class TransmitActivities:
         """Send one transfer's file to one host, heartbeating bytes sent; resumes on retry."""
         info = activity.info()
         plan = await self._run(self._prepare, request)
-        resume = info.attempt > 1 or bool(info.heartbeat_details)
+        if plan.elsewhere is not None:
+            # In the background: that host may be the one that failed, and slow to answer.
+            self.executor.submit(_discard_quietly, *plan.elsewhere)
+        # A retry, a requeue or an interrupted start resume the partial upload they left
+        # (a send that cannot resume it writes it again from byte 0, under the same name).
+        resume = info.attempt > 1 or bool(info.heartbeat_details) or plan.resume
         offset = 0
-        if resume or plan.resume:
+        if resume:
             try:
                 offset = await self._run(partial_offset, plan.request, plan.credentials)
             except ProtocolError:
@@ -91,11 +102,14 @@ class TransmitActivities:
 
         def progress(count: int) -> None:
             nonlocal sent
-            sent = count
+            sent = offset + count
             if cancelled.is_set():
                 raise TransmitCancelled("interrupted by an operator")
 
         started = time.monotonic()
+        written, written_at = offset, started
+        if offset:
+            await self._run(self._progress, request, plan.request.target, offset, None)
         future = asyncio.get_running_loop().run_in_executor(
             self.executor,
             lambda: send(self.store, plan.request, plan.credentials, progress=progress),
@@ -107,11 +121,18 @@ class TransmitActivities:
                     break
                 if not info.is_local:
                     activity.heartbeat(sent)
+                now = time.monotonic()
+                if sent != written and now - written_at >= PROGRESS_EVERY:
+                    rate = (sent - offset) / (now - started)
+                    written, written_at = sent, now
+                    await self._run(self._progress, request, plan.request.target, sent, rate)
             result = future.result()
         except asyncio.CancelledError:
             cancelled.set()
             await asyncio.wait({future})
             future.exception()  # TransmitCancelled, or whatever ended the send meanwhile
+            if sent != written:
+                await self._run(self._progress, request, plan.request.target, sent, None)
             raise
         except ProtocolError as exc:
             await self._run(self._failed, request, str(exc))
@@ -152,12 +173,21 @@ class TransmitActivities:
                 )
             except NamingError as exc:
                 raise ApplicationError(str(exc), non_retryable=True) from None
+            earlier = _earlier_upload(session, self.box, transfer, host)
+            cut_short = False
+            if earlier is not None and earlier[0] is None:
+                # Resumed under the name it was begun with, whatever the template gives now.
+                target, cut_short = earlier[1], True
             transfer.status = TransferStatus.EXEC
             transfer.host_id = host.id
             transfer.started = now
             transfer.start_count = request.start_count
             transfer.bytes_sent = 0
+            transfer.rate = None
+            transfer.progress_at = None
             transfer.last_error = None
+            if not cut_short:
+                transfer.partial_target = None
             session.add(transfer)
             send_request = SendRequest(
                 data_file_id=data_file.id,
@@ -170,7 +200,27 @@ class TransmitActivities:
                 target=target,
                 compression=dest.compression,
             )
-            return _Plan(send_request, credentials, dest.if_target_exists == "resume")
+            elsewhere = None
+            if earlier is not None and earlier[0] is not None:
+                elsewhere = (dataclasses.replace(send_request, **earlier[0]), earlier[2])
+            resume = cut_short or dest.if_target_exists == "resume"
+            return _Plan(send_request, credentials, resume, elsewhere)
+
+    def _progress(self, request: TransmitInput, target: str, sent: int, rate: float | None) -> None:
+        """One UPDATE: the bytes at the far end, the rate, and the upload to resume."""
+        values: dict[str, Any] = {
+            "bytes_sent": sent,
+            "progress_at": datetime.now(UTC),
+            "partial_target": target,
+        }
+        if rate is not None:
+            values["rate"] = rate
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(DataTransfer)
+                .where(col(DataTransfer.id) == request.transfer_id)
+                .values(**values)
+            )
 
     def _failed(self, request: TransmitInput, message: str) -> None:
         with session_scope(self.engine) as session:
@@ -192,7 +242,45 @@ class TransmitActivities:
                 transfer.size_sent = result.remote_size
                 transfer.rate = result.bytes_sent / seconds if seconds > 0 else None
                 transfer.last_error = None
+                transfer.partial_target = None
+                transfer.progress_at = transfer.finished
+                transfer.sha256 = result.extra.get("sha256")
+                transfer.sha512 = result.extra.get("sha512")
                 session.add(transfer)
+
+
+def _earlier_upload(
+    session: Session, box: CredentialBox, transfer: DataTransfer, host: Host
+) -> tuple[dict[str, Any] | None, str, dict[str, str]] | None:
+    """An unfinished upload an earlier start of `transfer` left at the far end, if any.
+
+    (None, its target, {}) when it is on `host`; else (what to send to that other host
+    instead of `host`, the target, that host's credentials), to remove it there.
+    """
+    target = transfer.partial_target
+    if not target:
+        return None
+    if transfer.host_id == host.id:
+        return None, target, {}
+    other = session.get(Host, transfer.host_id) if transfer.host_id is not None else None
+    if other is None:
+        return None
+    try:
+        credentials = box.open(other.credentials_encrypted)
+    except CredentialError:
+        return None
+    fields = {
+        "host_name": other.name,
+        "host_url": other.url,
+        "host_options": dict(other.options or {}),
+        "target": target,
+    }
+    return fields, target, credentials
+
+
+def _discard_quietly(request: SendRequest, credentials: dict[str, str]) -> None:
+    with contextlib.suppress(Exception):
+        discard_partial(request, credentials)
 
 
 def _load(

@@ -579,6 +579,13 @@ class DataTransfer(DataTransferBase, table=True):
     last_error: str | None = None
     workflow_id: str | None = None
     deleted: bool = False
+    # While it runs: when bytes_sent and rate were last written (once a second at most).
+    progress_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The far-end name of an upload begun and not finished, on host_id: what a requeue
+    # resumes (or removes when it restarts elsewhere); None once delivered.
+    partial_target: str | None = None
+    sha256: str | None = Field(default=None, description="of the delivered bytes, on request")
+    sha512: str | None = Field(default=None, description="of the delivered bytes, on request")
 
 
 class DataTransferPublic(DataTransferBase):
@@ -597,3 +604,9 @@ class DataTransferPublic(DataTransferBase):
     retry_at: datetime | None = None
     last_error: str | None
     workflow_id: str | None
+    size: int = Field(default=0, description="bytes of the data file")
+    size_sent: int | None = Field(default=None, description="bytes at the far end, once done")
+    progress_at: datetime | None = Field(default=None, description="bytes_sent last written")
+    eta: float | None = Field(default=None, description="seconds left while running")
+    sha256: str | None = None
+    sha512: str | None = None
