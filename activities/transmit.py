@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -31,6 +33,7 @@ from ecpds.core.store import Store, StoreError
 from ecpds.core.transmit import SendRequest, SendResult, discard_partial, partial_offset, send
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # The worker sends heartbeats at most this often too (its heartbeat throttle): an operator's
 # interrupt reaches a running send with the next heartbeat's answer.
 HEARTBEAT_EVERY = 0.5
@@ -74,6 +77,8 @@ class TransmitActivities:
         self.store = store
         self.box = box
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="ecpds-io")
+        # Progress writes have their own threads: sends may hold every one of the others.
+        self.progress_executor = ThreadPoolExecutor(4, thread_name_prefix="ecpds-progress")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -107,9 +112,11 @@ class TransmitActivities:
                 raise TransmitCancelled("interrupted by an operator")
 
         started = time.monotonic()
+        target = plan.request.target
         written, written_at = offset, started
+        writing: asyncio.Future[None] | None = None
         if offset:
-            await self._run(self._progress, request, plan.request.target, offset, None)
+            writing = self._write_progress(request, target, offset, None)
         future = asyncio.get_running_loop().run_in_executor(
             self.executor,
             lambda: send(self.store, plan.request, plan.credentials, progress=progress),
@@ -122,17 +129,22 @@ class TransmitActivities:
                 if not info.is_local:
                     activity.heartbeat(sent)
                 now = time.monotonic()
-                if sent != written and now - written_at >= PROGRESS_EVERY:
+                busy = writing is not None and not writing.done()
+                if sent != written and now - written_at >= PROGRESS_EVERY and not busy:
+                    # Not awaited: a slow catalog must not hold up the heartbeats.
                     rate = (sent - offset) / (now - started)
                     written, written_at = sent, now
-                    await self._run(self._progress, request, plan.request.target, sent, rate)
+                    writing = self._write_progress(request, target, sent, rate)
+            if writing is not None:
+                await asyncio.wait({writing})  # before the outcome, which it must not undo
             result = future.result()
         except asyncio.CancelledError:
             cancelled.set()
             await asyncio.wait({future})
             future.exception()  # TransmitCancelled, or whatever ended the send meanwhile
-            if sent != written:
-                await self._run(self._progress, request, plan.request.target, sent, None)
+            if writing is not None:
+                await asyncio.wait({writing})
+            await self._write_progress(request, target, sent, None)
             raise
         except ProtocolError as exc:
             await self._run(self._failed, request, str(exc))
@@ -206,21 +218,32 @@ class TransmitActivities:
             resume = cut_short or dest.if_target_exists == "resume"
             return _Plan(send_request, credentials, resume, elsewhere)
 
+    def _write_progress(
+        self, request: TransmitInput, target: str, sent: int, rate: float | None
+    ) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().run_in_executor(
+            self.progress_executor, self._progress, request, target, sent, rate
+        )
+
     def _progress(self, request: TransmitInput, target: str, sent: int, rate: float | None) -> None:
-        """One UPDATE: the bytes at the far end, the rate, and the upload to resume."""
-        values: dict[str, Any] = {
-            "bytes_sent": sent,
-            "progress_at": datetime.now(UTC),
-            "partial_target": target,
-        }
+        """One UPDATE: the bytes at the far end, the rate, and the upload to resume.
+
+        Best effort: the transfer goes on if the catalog cannot take it now.
+        """
+        values: dict[str, Any] = {"bytes_sent": sent, "progress_at": datetime.now(UTC)}
+        if sent:
+            values["partial_target"] = target
         if rate is not None:
             values["rate"] = rate
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(DataTransfer)
-                .where(col(DataTransfer.id) == request.transfer_id)
-                .values(**values)
-            )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(DataTransfer)
+                    .where(col(DataTransfer.id) == request.transfer_id)
+                    .values(**values)
+                )
+        except SQLAlchemyError as exc:
+            log.warning("transfer %s: progress not written: %s", request.transfer_id, exc)
 
     def _failed(self, request: TransmitInput, message: str) -> None:
         with session_scope(self.engine) as session:
