@@ -211,6 +211,7 @@ class TransmitActivities:
                 host_options=dict(host.options or {}),
                 target=target,
                 compression=dest.compression,
+                checksums=tuple(dest.checksums or ()),
             )
             elsewhere = None
             if earlier is not None and earlier[0] is not None:

@@ -199,6 +199,7 @@ Location = Annotated[str, AfterValidator(_location)]
 MqttTopic = Annotated[str, AfterValidator(_mqtt_topic)]
 Operations = Annotated[list[str], AfterValidator(_operations)]
 IfTargetExists = Literal["overwrite", "resume"]
+ChecksumName = Literal["sha256", "sha512"]
 
 
 # --- data users ---------------------------------------------------------------------------
@@ -319,6 +320,9 @@ class DestinationBase(SQLModel):
     compression_pattern: Regex | None = Field(default=None, sa_type=String)
     compression_min_size: int = Field(default=0, ge=0, sa_type=BigInteger)
     target_template: TargetTemplate = Field(default="{target}", sa_type=String)
+    checksums: list[ChecksumName] = Field(
+        default_factory=list, sa_type=JSON, description="digests to record besides MD5"
+    )
     # notification
     mqtt_topic: MqttTopic | None = Field(default=None, sa_type=String)
     mqtt_retain: bool = False
@@ -360,6 +364,7 @@ class DestinationUpdate(SQLModel):
     compression_pattern: Regex | None = None
     compression_min_size: int | None = Field(default=None, ge=0)
     target_template: TargetTemplate | None = None
+    checksums: list[ChecksumName] | None = None
     mqtt_topic: MqttTopic | None = None
     mqtt_retain: bool | None = None
     mqtt_qos: int | None = Field(default=None, ge=0, le=2)

@@ -147,6 +147,16 @@ async def test_requested_checksums_are_recorded_and_shown(
     assert shown["size"] == shown["bytes_sent"] == len(data) and shown["eta"] is None
     code, output = await asyncio.to_thread(portal.cli, "transfer", "show", str(tid), "--json")
     assert code == 0 and json.loads(output)["sha256"] == done.sha256
+    code, output = await asyncio.to_thread(portal.cli, "transfer", "show", str(tid))
+    assert code == 0 and done.sha256[:16] in output
+
+    # The destination's own `checksums` asks for them too, whatever its hosts say.
+    other = env.name("sums512")
+    env.add_host(f"{other}-h", f"file://{env.tmp / 'sums512'}")
+    env.add_destination(other, [f"{other}-h"], checksums=["sha512"])
+    [tid] = await env.put(other, "summed", data)
+    [done] = await env.wait_for([tid], "DONE")
+    assert (done.sha256, done.sha512) == (None, hashlib.sha512(data).hexdigest())
 
 
 async def test_if_target_exists_overwrite_or_resume(dissemination: Dissemination) -> None:

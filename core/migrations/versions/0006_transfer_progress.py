@@ -1,4 +1,5 @@
 """transfer progress: when it was last written, the partial upload to resume, sha256/sha512
+(and the destination's `checksums` that asks for them)
 
 Revision ID: 0006_transfer_progress
 Revises: 0005_transfers_outlive
@@ -28,9 +29,14 @@ def upgrade() -> None:
     )
     for name in COLUMNS[1:]:
         op.add_column("datatransfer", sa.Column(name, sa.String(), nullable=True))
+    op.add_column(
+        "destination",
+        sa.Column("checksums", sa.JSON(), nullable=False, server_default=sa.text("'[]'")),
+    )
 
 
 def downgrade() -> None:
     # SQLite 3.35+ drops a column in place too; a batch would rebuild the table.
+    op.drop_column("destination", "checksums")
     for name in reversed(COLUMNS):
         op.drop_column("datatransfer", name)
