@@ -88,9 +88,6 @@ class TransmitActivities:
         """Send one transfer's file to one host, heartbeating bytes sent; resumes on retry."""
         info = activity.info()
         plan = await self._run(self._prepare, request)
-        if plan.elsewhere is not None:
-            # In the background: that host may be the one that failed, and slow to answer.
-            self.executor.submit(_discard_quietly, *plan.elsewhere)
         # A retry, a requeue or an interrupted start resume the partial upload they left
         # (a send that cannot resume it writes it again from byte 0, under the same name).
         resume = info.attempt > 1 or bool(info.heartbeat_details) or plan.resume
@@ -158,6 +155,11 @@ class TransmitActivities:
         # send() has checked the size at the far end against the bytes delivered.
         seconds = time.monotonic() - started
         await self._run(self._done, request, result, offset, seconds)
+        if plan.elsewhere is not None:
+            # Once delivered (the other host may be another name for this place, where the
+            # staging name is gone by now), and in the background: that host may be the one
+            # that failed, and slow to answer.
+            self.executor.submit(_discard_quietly, *plan.elsewhere)
         return TransmitOutput(
             bytes_sent=result.bytes_sent,
             md5=result.md5 or "",
@@ -186,10 +188,10 @@ class TransmitActivities:
             except NamingError as exc:
                 raise ApplicationError(str(exc), non_retryable=True) from None
             earlier = _earlier_upload(session, self.box, transfer, host)
-            cut_short = False
-            if earlier is not None and earlier[0] is None:
+            cut_short = earlier is not None and earlier.elsewhere is None
+            if earlier is not None and cut_short:
                 # Resumed under the name it was begun with, whatever the template gives now.
-                target, cut_short = earlier[1], True
+                target = earlier.target
             transfer.status = TransferStatus.EXEC
             transfer.host_id = host.id
             transfer.started = now
@@ -214,8 +216,9 @@ class TransmitActivities:
                 checksums=tuple(dest.checksums or ()),
             )
             elsewhere = None
-            if earlier is not None and earlier[0] is not None:
-                elsewhere = (dataclasses.replace(send_request, **earlier[0]), earlier[2])
+            if earlier is not None and earlier.elsewhere is not None:
+                fields, other_credentials = earlier.elsewhere
+                elsewhere = (dataclasses.replace(send_request, **fields), other_credentials)
             resume = cut_short or dest.if_target_exists == "resume"
             return _Plan(send_request, credentials, resume, elsewhere)
 
@@ -273,20 +276,25 @@ class TransmitActivities:
                 session.add(transfer)
 
 
+@dataclass
+class _Earlier:
+    """An unfinished upload an earlier start of a transfer left at the far end."""
+
+    target: str
+    # On another host than this start's: that host's fields of a SendRequest and its
+    # credentials, to remove it there. None: on this start's host, to resume.
+    elsewhere: tuple[dict[str, Any], dict[str, str]] | None = None
+
+
 def _earlier_upload(
     session: Session, box: CredentialBox, transfer: DataTransfer, host: Host
-) -> tuple[dict[str, Any] | None, str, dict[str, str]] | None:
-    """An unfinished upload an earlier start of `transfer` left at the far end, if any.
-
-    (None, its target, {}) when it is on `host`; else (what to send to that other host
-    instead of `host`, the target, that host's credentials), to remove it there.
-    """
+) -> _Earlier | None:
     target = transfer.partial_target
     if not target:
         return None
-    if transfer.host_id == host.id:
-        return None, target, {}
     other = session.get(Host, transfer.host_id) if transfer.host_id is not None else None
+    if transfer.host_id == host.id or (other is not None and other.url == host.url):
+        return _Earlier(target)  # on this host, or on the same place under another name
     if other is None:
         return None
     try:
@@ -299,7 +307,7 @@ def _earlier_upload(
         "host_options": dict(other.options or {}),
         "target": target,
     }
-    return fields, target, credentials
+    return _Earlier(target, (fields, credentials))
 
 
 def _discard_quietly(request: SendRequest, credentials: dict[str, str]) -> None:
