@@ -17,7 +17,7 @@ from .conftest import Dissemination
 from .test_operations import Portal, portal  # noqa: F401 - the fixture
 
 MiB = 1 << 20
-RATE = 4 * MiB  # bytes/s: a 32 MiB file takes 8 s
+RATE = 4 * MiB  # bytes/s: a 32 MiB file takes 8 s, less than the 12 s Temporal took to cancel
 
 
 def _data(size: int) -> bytes:
@@ -73,7 +73,7 @@ async def test_progress_prompt_interrupt_and_requeue_resume(
     partial = _partial(out, "big")
     held = partial.stat().st_size
     assert held < len(data) and not (out / "big").exists()
-    assert held <= sent_then + 3 * RATE, (held, sent_then)  # generous: 3 s more at full rate
+    assert held <= sent_then + 5 * RATE, (held, sent_then)  # generous: 5 s more at full rate
     assert interrupted.bytes_sent == held  # the progress written when the send stopped
 
     # A requeue resumes the partial file like a retried attempt: what is already there is
