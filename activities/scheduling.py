@@ -219,9 +219,11 @@ class SchedulingActivities:
             if transfer is None or transfer.deleted:
                 return
             if op is Operation.REQUEUE:
+                # Counted as the scheduler's own requeues are: a new round of starts.
                 transfer.status = TransferStatus.WAIT
                 transfer.queued = now
                 transfer.start_count = 0
+                transfer.requeue_count += 1
                 transfer.retry_at = None
                 transfer.last_error = None
                 transfer.finished = None

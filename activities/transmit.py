@@ -7,7 +7,9 @@ leave this module: no input, output or error message of this activity carries th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -27,10 +30,14 @@ from ecpds.core.naming import NamingError, target_path
 from ecpds.core.protocols import ProtocolError
 from ecpds.core.secrets import CredentialBox, CredentialError
 from ecpds.core.store import Store, StoreError
-from ecpds.core.transmit import SendRequest, SendResult, partial_offset, send
+from ecpds.core.transmit import SendRequest, SendResult, discard_partial, partial_offset, send
 
 T = TypeVar("T")
-HEARTBEAT_EVERY = 1.0
+log = logging.getLogger(__name__)
+# The worker sends heartbeats at most this often too (its heartbeat throttle): an operator's
+# interrupt reaches a running send with the next heartbeat's answer.
+HEARTBEAT_EVERY = 0.5
+PROGRESS_EVERY = 1.0  # seconds between writes of a running transfer's progress to the catalog
 
 
 @dataclass
@@ -57,7 +64,9 @@ class TransmitCancelled(Exception):
 class _Plan:
     request: SendRequest
     credentials: dict[str, str]
-    resume: bool  # the destination resumes targets that exist
+    resume: bool  # the destination resumes targets that exist, or an earlier start was cut
+    # An earlier start's unfinished upload on another host: removed, as it is not resumed.
+    elsewhere: tuple[SendRequest, dict[str, str]] | None = None
 
 
 class TransmitActivities:
@@ -68,6 +77,8 @@ class TransmitActivities:
         self.store = store
         self.box = box
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="ecpds-io")
+        # Progress writes have their own threads: sends may hold every one of the others.
+        self.progress_executor = ThreadPoolExecutor(4, thread_name_prefix="ecpds-progress")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -77,9 +88,11 @@ class TransmitActivities:
         """Send one transfer's file to one host, heartbeating bytes sent; resumes on retry."""
         info = activity.info()
         plan = await self._run(self._prepare, request, info.workflow_id)
-        resume = info.attempt > 1 or bool(info.heartbeat_details)
+        # A retry, a requeue or an interrupted start resume the partial upload they left
+        # (a send that cannot resume it writes it again from byte 0, under the same name).
+        resume = info.attempt > 1 or bool(info.heartbeat_details) or plan.resume
         offset = 0
-        if resume or plan.resume:
+        if resume:
             try:
                 offset = await self._run(partial_offset, plan.request, plan.credentials)
             except ProtocolError:
@@ -91,11 +104,16 @@ class TransmitActivities:
 
         def progress(count: int) -> None:
             nonlocal sent
-            sent = count
+            sent = offset + count
             if cancelled.is_set():
                 raise TransmitCancelled("interrupted by an operator")
 
         started = time.monotonic()
+        target = plan.request.target
+        written, written_at = offset, started
+        writing: asyncio.Future[None] | None = None
+        if offset:
+            writing = self._write_progress(request, target, offset, None)
         future = asyncio.get_running_loop().run_in_executor(
             self.executor,
             lambda: send(self.store, plan.request, plan.credentials, progress=progress),
@@ -107,11 +125,23 @@ class TransmitActivities:
                     break
                 if not info.is_local:
                     activity.heartbeat(sent)
+                now = time.monotonic()
+                busy = writing is not None and not writing.done()
+                if sent != written and now - written_at >= PROGRESS_EVERY and not busy:
+                    # Not awaited: a slow catalog must not hold up the heartbeats.
+                    rate = (sent - offset) / (now - started)
+                    written, written_at = sent, now
+                    writing = self._write_progress(request, target, sent, rate)
+            if writing is not None:
+                await asyncio.wait({writing})  # before the outcome, which it must not undo
             result = future.result()
         except asyncio.CancelledError:
             cancelled.set()
             await asyncio.wait({future})
             future.exception()  # TransmitCancelled, or whatever ended the send meanwhile
+            if writing is not None:
+                await asyncio.wait({writing})
+            await self._write_progress(request, target, sent, None)
             raise
         except ProtocolError as exc:
             await self._run(self._failed, request, str(exc))
@@ -125,6 +155,11 @@ class TransmitActivities:
         # send() has checked the size at the far end against the bytes delivered.
         seconds = time.monotonic() - started
         await self._run(self._done, request, result, offset, seconds)
+        if plan.elsewhere is not None:
+            # Once delivered (the other host may be another name for this place, where the
+            # staging name is gone by now), and in the background: that host may be the one
+            # that failed, and slow to answer.
+            self.executor.submit(_discard_quietly, *plan.elsewhere)
         return TransmitOutput(
             bytes_sent=result.bytes_sent,
             md5=result.md5 or "",
@@ -152,13 +187,22 @@ class TransmitActivities:
                 )
             except NamingError as exc:
                 raise ApplicationError(str(exc), non_retryable=True) from None
+            earlier = _earlier_upload(session, self.box, transfer, host)
+            cut_short = earlier is not None and earlier.elsewhere is None
+            if earlier is not None and cut_short:
+                # Resumed under the name it was begun with, whatever the template gives now.
+                target = earlier.target
             transfer.status = TransferStatus.EXEC
             transfer.host_id = host.id
             transfer.started = now
             transfer.workflow_id = workflow_id or transfer.workflow_id
             transfer.start_count = request.start_count
             transfer.bytes_sent = 0
+            transfer.rate = None
+            transfer.progress_at = None
             transfer.last_error = None
+            if not cut_short:
+                transfer.partial_target = None
             session.add(transfer)
             send_request = SendRequest(
                 data_file_id=data_file.id,
@@ -170,8 +214,41 @@ class TransmitActivities:
                 host_options=dict(host.options or {}),
                 target=target,
                 compression=dest.compression,
+                checksums=tuple(dest.checksums or ()),
             )
-            return _Plan(send_request, credentials, dest.if_target_exists == "resume")
+            elsewhere = None
+            if earlier is not None and earlier.elsewhere is not None:
+                fields, other_credentials = earlier.elsewhere
+                elsewhere = (dataclasses.replace(send_request, **fields), other_credentials)
+            resume = cut_short or dest.if_target_exists == "resume"
+            return _Plan(send_request, credentials, resume, elsewhere)
+
+    def _write_progress(
+        self, request: TransmitInput, target: str, sent: int, rate: float | None
+    ) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().run_in_executor(
+            self.progress_executor, self._progress, request, target, sent, rate
+        )
+
+    def _progress(self, request: TransmitInput, target: str, sent: int, rate: float | None) -> None:
+        """One UPDATE: the bytes at the far end, the rate, and the upload to resume.
+
+        Best effort: the transfer goes on if the catalog cannot take it now.
+        """
+        values: dict[str, Any] = {"bytes_sent": sent, "progress_at": datetime.now(UTC)}
+        if sent:
+            values["partial_target"] = target
+        if rate is not None:
+            values["rate"] = rate
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(DataTransfer)
+                    .where(col(DataTransfer.id) == request.transfer_id)
+                    .values(**values)
+                )
+        except SQLAlchemyError as exc:
+            log.warning("transfer %s: progress not written: %s", request.transfer_id, exc)
 
     def _failed(self, request: TransmitInput, message: str) -> None:
         """An attempt failed: the error is shown, the status stays EXEC (the cycle goes on,
@@ -194,7 +271,50 @@ class TransmitActivities:
                 transfer.size_sent = result.remote_size
                 transfer.rate = result.bytes_sent / seconds if seconds > 0 else None
                 transfer.last_error = None
+                transfer.partial_target = None
+                transfer.progress_at = transfer.finished
+                transfer.sha256 = result.extra.get("sha256")
+                transfer.sha512 = result.extra.get("sha512")
                 session.add(transfer)
+
+
+@dataclass
+class _Earlier:
+    """An unfinished upload an earlier start of a transfer left at the far end."""
+
+    target: str
+    # On another host than this start's: that host's fields of a SendRequest and its
+    # credentials, to remove it there. None: on this start's host, to resume.
+    elsewhere: tuple[dict[str, Any], dict[str, str]] | None = None
+
+
+def _earlier_upload(
+    session: Session, box: CredentialBox, transfer: DataTransfer, host: Host
+) -> _Earlier | None:
+    target = transfer.partial_target
+    if not target:
+        return None
+    other = session.get(Host, transfer.host_id) if transfer.host_id is not None else None
+    if transfer.host_id == host.id or (other is not None and other.url == host.url):
+        return _Earlier(target)  # on this host, or on the same place under another name
+    if other is None:
+        return None
+    try:
+        credentials = box.open(other.credentials_encrypted)
+    except CredentialError:
+        return None
+    fields = {
+        "host_name": other.name,
+        "host_url": other.url,
+        "host_options": dict(other.options or {}),
+        "target": target,
+    }
+    return _Earlier(target, (fields, credentials))
+
+
+def _discard_quietly(request: SendRequest, credentials: dict[str, str]) -> None:
+    with contextlib.suppress(Exception):
+        discard_partial(request, credentials)
 
 
 def _load(

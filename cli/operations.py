@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -92,12 +92,47 @@ def list_transfers(
 def show(
     ctx: typer.Context, id: TransferId, as_json: Annotated[bool, typer.Option("--json")] = False
 ) -> None:
-    """Show one transfer with its status, host, progress and last error."""
+    """Show one transfer with its status, host, progress (bytes, rate, ETA) and last error."""
     record = state_of(ctx).client().get(f"/transfers/{id}")
     if as_json:
         print_json(record)
     else:
-        print_record(f"transfer {id}", record)
+        print_record(f"transfer {id}", {"progress": progress_text(record)} | record)
+
+
+def human_bytes(count: float) -> str:
+    """1536 -> "1.5 KiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_seconds(seconds: float) -> str:
+    """75 -> "1 min 15 s"."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def progress_text(record: dict[str, Any]) -> str:
+    """e.g. "12.0 MiB of 32.0 MiB (37%), 4.0 MiB/s, ETA 5 s" from a transfer's JSON."""
+    sent = int(record.get("bytes_sent") or 0)
+    size = int(record.get("size") or 0)
+    text = f"{human_bytes(sent)} of {human_bytes(size)}"
+    if size:
+        text += f" ({min(sent * 100 // size, 100)}%)"
+    rate = record.get("rate")
+    if isinstance(rate, int | float) and rate > 0:
+        text += f", {human_bytes(rate)}/s"
+    eta = record.get("eta")
+    if isinstance(eta, int | float):
+        text += f", ETA {human_seconds(eta)}"
+    return text
 
 
 @transfer_app.command()

@@ -687,10 +687,21 @@ def transfer_public(session: Session, transfer: DataTransfer) -> DataTransferPub
         else None
     )
     host = session.get(Host, transfer.host_id) if transfer.host_id is not None else None
+    data_file = session.get(DataFile, transfer.data_file_id)
+    size = data_file.size if data_file is not None else 0
     return DataTransferPublic.model_validate(
         transfer.model_dump()
         | {
             "destination": destination.name if destination else transfer.destination_name or "",
             "host": host.name if host else None,
+            "size": size,
+            "eta": transfer_eta(transfer, size),
         }
     )
+
+
+def transfer_eta(transfer: DataTransfer, size: int) -> float | None:
+    """Seconds left of a running transfer at its last rate (compressed: an estimate)."""
+    if transfer.status is not TransferStatus.EXEC or not transfer.rate:
+        return None
+    return max(size - transfer.bytes_sent, 0) / transfer.rate

@@ -199,6 +199,7 @@ Location = Annotated[str, AfterValidator(_location)]
 MqttTopic = Annotated[str, AfterValidator(_mqtt_topic)]
 Operations = Annotated[list[str], AfterValidator(_operations)]
 IfTargetExists = Literal["overwrite", "resume"]
+ChecksumName = Literal["sha256", "sha512"]
 
 
 # --- data users ---------------------------------------------------------------------------
@@ -319,6 +320,9 @@ class DestinationBase(SQLModel):
     compression_pattern: Regex | None = Field(default=None, sa_type=String)
     compression_min_size: int = Field(default=0, ge=0, sa_type=BigInteger)
     target_template: TargetTemplate = Field(default="{target}", sa_type=String)
+    checksums: list[ChecksumName] = Field(
+        default_factory=list, sa_type=JSON, description="digests to record besides MD5"
+    )
     # notification
     mqtt_topic: MqttTopic | None = Field(default=None, sa_type=String)
     mqtt_retain: bool = False
@@ -360,6 +364,7 @@ class DestinationUpdate(SQLModel):
     compression_pattern: Regex | None = None
     compression_min_size: int | None = Field(default=None, ge=0)
     target_template: TargetTemplate | None = None
+    checksums: list[ChecksumName] | None = None
     mqtt_topic: MqttTopic | None = None
     mqtt_retain: bool | None = None
     mqtt_qos: int | None = Field(default=None, ge=0, le=2)
@@ -579,6 +584,13 @@ class DataTransfer(DataTransferBase, table=True):
     last_error: str | None = None
     workflow_id: str | None = None
     deleted: bool = False
+    # While it runs: when bytes_sent and rate were last written (once a second at most).
+    progress_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The far-end name of an upload begun and not finished, on host_id: what a requeue
+    # resumes (or removes when it restarts elsewhere); None once delivered.
+    partial_target: str | None = None
+    sha256: str | None = Field(default=None, description="of the delivered bytes, on request")
+    sha512: str | None = Field(default=None, description="of the delivered bytes, on request")
 
 
 class DataTransferPublic(DataTransferBase):
@@ -597,3 +609,9 @@ class DataTransferPublic(DataTransferBase):
     retry_at: datetime | None = None
     last_error: str | None
     workflow_id: str | None
+    size: int = Field(default=0, description="bytes of the data file")
+    size_sent: int | None = Field(default=None, description="bytes at the far end, once done")
+    progress_at: datetime | None = Field(default=None, description="bytes_sent last written")
+    eta: float | None = Field(default=None, description="seconds left while running")
+    sha256: str | None = None
+    sha512: str | None = None

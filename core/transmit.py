@@ -217,6 +217,18 @@ def _host_checksums(request: SendRequest) -> tuple[str, ...]:
     return tuple(request.host_options.get("checksums") or ())
 
 
+def discard_partial(request: SendRequest, credentials: Mapping[str, str]) -> None:
+    """Remove an interrupted upload of `request` that will not be resumed (best effort)."""
+    with REMOTES.remote(
+        request.host_name, request.host_url, request.host_options, credentials
+    ) as remote:
+        try:
+            codec = _codec(request, remote)
+        except ProtocolError:
+            codec = None
+        remote.discard_partial(final_target(request, codec))
+
+
 def partial_offset(request: SendRequest, credentials: Mapping[str, str]) -> int:
     """Bytes of an earlier, interrupted upload of this request that `send` can resume from."""
     with REMOTES.remote(

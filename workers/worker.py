@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from ecpds.activities.scheduling import SchedulingActivities
 from ecpds.activities.storage import StorageActivities
-from ecpds.activities.transmit import TransmitActivities
+from ecpds.activities.transmit import HEARTBEAT_EVERY, TransmitActivities
 from ecpds.core.db import open_catalog
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
@@ -60,6 +61,9 @@ def build_worker(
             storage.collect_garbage,
         ],
         max_concurrent_activities=max_concurrent_activities,
+        # Temporal answers a heartbeat with "cancel requested": an operator's interrupt is
+        # noticed within this (by default 80% of the heartbeat timeout, i.e. 12 s).
+        max_heartbeat_throttle_interval=timedelta(seconds=HEARTBEAT_EVERY),
         max_concurrent_workflow_tasks=64,
         max_concurrent_local_activities=64,
         # Transfer workflows are short; a small cache keeps the worker's memory flat.

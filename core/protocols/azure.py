@@ -186,6 +186,10 @@ class AzureRemote(Remote):
             number += 1
         return blocks
 
+    def _discard_partial(self, path: str) -> None:
+        """Uncommitted blocks are not the blob: the next commit or Azure (after a week) drops
+        them, and deleting the blob would remove an earlier delivery."""
+
     def partial_size(self, target: str) -> int:
         with self.translated(f"reading the partial upload of {target!r}"):
             blocks = self._staged(self.blob(self.path(target)))

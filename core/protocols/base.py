@@ -110,6 +110,12 @@ class Remote:
             size = self._size(self.staging_path(target))
         return size or 0
 
+    def discard_partial(self, target: str) -> None:
+        """Remove an interrupted upload of `target` that will not be resumed (best effort)."""
+        if self.resumable:
+            with contextlib.suppress(Exception):
+                self._discard_partial(self.staging_path(target))
+
     def delete(self, target: str) -> None:
         with self.translated(f"deleting {target!r}"):
             self._delete(self.path(target))
@@ -174,6 +180,10 @@ class Remote:
 
     def _finish(self, path: str) -> None:
         """After the rename: chmod and the like."""
+
+    def _discard_partial(self, path: str) -> None:
+        """Remove the partial upload at `path` (its staging path); may raise."""
+        self._delete(path)
 
     def _discard(self, path: str) -> None:
         """Remove what an upload that cannot be resumed left behind, ignoring failures."""

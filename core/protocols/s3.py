@@ -170,6 +170,10 @@ class S3Remote(Remote):
         found = self._call("list_multipart_uploads", Prefix=key).get("Uploads", [])
         return sorted((u for u in found if u["Key"] == key), key=lambda u: u["Initiated"])
 
+    def _discard_partial(self, path: str) -> None:
+        """An unfinished upload is a multipart upload: the object itself is not touched."""
+        self._abort_pending(self.key(path))
+
     def _abort_pending(self, key: str) -> None:
         for upload in self._pending(key):
             self._call("abort_multipart_upload", Key=key, UploadId=upload["UploadId"])

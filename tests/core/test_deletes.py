@@ -170,6 +170,7 @@ BAD_DESTINATION_VALUES = [
     ({"max_connections": 0}, "max_connections: Input should be greater than or equal to 1"),
     ({"on_host_failure": "panic"}, "'next_and_stay' or 'next_and_retry'"),
     ({"if_target_exists": "skip"}, "if_target_exists: Input should be 'overwrite' or 'resume'"),
+    ({"checksums": ["md4"]}, "checksums.0: Input should be 'sha256' or 'sha512'"),
     ({"compression_pattern": "("}, "compression_pattern: '(' is not a regular expression"),
     ({"target_template": "{name}"}, "target_template: unknown token {name}"),
     ({"mqtt_qos": 3}, "mqtt_qos: Input should be less than or equal to 2"),

@@ -12,7 +12,7 @@ from peers.s3 import S3Server
 
 from ecpds.core.protocols import ProtocolError, check_host
 from ecpds.core.store import Store
-from ecpds.core.transmit import SendRequest, partial_offset, send
+from ecpds.core.transmit import SendRequest, discard_partial, partial_offset, send
 
 MiB = 1 << 20
 S3_KEYS = {"access_key_id": "AKIA", "secret_access_key": "s"}
@@ -106,6 +106,36 @@ def test_s3_multipart_upload_resumes_from_its_parts(s3_server: S3Server, tmp_pat
     body = client.get_object(Bucket=bucket, Key="in/big/file.bin")["Body"].read()
     assert body == data
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_s3_discarded_partial_upload_is_aborted(s3_server: S3Server, tmp_path) -> None:
+    """A transfer restarted on another host aborts its multipart upload here."""
+    store = Store([str(tmp_path / "store")])
+    data = os.urandom(12 * MiB + 7)
+    stored = store.write("obj", [data])
+    bucket = s3_server.bucket()
+    options = {**s3_server.options(), "chunk_size": MiB, "part_size": 5 * MiB}
+    request = SendRequest(
+        data_file_id="obj",
+        size=len(data),
+        adler32=stored.adler32,
+        host_name="cloud",
+        host_url=f"s3://{bucket}/in",
+        host_options={**options, "multipart_threshold": 5 * MiB},
+        target="file.bin",
+    )
+
+    def break_off(count: int) -> None:
+        if count >= 11 * MiB:
+            raise Interrupted("link broke")
+
+    with pytest.raises(Interrupted):
+        send(store, request, s3_server.credentials, progress=break_off)
+    client = s3_server.client()
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) != []
+    discard_partial(request, s3_server.credentials)
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert partial_offset(request, s3_server.credentials) == 0
 
 
 def test_s3_errors_name_no_secret(s3_server: S3Server, tmp_path) -> None:

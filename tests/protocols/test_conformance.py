@@ -18,7 +18,7 @@ from peers.conformance import Peer
 from ecpds.core.compression import get_codec
 from ecpds.core.protocols import ProtocolError
 from ecpds.core.store import Store
-from ecpds.core.transmit import SendRequest, partial_offset, send
+from ecpds.core.transmit import SendRequest, discard_partial, partial_offset, send
 
 PEERS = [
     "file_peer",
@@ -164,6 +164,36 @@ def test_interrupted_upload_resumes_or_restarts(peer: Peer, objects: tuple[Store
     assert result.md5 == hashlib.md5(data).hexdigest()
     assert peer.read("dir/resume.bin") == data
     assert peer.names() == ["dir/resume.bin"]
+
+
+def test_discarded_partial_upload_leaves_the_delivered_file(
+    peer: Peer, objects: tuple[Store, dict]
+) -> None:
+    """A transfer restarted elsewhere removes what it began here, and only that."""
+    store, made = objects
+    other_id, other, other_adler = made["other"]
+    _send(store, peer, _request(peer, other_id, len(other), other_adler, "kept.bin"))
+    object_id, data, adler = made["medium"]
+    request = _request(peer, object_id, len(data), adler, "kept.bin", options={"chunk_size": MiB})
+
+    def break_off(count: int) -> None:
+        if count >= 2 * MiB:
+            raise Interrupted("link broke")
+
+    with pytest.raises(Interrupted):
+        send(store, request, peer.credentials, progress=break_off)
+    discard_partial(request, peer.credentials)
+    in_place = peer.url.startswith("gcs") or (
+        peer.url.startswith("http") and peer.options.get("method") != "webdav"
+    )
+    if in_place:
+        # No rename and no resume: the upload wrote over the name, and removed it on breaking.
+        assert peer.names() == []
+    else:
+        assert peer.read("kept.bin") == other  # the earlier delivery under that name stays
+        assert peer.names() == ["kept.bin"]
+    if not peer.url.startswith("azure:"):  # Azure drops uncommitted blocks by itself
+        assert partial_offset(request, peer.credentials) == 0
 
 
 def test_parallel_uploads_into_a_new_folder(peer: Peer, objects: tuple[Store, dict]) -> None:
