@@ -214,6 +214,8 @@ class TransmitActivities:
                 host_options=dict(host.options or {}),
                 target=target,
                 compression=dest.compression,
+                compression_pattern=dest.compression_pattern,
+                compression_min_size=dest.compression_min_size,
                 checksums=tuple(dest.checksums or ()),
             )
             elsewhere = None

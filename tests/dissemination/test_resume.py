@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -178,3 +179,28 @@ async def test_if_target_exists_overwrite_or_resume(dissemination: Dissemination
         assert not _partial(out, "f").exists()
     assert results["overwrite"] == data  # sent whole from byte 0
     assert results["resume"] == b"X" * MiB + data[MiB:]  # the partial upload continued
+
+
+async def test_destination_compression_follows_its_pattern_and_minimum_size(
+    dissemination: Dissemination,
+) -> None:
+    """Only targets matching `compression_pattern` and at least `compression_min_size` big
+    are compressed; the others go as they are (every file was compressed before)."""
+    env = dissemination
+    dest = env.name("squeeze")
+    out = env.tmp / "squeeze"
+    env.add_host(f"{dest}-h", f"file://{out}")
+    env.add_destination(
+        dest,
+        [f"{dest}-h"],
+        compression="gzip",
+        compression_pattern=r"\.grib$",
+        compression_min_size=1000,
+    )
+    big = b"field " * 1000
+    cases = {"a.grib": big, "a.txt": big, "small.grib": b"tiny"}
+    tids = {name: (await env.put(dest, name, data))[0] for name, data in cases.items()}
+    await env.wait_for(list(tids.values()), "DONE")
+    sent = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert gzip.decompress(sent["a.grib.gz"]) == big, sorted(sent)
+    assert sent["a.txt"] == big and sent["small.grib"] == b"tiny", sorted(sent)
