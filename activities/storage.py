@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ecpds.core.db import session_scope
-from ecpds.core.dispatch import Swept, TemporalDispatcher
+from ecpds.core.dispatch import SweepOutput, TemporalDispatcher
 from ecpds.core.models import (
     FINAL_STATUSES,
     DataFile,
@@ -203,7 +203,7 @@ class StorageActivities:
         await dispatcher.queue(transfer_ids)
 
     @activity.defn
-    async def wake_sweep(self, limit: int) -> Swept:
+    async def wake_sweep(self, limit: int) -> SweepOutput:
         """Wake the destinations with waiting transfers and start unfetched retrievals."""
         dispatcher = TemporalDispatcher(activity.client(), self.task_queue, self.engine)
         return await dispatcher.sweep(limit=limit)

@@ -71,19 +71,18 @@ async def reaching_engine() -> AsyncIterator[None]:
     except RPCError as exc:
         if exc.status not in _UNREACHABLE:
             raise
-        raise Unavailable(f"the workflow engine does not answer: {_first_line(exc)}") from None
+        raise _unavailable(exc.message) from None
     except RuntimeError as exc:
         # What a lazily connecting client raises while it cannot connect.
         if not str(exc).startswith("Failed client connect"):
             raise
-        raise Unavailable(f"the workflow engine does not answer: {_first_line(exc)}") from None
-    except (OSError, TimeoutError) as exc:
-        raise Unavailable(f"the workflow engine does not answer: {_first_line(exc)}") from None
+        raise _unavailable("cannot connect") from None
+    except (OSError, TimeoutError):
+        raise _unavailable("no answer in time") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _unavailable(reason: str) -> Unavailable:
+    return Unavailable(f"the workflow engine (Temporal) does not answer: {reason}")
 
 
 async def best_effort(call: Awaitable[None], *, what: str, later: str) -> bool:
@@ -96,13 +95,18 @@ async def best_effort(call: Awaitable[None], *, what: str, later: str) -> bool:
         async with reaching_engine(), asyncio.timeout(WAKE_WITHIN):
             await call
     except Unavailable as exc:
-        log.warning("%s: not now (%s); %s", what, exc, later)
+        log.warning("%s: not now, %s; %s", what, exc, later)
+        return False
+    except Exception:
+        # Not the engine being away but a bug or a misconfiguration: its traceback, and
+        # still the answer the committed request deserves.
+        log.exception("%s failed; %s", what, later)
         return False
     return True
 
 
 @dataclass
-class Swept:
+class SweepOutput:
     destinations: int = 0  # schedulers signalled (started if they did not run)
     retrievals: int = 0  # unfetched files whose retrieval was started
 
@@ -186,7 +190,7 @@ class TemporalDispatcher:
             *(start(data_file_ids[i : i + step]) for i in range(0, len(data_file_ids), step))
         )
 
-    async def sweep(self, *, limit: int = 10_000) -> Swept:
+    async def sweep(self, *, limit: int = 10_000) -> SweepOutput:
         """Wake every destination with waiting transfers; start unfetched files' retrievals.
 
         What a lost signal (the engine down at a push) left undone; a scheduler that runs
@@ -197,7 +201,7 @@ class TemporalDispatcher:
             await self._signal(destination, WAKE_SIGNAL, wake)
         for destination, ids in files.items():
             await self.retrieve(ids, destination)
-        return Swept(len(wakes), sum(len(ids) for ids in files.values()))
+        return SweepOutput(len(wakes), sum(len(ids) for ids in files.values()))
 
     def _sweep_work(self, limit: int) -> tuple[dict[str, Wake], dict[str, list[str]]]:
         now = utcnow()

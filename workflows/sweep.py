@@ -33,6 +33,5 @@ class WakeSweepWorkflow:
             StorageActivities.wake_sweep,
             request.limit,
             start_to_close_timeout=timedelta(minutes=10),
-            heartbeat_timeout=timedelta(seconds=60),
         )
         return WakeSweepOutput(swept.destinations, swept.retrievals)

@@ -12,8 +12,9 @@ import asyncio
 import subprocess
 import tomllib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,15 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
+from temporalio.client import Client
 
 from ecpds.core.db import open_catalog, session_scope
 from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
+from ecpds.core.engine import wake_sweep_schedule_id
 from ecpds.core.models import DataTransfer
 from ecpds.core.settings import Settings
 from ecpds.portal.server import serve
+from ecpds.workers.schedules import ensure_schedules
 from ecpds.workers.worker import run_worker
 
 DELIVERED_WITHIN = 120  # seconds before a test gives up waiting (it fails, never hangs)
@@ -187,11 +191,22 @@ def make_system(tmp: Path, temporal: RestartableTemporal, *, sweep_every: int) -
     return System(settings, open_catalog(settings.catalog_url), tmp)
 
 
+StartSystem = Callable[[int], Awaitable[System]]
+
+
 @pytest.fixture
-async def system_factory(tmp_path: Path) -> AsyncIterator[list[System]]:
-    """The systems a test made, stopped at its end whatever happened."""
+async def start_system(tmp_path: Path, temporal: RestartableTemporal) -> AsyncIterator[StartSystem]:
+    """Start a worker and a portal (sweeping every so many seconds); stopped at the end."""
     made: list[System] = []
-    yield made
+
+    async def start(sweep_every: int) -> System:
+        system = make_system(tmp_path, temporal, sweep_every=sweep_every)
+        made.append(system)
+        await system.start_worker()
+        await system.start_portal()
+        return system
+
+    yield start
     for system in made:
         if system.portal is not None:
             await system.stop_portal()
@@ -208,12 +223,9 @@ async def an_idle_destination(system: System) -> str:
 
 
 async def test_pushes_while_temporal_is_down_are_delivered_by_the_scheduled_sweep(
-    tmp_path: Path, temporal: RestartableTemporal, system_factory: list[System]
+    temporal: RestartableTemporal, start_system: StartSystem
 ) -> None:
-    system = make_system(tmp_path, temporal, sweep_every=2)
-    system_factory.append(system)
-    await system.start_worker()
-    await system.start_portal()
+    system = await start_system(2)
     idle = await an_idle_destination(system)
     new = await system.add_destination("new")
 
@@ -232,12 +244,9 @@ async def test_pushes_while_temporal_is_down_are_delivered_by_the_scheduled_swee
 
 
 async def test_a_worker_starting_after_the_outage_sends_what_waits(
-    tmp_path: Path, temporal: RestartableTemporal, system_factory: list[System]
+    tmp_path: Path, temporal: RestartableTemporal, start_system: StartSystem
 ) -> None:
-    system = make_system(tmp_path, temporal, sweep_every=3600)
-    system_factory.append(system)
-    await system.start_worker()
-    await system.start_portal()
+    system = await start_system(3600)
     idle = await an_idle_destination(system)
     new = await system.add_destination("new")
     source = tmp_path / "hpc" / "t2m.grib"
@@ -272,20 +281,32 @@ async def test_a_worker_starting_after_the_outage_sends_what_waits(
 
 
 async def test_a_reqid_sent_again_after_the_outage_ends_delivered(
-    tmp_path: Path, temporal: RestartableTemporal, system_factory: list[System]
+    temporal: RestartableTemporal, start_system: StartSystem
 ) -> None:
-    system = make_system(tmp_path, temporal, sweep_every=3600)
-    system_factory.append(system)
-    await system.start_worker()
-    await system.start_portal()
+    system = await start_system(3600)
     idle = await an_idle_destination(system)
 
     temporal.kill()
     first = await system.upload(idle, "again.grib", b"sent twice", reqid="outage-1")
     temporal.start()
 
-    # No sweep is due for an hour: the resent request wakes the destination itself.
+    # The scheduled sweep may be an hour away: the resent request wakes the destination.
     second = await system.upload(idle, "again.grib", b"sent twice", reqid="outage-1")
     assert second == first
     await system.delivered(first)
     assert system.arrived(idle, "again.grib") == b"sent twice"
+
+
+async def test_the_wake_sweep_follows_its_interval_setting(
+    temporal_server: str, tmp_path: Path
+) -> None:
+    client = await Client.connect(temporal_server)
+    settings = Settings(home=tmp_path / "var", task_queue=f"test-{uuid.uuid4().hex[:12]}")
+    created = await ensure_schedules(client, settings.model_copy(update={"sweep_every": 60}))
+    assert wake_sweep_schedule_id(settings.task_queue) in created
+    await ensure_schedules(client, settings.model_copy(update={"sweep_every": 120}))
+    handle = client.get_schedule_handle(wake_sweep_schedule_id(settings.task_queue))
+    described = await handle.describe()
+    assert [i.every for i in described.schedule.spec.intervals] == [timedelta(seconds=120)]
+    for schedule_id in created:
+        await client.get_schedule_handle(schedule_id).delete()
