@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ecpds.core.db import session_scope
-from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.dispatch import SweepOutput, TemporalDispatcher
 from ecpds.core.models import (
     FINAL_STATUSES,
     DataFile,
@@ -201,6 +201,12 @@ class StorageActivities:
         """Hand released transfers to their destinations' schedulers."""
         dispatcher = TemporalDispatcher(activity.client(), self.task_queue, self.engine)
         await dispatcher.queue(transfer_ids)
+
+    @activity.defn
+    async def wake_sweep(self, limit: int) -> SweepOutput:
+        """Wake the destinations with waiting transfers and start unfetched retrievals."""
+        dispatcher = TemporalDispatcher(activity.client(), self.task_queue, self.engine)
+        return await dispatcher.sweep(limit=limit)
 
     @activity.defn
     async def fail_retrieval(self, request: FailInput) -> None:

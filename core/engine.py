@@ -22,6 +22,7 @@ RETRIEVAL_WORKFLOW = "RetrievalWorkflow"
 RETRIEVAL_BATCH_WORKFLOW = "RetrievalBatchWorkflow"
 REPLICATION_WORKFLOW = "ReplicationWorkflow"
 GARBAGE_COLLECTION_WORKFLOW = "GarbageCollectionWorkflow"
+WAKE_SWEEP_WORKFLOW = "WakeSweepWorkflow"
 
 # The scheduler's signals; `start_workflow` takes a signal-with-start by name only.
 WAKE_SIGNAL = "wake"
@@ -58,6 +59,10 @@ def gc_schedule_id(task_queue: str) -> str:
 
 def store_check_schedule_id(task_queue: str) -> str:
     return f"{task_queue}-store-check"
+
+
+def wake_sweep_schedule_id(task_queue: str) -> str:
+    return f"{task_queue}-wake-sweep"
 
 
 # --- search attributes: what makes transfers findable in the Temporal Web UI --------------

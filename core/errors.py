@@ -33,3 +33,9 @@ class Conflict(EcpdsError):
 
 class Invalid(EcpdsError):
     status = 422
+
+
+class Unavailable(EcpdsError):
+    """A service the request needs (the workflow engine) does not answer; try again later."""
+
+    status = 503

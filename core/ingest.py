@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from ecpds.core.db import session_scope
+from ecpds.core.dispatch import SWEEP_LATER, best_effort
 from ecpds.core.models import (
     DataFile,
     DataTransfer,
@@ -143,7 +144,8 @@ async def ingest(
     """Store the bytes of `chunks` and register one transfer per destination and alias.
 
     Nothing is left behind when it fails: the object is removed if the catalog step
-    fails. Transfers not on hold are handed to `dispatcher`.
+    fails. Once the catalog has committed, the push has succeeded: transfers not on hold
+    are handed to `dispatcher` if it answers in time, else to the next sweep.
     """
     check_file_name(name)
     given = options or PushOptions()
@@ -186,6 +188,14 @@ async def ingest(
             t.id for t in planned.transfers if t.id is not None and t.status != TransferStatus.HOLD
         ]
         if queued:
-            await dispatcher.queue(queued)
-        await dispatcher.stored([data_file.id], store)
+            await best_effort(
+                dispatcher.queue(queued),
+                what=f"waking the schedulers of data file {data_file.id}",
+                later=SWEEP_LATER,
+            )
+        await best_effort(
+            dispatcher.stored([data_file.id], store),
+            what=f"copying data file {data_file.id} to replicas and archives",
+            later="the daily store check makes its replicas",
+        )
     return IngestResult(data_file=data_file, transfer_ids=ids)

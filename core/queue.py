@@ -13,8 +13,8 @@ from datetime import datetime
 from sqlalchemy import BigInteger, Integer, String, bindparam, func, literal, text, update
 from sqlmodel import Session, col, select
 
-from ecpds.core.engine import EXPIRED, QueuedTransfer, QueueWindow
-from ecpds.core.models import QUEUED_SQL, DataTransfer, TransferStatus, UTCDateTime
+from ecpds.core.engine import EXPIRED, QueuedTransfer, QueueWindow, Wake
+from ecpds.core.models import QUEUED_SQL, DataTransfer, Destination, TransferStatus, UTCDateTime
 
 WAITING_COUNT = 10_000  # queue lengths are counted up to this, so a count stays cheap
 
@@ -103,6 +103,42 @@ def next_transfers(
         waiting=_count(session, destination_id, exclude),
         next_ready=_next_ready(session, destination_id, now),
     )
+
+
+def waiting_destinations(session: Session) -> list[tuple[int, str]]:
+    """(id, name) of every destination with at least one waiting transfer."""
+    waits = (
+        select(literal(1))
+        .select_from(DataTransfer)
+        .where(DataTransfer.destination_id == Destination.id, text(QUEUED_SQL))
+        .exists()
+    )
+    rows = session.exec(select(Destination.id, Destination.name).where(waits)).all()
+    return [(did, name) for did, name in rows if did is not None]
+
+
+def wake_of(session: Session, *, destination_id: int, now: datetime) -> Wake | None:
+    """The wake that tells a scheduler about all of its destination's queue.
+
+    Its order is the first ready transfer's (or the first one's, if none is ready), and
+    its ready time the earliest at which one may start; None when nothing waits.
+    """
+    window = next_transfers(session, destination_id=destination_id, now=now, limit=1)
+    if window.transfers:
+        first = window.transfers[0]
+        return Wake(first.priority, first.queued, first.id, now.timestamp())
+    if window.next_ready is None:
+        return None
+    row = session.exec(
+        select(DataTransfer.priority, DataTransfer.queued, DataTransfer.id)
+        .where(DataTransfer.destination_id == destination_id, text(QUEUED_SQL))
+        .order_by(col(DataTransfer.priority), col(DataTransfer.queued), col(DataTransfer.id))
+        .limit(1)
+    ).first()
+    if row is None or row[2] is None:
+        return None
+    priority, queued, tid = row
+    return Wake(priority, queued.timestamp(), tid, window.next_ready)
 
 
 def clean_expired(

@@ -21,6 +21,7 @@ from ecpds.core.models import (
     DataFile,
     DataTransfer,
     DataUser,
+    Destination,
     TransferStatus,
     new_data_file_id,
     utcnow,
@@ -32,6 +33,8 @@ from ecpds.core.sources import resolve_source
 
 MAX_SOURCES = 10_000
 BATCH = 1000  # retrievals started by one RetrievalBatchWorkflow
+# A file still to fetch: not arrived, and a transfer waits for it (a failed fetch fails them).
+UNFETCHED = (TransferStatus.INIT, TransferStatus.FETC, TransferStatus.HOLD)
 
 
 @dataclass
@@ -203,3 +206,30 @@ def register_sources(
             for f, file_legs in zip(files, legs, strict=True)
         ]
     return registered, True
+
+
+def unfetched(session: Session, *, limit: int) -> dict[str, list[str]]:
+    """Files registered by source and not yet in the store, by destination.
+
+    Their retrieval may never have started (the workflow engine was down when they were
+    registered); starting one that runs already changes nothing.
+    """
+    rows = session.exec(
+        select(DataFile.id, Destination.name)
+        .join(DataTransfer, col(DataTransfer.data_file_id) == col(DataFile.id))
+        .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
+        .where(col(DataFile.source).is_not(None))
+        .where(col(DataFile.arrived).is_(None))
+        .where(col(DataFile.deleted).is_(False))
+        .where(col(DataTransfer.deleted).is_(False))
+        .where(col(DataTransfer.status).in_(list(UNFETCHED)))
+        .order_by(col(DataFile.id))
+        .limit(limit)
+    ).all()
+    found: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for data_file_id, destination in rows:
+        if data_file_id not in seen:
+            seen.add(data_file_id)
+            found.setdefault(destination, []).append(data_file_id)
+    return found

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
     task_queue: str = "ecpds"
+    sweep_every: int = Field(
+        default=300,
+        gt=0,
+        description="seconds between sweeps that wake destinations a lost signal left waiting",
+    )
 
     bind: str = "127.0.0.1"
     public_host: str = "127.0.0.1"

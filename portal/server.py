@@ -7,7 +7,7 @@ import logging
 import signal
 
 import uvloop
-from temporalio.client import Client
+from temporalio.client import Client, RetryConfig
 
 from ecpds.core.catalog import bootstrap_admin
 from ecpds.core.db import open_catalog
@@ -21,6 +21,10 @@ from ecpds.portal.frontends import serve_ftp, serve_s3, serve_sftp
 from ecpds.portal.mqtt import serve_mqtt
 
 log = logging.getLogger(__name__)
+
+# While the engine is away every push would wait out the client's retries (10 s by
+# default) before answering; 2 s still rides out a server restarting.
+ENGINE_RETRIES = RetryConfig(max_elapsed_time_millis=2_000)
 
 
 async def serve_https(portal: Portal, stop: asyncio.Event) -> None:
@@ -49,15 +53,18 @@ def open_portal(settings: Settings) -> Portal:
     return Portal(settings=settings, engine=engine, store=store, box=box, app=app)
 
 
-async def connect_temporal(settings: Settings) -> Client | None:
-    """A Temporal client, or None (transfers then wait in the catalog) if none answers."""
-    try:
-        return await asyncio.wait_for(
-            Client.connect(settings.temporal_target, namespace=settings.temporal_namespace), 15
-        )
-    except (OSError, RuntimeError, TimeoutError) as exc:
-        log.warning("Temporal at %s is not reachable (%s)", settings.temporal_target, exc)
-        return None
+async def connect_temporal(settings: Settings) -> Client:
+    """A Temporal client that connects on first use, and again after the engine was away.
+
+    While it is down, pushes still succeed (their transfers wait in the catalog for the
+    wake sweep) and what needs the engine answers 503.
+    """
+    return await Client.connect(
+        settings.temporal_target,
+        namespace=settings.temporal_namespace,
+        retry_config=ENGINE_RETRIES,
+        lazy=True,
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -65,10 +72,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     portal = await asyncio.to_thread(open_portal, settings)
     portal.temporal = await connect_temporal(settings)
-    if portal.temporal is not None:
-        portal.app.state.api.dispatcher = TemporalDispatcher(
-            portal.temporal, settings.task_queue, portal.engine
-        )
+    portal.app.state.api.dispatcher = TemporalDispatcher(
+        portal.temporal, settings.task_queue, portal.engine
+    )
     tasks = [asyncio.create_task(server(portal, stop)) for server in SERVERS]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

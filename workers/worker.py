@@ -16,11 +16,12 @@ from ecpds.core.db import open_catalog
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
-from ecpds.workers.schedules import ensure_schedules
+from ecpds.workers.schedules import ensure_schedules, sweep_now
 from ecpds.workflows.destination import DestinationWorkflow
 from ecpds.workflows.gc import GarbageCollectionWorkflow
 from ecpds.workflows.replication import ReplicationWorkflow
 from ecpds.workflows.retrieval import RetrievalBatchWorkflow, RetrievalWorkflow
+from ecpds.workflows.sweep import WakeSweepWorkflow
 from ecpds.workflows.transfer import TransferWorkflow
 
 
@@ -44,6 +45,7 @@ def build_worker(
             RetrievalBatchWorkflow,
             ReplicationWorkflow,
             GarbageCollectionWorkflow,
+            WakeSweepWorkflow,
         ],
         activities=[
             scheduling.load_destination,
@@ -54,6 +56,7 @@ def build_worker(
             transmit.transmit,
             storage.fetch,
             storage.queue_transfers,
+            storage.wake_sweep,
             storage.fail_retrieval,
             storage.replicate,
             storage.files_to_check,
@@ -93,7 +96,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     """Run a worker until `stop` is set (or forever); in-flight activities finish first."""
     tune_memory()
     client = await connect(settings)
-    await ensure_schedules(client, settings.task_queue)
+    await ensure_schedules(client, settings)
     worker = build_worker(client, settings)
     async with worker:
+        # A push while the engine was down could not wake its destination: do it now.
+        await sweep_now(client, settings.task_queue)
         await (stop or asyncio.Event()).wait()

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 
 from ecpds.core import catalog
+from ecpds.core.dispatch import SWEEP_LATER, best_effort
 from ecpds.core.ingest import ingest
 from ecpds.core.models import DataFile, DataFilePublic, DataTransfer, DataUser
 from ecpds.core.push import PushOptions, parse_metadata
@@ -71,9 +72,16 @@ async def upload_file(
     if options.reqid is not None:
         earlier = await run_in_threadpool(_earlier_upload, state, user, options.reqid)
         if earlier is not None:
-            # The same request again (a retry): same answer, nothing stored twice.
+            # The same request again (a retry): same answer, nothing stored twice; and the
+            # wake the first one may have missed, the engine being down then.
             async for _ in request.stream():
                 pass
+            if state.dispatcher is not None:
+                await best_effort(
+                    state.dispatcher.queue(earlier.transfers),
+                    what=f"waking the schedulers of data file {earlier.id}",
+                    later=SWEEP_LATER,
+                )
             return earlier
     result = await ingest(
         engine=state.engine,

@@ -6,35 +6,21 @@ and serves the directory views of the store (by destination, by metadata key).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
-from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from ecpds.core.dispatch import TemporalDispatcher
-from ecpds.core.engine import (
-    DATA_FILE_ID,
-    DESTINATION,
-    RETRIEVAL_BATCH_WORKFLOW,
-    RetrievalBatchInput,
-    retrieval_batch_workflow_id,
-)
+from ecpds.core.dispatch import SWEEP_LATER, TemporalDispatcher, best_effort
 from ecpds.core.retrieval import (
-    BATCH,
     MAX_SOURCES,
     SourceSpec,
     register_sources,
 )
 from ecpds.core.views import by_destination, by_metadata, group_progress
 from ecpds.portal.api.deps import (
-    ApiState,
     SessionDep,
     StateDep,
     UserDep,
@@ -44,8 +30,6 @@ from ecpds.portal.api.deps import (
 from ecpds.portal.api.files import PushFields
 
 router = APIRouter(tags=["files"])
-
-STARTS_IN_FLIGHT = 64
 
 
 class Source(BaseModel):
@@ -79,46 +63,13 @@ class GroupResult(BaseModel):
     failed: list[dict[str, str]]
 
 
-def temporal_client(state: ApiState) -> tuple[Client, str] | None:
-    """The portal's Temporal client and task queue, if it has one."""
-    if isinstance(state.dispatcher, TemporalDispatcher):
-        return state.dispatcher.client, state.dispatcher.task_queue
-    return None
-
-
-async def _start_all(
-    client: Client, workflow: str, items: list[tuple[str, Any, TypedSearchAttributes]], queue: str
-) -> None:
-    gate = asyncio.Semaphore(STARTS_IN_FLIGHT)
-
-    async def start(workflow_id: str, arg: Any, attributes: TypedSearchAttributes) -> None:
-        async with gate:
-            with contextlib.suppress(WorkflowAlreadyStartedError):
-                await client.start_workflow(
-                    workflow,
-                    arg,
-                    id=workflow_id,
-                    task_queue=queue,
-                    search_attributes=attributes,
-                )
-
-    await asyncio.gather(*(start(*item) for item in items))
-
-
-def _attrs(data_file_id: str, destination: str | None = None) -> TypedSearchAttributes:
-    pairs: list[SearchAttributePair[str]] = [SearchAttributePair(DATA_FILE_ID, data_file_id)]
-    if destination:
-        pairs.append(SearchAttributePair(DESTINATION, destination))
-    return TypedSearchAttributes(pairs)
-
-
 @router.post("/destinations/{destination}/sources", status_code=status.HTTP_201_CREATED)
 async def register(
     destination: str, body: SourcesRequest, state: StateDep, user: UserDep
 ) -> SourcesResult:
     """Register files by source URL (metadata only); a retrieval per file fetches them."""
-    found = temporal_client(state)
-    if found is None:
+    dispatcher = state.dispatcher
+    if not isinstance(dispatcher, TemporalDispatcher):
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             "asynchronous push needs the workflow engine, which the portal cannot reach",
@@ -134,20 +85,10 @@ async def register(
         )
     )
     if new:
-        client, queue = found
-        ids = [r.id for r in registered]
-        await _start_all(
-            client,
-            RETRIEVAL_BATCH_WORKFLOW,
-            [
-                (
-                    retrieval_batch_workflow_id(ids[i]),
-                    RetrievalBatchInput(ids[i : i + BATCH], destination),
-                    _attrs(ids[i], destination),
-                )
-                for i in range(0, len(ids), BATCH)
-            ],
-            queue,
+        await best_effort(
+            dispatcher.retrieve([r.id for r in registered], destination),
+            what=f"starting the retrievals of {len(registered)} files for {destination!r}",
+            later=SWEEP_LATER,
         )
     return SourcesResult(
         group=body.group,

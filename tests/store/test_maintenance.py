@@ -128,9 +128,11 @@ def test_garbage_collection_removes_exactly_what_has_expired(system: System) -> 
 
 def test_schedules_are_created_once(system: System) -> None:
     queue = system.settings.task_queue
-    first = system.loop.run(ensure_schedules(system.client, queue))
-    second = system.loop.run(ensure_schedules(system.client, queue))
-    assert sorted(first) == sorted([f"{queue}-garbage-collection", f"{queue}-store-check"])
+    first = system.loop.run(ensure_schedules(system.client, system.settings))
+    second = system.loop.run(ensure_schedules(system.client, system.settings))
+    assert sorted(first) == sorted(
+        [f"{queue}-garbage-collection", f"{queue}-store-check", f"{queue}-wake-sweep"]
+    )
     assert second == []
 
     async def described() -> list[str]:
@@ -145,4 +147,5 @@ def test_schedules_are_created_once(system: System) -> None:
     assert sorted(system.loop.run(described())) == [
         "GarbageCollectionWorkflow",
         "ReplicationWorkflow",
+        "WakeSweepWorkflow",
     ]
