@@ -67,6 +67,7 @@ class CliState:
         self.config = config
         self._settings: Settings | None = None
         self._system: tuple[Settings, running.RunningSystem | None] | None = None
+        self._clients: list[ApiClient] = []
 
     @property
     def settings(self) -> Settings:
@@ -95,17 +96,26 @@ class CliState:
     def client(self) -> ApiClient:
         settings, system = self.system
         try:
-            return ApiClient(settings, unreachable=running.unreachable(settings, system))
+            client = ApiClient(settings, unreachable=running.unreachable(settings, system))
         except NoCredentials:
             if system is None and not settings.model_fields_set & {"api_url", "home"}:
                 raise CliError(running.nothing_runs(settings)) from None
             raise
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        """Close the API connections, so the portal is not left holding them open."""
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
 
 
 def state_of(ctx: typer.Context) -> CliState:
     root = ctx.find_root()
     if not isinstance(root.obj, CliState):
         root.obj = CliState(None)
+        root.call_on_close(root.obj.close)
     return root.obj
 
 
@@ -177,6 +187,9 @@ class ApiClient:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+    def close(self) -> None:
+        self._http.close()
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

@@ -6,10 +6,12 @@ registers files for the workers to fetch (asynchronous push), and `wait GROUP` f
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -17,6 +19,7 @@ from urllib.parse import quote
 
 import typer
 from rich.console import Console
+from rich.live import Live
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -28,9 +31,18 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
 from ecpds.cli.client import ApiClient, CliError, listing, reports_errors, state_of
-from ecpds.cli.resources import JsonOption, print_json, print_record, print_rows
+from ecpds.cli.operations import sent_text
+from ecpds.cli.resources import (
+    JsonOption,
+    console,
+    print_json,
+    print_record,
+    print_rows,
+    rows_table,
+)
 
 CHUNK = 1 << 20
 _DURATION = re.compile(r"^(\d+)([smhdw]?)$")
@@ -46,6 +58,7 @@ TRANSFER_COLUMNS = (
     "bytes_sent",
     "last_error",
 )
+WATCH_COLUMNS = ("id", "destination", "target", "status", "host", "sent", "rate", "eta")
 FILE_COLUMNS = ("id", "name", "size", "group", "arrived", "expires", "meta")
 
 stderr = Console(stderr=True)
@@ -220,8 +233,15 @@ def put(
         return
     typer.echo(
         f"DataFileID {answer['id']}  {answer['name']}  {answer['size']} bytes  "
-        f"md5 {answer['md5']}  transfers {', '.join(map(str, answer.get('transfers', [])))}"
+        f"md5 {answer['md5']}  {transfer_ids(answer.get('transfers', []))}"
     )
+
+
+def transfer_ids(ids: list[int]) -> str:
+    """Transfer ids as words: "transfer 5", "transfers 5, 6", or "no transfer"."""
+    if not ids:
+        return "no transfer"
+    return f"transfer{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
 
 
 def _register(
@@ -318,24 +338,65 @@ def transfers(
     status: Annotated[str | None, typer.Option(help="WAIT, EXEC, DONE, FAIL, …")] = None,
     file: Annotated[str | None, typer.Option("--file", help="DataFileID")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="refresh a live table until Ctrl-C")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="seconds between refreshes of --watch")
+    ] = 2.0,
+    count: Annotated[
+        int, typer.Option(min=0, help="stop --watch after this many refreshes (0: never)")
+    ] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """List transfers, newest first."""
-    rows = listing(
-        state_of(ctx)
-        .client()
-        .get(
-            "/transfers",
-            destination=destination,
-            status=status.upper() if status else None,
-            data_file_id=file,
-            limit=limit,
+    """List transfers, newest first; --watch follows their bytes, rate and ETA."""
+    client = state_of(ctx).client()
+
+    def fetch() -> list[dict[str, Any]]:
+        return listing(
+            client.get(
+                "/transfers",
+                destination=destination,
+                status=status.upper() if status else None,
+                data_file_id=file,
+                limit=limit,
+            )
         )
-    )
+
+    if watch:
+        if as_json:
+            raise CliError("--watch shows a table: it cannot go with --json")
+        _watch(fetch, interval, count)
+        return
+    rows = fetch()
     if as_json:
         print_json(rows)
         return
     print_rows(f"{len(rows)} transfer(s)", TRANSFER_COLUMNS, rows)
+
+
+def _watch_table(rows: list[dict[str, Any]]) -> Table:
+    shown = [row | {"sent": sent_text(row)} for row in rows]
+    title = f"{len(rows)} transfer(s) at {datetime.now().astimezone():%H:%M:%S}"
+    return rows_table(title, WATCH_COLUMNS, shown)
+
+
+def _watch(fetch: Callable[[], list[dict[str, Any]]], interval: float, count: int) -> None:
+    """Refresh the table every `interval` seconds, `count` times (0: until Ctrl-C).
+
+    On a terminal the table is redrawn in place; piped, each refresh is printed anew.
+    """
+    live = Live(console=console, auto_refresh=False) if console.is_terminal else None
+    with contextlib.suppress(KeyboardInterrupt), live or contextlib.nullcontext():
+        for refresh in itertools.count(1):
+            table = _watch_table(fetch())
+            if live is None:
+                console.print(table)
+            else:
+                live.update(table, refresh=True)
+            if refresh == count:
+                break
+            time.sleep(interval)
 
 
 def files(

@@ -7,11 +7,15 @@ commands reach settings and the API through `ecpds.cli.client.state_of(ctx)`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer import _click  # typer vendors click: its exceptions and contexts are these
+from typer.core import TyperGroup
 
 from ecpds.cli import data
 from ecpds.cli.client import ApiError, CliError, CliState, reports_errors, state_of
@@ -19,8 +23,41 @@ from ecpds.cli.operations import scheduler_app, transfer_app
 from ecpds.cli.portal import key_app, policy_app
 from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
 
+
+@contextlib.contextmanager
+def usage_in_one_line() -> Iterator[None]:
+    """A usage error (unknown option, missing argument) as one line, exit code 2."""
+    try:
+        yield
+    except _click.exceptions.NoArgsIsHelpError:
+        raise  # `ecpds` alone shows the help, as it should
+    except _click.exceptions.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        typer.echo(f"error: {' '.join(exc.format_message().split())}{hint}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+class EcpdsGroup(TyperGroup):
+    """The `ecpds` command: usage errors of any sub-command are one line, not a box."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: _click.Context | None = None,
+        **extra: Any,
+    ) -> _click.Context:
+        with usage_in_one_line():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: _click.Context) -> Any:
+        with usage_in_one_line():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="ecpds",
+    cls=EcpdsGroup,
     help="A product data store for weather centres: dissemination, acquisition, data portal.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -36,6 +73,10 @@ app.add_typer(key_app, name="key", help="S3 access keys of data users.")
 app.add_typer(policy_app, name="policy", help="Policies: destinations given to users as a group.")
 
 
+# What `apply --dry-run` reports: nothing has changed yet.
+APPLY_WOULD = {"created": "would create", "updated": "would update"}
+
+
 @app.callback()
 def options(
     ctx: typer.Context,
@@ -46,6 +87,7 @@ def options(
 ) -> None:
     """Settings come from ECPDS_* environment variables, then the --config TOML file."""
     ctx.obj = CliState(config)
+    ctx.call_on_close(ctx.obj.close)
 
 
 @app.command()
@@ -71,8 +113,9 @@ def apply(
     if as_json:
         print_json(report)
         return
+    words = APPLY_WOULD if dry_run else {}
     rows = [
-        {"change": change, "entry": entry}
+        {"change": words.get(change, change), "entry": entry}
         for change in ("created", "updated", "unchanged")
         for entry in report.get(change, [])
     ]

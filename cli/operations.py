@@ -7,7 +7,14 @@ from typing import Annotated, Any
 import typer
 
 from ecpds.cli.client import reports_errors, state_of
-from ecpds.cli.resources import print_json, print_record, print_rows
+from ecpds.cli.resources import (
+    human_bytes,
+    human_rate,
+    human_seconds,
+    print_json,
+    print_record,
+    print_rows,
+)
 
 scheduler_app = typer.Typer(no_args_is_help=True)
 transfer_app = typer.Typer(no_args_is_help=True)
@@ -100,35 +107,22 @@ def show(
         print_record(f"transfer {id}", {"progress": progress_text(record)} | record)
 
 
-def human_bytes(count: float) -> str:
-    """1536 -> "1.5 KiB"."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
-
-
-def human_seconds(seconds: float) -> str:
-    """75 -> "1 min 15 s"."""
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes} min"
-    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
-
-
-def progress_text(record: dict[str, Any]) -> str:
-    """e.g. "12.0 MiB of 32.0 MiB (37%), 4.0 MiB/s, ETA 5 s" from a transfer's JSON."""
+def sent_text(record: dict[str, Any]) -> str:
+    """e.g. "12.0 MiB of 32.0 MiB (37%)" from a transfer's JSON."""
     sent = int(record.get("bytes_sent") or 0)
     size = int(record.get("size") or 0)
     text = f"{human_bytes(sent)} of {human_bytes(size)}"
     if size:
         text += f" ({min(sent * 100 // size, 100)}%)"
+    return text
+
+
+def progress_text(record: dict[str, Any]) -> str:
+    """e.g. "12.0 MiB of 32.0 MiB (37%), 4.0 MiB/s, ETA 5 s" from a transfer's JSON."""
+    text = sent_text(record)
     rate = record.get("rate")
     if isinstance(rate, int | float) and rate > 0:
-        text += f", {human_bytes(rate)}/s"
+        text += f", {human_rate(rate)}"
     eta = record.get("eta")
     if isinstance(eta, int | float):
         text += f", ETA {human_seconds(eta)}"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -12,7 +14,9 @@ from rich.table import Table
 
 from ecpds.cli.client import listing, reports_errors, state_of
 
-console = Console()
+# Piped output is not cut or wrapped at 80 columns: rows stay whole for grep and awk.
+PIPED_WIDTH = 10_000
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 
@@ -40,9 +44,47 @@ RESOURCES = (
 )
 
 
-def cell(value: Any) -> str:
+def human_bytes(count: float) -> str:
+    """1536 -> "1.5 KiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_rate(per_second: float) -> str:
+    """1536.0 -> "1.5 KiB/s"."""
+    return f"{human_bytes(per_second)}/s"
+
+
+def human_seconds(seconds: float) -> str:
+    """75 -> "1 min 15 s"."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+# Fields shown for people in tables and records; `--json` keeps the raw numbers.
+HUMAN: dict[str, Callable[[float], str]] = {
+    "size": human_bytes,
+    "size_sent": human_bytes,
+    "bytes_sent": human_bytes,
+    "max_file_size": human_bytes,
+    "compression_min_size": human_bytes,
+    "rate": human_rate,
+    "eta": human_seconds,
+}
+
+
+def cell(value: Any, field: str = "") -> str:
     if value is None:
         return ""
+    if field in HUMAN and isinstance(value, int | float) and not isinstance(value, bool):
+        return HUMAN[field](value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
@@ -56,13 +98,17 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def print_rows(title: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+def rows_table(title: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> Table:
     table = Table(title=title)
     for column in columns:
         table.add_column(column.replace("_", " "))
     for row in rows:
-        table.add_row(*(cell(row.get(column)) for column in columns))
-    console.print(table)
+        table.add_row(*(cell(row.get(column), column) for column in columns))
+    return table
+
+
+def print_rows(title: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    console.print(rows_table(title, columns, rows))
 
 
 def print_record(title: str, record: dict[str, Any]) -> None:
@@ -70,7 +116,7 @@ def print_record(title: str, record: dict[str, Any]) -> None:
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in record.items():
-        table.add_row(key, cell(value))
+        table.add_row(key, cell(value, key))
     console.print(table)
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from types import FrameType
 
 import httpx
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from ecpds.cli import running
 from ecpds.cli.client import CliError
+from ecpds.cli.resources import console
 from ecpds.cli.running import alive
 from ecpds.core.devserver import DevServerError, dev_server_command
 from ecpds.core.settings import Settings
@@ -30,9 +30,6 @@ from ecpds.core.settings import Settings
 STARTUP_SECONDS = 180.0  # the first start migrates the catalog and hashes the admin password
 GRACE_SECONDS = 20.0  # after SIGTERM, before SIGKILL
 EXTRA_PORTS = (("FTP", "ftp_port"), ("SFTP", "sftp_port"), ("S3", "s3_port"), ("MQTT", "mqtt_port"))
-
-# Piped into a log, the table keeps whole URLs and passwords instead of cutting them at 80.
-console = Console() if sys.stdout.isatty() else Console(width=200)
 
 
 @dataclass

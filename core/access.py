@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
-from ecpds.core.errors import Denied, NotFound, Unauthenticated
+from ecpds.core.errors import Denied, NotFound, Unauthenticated, unknown
 from ecpds.core.models import (
     AccessKey,
     ApiToken,
@@ -49,8 +49,9 @@ class Principal:
 
     def check_destination(self, destination: str) -> None:
         if destination not in self.destinations:
-            # Same answer for "absent" and "not yours": no probing of other users' names.
-            raise NotFound(f"unknown destination {destination!r}")
+            # Same answer for "absent" and "not yours": no probing of other users' names,
+            # and suggestions only from the destinations this user reaches.
+            raise NotFound(unknown("destination", destination, self.destinations))
 
     def matches(self, destination: str, name: str) -> bool:
         """Whether `destination/name` fits the user's path pattern (a full-match regex)."""

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, func, or_
 from sqlmodel import Session, col, select
 
 from ecpds.core.db import session_scope
-from ecpds.core.errors import Conflict, Invalid, NotFound
+from ecpds.core.errors import Conflict, Invalid, NotFound, unknown
 from ecpds.core.models import (
     FINAL_STATUSES,
     Alias,
@@ -85,7 +85,7 @@ def find_host(session: Session, *, name: str) -> Host | None:
 def get_host(session: Session, *, name: str) -> Host:
     host = find_host(session, name=name)
     if host is None:
-        raise NotFound(f"unknown host {name!r}")
+        raise NotFound(unknown("host", name, session.exec(select(Host.name)).all()))
     return host
 
 
@@ -191,7 +191,10 @@ def find_destination(session: Session, *, name: str) -> Destination | None:
 def get_destination(session: Session, *, name: str) -> Destination:
     destination = find_destination(session, name=name)
     if destination is None:
-        raise NotFound(f"unknown destination {name!r}")
+        # Only admins' requests get here (data users' go through `ecpds.core.access`):
+        # every name may be suggested.
+        known = session.exec(select(Destination.name)).all()
+        raise NotFound(unknown("destination", name, known))
     return destination
 
 
@@ -222,7 +225,8 @@ def _set_destination_hosts(session: Session, destination: Destination, names: li
     for name in names:
         host = find_host(session, name=name)
         if host is None:
-            raise Invalid(f"destination {destination.name!r}: unknown host {name!r}")
+            known = session.exec(select(Host.name)).all()
+            raise Invalid(f"destination {destination.name!r}: {unknown('host', name, known)}")
         hosts.append(host)
     for link in session.exec(
         select(DestinationHost).where(DestinationHost.destination_id == destination.id)
@@ -493,7 +497,8 @@ def _set_user_destinations(session: Session, user: DataUser, names: list[str]) -
     for name in dict.fromkeys(names):
         destination = find_destination(session, name=name)
         if destination is None:
-            raise Invalid(f"user {user.name!r}: unknown destination {name!r}")
+            known = session.exec(select(Destination.name)).all()
+            raise Invalid(f"user {user.name!r}: {unknown('destination', name, known)}")
         ids.append(destination.id)
     for link in session.exec(
         select(DataUserDestination).where(DataUserDestination.user_id == user.id)
@@ -522,6 +527,9 @@ def update_user(session: Session, *, name: str, data: DataUserUpdate) -> DataUse
     changes = data.model_dump(exclude_unset=True)
     password = changes.pop("password", None)
     destinations = changes.pop("destinations", None)
+    stays_admin = changes.get("admin") is not False and changes.get("active") is not False
+    if user.admin and user.active and not stays_admin and not _other_admins(session, user):
+        raise Conflict(f"user {name!r} is the last admin: make another user admin first")
     for key, value in changes.items():
         if value is not None:
             setattr(user, key, value)
@@ -534,20 +542,23 @@ def update_user(session: Session, *, name: str, data: DataUserUpdate) -> DataUse
     return user
 
 
+def _other_admins(session: Session, user: DataUser) -> int:
+    """How many active admins there are besides `user`: the last one must stay."""
+    return session.exec(
+        select(func.count())
+        .select_from(DataUser)
+        .where(col(DataUser.admin).is_(True), col(DataUser.active).is_(True))
+        .where(DataUser.id != user.id)
+    ).one()
+
+
 def delete_user(session: Session, *, name: str, caller: DataUser | None = None) -> None:
     """Delete a user, never the caller itself nor the last active admin."""
     user = get_user(session, name=name)
     if caller is not None and caller.id == user.id:
         raise Conflict(f"user {name!r} cannot delete itself: ask another admin")
-    if user.admin and user.active:
-        others = session.exec(
-            select(func.count())
-            .select_from(DataUser)
-            .where(col(DataUser.admin).is_(True), col(DataUser.active).is_(True))
-            .where(DataUser.id != user.id)
-        ).one()
-        if not others:
-            raise Conflict(f"user {name!r} is the last admin: make another user admin first")
+    if user.admin and user.active and not _other_admins(session, user):
+        raise Conflict(f"user {name!r} is the last admin: make another user admin first")
     session.delete(user)
     session.flush()
 

@@ -4,6 +4,9 @@ Each carries `status`, the HTTP code the REST API answers with; the other doors 
 FTP, SFTP, MQTT) map the same classes to their own codes.
 """
 
+import difflib
+from collections.abc import Iterable
+
 
 class EcpdsError(Exception):
     """A request ecpds refuses, with a one-line message saying what was wrong."""
@@ -39,3 +42,14 @@ class Unavailable(EcpdsError):
     """A service the request needs (the workflow engine) does not answer; try again later."""
 
     status = 503
+
+
+def unknown(kind: str, name: str, known: Iterable[str]) -> str:
+    """The words for a name not found: "unknown host 'h1' (did you mean 'h2'?)" when one
+    of `known` is close.
+
+    `known` must hold only names the caller may see: a suggestion discloses a name.
+    """
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}"

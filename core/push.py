@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from sqlmodel import Session, select
 
 from ecpds.core import access, catalog
+from ecpds.core.errors import unknown
 from ecpds.core.models import DataFile, DataTransfer, DataUser, Destination, TransferStatus, utcnow
 
 _META_PAIR = re.compile(r"^([\w.-]+)=(.*)$")
@@ -96,11 +97,17 @@ def plan_push(
     IngestError (one line, with its HTTP status) when the push may not be made.
     """
     dest = catalog.find_destination(session, name=destination)
-    # Same answer for "absent" and "not yours" (policies included): names are not disclosed.
+    # Same answer for "absent" and "not yours" (policies included): names are not disclosed,
+    # and only the caller's own are suggested.
     if dest is None or (
         user is not None and destination not in access.user_destinations(session, user=user)
     ):
-        raise IngestError(f"unknown destination {destination!r}", 404)
+        known = (
+            [d.name for d in catalog.list_destinations(session)]
+            if user is None
+            else access.user_destinations(session, user=user)
+        )
+        raise IngestError(unknown("destination", destination, known), 404)
     options.check()
     target = options.target or ""
     check_target(target)

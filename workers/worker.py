@@ -16,6 +16,7 @@ from ecpds.core.db import open_catalog
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
+from ecpds.workers.logs import quiet_routine_failures
 from ecpds.workers.schedules import ensure_schedules, sweep_now
 from ecpds.workflows.destination import DestinationWorkflow
 from ecpds.workflows.gc import GarbageCollectionWorkflow
@@ -95,6 +96,7 @@ async def connect(settings: Settings) -> Client:
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run a worker until `stop` is set (or forever); in-flight activities finish first."""
     tune_memory()
+    quiet_routine_failures()
     client = await connect(settings)
     await ensure_schedules(client, settings)
     worker = build_worker(client, settings)

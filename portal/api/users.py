@@ -39,7 +39,7 @@ def get_user(name: str, session: SessionDep, caller: UserDep) -> DataUserPublic:
     return catalog.user_public(session, catalog.get_user(session, name=name))
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses={409: {"description": "would leave no active admin"}})
 def update_user(name: str, data: UserPatch, session: SessionDep, _: AdminDep) -> DataUserPublic:
     user = catalog.update_user(session, name=name, data=data)
     session.commit()
