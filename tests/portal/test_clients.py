@@ -27,8 +27,10 @@ from .conftest import ALICE_PASSWORD, Portal
 
 RCLONE = shutil.which("rclone")
 LFTP = shutil.which("lftp")
+OPENSSH_SFTP = shutil.which("sftp")
 needs_rclone = pytest.mark.skipif(RCLONE is None, reason="rclone is not installed")
 needs_lftp = pytest.mark.skipif(LFTP is None, reason="lftp is not installed")
+needs_openssh = pytest.mark.skipif(OPENSSH_SFTP is None, reason="OpenSSH sftp is not installed")
 
 
 @pytest.fixture
@@ -143,6 +145,30 @@ def test_rclone_copies_a_tree_up_and_down_over_sftp(
     assert down.returncode == 0, down.stderr
     for name, data in files.items():
         assert (back / name).read_bytes() == data
+
+
+@needs_openssh
+def test_openssh_sftp_puts_a_tree_up(
+    sftp_port: int, portal: Portal, tmp_path: Path, alice_key: tuple[Path, asyncssh.SSHKey]
+) -> None:
+    """put -r makes each folder (mkdir), then puts its files; the empty folder stays."""
+    assert OPENSSH_SFTP is not None
+    source = tmp_path / "up"
+    source.mkdir()
+    files = make_tree(source)
+    (source / "empty").mkdir()
+    batch = tmp_path / "batch"
+    batch.write_text(f"put -r {source} /alpha/tree\nls -1 /alpha/tree\n")
+    result = subprocess.run(
+        [OPENSSH_SFTP, "-b", str(batch), "-P", str(sftp_port), "-i", str(alice_key[0]),
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "PasswordAuthentication=no", "-o", "BatchMode=yes", "alice@127.0.0.1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert stored(portal) == md5s(files, "tree/")
+    listed = [line.rsplit("/", 1)[-1] for line in result.stdout.split() if "/alpha/tree/" in line]
+    assert sorted(listed) == ["big.bin", "empty", "note.txt", "sub"]
 
 
 def test_sftp_writes_out_of_order_and_padded_are_accepted(
