@@ -8,6 +8,8 @@ import hashlib
 import io
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -381,6 +383,49 @@ def test_lftp_puts_a_file_over_ftps(ftp_port: int, portal: Portal, tmp_path: Pat
     result = lftp(ftp_port, f"put {source} -o /alpha/first.bin", tls=True)
     assert result.returncode == 0, result.stderr
     assert stored(portal) == {"first.bin": hashlib.md5(source.read_bytes()).hexdigest()}
+
+
+def test_ftps_data_channels_speak_tls13_without_session_tickets(
+    ftp_port: int, portal: Portal
+) -> None:
+    """A client that only uploads never reads its data channel: session tickets sent there
+    stay unread, so its close is answered with a reset that loses the end of the upload
+    (rclone and lftp saw 426 over TLS 1.3). The TLS is driven by hand to see every record."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    payload = os.urandom(300_000)
+    ftp = ftplib.FTP_TLS(context=context, timeout=30)
+    ftp.connect("127.0.0.1", ftp_port)
+    ftp.login("alice", ALICE_PASSWORD)
+    ftp.prot_p()
+    ftp.voidcmd("TYPE I")
+    try:
+        with socket.create_connection(ftp.makepasv(), timeout=30) as raw:
+            assert ftp.sendcmd("STOR /alpha/ticketless.bin").startswith("150")
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = context.wrap_bio(incoming, outgoing)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(outgoing.read())
+                    incoming.write(raw.recv(65536))
+            tls.write(payload)
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.unwrap()  # sends close_notify, then waits for the server's
+            raw.sendall(outgoing.read())
+            while chunk := raw.recv(65536):  # all the server sends, up to its close
+                incoming.write(chunk)
+            tls.unwrap()
+        assert ftp.voidresp().startswith("226")
+    finally:
+        ftp.quit()
+    assert tls.version() == "TLSv1.3"
+    assert not tls.session.has_ticket
+    assert stored(portal) == {"ticketless.bin": hashlib.md5(payload).hexdigest()}
 
 
 # --- folders across doors ---------------------------------------------------------------------
