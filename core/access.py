@@ -47,6 +47,14 @@ class Principal:
         if name and not self.matches(destination, name):
             raise Denied(f"{destination}/{name} is outside the paths of user {self.name}")
 
+    def check_folder(self, destination: str, path: str) -> None:
+        """Raise unless this user may make or remove the folder `destination/path`.
+
+        Both need `mkdir` (removing an empty folder removes no data, so not `delete`),
+        and the folder must be within the user's paths, as a file of that name would be.
+        """
+        self.check(Operation.MKDIR, destination, path)
+
     def check_destination(self, destination: str) -> None:
         if destination not in self.destinations:
             # Same answer for "absent" and "not yours": no probing of other users' names,

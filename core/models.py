@@ -393,6 +393,20 @@ class DestinationPublic(DestinationBase):
     hosts: list[str] = Field(default_factory=list)
 
 
+class PortalFolder(SQLModel, table=True):
+    """A folder a data user made in a destination (FTP MKD, SFTP mkdir) not yet used.
+
+    Folders otherwise exist through the names of their files; this row keeps a new,
+    empty one on every door and portal replica until a file is put in it or it is removed.
+    """
+
+    destination_id: int = Field(foreign_key="destination.id", primary_key=True, ondelete="CASCADE")
+    path: str = Field(
+        primary_key=True, description="inside the destination, without slashes around"
+    )
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 # --- hosts --------------------------------------------------------------------------------
 
 

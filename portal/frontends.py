@@ -39,6 +39,7 @@ async def serve_sftp(portal: Portal, stop: asyncio.Event) -> None:
             settings.bind,
             settings.sftp_port,
             settings.home / "ssh_host_ed25519_key",
+            settings.home / "sftp-spool",
             stop,
         )
     except OSError as exc:

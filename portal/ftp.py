@@ -11,13 +11,13 @@ import asyncio
 import errno
 import logging
 import os
+import ssl
 import stat as statmod
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import IO, Any
 
-from OpenSSL import SSL
 from pyftpdlib.authorizers import AuthenticationFailed as FTPAuthenticationFailed
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 from pyftpdlib.handlers import DTPHandler, FTPHandler, TLS_DTPHandler, TLS_FTPHandler
@@ -173,8 +173,7 @@ class PortalDTPHandler(DTPHandler):
     """A data channel that tells a cut connection from the end of an upload.
 
     pyftpdlib reads a reset like an ordinary end of file, which in stream mode would
-    commit a truncated upload; here a reset (or a TLS stream without close_notify)
-    aborts the transfer instead.
+    commit a truncated upload; here a reset aborts the transfer instead.
     """
 
     broken = False
@@ -182,9 +181,6 @@ class PortalDTPHandler(DTPHandler):
     def recv(self, buffer_size: int) -> bytes:
         try:
             data = self.socket.recv(buffer_size)
-        except SSL.SysCallError:
-            self.broken = True
-            raise
         except OSError as err:
             if err.errno in _ERRNOS_DISCONNECTED:
                 self.broken = True
@@ -207,20 +203,101 @@ class PortalDTPHandler(DTPHandler):
 
 
 class TLSPortalDTPHandler(TLS_DTPHandler, PortalDTPHandler):
-    """The TLS data channel; an empty transfer waits for the handshake before closing.
+    """The TLS data channel, on Python's ssl module rather than pyOpenSSL: no session tickets.
 
-    pyftpdlib would close at once when there is nothing to send (an empty listing),
-    cutting the client's TLS handshake short, which breaks clients such as ftplib.
+    A TLS 1.3 server sends its session tickets after the handshake. A client that only
+    uploads never reads them, so its socket closes with them unread, which the kernel
+    answers with a reset, and the reset discards the end of the upload that the server
+    has not read yet (rclone and lftp saw 426). A data channel is used once and never
+    resumed: with `num_tickets = 0` there is nothing to leave unread. pyOpenSSL cannot
+    turn tickets off, so only the control channel stays on it.
+
+    An empty transfer waits for the handshake before closing: pyftpdlib would close at
+    once when there is nothing to send (an empty listing), cutting the client's TLS
+    handshake short, which breaks clients such as ftplib.
     """
 
+    data_context: ssl.SSLContext
+    socket: Any  # the plain socket, then the ssl.SSLSocket around it
     _finish_after_handshake = False
 
+    def secure_connection(self, ssl_context: Any) -> None:
+        self._ssl_requested = True
+        try:
+            self.socket = self.data_context.wrap_socket(
+                self.socket,
+                server_side=True,
+                do_handshake_on_connect=False,
+                suppress_ragged_eofs=False,
+            )
+        except OSError:
+            self.close()  # the client went away at once
+            return
+        self._ssl_accepting = True
+
+    def _do_ssl_handshake(self) -> None:
+        self._ssl_accepting = True
+        self._ssl_want_read = self._ssl_want_write = False
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            self._ssl_want_read = True
+        except ssl.SSLWantWriteError:
+            self._ssl_want_write = True
+        except (ssl.SSLEOFError, ConnectionError):
+            self.log("Unexpected SSL EOF.")
+            self.close()
+        except ssl.SSLError:
+            self.handle_failed_ssl_handshake()
+        else:
+            self._ssl_accepting = False
+            self._ssl_established = True
+            self.handle_ssl_established()
+
     def send(self, data: bytes) -> int:
-        # asynchat passes the empty buffer of an empty listing on to send(); pyOpenSSL
-        # takes a zero-length write during the handshake for a dropped connection.
+        # asynchat passes the empty buffer of an empty listing on to send().
         if not data:
             return 0
-        return int(super().send(data))
+        try:
+            return int(self.socket.send(data))
+        except ssl.SSLWantWriteError:
+            self._ssl_want_write = True
+        except ssl.SSLWantReadError:
+            self._ssl_want_read = True
+        except (ssl.SSLEOFError, ConnectionError):
+            PortalDTPHandler.handle_close(self)
+        return 0
+
+    def recv(self, buffer_size: int) -> bytes:
+        try:
+            data = self.socket.recv(buffer_size)
+        except ssl.SSLWantReadError as err:
+            self._ssl_want_read = True
+            raise _RetryError from err
+        except ssl.SSLWantWriteError as err:
+            self._ssl_want_write = True
+            raise _RetryError from err
+        except (ssl.SSLEOFError, ConnectionError):
+            # No close_notify: the stream was cut, whatever TCP said.
+            self.broken = True
+            self.handle_close()
+            return b""
+        if not data:  # the client's close_notify: the transfer is complete
+            self.handle_close()
+            return b""
+        return bytes(data)
+
+    def _do_ssl_shutdown(self) -> None:
+        self._ssl_closing = True
+        try:
+            self.socket.unwrap()
+        except ssl.SSLWantWriteError:
+            self._ssl_want_write = True
+            return
+        except (ssl.SSLWantReadError, ssl.SSLError, OSError):
+            pass  # our close_notify is sent; the client's answer is not needed
+        self._ssl_established = self._ssl_closing = False
+        self.handle_ssl_shutdown()
 
     def handle_close(self) -> None:
         if self._ssl_accepting and not self._closed:
@@ -338,19 +415,22 @@ class PortalFTPFS(AbstractedFS):
     def readlink(self, path: str) -> str:
         raise FilesystemError("there are no symbolic links here")
 
+    def _change(self, func: Any, *args: Any) -> None:
+        # What the last listing said about names may no longer hold.
+        self._listed = {}
+        self._call(func, *args)
+
     def mkdir(self, path: str) -> None:
-        self._call(self.portal_fs.mkdir, self._parts(path))
+        self._change(self.portal_fs.mkdir, self._parts(path))
 
     def rmdir(self, path: str) -> None:
-        if self.listdir(path):
-            raise FilesystemError(f"folder {path} is not empty")
-        raise FilesystemError(f"no folder {path}")
+        self._change(self.portal_fs.rmdir, self._parts(path))
 
     def remove(self, path: str) -> None:
-        self._call(self.portal_fs.delete, self._parts(path))
+        self._change(self.portal_fs.delete, self._parts(path))
 
     def rename(self, src: str, dst: str) -> None:
-        self._call(self.portal_fs.rename, self._parts(src), self._parts(dst))
+        self._change(self.portal_fs.rename, self._parts(src), self._parts(dst))
 
     def chmod(self, path: str, mode: int) -> None:
         raise FilesystemError("modes are fixed: files are read-only copies")
@@ -394,6 +474,15 @@ def _ftp_mlsd(handler: Any, path: str) -> str | None:
     return type(handler).__mro__[1].ftp_MLSD(handler, path)  # type: ignore[attr-defined,no-any-return]
 
 
+def data_channel_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    """TLS for data channels: TLS 1.2 or 1.3, and no session tickets (see TLSPortalDTPHandler)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+    context.num_tickets = 0
+    return context
+
+
 def build_server(
     fs: PortalFS,
     loop: asyncio.AbstractEventLoop,
@@ -410,7 +499,7 @@ def build_server(
         "authorizer": PortalAuthorizer(fs),
         "abstracted_fs": filesystem,
         "use_sendfile": False,
-        "dtp_handler": TLSPortalDTPHandler if certificate else PortalDTPHandler,
+        "dtp_handler": PortalDTPHandler,
         "banner": "ecpds data portal",
         "masquerade_address": masquerade,
         "principal": None,
@@ -422,6 +511,11 @@ def build_server(
             "keyfile": str(certificate[1]),
             "tls_control_required": False,
             "tls_data_required": False,
+            "dtp_handler": type(
+                "BoundTLSPortalDTPHandler",
+                (TLSPortalDTPHandler,),
+                {"data_context": data_channel_context(certificate)},
+            ),
         }
     handler = type("PortalFTPHandler", (base,), attributes)
     return ThreadedFTPServer((host, port), handler)

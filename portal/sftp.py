@@ -1,7 +1,7 @@
 """The portal's SFTP server (asyncssh): password or public-key log-in, the user's destinations.
 
-Only the SFTP subsystem is offered (no shell, exec or port forwarding). Writes must
-come in order, as every common client sends them; an upload is a synchronous push
+Only the SFTP subsystem is offered (no shell, exec or port forwarding). Writes may come
+in any order, as concurrent clients (rclone) send them; an upload is a synchronous push
 that is committed only by the client's close, never by a dropped connection.
 """
 
@@ -11,9 +11,11 @@ import asyncio
 import errno
 import os
 import stat as statmod
+import tempfile
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
@@ -22,7 +24,7 @@ from asyncssh.packet import SSHPacket
 from asyncssh.sftp import SFTPServerHandler
 
 from ecpds.core.access import Principal
-from ecpds.core.errors import EcpdsError, NotFound, Unauthenticated
+from ecpds.core.errors import Conflict, EcpdsError, NotFound, Unauthenticated
 from ecpds.core.ingest import IngestError
 from ecpds.portal.access import (
     join_path,
@@ -31,7 +33,7 @@ from ecpds.portal.access import (
     split_path,
     user_has_keys,
 )
-from ecpds.portal.vfs import Download, Entry, PortalFS, Upload
+from ecpds.portal.vfs import UPLOAD_CHUNK, Download, Entry, PortalFS, Upload
 
 # AES (hardware-accelerated in OpenSSL) costs the server about 40 % less CPU than
 # chacha20-poly1305, which OpenSSH clients pick first when it is offered; CTR keeps
@@ -43,6 +45,9 @@ CIPHERS = [
     "aes192-ctr",
     "aes256-ctr",
 ]
+# Concurrent writers (rclone: 64 requests of 32 KiB in flight) stay well inside this;
+# what arrives further ahead of the next byte is spooled to disk instead.
+REORDER_BYTES = 8 << 20
 DIR_MODE = statmod.S_IFDIR | 0o755
 FILE_MODE = statmod.S_IFREG | 0o644
 
@@ -64,11 +69,35 @@ async def _process_padded_write(handler: SFTPServerHandler, packet: SSHPacket) -
     return await _process_write(handler, SSHPacket(body.get_consumed_payload()))
 
 
+def _answering(process: Any) -> Any:
+    """A request parser that answers a CancelledError it was not sent with a failure.
+
+    asyncssh reads the next request only once this one is answered, and a
+    CancelledError escaping a request ends its reading loop without a word: one that
+    leaks from an awaited task (an abandoned upload) would leave the client waiting on
+    every later request until it times out.
+    """
+
+    async def answer(handler: SFTPServerHandler, packet: SSHPacket) -> object:
+        try:
+            return await process(handler, packet)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the session itself is being stopped
+            raise asyncssh.SFTPFailure("the request was abandoned") from None
+
+    return answer
+
+
 # asyncssh builds its SFTPServerHandler itself, with no hook for a subclass: the table of
 # request parsers is the one place to change; only this process's SFTP server uses it.
 SFTPServerHandler._packet_handlers = {
-    **SFTPServerHandler._packet_handlers,
-    FXP_WRITE: _process_padded_write,  # type: ignore[dict-item]
+    kind: _answering(process)
+    for kind, process in {
+        **SFTPServerHandler._packet_handlers,
+        FXP_WRITE: _process_padded_write,
+    }.items()
 }
 
 
@@ -86,6 +115,8 @@ def load_host_key(path: Path) -> asyncssh.SSHKey:
 def _sftp_error(exc: Exception) -> asyncssh.SFTPError:
     if isinstance(exc, NotFound):
         return asyncssh.SFTPNoSuchFile(str(exc))
+    if isinstance(exc, Conflict):
+        return asyncssh.SFTPFailure(str(exc))
     if isinstance(exc, EcpdsError):
         return asyncssh.SFTPPermissionDenied(str(exc))
     return asyncssh.SFTPFailure(str(exc))
@@ -158,18 +189,150 @@ class _Reader:
         raise OSError(errno.ENXIO, "no data past the end of the file")
 
 
+class _Ranges:
+    """Byte ranges [start, end), merged: where a spooled upload has its bytes."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def add(self, start: int, end: int) -> None:
+        first = bisect_left(self.ends, start)  # the first range touching or after start
+        after = bisect_right(self.starts, end)  # the first range wholly after end
+        if first < after:
+            start, end = min(start, self.starts[first]), max(end, self.ends[after - 1])
+        self.starts[first:after] = [start]
+        self.ends[first:after] = [end]
+
+    def end_of_run(self, start: int) -> int:
+        """Where the bytes written from `start` on first stop (`start` if none are)."""
+        index = bisect_right(self.starts, start) - 1
+        return max(start, self.ends[index]) if index >= 0 else start
+
+
 class _Writer:
-    def __init__(self, upload: Upload) -> None:
+    """One file being written, its writes in any order, as OpenSSH's sftp-server takes them.
+
+    A write at the next offset goes on to the upload; one ahead of it waits in memory,
+    up to REORDER_BYTES, beyond which every byte not yet passed on goes to an unnamed
+    temporary file in `spool`, read back into the upload on close. Bytes passed on are in
+    the store's stream and cannot change: a write over them, or a close with a hole,
+    abandons the upload, and every later request on the handle is refused.
+    """
+
+    def __init__(self, upload: Upload, spool: Path) -> None:
         self.upload = upload
-        self.offset = 0
+        self.spool_folder = spool
+        self.offset = 0  # the next byte the upload takes
+        self.size = 0
+        self.waiting: dict[int, bytes] = {}
+        self.waiting_starts: list[int] = []
+        self.waiting_bytes = 0
+        self.spool: IO[bytes] | None = None
+        self.spooled = _Ranges()
+        self.refusal: str | None = None
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self.refusal is not None:
+            raise asyncssh.SFTPFailure(self.refusal)
+        if not data:
+            return
+        if offset < self.offset:
+            await self._refuse(
+                f"bytes before offset {self.offset} are stored already and cannot be"
+                f" written again (a write at {offset}); the upload is abandoned"
+            )
+        end = offset + len(data)
+        self.size = max(self.size, end)
+        if self.spool is None and self._overlaps_waiting(offset, end):
+            await asyncio.to_thread(self._start_spool)
+        if self.spool is not None:
+            await asyncio.to_thread(self._spool_write, offset, data)
+        elif offset == self.offset:
+            await self._pass(data)
+            while self.waiting_starts and self.waiting_starts[0] == self.offset:
+                chunk = self.waiting.pop(self.waiting_starts.pop(0))
+                self.waiting_bytes -= len(chunk)
+                await self._pass(chunk)
+        elif self.waiting_bytes + len(data) > REORDER_BYTES:
+            await asyncio.to_thread(self._start_spool)
+            await asyncio.to_thread(self._spool_write, offset, data)
+        else:
+            self.waiting[offset] = data
+            insort(self.waiting_starts, offset)
+            self.waiting_bytes += len(data)
+
+    def _overlaps_waiting(self, start: int, end: int) -> bool:
+        # Waiting chunks never overlap one another, so only the last one starting
+        # before `end` can reach into [start, end).
+        index = bisect_left(self.waiting_starts, end) - 1
+        if index < 0:
+            return False
+        before = self.waiting_starts[index]
+        return before + len(self.waiting[before]) > start
+
+    async def _pass(self, data: bytes) -> None:
+        try:
+            await self.upload.write(data)
+        except (EcpdsError, IngestError) as exc:
+            await self._refuse(str(exc))
+        self.offset += len(data)
+
+    def _start_spool(self) -> None:
+        self.spool_folder.mkdir(parents=True, exist_ok=True)
+        # Unnamed from the start (unlinked at once): nothing is left if the process dies.
+        self.spool = tempfile.TemporaryFile(dir=self.spool_folder)  # noqa: SIM115
+        for offset, chunk in self.waiting.items():
+            self._spool_write(offset, chunk)
+        self.waiting, self.waiting_starts, self.waiting_bytes = {}, [], 0
+
+    def _spool_write(self, offset: int, data: bytes) -> None:
+        assert self.spool is not None
+        os.pwrite(self.spool.fileno(), data, offset)
+        self.spooled.add(offset, offset + len(data))
+
+    async def close(self) -> None:
+        if self.refusal is not None:
+            raise asyncssh.SFTPFailure(self.refusal)
+        written = self.spooled.end_of_run(self.offset) if self.spool else self.offset
+        if written < self.size:
+            await self._refuse(
+                f"no bytes were written at offset {written} of {self.size}; the upload is abandoned"
+            )
+        if self.spool is not None:
+            while self.offset < self.size:
+                size = min(UPLOAD_CHUNK, self.size - self.offset)
+                await self._pass(
+                    await asyncio.to_thread(os.pread, self.spool.fileno(), size, self.offset)
+                )
+            self._close_spool()
+        try:
+            await self.upload.close()
+        except (EcpdsError, IngestError) as exc:
+            raise _sftp_error(exc) from exc
+
+    async def abort(self) -> None:
+        self._close_spool()
+        await self.upload.abort()
+
+    async def _refuse(self, reason: str) -> NoReturn:
+        self.refusal = reason
+        await self.abort()
+        raise asyncssh.SFTPFailure(reason)
+
+    def _close_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
 
 class PortalSFTPServer(asyncssh.SFTPServer):
     """The virtual file system of one logged-in user, over SFTP."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel, fs: PortalFS) -> None:
+    def __init__(self, chan: asyncssh.SSHServerChannel, fs: PortalFS, spool: Path) -> None:
         super().__init__(chan)
         self.fs = fs
+        self.spool = spool
         principal = self.connection.get_extra_info("principal")
         assert isinstance(principal, Principal)
         self.principal = principal
@@ -208,10 +371,7 @@ class PortalSFTPServer(asyncssh.SFTPServer):
         await self._call(self.fs.mkdir, self._parts(path))
 
     async def rmdir(self, path: bytes) -> None:
-        parts = self._parts(path)
-        if await self._call(self.fs.listdir, parts):
-            raise asyncssh.SFTPFailure(f"folder {join_path(parts)} is not empty")
-        raise asyncssh.SFTPNoSuchFile(f"no folder {join_path(parts)}")
+        await self._call(self.fs.rmdir, self._parts(path))
 
     async def remove(self, path: bytes) -> None:
         await self._call(self.fs.delete, self._parts(path))
@@ -250,7 +410,7 @@ class PortalSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPOpUnsupported("files cannot be appended to, only replaced")
         if writing:
             try:
-                return _Writer(self.fs.start_upload(self.principal, parts))
+                return _Writer(self.fs.start_upload(self.principal, parts), self.spool)
             except EcpdsError as exc:
                 raise _sftp_error(exc) from exc
         download: Download = await self._call(self.fs.open_read, parts)
@@ -274,14 +434,7 @@ class PortalSFTPServer(asyncssh.SFTPServer):
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         if not isinstance(file_obj, _Writer):
             raise asyncssh.SFTPPermissionDenied("the file is open for reading")
-        if offset != file_obj.offset:
-            await file_obj.upload.abort()
-            raise asyncssh.SFTPFailure("writes must be sequential; the upload is abandoned")
-        try:
-            await file_obj.upload.write(data)
-        except (EcpdsError, IngestError) as exc:
-            raise _sftp_error(exc) from exc
-        file_obj.offset += len(data)
+        await file_obj.write(offset, data)
         return len(data)
 
     async def fstat(self, file_obj: object) -> SFTPAttrs:
@@ -289,7 +442,7 @@ class PortalSFTPServer(asyncssh.SFTPServer):
             return _attrs(file_obj.download.entry)
         assert isinstance(file_obj, _Writer)
         return SFTPAttrs(
-            type=asyncssh.FILEXFER_TYPE_REGULAR, size=file_obj.offset, permissions=FILE_MODE
+            type=asyncssh.FILEXFER_TYPE_REGULAR, size=file_obj.size, permissions=FILE_MODE
         )
 
     async def close(self, file_obj: object) -> None:
@@ -300,12 +453,9 @@ class PortalSFTPServer(asyncssh.SFTPServer):
         assert isinstance(file_obj, _Writer)
         if self.channel.is_closing():
             # asyncssh closes open files when the session ends: a cut connection is no commit.
-            await file_obj.upload.abort()
+            await file_obj.abort()
             return
-        try:
-            await file_obj.upload.close()
-        except (EcpdsError, IngestError) as exc:
-            raise _sftp_error(exc) from exc
+        await file_obj.close()
 
 
 def _pread(handle: IO[bytes], offset: int, size: int) -> bytes:
@@ -314,16 +464,17 @@ def _pread(handle: IO[bytes], offset: int, size: int) -> bytes:
 
 
 async def start_sftp(
-    fs: PortalFS, host: str, port: int, host_key: asyncssh.SSHKey
+    fs: PortalFS, host: str, port: int, host_key: asyncssh.SSHKey, spool: Path
 ) -> asyncssh.SSHAcceptor:
-    """Listen for SFTP on host:port; close the returned acceptor to stop."""
+    """Listen for SFTP on host:port, out-of-order uploads spooled in `spool`; close the
+    returned acceptor to stop."""
     return await asyncssh.create_server(
         lambda: PortalSSHServer(fs),
         host,
         port,
         server_host_keys=[host_key],
         encryption_algs=CIPHERS,
-        sftp_factory=lambda chan: PortalSFTPServer(chan, fs),
+        sftp_factory=lambda chan: PortalSFTPServer(chan, fs, spool),
         allow_scp=False,
         agent_forwarding=False,
         x11_forwarding=False,
@@ -332,11 +483,11 @@ async def start_sftp(
 
 
 async def serve_sftp_until(
-    fs: PortalFS, host: str, port: int, host_key_file: Path, stop: asyncio.Event
+    fs: PortalFS, host: str, port: int, host_key_file: Path, spool: Path, stop: asyncio.Event
 ) -> None:
     """Serve SFTP until `stop` is set."""
     key = await asyncio.to_thread(load_host_key, host_key_file)
-    acceptor = await start_sftp(fs, host, port, key)
+    acceptor = await start_sftp(fs, host, port, key, spool)
     try:
         await stop.wait()
     finally:

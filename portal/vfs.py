@@ -1,9 +1,10 @@
 """The portal's virtual file system: `/` holds a user's destinations, `/DEST/` their live files.
 
 A file is the newest live transfer of a destination under a target name (which may
-contain `/`, giving sub-folders). Reads stream the store object; writes are
-synchronous pushes through `ingest`; a complete download of a bucket's HOLD
-transfer marks it DONE. All four front-ends go through this one class.
+contain `/`, giving sub-folders); a folder exists through its files, or as a
+`PortalFolder` from the user's mkdir until a file is put in it. Reads stream the store
+object; writes are synchronous pushes through `ingest`; a complete download of a
+bucket's HOLD transfer marks it DONE. All four front-ends go through this one class.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Delete, Engine, delete, update
+from sqlalchemy.exc import IntegrityError as DuplicateRow
 from sqlmodel import Session, col, select
 from zlib_ng import zlib_ng
 
 from ecpds.core.access import Principal
+from ecpds.core.catalog import get_destination
 from ecpds.core.db import session_scope
-from ecpds.core.errors import BadPath, Denied, NotFound
+from ecpds.core.errors import BadPath, Conflict, Denied, NotFound
 from ecpds.core.ingest import Dispatcher, IngestResult, ingest
 from ecpds.core.models import (
     DataFile,
@@ -29,6 +33,7 @@ from ecpds.core.models import (
     Host,
     HostKind,
     Operation,
+    PortalFolder,
     TransferStatus,
     utcnow,
 )
@@ -99,11 +104,29 @@ class PortalFS:
             found[transfer.target] = _file_entry(transfer.target, transfer, data_file)
         return found
 
+    def _folders(self, session: Session, destination: str, path: str = "") -> list[str]:
+        """The kept folders at or under `path` (all of them for ""), by path."""
+        query = (
+            select(PortalFolder.path)
+            .join(Destination, col(Destination.id) == PortalFolder.destination_id)
+            .where(Destination.name == destination)
+            .order_by(col(PortalFolder.path))
+        )
+        if path:
+            query = query.where(col(PortalFolder.path).startswith(path, autoescape=True))
+        return [p for p in session.exec(query).all() if _within(p, path)]
+
     def list_objects(self, principal: Principal, destination: str, prefix: str = "") -> list[Entry]:
-        """Every file of `destination` whose target starts with `prefix`, by name (for S3)."""
+        """Every file of `destination` whose target starts with `prefix`, by name (for S3).
+
+        Kept folders come as folder entries named `PATH/`, which S3 lists as common prefixes.
+        """
         principal.check(Operation.DIR, destination)
         with session_scope(self.engine) as session:
             files = self._files(session, destination, prefix)
+            for path in self._folders(session, destination):
+                if f"{path}/".startswith(prefix):
+                    files[f"{path}/"] = Entry(name=f"{path}/", is_dir=True)
         return [e for name, e in sorted(files.items()) if principal.matches(destination, name)]
 
     def listdir(self, principal: Principal, parts: tuple[str, ...]) -> list[Entry]:
@@ -116,6 +139,7 @@ class PortalFS:
         prefix = f"{sub}/" if sub else ""
         with session_scope(self.engine) as session:
             files = self._files(session, destination, prefix)
+            folders = self._folders(session, destination, sub)
         entries: dict[str, Entry] = {}
         for target, entry in sorted(files.items()):
             if not principal.matches(destination, target):
@@ -126,12 +150,14 @@ class PortalFS:
                 entries.setdefault(head, Entry(name=head, is_dir=True))
             elif head:
                 entries[head] = Entry(**{**entry.__dict__, "name": head})
-        if sub and not entries and not self._is_destination_folder(principal, parts):
+        kept = [path for path in folders if principal.matches(destination, path)]
+        for path in kept:
+            head = path[len(prefix) :].partition("/")[0]
+            if path != sub:
+                entries.setdefault(head, Entry(name=head, is_dir=True))
+        if sub and not entries and sub not in kept:
             raise NotFound(f"no folder {'/'.join(parts)}")
-        return list(entries.values())
-
-    def _is_destination_folder(self, principal: Principal, parts: tuple[str, ...]) -> bool:
-        return len(parts) == 1 and parts[0] in principal.destinations
+        return sorted(entries.values(), key=lambda entry: entry.name)
 
     def stat(self, principal: Principal, parts: tuple[str, ...]) -> Entry:
         if not parts:
@@ -145,11 +171,12 @@ class PortalFS:
         principal.check(Operation.DIR, destination)
         with session_scope(self.engine) as session:
             files = self._files(session, destination, target)
+            folders = self._folders(session, destination, target)
         if target in files and principal.matches(destination, target):
             return files[target]
         if any(
             name.startswith(target + "/") and principal.matches(destination, name) for name in files
-        ):
+        ) or any(principal.matches(destination, path) for path in folders):
             return Entry(name=parts[-1], is_dir=True)
         raise NotFound(f"no file {'/'.join(parts)}")
 
@@ -206,12 +233,45 @@ class PortalFS:
             for transfer in transfers:
                 transfer.target = target
                 session.add(transfer)
+            _use_folders(session, destination, target)
 
     def mkdir(self, principal: Principal, parts: tuple[str, ...]) -> None:
-        """Folders exist through the names of their files, so only the permission is checked."""
+        """Keep a new folder until a file is put in it; the folders above it appear with it."""
         if len(parts) < 2:
             raise Denied("destinations cannot be created through the portal")
-        principal.check(Operation.MKDIR, parts[0], "/".join(parts[1:]))
+        destination, path = parts[0], "/".join(parts[1:])
+        principal.check_folder(destination, path)
+        with session_scope(self.engine) as session:
+            for above in range(2, len(parts)):
+                if self._find(session, destination, "/".join(parts[1:above])):
+                    raise Conflict(f"{'/'.join(parts[:above])} is a file, not a folder")
+            files = self._files(session, destination, path)
+            if any(_within(name, path) for name in files) or self._folders(
+                session, destination, path
+            ):
+                raise Conflict(f"{'/'.join(parts)} already exists")
+            row = get_destination(session, name=destination)
+            assert row.id is not None
+            session.add(PortalFolder(destination_id=row.id, path=path))
+            try:
+                session.flush()
+            except DuplicateRow as exc:  # made at the same moment through another replica
+                raise Conflict(f"{'/'.join(parts)} already exists") from exc
+
+    def rmdir(self, principal: Principal, parts: tuple[str, ...]) -> None:
+        """Remove a folder made by mkdir and still empty; others exist through their files."""
+        if len(parts) < 2:
+            raise Denied("destinations cannot be removed through the portal")
+        destination, path = parts[0], "/".join(parts[1:])
+        principal.check_folder(destination, path)
+        with session_scope(self.engine) as session:
+            folders = self._folders(session, destination, path)
+            inside = [p for p in folders if p != path]
+            if inside or self._files(session, destination, f"{path}/"):
+                raise Conflict(f"folder {'/'.join(parts)} is not empty")
+            if not folders:
+                raise NotFound(f"no folder {'/'.join(parts)}")
+            session.exec(_forget_folders(destination, [path]))
 
     def check_upload(self, principal: Principal, parts: tuple[str, ...]) -> tuple[str, str]:
         if len(parts) < 2:
@@ -245,7 +305,7 @@ class PortalFS:
             ),
             dispatcher=self.dispatcher,
         )
-        await asyncio.to_thread(self._supersede, destination, target, result.transfer_ids)
+        await asyncio.to_thread(self._place, destination, target, result.transfer_ids)
         return result
 
     def _incoming(self, destination: str) -> Destination:
@@ -255,12 +315,14 @@ class PortalFS:
                 raise NotFound(f"no destination {destination!r}")
             return dest
 
-    def _supersede(self, destination: str, target: str, keep: list[int]) -> None:
+    def _place(self, destination: str, target: str, keep: list[int]) -> None:
+        """The new file replaces older ones of its name and is in the folders made for it."""
         with session_scope(self.engine) as session:
             for transfer in self._find(session, destination, target):
                 if transfer.id not in keep:
                     transfer.deleted = True
                     session.add(transfer)
+            _use_folders(session, destination, target)
 
     def start_upload(self, principal: Principal, parts: tuple[str, ...]) -> Upload:
         """An upload fed chunk by chunk (FTP, SFTP); call on the event loop."""
@@ -289,6 +351,29 @@ class PortalFS:
                 .where(col(DataTransfer.status) == TransferStatus.HOLD)
                 .values(status=TransferStatus.DONE, finished=now, bytes_sent=size)
             )
+
+
+def _within(name: str, folder: str) -> bool:
+    """Whether `name` is `folder` or under it ("" is the destination itself)."""
+    return not folder or name == folder or name.startswith(f"{folder}/")
+
+
+def _use_folders(session: Session, destination: str, target: str) -> None:
+    """The kept folders above a file's name exist through the file from now on."""
+    parts = target.split("/")[:-1]
+    if parts:
+        above = ["/".join(parts[:end]) for end in range(1, len(parts) + 1)]
+        session.exec(_forget_folders(destination, above))
+
+
+def _forget_folders(destination: str, paths: list[str]) -> Delete:
+    """The statement that removes the kept folders `paths` of `destination`."""
+    destination_id = select(Destination.id).where(Destination.name == destination)
+    return (
+        delete(PortalFolder)
+        .where(col(PortalFolder.destination_id) == destination_id.scalar_subquery())
+        .where(col(PortalFolder.path).in_(paths))
+    )
 
 
 class Download:
@@ -359,8 +444,7 @@ class Upload:
 
     async def _put(self, item: bytes | None) -> None:
         if self._task.done():
-            self._task.result()
-            raise Denied("the upload has already finished")
+            self._ended()
         if not self._queue.full():
             self._queue.put_nowait(item)
             return
@@ -368,7 +452,18 @@ class Upload:
         await asyncio.wait({put, self._task}, return_when=asyncio.FIRST_COMPLETED)
         if not put.done():
             put.cancel()
-            self._task.result()
+            self._ended()
+
+    def _ended(self) -> NoReturn:
+        """Refuse more bytes once ingest has ended: with its error, or as abandoned.
+
+        Never with the CancelledError of an aborted ingest, which would pass for the
+        cancellation of the caller itself (a door's session) and end it unanswered.
+        """
+        if self._task.cancelled():
+            raise Conflict("the upload was abandoned; nothing of it is stored")
+        self._task.result()
+        raise Conflict("the upload has already finished")
 
     async def write(self, data: bytes) -> None:
         self._buffer += data

@@ -293,6 +293,8 @@ class S3Gateway:
                 common = prefix + rest[: rest.index(delimiter) + len(delimiter)]
                 if prefixes and prefixes[-1] == common:
                     continue
+            elif entry.is_dir:
+                continue  # a kept folder is only a common prefix, never an object
             if len(contents) + len(prefixes) >= max_keys:
                 truncated = True
                 break

@@ -138,7 +138,8 @@ def sftp_port(portal: Portal, loop_thread: LoopThread) -> Iterator[int]:
     """The portal's SFTP server on a free port."""
     port = free_port()
     key = load_host_key(portal.home / "ssh_host_key")
-    acceptor = loop_thread.run(start_sftp(portal.fs, "127.0.0.1", port, key))
+    spool = portal.home / "sftp-spool"
+    acceptor = loop_thread.run(start_sftp(portal.fs, "127.0.0.1", port, key, spool))
     yield port
 
     async def stop() -> None:

@@ -26,9 +26,10 @@ from sqlmodel import select
 from ecpds.core.db import session_scope
 from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.models import DataFile, DataTransfer, TransferStatus
+from ecpds.portal.access import login_password
 from ecpds.portal.s3.app import S3Gateway
 
-from .conftest import LoopThread, Portal
+from .conftest import ALICE_PASSWORD, LoopThread, Portal
 
 
 @pytest.fixture
@@ -346,3 +347,15 @@ def test_signed_aws_chunked_upload(s3_url: str, portal: Portal, alice_s3: BaseCl
     with session_scope(portal.engine) as session:
         assert len(session.exec(select(DataFile)).all()) == 1
     assert portal.store.partials() == []
+
+
+def test_a_folder_made_elsewhere_is_listed_as_a_common_prefix(s3_url: str, portal: Portal) -> None:
+    """S3 has no folders: one made over FTP or SFTP shows only where a delimiter asks."""
+    portal.fs.mkdir(login_password(portal.engine, "alice", ALICE_PASSWORD), ("alpha", "new", "in"))
+    s3 = boto(s3_url, portal.alice_key_id, portal.alice_secret)
+    top = s3.list_objects_v2(Bucket="alpha", Delimiter="/")
+    assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["new/"]
+    inside = s3.list_objects_v2(Bucket="alpha", Prefix="new/", Delimiter="/")
+    assert [p["Prefix"] for p in inside["CommonPrefixes"]] == ["new/in/"]
+    for listed in (top, inside, s3.list_objects_v2(Bucket="alpha")):
+        assert "Contents" not in listed
