@@ -403,7 +403,8 @@ def test_ftps_data_channels_speak_tls13_without_session_tickets(
     ftp.voidcmd("TYPE I")
     try:
         with socket.create_connection(ftp.makepasv(), timeout=30) as raw:
-            assert ftp.sendcmd("STOR /alpha/ticketless.bin").startswith("150")
+            # 125 when the server saw the data connection before the command, else 150.
+            assert ftp.sendcmd("STOR /alpha/ticketless.bin")[:3] in ("125", "150")
             incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
             tls = context.wrap_bio(incoming, outgoing)
             while True:
