@@ -10,11 +10,11 @@ import os
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 from sqlalchemy import Engine, func, or_
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from ecpds.core.db import session_scope
 from ecpds.core.errors import Conflict, Invalid, NotFound
@@ -68,6 +68,11 @@ def validation_message(errors: ValidationError | Sequence[Any]) -> str:
         what = what.removeprefix("Value error, ")  # our own checks' messages stand alone
         parts.append(f"{where}: {what}" if where else what)
     return "; ".join(parts)
+
+
+def _nullable(table: type[SQLModel], key: str) -> bool:
+    """Whether a column takes None: an update's null clears it, else leaves it as it is."""
+    return type(None) in get_args(table.model_fields[key].annotation)
 
 
 def _check_name_free(session: Session, table: Any, kind: str, name: str) -> None:
@@ -251,7 +256,8 @@ def update_destination(session: Session, *, name: str, data: DestinationUpdate) 
     changes = data.model_dump(exclude_unset=True)
     hosts = changes.pop("hosts", None)
     for key, value in changes.items():
-        setattr(destination, key, value)
+        if value is not None or _nullable(Destination, key):
+            setattr(destination, key, value)
     session.add(destination)
     session.flush()
     if hosts is not None:
@@ -402,7 +408,8 @@ def update_alias(session: Session, *, name: str, data: AliasUpdate) -> Alias:
             setattr(alias, f"{role}_id", _alias_end(session, name, role, changes.pop(role)))
         changes.pop(role, None)
     for key, value in changes.items():
-        setattr(alias, key, value)
+        if value is not None or _nullable(Alias, key):
+            setattr(alias, key, value)
     _check_alias(alias)
     session.add(alias)
     session.flush()
@@ -518,8 +525,16 @@ def create_user(session: Session, *, data: DataUserCreate) -> DataUser:
 
 
 def update_user(session: Session, *, name: str, data: DataUserUpdate) -> DataUser:
+    """Change a user; the last active admin stays one (else no one could manage the site)."""
     user = get_user(session, name=name)
     changes = data.model_dump(exclude_unset=True)
+    if (
+        user.admin
+        and user.active
+        and (changes.get("admin") is False or changes.get("active") is False)
+        and not _other_admins(session, user)
+    ):
+        raise Conflict(f"user {name!r} is the last admin: make another user admin first")
     password = changes.pop("password", None)
     destinations = changes.pop("destinations", None)
     for key, value in changes.items():
@@ -539,17 +554,20 @@ def delete_user(session: Session, *, name: str, caller: DataUser | None = None) 
     user = get_user(session, name=name)
     if caller is not None and caller.id == user.id:
         raise Conflict(f"user {name!r} cannot delete itself: ask another admin")
-    if user.admin and user.active:
-        others = session.exec(
-            select(func.count())
-            .select_from(DataUser)
-            .where(col(DataUser.admin).is_(True), col(DataUser.active).is_(True))
-            .where(DataUser.id != user.id)
-        ).one()
-        if not others:
-            raise Conflict(f"user {name!r} is the last admin: make another user admin first")
+    if user.admin and user.active and not _other_admins(session, user):
+        raise Conflict(f"user {name!r} is the last admin: make another user admin first")
     session.delete(user)
     session.flush()
+
+
+def _other_admins(session: Session, user: DataUser) -> int:
+    """How many active admins there are besides `user`."""
+    return session.exec(
+        select(func.count())
+        .select_from(DataUser)
+        .where(col(DataUser.admin).is_(True), col(DataUser.active).is_(True))
+        .where(DataUser.id != user.id)
+    ).one()
 
 
 def user_public(session: Session, user: DataUser) -> DataUserPublic:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from ecpds.core.dispatch import OperationError, TemporalDispatcher
 from ecpds.core.engine import DESTINATION_OPERATIONS, Operation
 from ecpds.portal.api.deps import AdminDep, StateDep
+from ecpds.portal.api.errors import refusals
 
 router = APIRouter(tags=["operations"])
 
@@ -37,7 +38,11 @@ def _dispatcher(state: StateDep) -> TemporalDispatcher:
     return dispatcher
 
 
-@router.post("/destinations/{name}/operations/{operation}", status_code=202)
+@router.post(
+    "/destinations/{name}/operations/{operation}",
+    status_code=202,
+    responses=refusals(404, 409, 503),
+)
 async def destination_operation(
     name: str,
     operation: Operation,
@@ -52,7 +57,9 @@ async def destination_operation(
     return Accepted(operation=operation, destination=name, immediate=immediate)
 
 
-@router.post("/transfers/{id}/operations/{operation}", status_code=202)
+@router.post(
+    "/transfers/{id}/operations/{operation}", status_code=202, responses=refusals(404, 409, 503)
+)
 async def transfer_operation(
     id: int,
     operation: Operation,

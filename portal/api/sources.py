@@ -26,6 +26,7 @@ from ecpds.core.engine import (
     RetrievalBatchInput,
     retrieval_batch_workflow_id,
 )
+from ecpds.core.models import INPUT
 from ecpds.core.retrieval import (
     BATCH,
     MAX_SOURCES,
@@ -41,6 +42,7 @@ from ecpds.portal.api.deps import (
     check_destination_access,
     visible_destinations,
 )
+from ecpds.portal.api.errors import refusals
 from ecpds.portal.api.files import PushFields
 
 router = APIRouter(tags=["files"])
@@ -49,12 +51,14 @@ STARTS_IN_FLIGHT = 64
 
 
 class Source(BaseModel):
+    model_config = INPUT
     url: str = Field(min_length=3, description="e.g. sftp://user@host/dir/file")
     name: str | None = Field(default=None, description="file name (default: the URL's)")
     target: str | None = Field(default=None, description="name at the remote site")
 
 
 class SourcesRequest(PushFields):
+    model_config = INPUT
     sources: list[Source] = Field(min_length=1, max_length=MAX_SOURCES)
 
 
@@ -112,7 +116,11 @@ def _attrs(data_file_id: str, destination: str | None = None) -> TypedSearchAttr
     return TypedSearchAttributes(pairs)
 
 
-@router.post("/destinations/{destination}/sources", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/destinations/{destination}/sources",
+    status_code=status.HTTP_201_CREATED,
+    responses=refusals(404, 409, 429, 503),
+)
 async def register(
     destination: str, body: SourcesRequest, state: StateDep, user: UserDep
 ) -> SourcesResult:
@@ -159,7 +167,7 @@ async def register(
     )
 
 
-@router.get("/groups/{group}")
+@router.get("/groups/{group}", responses=refusals(404))
 def get_group(group: str, session: SessionDep, user: UserDep) -> GroupResult:
     """How many of the group's files are in the store, which failed (and why), how many wait."""
     progress = group_progress(
@@ -183,7 +191,7 @@ class ViewEntry(BaseModel):
     arrived: datetime | None
 
 
-@router.get("/views/destinations/{destination}")
+@router.get("/views/destinations/{destination}", responses=refusals(404))
 def view_destination(
     destination: str,
     session: SessionDep,
