@@ -524,17 +524,17 @@ def create_user(session: Session, *, data: DataUserCreate) -> DataUser:
     return user
 
 
-def update_user(session: Session, *, name: str, data: DataUserUpdate) -> DataUser:
-    """Change a user; the last active admin stays one (else no one could manage the site)."""
+def update_user(
+    session: Session, *, name: str, data: DataUserUpdate, caller: DataUser | None = None
+) -> DataUser:
+    """Change a user; an admin stays one for itself, and the last active admin stays one."""
     user = get_user(session, name=name)
     changes = data.model_dump(exclude_unset=True)
-    if (
-        user.admin
-        and user.active
-        and (changes.get("admin") is False or changes.get("active") is False)
-        and not _other_admins(session, user)
-    ):
-        raise Conflict(f"user {name!r} is the last admin: make another user admin first")
+    if user.admin and (changes.get("admin") is False or changes.get("active") is False):
+        if caller is not None and caller.id == user.id:
+            raise Conflict(f"user {name!r} cannot demote or deactivate itself: ask another admin")
+        if user.active and not _other_admins(session, user):
+            raise Conflict(f"user {name!r} is the last admin: make another user admin first")
     password = changes.pop("password", None)
     destinations = changes.pop("destinations", None)
     for key, value in changes.items():

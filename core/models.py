@@ -265,6 +265,11 @@ Operations = Annotated[
     AfterValidator(_operations),
     Described(items={"type": "string", "enum": list(OPERATIONS)}),
 ]
+# Durations in seconds stay under a century, so that a time plus one is still a time;
+# counts and sizes fit the catalog's 64-bit integers.
+LONGEST = 100 * 365 * 86400
+BIGGEST = 2**63 - 1
+
 # What clients write (REST bodies, site.toml): no unknown keys, and each JSON type as it is
 # (5, not "5"; true, not "yes"), as the API's description says; enums, which JSON has not,
 # are read from their values (`Strict(False)`).
@@ -375,25 +380,33 @@ class DestinationBase(SQLModel):
     active: bool = True
     # scheduler
     max_connections: int = Field(default=4, ge=1, le=1000)
-    retry_count: int = Field(default=3, ge=0, description="full host cycles before hold")
-    retry_frequency: int = Field(default=300, ge=0, description="seconds between cycles")
-    max_start: int = Field(default=3, ge=1, description="failed starts before RETR")
-    start_frequency: int = Field(default=60, ge=0, description="seconds before a RETR restarts")
-    max_requeue: int = Field(default=3, ge=0, description="re-queues before FAIL")
-    reset_frequency: int = Field(default=3600, ge=0, description="seconds on a backup host")
+    retry_count: int = Field(
+        default=3, ge=0, le=BIGGEST, description="full host cycles before hold"
+    )
+    retry_frequency: int = Field(
+        default=300, ge=0, le=LONGEST, description="seconds between cycles"
+    )
+    max_start: int = Field(default=3, ge=1, le=BIGGEST, description="failed starts before RETR")
+    start_frequency: int = Field(
+        default=60, ge=0, le=LONGEST, description="seconds before a RETR restarts"
+    )
+    max_requeue: int = Field(default=3, ge=0, le=BIGGEST, description="re-queues before FAIL")
+    reset_frequency: int = Field(
+        default=3600, ge=0, le=LONGEST, description="seconds on a backup host"
+    )
     on_host_failure: Annotated[OnHostFailure, Strict(False)] = OnHostFailure.NEXT_AND_RETRY
     active_from: Clock | None = Field(default=None, sa_type=String)
     active_until: Clock | None = Field(default=None, sa_type=String)
     default_priority: int = Field(default=99, ge=0, le=99)
-    default_lifetime: int = Field(default=2 * 86400, gt=0, description="seconds")
-    max_pending: int = Field(default=0, ge=0, description="0 means no limit")
+    default_lifetime: int = Field(default=2 * 86400, gt=0, le=LONGEST, description="seconds")
+    max_pending: int = Field(default=0, ge=0, le=BIGGEST, description="0 means no limit")
     max_file_size: int = Field(
-        default=0, ge=0, sa_type=BigInteger, description="bytes; 0 means no limit"
+        default=0, ge=0, le=BIGGEST, sa_type=BigInteger, description="bytes; 0 means no limit"
     )
     if_target_exists: IfTargetExists = Field(default="overwrite", sa_type=String)
     compression: CompressionName | None = Field(default=None, sa_type=String)
     compression_pattern: Regex | None = Field(default=None, sa_type=String)
-    compression_min_size: int = Field(default=0, ge=0, sa_type=BigInteger)
+    compression_min_size: int = Field(default=0, ge=0, le=BIGGEST, sa_type=BigInteger)
     target_template: TargetTemplate = Field(default="{target}", sa_type=String)
     checksums: list[ChecksumName] = Field(
         default_factory=list, sa_type=JSON, description="digests to record besides MD5"
@@ -406,8 +419,8 @@ class DestinationBase(SQLModel):
     mqtt_broker_url: BrokerUrl | None = Field(default=None, sa_type=String)
     # incoming (portal uploads)
     incoming_priority: int | None = Field(default=None, ge=0, le=99)
-    incoming_lifetime: int | None = Field(default=None, gt=0)
-    incoming_delay: int = Field(default=0, ge=0)
+    incoming_lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    incoming_delay: int = Field(default=0, ge=0, le=LONGEST)
     incoming_standby: bool = False
     incoming_metadata: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
     backup_url: Location | None = Field(default=None, sa_type=String)
@@ -421,23 +434,23 @@ class DestinationUpdate(SQLModel):
     comment: str | None = None
     active: bool | None = None
     max_connections: int | None = Field(default=None, ge=1, le=1000)
-    retry_count: int | None = Field(default=None, ge=0)
-    retry_frequency: int | None = Field(default=None, ge=0)
-    max_start: int | None = Field(default=None, ge=1)
-    start_frequency: int | None = Field(default=None, ge=0)
-    max_requeue: int | None = Field(default=None, ge=0)
-    reset_frequency: int | None = Field(default=None, ge=0)
+    retry_count: int | None = Field(default=None, ge=0, le=BIGGEST)
+    retry_frequency: int | None = Field(default=None, ge=0, le=LONGEST)
+    max_start: int | None = Field(default=None, ge=1, le=BIGGEST)
+    start_frequency: int | None = Field(default=None, ge=0, le=LONGEST)
+    max_requeue: int | None = Field(default=None, ge=0, le=BIGGEST)
+    reset_frequency: int | None = Field(default=None, ge=0, le=LONGEST)
     on_host_failure: Annotated[OnHostFailure, Strict(False)] | None = None
     active_from: Clock | None = None
     active_until: Clock | None = None
     default_priority: int | None = Field(default=None, ge=0, le=99)
-    default_lifetime: int | None = Field(default=None, gt=0)
-    max_pending: int | None = Field(default=None, ge=0)
-    max_file_size: int | None = Field(default=None, ge=0)
+    default_lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    max_pending: int | None = Field(default=None, ge=0, le=BIGGEST)
+    max_file_size: int | None = Field(default=None, ge=0, le=BIGGEST)
     if_target_exists: IfTargetExists | None = None
     compression: CompressionName | None = None
     compression_pattern: Regex | None = None
-    compression_min_size: int | None = Field(default=None, ge=0)
+    compression_min_size: int | None = Field(default=None, ge=0, le=BIGGEST)
     target_template: TargetTemplate | None = None
     checksums: list[ChecksumName] | None = None
     mqtt_topic: MqttTopic | None = None
@@ -446,8 +459,8 @@ class DestinationUpdate(SQLModel):
     mqtt_payload: str | None = None
     mqtt_broker_url: BrokerUrl | None = None
     incoming_priority: int | None = Field(default=None, ge=0, le=99)
-    incoming_lifetime: int | None = Field(default=None, gt=0)
-    incoming_delay: int | None = Field(default=None, ge=0)
+    incoming_lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    incoming_delay: int | None = Field(default=None, ge=0, le=LONGEST)
     incoming_standby: bool | None = None
     incoming_metadata: dict[str, str] | None = None
     backup_url: Location | None = None
@@ -479,9 +492,13 @@ class HostBase(SQLModel):
     )
     options: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     active: bool = True
-    retry_count: int = Field(default=2, ge=0, description="retries on this host")
-    retry_frequency: int = Field(default=30, ge=0, description="seconds between retries")
-    max_connections: int = Field(default=0, ge=0, description="0 means the destination's")
+    retry_count: int = Field(default=2, ge=0, le=BIGGEST, description="retries on this host")
+    retry_frequency: int = Field(
+        default=30, ge=0, le=LONGEST, description="seconds between retries"
+    )
+    max_connections: int = Field(
+        default=0, ge=0, le=BIGGEST, description="0 means the destination's"
+    )
     comment: str = ""
 
 
@@ -496,9 +513,9 @@ class HostUpdate(SQLModel):
     url: HostUrlText | None = None
     options: dict[str, Any] | None = None
     active: bool | None = None
-    retry_count: int | None = Field(default=None, ge=0)
-    retry_frequency: int | None = Field(default=None, ge=0)
-    max_connections: int | None = Field(default=None, ge=0)
+    retry_count: int | None = Field(default=None, ge=0, le=BIGGEST)
+    retry_frequency: int | None = Field(default=None, ge=0, le=LONGEST)
+    max_connections: int | None = Field(default=None, ge=0, le=BIGGEST)
     comment: str | None = None
     credentials: dict[str, str] | None = None
 
@@ -531,8 +548,8 @@ class AliasBase(SQLModel):
     pattern: str | None = Field(default=None, description="regex on the target name")
     rewrite: str | None = Field(default=None, description="re.sub replacement for the target")
     priority: int | None = Field(default=None, ge=0, le=99)
-    lifetime: int | None = Field(default=None, gt=0)
-    delay: int = Field(default=0, ge=0)
+    lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    delay: int = Field(default=0, ge=0, le=LONGEST)
     active: bool = True
 
 
@@ -547,8 +564,8 @@ class AliasUpdate(SQLModel):
     pattern: str | None = None
     rewrite: str | None = None
     priority: int | None = Field(default=None, ge=0, le=99)
-    lifetime: int | None = Field(default=None, gt=0)
-    delay: int | None = Field(default=None, ge=0)
+    lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    delay: int | None = Field(default=None, ge=0, le=LONGEST)
     active: bool | None = None
 
 

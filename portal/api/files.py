@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 
 from ecpds.core import catalog
 from ecpds.core.ingest import ingest
-from ecpds.core.models import DataFile, DataFilePublic, DataTransfer, DataUser, IsoTime
+from ecpds.core.models import LONGEST, DataFile, DataFilePublic, DataTransfer, DataUser, IsoTime
 from ecpds.core.push import PushOptions, parse_metadata
 from ecpds.portal.api.deps import (
     AdminDep,
@@ -33,9 +33,9 @@ OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "b
 class PushFields(BaseModel):
     """The options of a push as the API takes them: checked by `core.push`, as at every door."""
 
-    priority: int | None = Field(default=None, description="0 (highest) to 99")
-    lifetime: int | None = Field(default=None, description="seconds")
-    delay: int | None = Field(default=None, description="seconds")
+    priority: int | None = Field(default=None, ge=0, le=99, description="0 (highest) to 99")
+    lifetime: int | None = Field(default=None, gt=0, le=LONGEST, description="seconds")
+    delay: int | None = Field(default=None, ge=0, le=LONGEST, description="seconds")
     at: IsoTime | None = Field(default=None, description="scheduled time, ISO 8601")
     standby: bool | None = None
     metadata: str | None = Field(default=None, description="k=v,k2=v2")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 
 from ecpds.core.dispatch import OperationError, TemporalDispatcher
 from ecpds.core.engine import DESTINATION_OPERATIONS, Operation
@@ -18,6 +18,19 @@ from ecpds.portal.api.deps import AdminDep, StateDep
 from ecpds.portal.api.errors import refusals
 
 router = APIRouter(tags=["operations"])
+
+
+def _one_of(operations: list[Operation]) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "enum": [op.value for op in operations]})
+
+
+# The operations that apply to each kind; the other kind's are refused with 422.
+DestinationOperation = Annotated[
+    Operation, _one_of([op for op in Operation if op in DESTINATION_OPERATIONS])
+]
+TransferOperation = Annotated[
+    Operation, _one_of([op for op in Operation if op not in DESTINATION_OPERATIONS])
+]
 
 
 class Accepted(BaseModel):
@@ -45,7 +58,7 @@ def _dispatcher(state: StateDep) -> TemporalDispatcher:
 )
 async def destination_operation(
     name: str,
-    operation: Operation,
+    operation: DestinationOperation,
     state: StateDep,
     _admin: AdminDep,
     immediate: Annotated[bool, Query(description="restart: interrupt running transfers")] = False,
@@ -62,7 +75,7 @@ async def destination_operation(
 )
 async def transfer_operation(
     id: int,
-    operation: Operation,
+    operation: TransferOperation,
     state: StateDep,
     _admin: AdminDep,
     value: Annotated[

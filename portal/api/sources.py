@@ -26,7 +26,7 @@ from ecpds.core.engine import (
     RetrievalBatchInput,
     retrieval_batch_workflow_id,
 )
-from ecpds.core.models import INPUT
+from ecpds.core.models import INPUT, HostUrlText
 from ecpds.core.retrieval import (
     BATCH,
     MAX_SOURCES,
@@ -52,7 +52,7 @@ STARTS_IN_FLIGHT = 64
 
 class Source(BaseModel):
     model_config = INPUT
-    url: str = Field(min_length=3, description="e.g. sftp://user@host/dir/file")
+    url: HostUrlText = Field(min_length=3, description="e.g. sftp://user@host/dir/file")
     name: str | None = Field(default=None, description="file name (default: the URL's)")
     target: str | None = Field(default=None, description="name at the remote site")
 

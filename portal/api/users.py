@@ -41,10 +41,13 @@ def get_user(name: str, session: SessionDep, caller: UserDep) -> DataUserPublic:
 
 @router.patch(
     "/{name}",
-    responses=refusals(404) | {409: {"description": "would leave no active admin"}},
+    responses=refusals(404)
+    | {409: {"description": "the caller demoting itself, or no active admin left"}},
 )
-def update_user(name: str, data: UserPatch, session: SessionDep, _: AdminDep) -> DataUserPublic:
-    user = catalog.update_user(session, name=name, data=data)
+def update_user(
+    name: str, data: UserPatch, session: SessionDep, caller: AdminDep
+) -> DataUserPublic:
+    user = catalog.update_user(session, name=name, data=data, caller=caller)
     session.commit()
     return catalog.user_public(session, user)
 
