@@ -37,7 +37,7 @@ class Error(BaseModel):
 REASONS: dict[int, str] = {
     400: "Bad request: the detail says what was wrong",
     401: "No credentials, or wrong ones: log in with HTTP Basic or a bearer token",
-    403: "Not allowed to the caller (admins only)",
+    403: "Not allowed to the caller: admins only, or beyond the user's operations and paths",
     404: "Not found, or not visible to the caller",
     409: "Conflicts with what the catalog holds: the detail says with what",
     413: "Larger than the destination accepts (max_file_size)",
