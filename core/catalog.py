@@ -10,11 +10,11 @@ import os
 import re
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
 from sqlalchemy import Engine, func, or_
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from ecpds.core.db import session_scope
 from ecpds.core.errors import Conflict, Invalid, NotFound, unknown
@@ -68,6 +68,11 @@ def validation_message(errors: ValidationError | Sequence[Any]) -> str:
         what = what.removeprefix("Value error, ")  # our own checks' messages stand alone
         parts.append(f"{where}: {what}" if where else what)
     return "; ".join(parts)
+
+
+def _nullable(table: type[SQLModel], key: str) -> bool:
+    """Whether a column takes None: an update's null clears it, else leaves it as it is."""
+    return type(None) in get_args(table.model_fields[key].annotation)
 
 
 def _check_name_free(session: Session, table: Any, kind: str, name: str) -> None:
@@ -255,7 +260,8 @@ def update_destination(session: Session, *, name: str, data: DestinationUpdate) 
     changes = data.model_dump(exclude_unset=True)
     hosts = changes.pop("hosts", None)
     for key, value in changes.items():
-        setattr(destination, key, value)
+        if value is not None or _nullable(Destination, key):
+            setattr(destination, key, value)
     session.add(destination)
     session.flush()
     if hosts is not None:
@@ -406,7 +412,8 @@ def update_alias(session: Session, *, name: str, data: AliasUpdate) -> Alias:
             setattr(alias, f"{role}_id", _alias_end(session, name, role, changes.pop(role)))
         changes.pop(role, None)
     for key, value in changes.items():
-        setattr(alias, key, value)
+        if value is not None or _nullable(Alias, key):
+            setattr(alias, key, value)
     _check_alias(alias)
     session.add(alias)
     session.flush()
@@ -522,14 +529,19 @@ def create_user(session: Session, *, data: DataUserCreate) -> DataUser:
     return user
 
 
-def update_user(session: Session, *, name: str, data: DataUserUpdate) -> DataUser:
+def update_user(
+    session: Session, *, name: str, data: DataUserUpdate, caller: DataUser | None = None
+) -> DataUser:
+    """Change a user; an admin stays one for itself, and the last active admin stays one."""
     user = get_user(session, name=name)
     changes = data.model_dump(exclude_unset=True)
+    if user.admin and (changes.get("admin") is False or changes.get("active") is False):
+        if caller is not None and caller.id == user.id:
+            raise Conflict(f"user {name!r} cannot demote or deactivate itself: ask another admin")
+        if user.active and not _other_admins(session, user):
+            raise Conflict(f"user {name!r} is the last admin: make another user admin first")
     password = changes.pop("password", None)
     destinations = changes.pop("destinations", None)
-    stays_admin = changes.get("admin") is not False and changes.get("active") is not False
-    if user.admin and user.active and not stays_admin and not _other_admins(session, user):
-        raise Conflict(f"user {name!r} is the last admin: make another user admin first")
     for key, value in changes.items():
         if value is not None:
             setattr(user, key, value)

@@ -14,13 +14,23 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    GetJsonSchemaHandler,
+    Strict,
+    StringConstraints,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 from sqlalchemy import JSON, BigInteger, DateTime, Index, String, UniqueConstraint, text
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from ecpds.core.compression import CODECS
 from ecpds.core.naming import NamingError, target_path
+from ecpds.core.protocols import PROTOCOLS
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -108,26 +118,50 @@ class Operation(StrEnum):
 # --- checks of written values -------------------------------------------------------------
 # Every field is checked when it is written (REST, `ecpds apply`, the CLI), so that a bad
 # value is refused at once instead of failing each send attempt. Messages name what is
-# allowed; the caller adds the field's name.
+# allowed; the caller adds the field's name. Each check that a regular expression can say
+# is made with that expression, which the API's description carries (`Described`).
+
+
+class Described:
+    """JSON-schema keywords of a check made by a validator, for the API's description."""
+
+    def __init__(self, **keywords: Any) -> None:
+        self.keywords = keywords
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(core_schema) | self.keywords
+
+
+def any_case(words: Any) -> str:
+    """A regex alternative of `words` in any case (JSON Schema's patterns take no flags)."""
+    return "|".join(
+        "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+        for word in words
+    )
+
+
+# Names of destinations, hosts, policies and aliases; users may also have @ in theirs.
+NAME_PATTERN = r"^[\w.-]+$"
+USER_NAME_PATTERN = r"^[\w.@-]+$"
+CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+COMPRESSIONS = ("none", *CODECS)
+COMPRESSION_PATTERN = f"^({any_case(COMPRESSIONS)})$"
+SCHEME_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://"
+LOCATION_PATTERN = f"^(/|{SCHEME_PATTERN[1:]})"
+MQTT_TOPIC_PATTERN = r"^[^+#]+$"
 
 
 def _clock(value: str) -> str:
-    hours, sep, minutes = value.partition(":")
-    if not (
-        sep
-        and len(hours) == len(minutes) == 2
-        and hours.isdigit()
-        and minutes.isdigit()
-        and int(hours) < 24
-        and int(minutes) < 60
-    ):
+    if re.fullmatch(CLOCK_PATTERN, value) is None:
         raise ValueError(f"{value!r} is not a time of day: use HH:MM, 00:00 to 23:59")
     return value
 
 
 def _compression(value: str) -> str:
-    if value.lower() != "none" and value.lower() not in CODECS:
-        raise ValueError(f"unknown compression {value!r}: use none, {', '.join(CODECS)}")
+    if re.fullmatch(COMPRESSION_PATTERN, value) is None:
+        raise ValueError(f"unknown compression {value!r}: use {', '.join(COMPRESSIONS)}")
     return value
 
 
@@ -155,49 +189,95 @@ def _template(value: str) -> str:
 
 
 def _url(schemes: tuple[str, ...] | None, example: str) -> Any:
+    """The check of a URL with a scheme, one of `schemes` if given."""
+
     def check(value: str) -> str:
-        scheme = urlsplit(value).scheme.lower()
-        if "://" not in value or not scheme:
+        if re.match(SCHEME_PATTERN, value) is None:
             raise ValueError(f"{value!r} has no scheme: use a URL such as {example}")
-        if schemes is not None and scheme not in schemes:
+        if schemes is not None and re.match(scheme_pattern(schemes), value) is None:
+            scheme = urlsplit(value).scheme.lower()
             raise ValueError(f"unknown scheme {scheme!r} in {value!r}: use {', '.join(schemes)}")
         return value
 
     return AfterValidator(check)
 
 
+def scheme_pattern(schemes: Any) -> str:
+    """A regex of URLs with one of `schemes` (in any case, as URL schemes go)."""
+    return f"^({any_case(schemes)})://"
+
+
 def _location(value: str) -> str:
-    if value.startswith("/"):
-        return value
-    scheme = urlsplit(value).scheme
-    if "://" not in value or not scheme:
+    if re.match(LOCATION_PATTERN, value) is None:
         raise ValueError(f"{value!r} is neither an absolute path nor a URL such as s3://bucket/dir")
     return value
 
 
 def _mqtt_topic(value: str) -> str:
-    if not value or "+" in value or "#" in value:
+    if re.fullmatch(MQTT_TOPIC_PATTERN, value) is None:
         raise ValueError(f"{value!r} is not a topic to publish to: no wildcards, not empty")
     return value
 
 
+def _iso_time(value: Any) -> Any:
+    # pydantic would also read a number, or a string of digits, as seconds since 1970.
+    if isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{value!r} is not a time: use ISO 8601, e.g. 2030-01-01T06:00:00Z"
+        ) from None
+
+
+OPERATIONS = tuple(op.value for op in Operation)
+
+
 def _operations(value: list[str]) -> list[str]:
-    allowed = [op.value for op in Operation]
     for op in value:
-        if op not in allowed:
-            raise ValueError(f"unknown operation {op!r}: use {', '.join(allowed)}")
+        if op not in OPERATIONS:
+            raise ValueError(f"unknown operation {op!r}: use {', '.join(OPERATIONS)}")
     return value
 
 
-Clock = Annotated[str, AfterValidator(_clock)]
-CompressionName = Annotated[str, AfterValidator(_compression)]
+Clock = Annotated[str, AfterValidator(_clock), Described(pattern=CLOCK_PATTERN)]
+CompressionName = Annotated[
+    str, AfterValidator(_compression), Described(pattern=COMPRESSION_PATTERN)
+]
 Regex = Annotated[str, AfterValidator(_regex)]
+IsoTime = Annotated[datetime, BeforeValidator(_iso_time)]
 TargetTemplate = Annotated[str, AfterValidator(_template)]
-HostUrlText = Annotated[str, _url(None, "sftp://user@host:22/dir")]
-BrokerUrl = Annotated[str, _url(("mqtt", "mqtts", "ws", "wss"), "mqtts://broker:8883")]
-Location = Annotated[str, AfterValidator(_location)]
-MqttTopic = Annotated[str, AfterValidator(_mqtt_topic)]
-Operations = Annotated[list[str], AfterValidator(_operations)]
+# The host's protocol is checked with its options (`check_host`), naming the host.
+HostUrlText = Annotated[
+    str, _url(None, "sftp://user@host:22/dir"), Described(pattern=scheme_pattern(PROTOCOLS))
+]
+BROKER_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
+BrokerUrl = Annotated[
+    str,
+    _url(BROKER_SCHEMES, "mqtts://broker:8883"),
+    Described(pattern=scheme_pattern(BROKER_SCHEMES)),
+]
+Location = Annotated[str, AfterValidator(_location), Described(pattern=LOCATION_PATTERN)]
+MqttTopic = Annotated[str, AfterValidator(_mqtt_topic), Described(pattern=MQTT_TOPIC_PATTERN)]
+Operations = Annotated[
+    list[str],
+    AfterValidator(_operations),
+    Described(items={"type": "string", "enum": list(OPERATIONS)}),
+]
+# Durations in seconds stay under a century, so that a time plus one is still a time;
+# counts and sizes fit the catalog's 64-bit integers.
+LONGEST = 100 * 365 * 86400
+BIGGEST = 2**63 - 1
+
+# What clients write (REST bodies, site.toml): no unknown keys, and each JSON type as it is
+# (5, not "5"; true, not "yes"), as the API's description says; enums, which JSON has not,
+# are read from their values (`Strict(False)`).
+INPUT = ConfigDict(extra="forbid", strict=True)
+
+# A name that refers to a destination or a host (it must also exist).
+NameRef = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+UserRef = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=USER_NAME_PATTERN)]
 IfTargetExists = Literal["overwrite", "resume"]
 ChecksumName = Literal["sha256", "sha512"]
 
@@ -206,7 +286,7 @@ ChecksumName = Literal["sha256", "sha512"]
 
 
 class DataUserBase(SQLModel):
-    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.@-]+$")
+    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=USER_NAME_PATTERN)
     admin: bool = False
     active: bool = True
     operations: Operations = Field(
@@ -220,7 +300,7 @@ class DataUserBase(SQLModel):
 
 class DataUserCreate(DataUserBase):
     password: str | None = Field(default=None, min_length=8)
-    destinations: list[str] = Field(default_factory=list)
+    destinations: list[NameRef] = Field(default_factory=list)
 
 
 class DataUserUpdate(SQLModel):
@@ -232,7 +312,7 @@ class DataUserUpdate(SQLModel):
     mqtt_topics: list[str] | None = None
     comment: str | None = None
     password: str | None = Field(default=None, min_length=8)
-    destinations: list[str] | None = None
+    destinations: list[NameRef] | None = None
 
 
 class DataUser(DataUserBase, table=True):
@@ -277,7 +357,7 @@ class Policy(SQLModel, table=True):
     """A named group of destinations that data users reach as a whole."""
 
     id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.-]+$")
+    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=NAME_PATTERN)
     comment: str = ""
 
 
@@ -295,30 +375,38 @@ class DataUserPolicy(SQLModel, table=True):
 
 
 class DestinationBase(SQLModel):
-    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.-]+$")
+    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=NAME_PATTERN)
     comment: str = ""
     active: bool = True
     # scheduler
     max_connections: int = Field(default=4, ge=1, le=1000)
-    retry_count: int = Field(default=3, ge=0, description="full host cycles before hold")
-    retry_frequency: int = Field(default=300, ge=0, description="seconds between cycles")
-    max_start: int = Field(default=3, ge=1, description="failed starts before RETR")
-    start_frequency: int = Field(default=60, ge=0, description="seconds before a RETR restarts")
-    max_requeue: int = Field(default=3, ge=0, description="re-queues before FAIL")
-    reset_frequency: int = Field(default=3600, ge=0, description="seconds on a backup host")
-    on_host_failure: OnHostFailure = OnHostFailure.NEXT_AND_RETRY
+    retry_count: int = Field(
+        default=3, ge=0, le=BIGGEST, description="full host cycles before hold"
+    )
+    retry_frequency: int = Field(
+        default=300, ge=0, le=LONGEST, description="seconds between cycles"
+    )
+    max_start: int = Field(default=3, ge=1, le=BIGGEST, description="failed starts before RETR")
+    start_frequency: int = Field(
+        default=60, ge=0, le=LONGEST, description="seconds before a RETR restarts"
+    )
+    max_requeue: int = Field(default=3, ge=0, le=BIGGEST, description="re-queues before FAIL")
+    reset_frequency: int = Field(
+        default=3600, ge=0, le=LONGEST, description="seconds on a backup host"
+    )
+    on_host_failure: Annotated[OnHostFailure, Strict(False)] = OnHostFailure.NEXT_AND_RETRY
     active_from: Clock | None = Field(default=None, sa_type=String)
     active_until: Clock | None = Field(default=None, sa_type=String)
     default_priority: int = Field(default=99, ge=0, le=99)
-    default_lifetime: int = Field(default=2 * 86400, gt=0, description="seconds")
-    max_pending: int = Field(default=0, ge=0, description="0 means no limit")
+    default_lifetime: int = Field(default=2 * 86400, gt=0, le=LONGEST, description="seconds")
+    max_pending: int = Field(default=0, ge=0, le=BIGGEST, description="0 means no limit")
     max_file_size: int = Field(
-        default=0, ge=0, sa_type=BigInteger, description="bytes; 0 means no limit"
+        default=0, ge=0, le=BIGGEST, sa_type=BigInteger, description="bytes; 0 means no limit"
     )
     if_target_exists: IfTargetExists = Field(default="overwrite", sa_type=String)
     compression: CompressionName | None = Field(default=None, sa_type=String)
     compression_pattern: Regex | None = Field(default=None, sa_type=String)
-    compression_min_size: int = Field(default=0, ge=0, sa_type=BigInteger)
+    compression_min_size: int = Field(default=0, ge=0, le=BIGGEST, sa_type=BigInteger)
     target_template: TargetTemplate = Field(default="{target}", sa_type=String)
     checksums: list[ChecksumName] = Field(
         default_factory=list, sa_type=JSON, description="digests to record besides MD5"
@@ -331,38 +419,38 @@ class DestinationBase(SQLModel):
     mqtt_broker_url: BrokerUrl | None = Field(default=None, sa_type=String)
     # incoming (portal uploads)
     incoming_priority: int | None = Field(default=None, ge=0, le=99)
-    incoming_lifetime: int | None = Field(default=None, gt=0)
-    incoming_delay: int = Field(default=0, ge=0)
+    incoming_lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    incoming_delay: int = Field(default=0, ge=0, le=LONGEST)
     incoming_standby: bool = False
     incoming_metadata: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
     backup_url: Location | None = Field(default=None, sa_type=String)
 
 
 class DestinationCreate(DestinationBase):
-    hosts: list[str] = Field(default_factory=list, description="host names, primary first")
+    hosts: list[NameRef] = Field(default_factory=list, description="host names, primary first")
 
 
 class DestinationUpdate(SQLModel):
     comment: str | None = None
     active: bool | None = None
     max_connections: int | None = Field(default=None, ge=1, le=1000)
-    retry_count: int | None = Field(default=None, ge=0)
-    retry_frequency: int | None = Field(default=None, ge=0)
-    max_start: int | None = Field(default=None, ge=1)
-    start_frequency: int | None = Field(default=None, ge=0)
-    max_requeue: int | None = Field(default=None, ge=0)
-    reset_frequency: int | None = Field(default=None, ge=0)
-    on_host_failure: OnHostFailure | None = None
+    retry_count: int | None = Field(default=None, ge=0, le=BIGGEST)
+    retry_frequency: int | None = Field(default=None, ge=0, le=LONGEST)
+    max_start: int | None = Field(default=None, ge=1, le=BIGGEST)
+    start_frequency: int | None = Field(default=None, ge=0, le=LONGEST)
+    max_requeue: int | None = Field(default=None, ge=0, le=BIGGEST)
+    reset_frequency: int | None = Field(default=None, ge=0, le=LONGEST)
+    on_host_failure: Annotated[OnHostFailure, Strict(False)] | None = None
     active_from: Clock | None = None
     active_until: Clock | None = None
     default_priority: int | None = Field(default=None, ge=0, le=99)
-    default_lifetime: int | None = Field(default=None, gt=0)
-    max_pending: int | None = Field(default=None, ge=0)
-    max_file_size: int | None = Field(default=None, ge=0)
+    default_lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    max_pending: int | None = Field(default=None, ge=0, le=BIGGEST)
+    max_file_size: int | None = Field(default=None, ge=0, le=BIGGEST)
     if_target_exists: IfTargetExists | None = None
     compression: CompressionName | None = None
     compression_pattern: Regex | None = None
-    compression_min_size: int | None = Field(default=None, ge=0)
+    compression_min_size: int | None = Field(default=None, ge=0, le=BIGGEST)
     target_template: TargetTemplate | None = None
     checksums: list[ChecksumName] | None = None
     mqtt_topic: MqttTopic | None = None
@@ -371,12 +459,12 @@ class DestinationUpdate(SQLModel):
     mqtt_payload: str | None = None
     mqtt_broker_url: BrokerUrl | None = None
     incoming_priority: int | None = Field(default=None, ge=0, le=99)
-    incoming_lifetime: int | None = Field(default=None, gt=0)
-    incoming_delay: int | None = Field(default=None, ge=0)
+    incoming_lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    incoming_delay: int | None = Field(default=None, ge=0, le=LONGEST)
     incoming_standby: bool | None = None
     incoming_metadata: dict[str, str] | None = None
     backup_url: Location | None = None
-    hosts: list[str] | None = None
+    hosts: list[NameRef] | None = None
 
 
 class Destination(DestinationBase, table=True):
@@ -411,16 +499,20 @@ class PortalFolder(SQLModel, table=True):
 
 
 class HostBase(SQLModel):
-    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=r"^[\w.-]+$")
-    kind: HostKind = HostKind.DISSEMINATION
+    name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=NAME_PATTERN)
+    kind: Annotated[HostKind, Strict(False)] = HostKind.DISSEMINATION
     url: HostUrlText = Field(
         min_length=3, sa_type=String, description="protocol URL, e.g. sftp://user@host:22/dir"
     )
     options: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     active: bool = True
-    retry_count: int = Field(default=2, ge=0, description="retries on this host")
-    retry_frequency: int = Field(default=30, ge=0, description="seconds between retries")
-    max_connections: int = Field(default=0, ge=0, description="0 means the destination's")
+    retry_count: int = Field(default=2, ge=0, le=BIGGEST, description="retries on this host")
+    retry_frequency: int = Field(
+        default=30, ge=0, le=LONGEST, description="seconds between retries"
+    )
+    max_connections: int = Field(
+        default=0, ge=0, le=BIGGEST, description="0 means the destination's"
+    )
     comment: str = ""
 
 
@@ -431,13 +523,13 @@ class HostCreate(HostBase):
 
 
 class HostUpdate(SQLModel):
-    kind: HostKind | None = None
+    kind: Annotated[HostKind, Strict(False)] | None = None
     url: HostUrlText | None = None
     options: dict[str, Any] | None = None
     active: bool | None = None
-    retry_count: int | None = Field(default=None, ge=0)
-    retry_frequency: int | None = Field(default=None, ge=0)
-    max_connections: int | None = Field(default=None, ge=0)
+    retry_count: int | None = Field(default=None, ge=0, le=BIGGEST)
+    retry_frequency: int | None = Field(default=None, ge=0, le=LONGEST)
+    max_connections: int | None = Field(default=None, ge=0, le=BIGGEST)
     comment: str | None = None
     credentials: dict[str, str] | None = None
 
@@ -466,28 +558,28 @@ class DestinationHost(SQLModel, table=True):
 
 
 class AliasBase(SQLModel):
-    name: str = Field(index=True, unique=True, min_length=1, max_length=128, regex=r"^[\w.-]+$")
+    name: str = Field(index=True, unique=True, min_length=1, max_length=128, regex=NAME_PATTERN)
     pattern: str | None = Field(default=None, description="regex on the target name")
     rewrite: str | None = Field(default=None, description="re.sub replacement for the target")
     priority: int | None = Field(default=None, ge=0, le=99)
-    lifetime: int | None = Field(default=None, gt=0)
-    delay: int = Field(default=0, ge=0)
+    lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    delay: int = Field(default=0, ge=0, le=LONGEST)
     active: bool = True
 
 
 class AliasCreate(AliasBase):
-    source: str
-    target: str
+    source: NameRef
+    target: NameRef
 
 
 class AliasUpdate(SQLModel):
-    source: str | None = None
-    target: str | None = None
+    source: NameRef | None = None
+    target: NameRef | None = None
     pattern: str | None = None
     rewrite: str | None = None
     priority: int | None = Field(default=None, ge=0, le=99)
-    lifetime: int | None = Field(default=None, gt=0)
-    delay: int | None = Field(default=None, ge=0)
+    lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
+    delay: int | None = Field(default=None, ge=0, le=LONGEST)
     active: bool | None = None
 
 

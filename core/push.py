@@ -15,7 +15,15 @@ from sqlmodel import Session, select
 
 from ecpds.core import access, catalog
 from ecpds.core.errors import unknown
-from ecpds.core.models import DataFile, DataTransfer, DataUser, Destination, TransferStatus, utcnow
+from ecpds.core.models import (
+    LONGEST,
+    DataFile,
+    DataTransfer,
+    DataUser,
+    Destination,
+    TransferStatus,
+    utcnow,
+)
 
 _META_PAIR = re.compile(r"^([\w.-]+)=(.*)$")
 
@@ -59,10 +67,10 @@ class PushOptions:
         """Refuse options that are wrong whatever the catalog holds."""
         if self.priority is not None and not 0 <= self.priority <= 99:
             raise IngestError(f"priority {self.priority} is out of range 0 (highest) to 99")
-        if self.lifetime is not None and self.lifetime <= 0:
-            raise IngestError(f"lifetime {self.lifetime} must be a positive number of seconds")
-        if self.delay is not None and self.delay < 0:
-            raise IngestError(f"delay {self.delay} must not be negative")
+        if self.lifetime is not None and not 0 < self.lifetime <= LONGEST:
+            raise IngestError(f"lifetime {self.lifetime} must be 1 to {LONGEST} seconds")
+        if self.delay is not None and not 0 <= self.delay <= LONGEST:
+            raise IngestError(f"delay {self.delay} must be 0 to {LONGEST} seconds")
         if self.at is not None and self.delay:
             raise IngestError("give either a delay or a time (at), not both")
         if self.at is not None and self.at.tzinfo is None:
@@ -132,8 +140,11 @@ def plan_push(
     legs = [(dest, target, None)] + catalog.aliases_for(session, destination=dest, target=target)
     for leg_dest, leg_target, alias in legs:
         seconds = options.lifetime or (alias and alias.lifetime) or leg_dest.default_lifetime
-        scheduled = start + timedelta(seconds=alias.delay if alias else 0)
-        expires = scheduled + timedelta(seconds=seconds)
+        try:
+            scheduled = start + timedelta(seconds=alias.delay if alias else 0)
+            expires = scheduled + timedelta(seconds=seconds)
+        except OverflowError:
+            raise IngestError(f"the transfer to {leg_dest.name!r} expires after 9999") from None
         if expires <= now:
             raise IngestError(f"the transfer to {leg_dest.name!r} would expire before it starts")
         if options.standby or not catalog.has_dissemination_hosts(session, destination=leg_dest):

@@ -9,11 +9,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlmodel import Session
 
 from ecpds.core import catalog
 from ecpds.core.models import (
+    INPUT,
     AliasCreate,
     AliasUpdate,
     DataUserCreate,
@@ -25,7 +26,7 @@ from ecpds.core.models import (
 )
 from ecpds.core.secrets import CredentialBox, verify_password
 
-_STRICT = ConfigDict(extra="forbid")
+_STRICT = INPUT
 
 
 class SiteHost(HostCreate):

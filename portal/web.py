@@ -24,15 +24,26 @@ from ecpds.core.errors import EcpdsError, Unauthenticated
 from ecpds.core.ingest import Dispatcher, IngestError
 from ecpds.core.store import Store
 from ecpds.portal.access import join_path, login_password, login_token, split_path
+from ecpds.portal.api.errors import detail, refusals
 from ecpds.portal.vfs import Download, Entry, PortalFS
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def _error(exc: Exception) -> JSONResponse:
-    status = getattr(exc, "status", 400)
-    headers = {"WWW-Authenticate": 'Basic realm="ecpds"'} if status == 401 else None
-    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+    return detail(getattr(exc, "status", 400), str(exc))
+
+
+OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+LISTING = {
+    "text/html": {"schema": {"type": "string"}},
+    "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+}
+# What the data routes answer besides their success; all of them need a login.
+READ_REFUSALS = refusals(400, 401, 403, 404) | {
+    416: {"description": "The range is outside the file: Content-Range names its size"}
+}
+WRITE_REFUSALS = refusals(400, 401, 403, 404, 409, 413, 422, 429)
 
 
 def _etag(entry: Entry) -> str:
@@ -60,6 +71,8 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 class _RangeNotSatisfiable(Exception):
+    status = 416
+
     def __init__(self, size: int) -> None:
         super().__init__(f"range not satisfiable: the file has {size} bytes")
         self.size = size
@@ -101,8 +114,17 @@ def data_router(backing: Callable[[], Backing]) -> APIRouter:
     User = Annotated[Principal, Depends(principal)]
     router = APIRouter(prefix="/data", tags=["data"])
 
-    @router.get("/{path:path}")
-    @router.head("/{path:path}")
+    reading = {
+        200: {
+            "description": "the file's bytes, or a folder's listing",
+            "content": OCTETS | LISTING,
+        },
+        206: {"description": "the requested range of the file's bytes", "content": OCTETS},
+        304: {"description": "the file has not changed (If-None-Match)"},
+    } | READ_REFUSALS
+
+    @router.get("/{path:path}", response_class=Response, responses=reading)
+    @router.head("/{path:path}", response_class=Response, responses=reading)
     async def get(path: str, request: Request, user: User) -> Response:
         fs = current()
         try:
@@ -118,7 +140,12 @@ def data_router(backing: Callable[[], Backing]) -> APIRouter:
             return _error(exc)
         return _download(download, request)
 
-    @router.put("/{path:path}", status_code=201)
+    @router.put(
+        "/{path:path}",
+        status_code=201,
+        responses=WRITE_REFUSALS,
+        openapi_extra={"requestBody": {"required": False, "content": OCTETS}},
+    )
     async def put(path: str, request: Request, user: User) -> Response:
         fs = current()
         try:
@@ -144,7 +171,7 @@ def data_router(backing: Callable[[], Backing]) -> APIRouter:
             status_code=201,
         )
 
-    @router.delete("/{path:path}", status_code=204)
+    @router.delete("/{path:path}", status_code=204, responses=refusals(400, 401, 403, 404, 409))
     async def delete(path: str, user: User) -> Response:
         try:
             await asyncio.to_thread(current().delete, user, split_path(path))
@@ -216,7 +243,9 @@ def _download(download: Download, request: Request) -> Response:
     try:
         wanted = _byte_range(request.headers.get("range"), download.size)
     except _RangeNotSatisfiable as exc:
-        return Response(str(exc), status_code=416, headers={"Content-Range": f"bytes */{exc.size}"})
+        refused = _error(exc)
+        refused.headers["Content-Range"] = f"bytes */{exc.size}"
+        return refused
     status = 200
     start, end = 0, download.size
     if wanted is not None and request.headers.get("if-range", _etag(entry)) == _etag(entry):

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI, Request, status
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+from typing import Any
 
-from ecpds.core.catalog import validation_message
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import Engine
+
 from ecpds.core.db import open_catalog
-from ecpds.core.errors import EcpdsError
-from ecpds.core.ingest import Dispatcher, IngestError
-from ecpds.core.secrets import CredentialBox, CredentialError, load_or_create_key
+from ecpds.core.ingest import Dispatcher
+from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store, StoreError
+from ecpds.core.store import Store
 from ecpds.portal.api import (
     aliases,
     destinations,
+    docs,
     files,
     health,
     hosts,
@@ -31,6 +29,7 @@ from ecpds.portal.api import keys as keys_router
 from ecpds.portal.api import policies as policies_router
 from ecpds.portal.api import users as users_router
 from ecpds.portal.api.deps import ApiState
+from ecpds.portal.api.errors import describe_errors, install_error_handlers
 from ecpds.portal.web import data_router
 
 PREFIX = "/api/v1"
@@ -48,39 +47,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     site.router,
     tokens.router,
     operations.router,
+    docs.router,
 )
-
-
-def _detail(status_code: int, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Basic realm="ecpds"'} if status_code == 401 else None
-    return JSONResponse(
-        {"detail": " ".join(message.split())}, status_code=status_code, headers=headers
-    )
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    async def refused(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, EcpdsError | IngestError)
-        return _detail(exc.status, str(exc))
-
-    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        return _detail(status.HTTP_422_UNPROCESSABLE_CONTENT, validation_message(exc.errors()))
-
-    async def conflict(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, IntegrityError)
-        reason = str(exc.orig).splitlines()[0]
-        return _detail(status.HTTP_409_CONFLICT, f"conflicts with the catalog: {reason}")
-
-    async def server_error(_: Request, exc: Exception) -> JSONResponse:
-        return _detail(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc))
-
-    app.add_exception_handler(EcpdsError, refused)
-    app.add_exception_handler(IngestError, refused)
-    app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(IntegrityError, conflict)
-    app.add_exception_handler(CredentialError, server_error)
-    app.add_exception_handler(StoreError, server_error)
 
 
 def create_app(
@@ -96,7 +64,7 @@ def create_app(
         summary="Product data store: catalog, uploads and transfers",
         version="1",
         openapi_url=f"{PREFIX}/openapi.json",
-        docs_url=f"{PREFIX}/docs",
+        docs_url=None,  # served from the package by `docs.router`, not from a CDN
         redoc_url=None,
     )
     app.state.api = ApiState(
@@ -110,6 +78,15 @@ def create_app(
     for router in ROUTERS:
         api.include_router(router)
     app.include_router(api)
-    app.include_router(data_router(lambda: app.state.api))
-    _install_error_handlers(app)
+    data = data_router(lambda: app.state.api)
+    app.include_router(data)
+    install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            routers = [(PREFIX, router) for router in ROUTERS] + [("", data)]
+            app.openapi_schema = describe_errors(FastAPI.openapi(app), routers)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

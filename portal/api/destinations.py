@@ -6,11 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ConfigDict
 
 from ecpds.core import catalog
 from ecpds.core.dispatch import TemporalDispatcher, stop_deleted_destination
-from ecpds.core.models import DestinationCreate, DestinationPublic, DestinationUpdate
+from ecpds.core.models import INPUT, DestinationCreate, DestinationPublic, DestinationUpdate
 from ecpds.portal.api.deps import (
     AdminDep,
     SessionDep,
@@ -19,16 +18,17 @@ from ecpds.portal.api.deps import (
     check_destination_access,
     visible_destinations,
 )
+from ecpds.portal.api.errors import refusals
 
 router = APIRouter(prefix="/destinations", tags=["destinations"])
 
 
 class DestinationIn(DestinationCreate):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = INPUT  # type: ignore[assignment]
 
 
 class DestinationPatch(DestinationUpdate):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = INPUT  # type: ignore[assignment]
 
 
 @router.get("")
@@ -40,20 +40,20 @@ def list_destinations(session: SessionDep, user: UserDep) -> list[DestinationPub
     ]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=refusals(409))
 def create_destination(data: DestinationIn, session: SessionDep, _: AdminDep) -> DestinationPublic:
     destination = catalog.create_destination(session, data=data)
     session.commit()
     return catalog.destination_public(session, destination)
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=refusals(404))
 def get_destination(name: str, session: SessionDep, user: UserDep) -> DestinationPublic:
     check_destination_access(session, user, name)
     return catalog.destination_public(session, catalog.get_destination(session, name=name))
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses=refusals(404))
 def update_destination(
     name: str, data: DestinationPatch, session: SessionDep, _: AdminDep
 ) -> DestinationPublic:
@@ -70,7 +70,8 @@ ForceQuery = Annotated[
 @router.delete(
     "/{name}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={409: {"description": "in use (the answer names by what): pass force=true"}},
+    responses=refusals(404)
+    | {409: {"description": "in use (the answer names by what): pass force=true"}},
 )
 async def delete_destination(
     name: str, session: SessionDep, state: StateDep, _: AdminDep, force: ForceQuery = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
@@ -14,7 +13,7 @@ from sqlmodel import Session, select
 from ecpds.core import catalog
 from ecpds.core.dispatch import SWEEP_LATER, best_effort
 from ecpds.core.ingest import ingest
-from ecpds.core.models import DataFile, DataFilePublic, DataTransfer, DataUser
+from ecpds.core.models import LONGEST, DataFile, DataFilePublic, DataTransfer, DataUser, IsoTime
 from ecpds.core.push import PushOptions, parse_metadata
 from ecpds.portal.api.deps import (
     AdminDep,
@@ -24,21 +23,25 @@ from ecpds.portal.api.deps import (
     UserDep,
     visible_destinations,
 )
+from ecpds.portal.api.errors import refusals
 
 router = APIRouter(tags=["files"])
+
+# A file's bytes, as the upload takes them and the download gives them.
+OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
 class PushFields(BaseModel):
     """The options of a push as the API takes them: checked by `core.push`, as at every door."""
 
-    priority: int | None = Field(default=None, description="0 (highest) to 99")
-    lifetime: int | None = Field(default=None, description="seconds")
-    delay: int | None = Field(default=None, description="seconds")
-    at: datetime | None = Field(default=None, description="scheduled time, ISO 8601")
+    priority: int | None = Field(default=None, ge=0, le=99, description="0 (highest) to 99")
+    lifetime: int | None = Field(default=None, gt=0, le=LONGEST, description="seconds")
+    delay: int | None = Field(default=None, ge=0, le=LONGEST, description="seconds")
+    at: IsoTime | None = Field(default=None, description="scheduled time, ISO 8601")
     standby: bool | None = None
     metadata: str | None = Field(default=None, description="k=v,k2=v2")
     group: str | None = None
-    reqid: str | None = None
+    reqid: str | None = Field(default=None, min_length=1, description="the same again: no copy")
 
     def options(self, target: str | None = None) -> PushOptions:
         fields = self.model_dump(include=set(PushFields.model_fields) - {"metadata"})
@@ -59,7 +62,13 @@ class UploadResult(BaseModel):
     transfers: list[int]
 
 
-@router.post("/destinations/{destination}/files", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/destinations/{destination}/files",
+    status_code=status.HTTP_201_CREATED,
+    responses=refusals(404, 409, 413, 429),
+    # No body is an empty file.
+    openapi_extra={"requestBody": {"required": False, "content": OCTETS}},
+)
 async def upload_file(
     destination: str,
     request: Request,
@@ -162,12 +171,16 @@ def list_files(
     return [DataFilePublic.model_validate(f.model_dump()) for f in files]
 
 
-@router.get("/files/{id}")
+@router.get("/files/{id}", responses=refusals(404))
 def get_file(id: str, session: SessionDep, user: UserDep) -> DataFilePublic:
     return DataFilePublic.model_validate(_readable_file(session, user, id).model_dump())
 
 
-@router.get("/files/{id}/content", response_class=StreamingResponse)
+@router.get(
+    "/files/{id}/content",
+    response_class=StreamingResponse,
+    responses={200: {"content": OCTETS, "description": "the file's bytes"}} | refusals(404),
+)
 def get_file_content(id: str, session: SessionDep, state: StateDep, user: UserDep) -> Response:
     data_file = _readable_file(session, user, id)
     return StreamingResponse(
@@ -181,7 +194,7 @@ def get_file_content(id: str, session: SessionDep, state: StateDep, user: UserDe
     )
 
 
-@router.delete("/files/{id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/files/{id}", status_code=status.HTTP_204_NO_CONTENT, responses=refusals(404))
 async def delete_file(id: str, session: SessionDep, state: StateDep, _: AdminDep) -> None:
     def forget() -> None:
         catalog.delete_data_file(session, id=id)

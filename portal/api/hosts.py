@@ -5,21 +5,21 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
-from pydantic import ConfigDict
 
 from ecpds.core import catalog
-from ecpds.core.models import HostCreate, HostPublic, HostUpdate
+from ecpds.core.models import INPUT, HostCreate, HostPublic, HostUpdate
 from ecpds.portal.api.deps import AdminDep, SessionDep, StateDep
+from ecpds.portal.api.errors import refusals
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
 
 
 class HostIn(HostCreate):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = INPUT  # type: ignore[assignment]
 
 
 class HostPatch(HostUpdate):
-    model_config = ConfigDict(extra="forbid")  # type: ignore[assignment]
+    model_config = INPUT  # type: ignore[assignment]
 
 
 @router.get("")
@@ -27,19 +27,19 @@ def list_hosts(session: SessionDep, state: StateDep, _: AdminDep) -> list[HostPu
     return [catalog.host_public(session, h, box=state.box) for h in catalog.list_hosts(session)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=refusals(409))
 def create_host(data: HostIn, session: SessionDep, state: StateDep, _: AdminDep) -> HostPublic:
     host = catalog.create_host(session, box=state.box, data=data)
     session.commit()
     return catalog.host_public(session, host, box=state.box)
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=refusals(404))
 def get_host(name: str, session: SessionDep, state: StateDep, _: AdminDep) -> HostPublic:
     return catalog.host_public(session, catalog.get_host(session, name=name), box=state.box)
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses=refusals(404))
 def update_host(
     name: str, data: HostPatch, session: SessionDep, state: StateDep, _: AdminDep
 ) -> HostPublic:
@@ -51,7 +51,8 @@ def update_host(
 @router.delete(
     "/{name}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={409: {"description": "in a destination's host list: pass force=true"}},
+    responses=refusals(404)
+    | {409: {"description": "in a destination's host list: pass force=true"}},
 )
 def delete_host(
     name: str,

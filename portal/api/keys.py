@@ -12,6 +12,7 @@ from ecpds.core import catalog
 from ecpds.core.access import create_access_key
 from ecpds.core.models import AccessKey, DataUser
 from ecpds.portal.api.deps import SessionDep, StateDep, UserDep
+from ecpds.portal.api.errors import refusals
 
 router = APIRouter(prefix="/users/{name}/keys", tags=["keys"])
 
@@ -32,7 +33,7 @@ def _owner(session: SessionDep, caller: DataUser, name: str) -> DataUser:
     return catalog.get_user(session, name=name)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=refusals(403, 404))
 def create_key(
     name: str, session: SessionDep, state: StateDep, caller: UserDep
 ) -> AccessKeyCreated:
@@ -43,14 +44,14 @@ def create_key(
     return AccessKeyCreated(access_key_id=key_id, secret_access_key=secret)
 
 
-@router.get("")
+@router.get("", responses=refusals(403, 404))
 def list_keys(name: str, session: SessionDep, caller: UserDep) -> list[AccessKeyPublic]:
     user = _owner(session, caller, name)
     rows = session.exec(select(AccessKey).where(AccessKey.user_id == user.id)).all()
     return [AccessKeyPublic(access_key_id=r.access_key_id, created=r.created) for r in rows]
 
 
-@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=refusals(403, 404))
 def delete_key(name: str, key_id: str, session: SessionDep, caller: UserDep) -> Response:
     user = _owner(session, caller, name)
     row = session.exec(

@@ -10,13 +10,27 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
-from pydantic import BaseModel
+from pydantic import BaseModel, WithJsonSchema
 
 from ecpds.core.dispatch import OperationError, TemporalDispatcher
 from ecpds.core.engine import DESTINATION_OPERATIONS, Operation
 from ecpds.portal.api.deps import AdminDep, StateDep
+from ecpds.portal.api.errors import refusals
 
 router = APIRouter(tags=["operations"])
+
+
+def _one_of(operations: list[Operation]) -> WithJsonSchema:
+    return WithJsonSchema({"type": "string", "enum": [op.value for op in operations]})
+
+
+# The operations that apply to each kind; the other kind's are refused with 422.
+DestinationOperation = Annotated[
+    Operation, _one_of([op for op in Operation if op in DESTINATION_OPERATIONS])
+]
+TransferOperation = Annotated[
+    Operation, _one_of([op for op in Operation if op not in DESTINATION_OPERATIONS])
+]
 
 
 class Accepted(BaseModel):
@@ -37,10 +51,14 @@ def _dispatcher(state: StateDep) -> TemporalDispatcher:
     return dispatcher
 
 
-@router.post("/destinations/{name}/operations/{operation}", status_code=202)
+@router.post(
+    "/destinations/{name}/operations/{operation}",
+    status_code=202,
+    responses=refusals(404, 409, 503),
+)
 async def destination_operation(
     name: str,
-    operation: Operation,
+    operation: DestinationOperation,
     state: StateDep,
     _admin: AdminDep,
     immediate: Annotated[bool, Query(description="restart: interrupt running transfers")] = False,
@@ -52,10 +70,12 @@ async def destination_operation(
     return Accepted(operation=operation, destination=name, immediate=immediate)
 
 
-@router.post("/transfers/{id}/operations/{operation}", status_code=202)
+@router.post(
+    "/transfers/{id}/operations/{operation}", status_code=202, responses=refusals(404, 409, 503)
+)
 async def transfer_operation(
     id: int,
-    operation: Operation,
+    operation: TransferOperation,
     state: StateDep,
     _admin: AdminDep,
     value: Annotated[

@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from ecpds.core import catalog, errors
-from ecpds.core.models import DataUser, DataUserPolicy, Destination, Policy, PolicyDestination
+from ecpds.core.models import (
+    INPUT,
+    NAME_PATTERN,
+    DataUser,
+    DataUserPolicy,
+    Destination,
+    NameRef,
+    Policy,
+    PolicyDestination,
+    UserRef,
+)
 from ecpds.portal.api.deps import AdminDep, SessionDep
+from ecpds.portal.api.errors import refusals
 
 router = APIRouter(prefix="/policies", tags=["policies"])
 
 
 class PolicyIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w.-]+$")
+    model_config = INPUT
+    name: str = Field(min_length=1, max_length=64, pattern=NAME_PATTERN)
     comment: str = ""
-    destinations: list[str] = Field(default_factory=list)
-    users: list[str] = Field(default_factory=list)
+    destinations: list[NameRef] = Field(default_factory=list)
+    users: list[UserRef] = Field(default_factory=list)
 
 
 class PolicyPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     comment: str | None = None
-    destinations: list[str] | None = None
-    users: list[str] | None = None
+    destinations: list[NameRef] | None = None
+    users: list[UserRef] | None = None
 
 
 class PolicyPublic(BaseModel):
@@ -100,7 +111,7 @@ def list_policies(session: SessionDep, _: AdminDep) -> list[PolicyPublic]:
     return [_public(session, p) for p in session.exec(select(Policy).order_by(Policy.name)).all()]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=refusals(409))
 def create_policy(data: PolicyIn, session: SessionDep, _: AdminDep) -> PolicyPublic:
     if session.exec(select(Policy).where(Policy.name == data.name)).first() is not None:
         raise errors.Conflict(f"policy {data.name!r} already exists")
@@ -112,12 +123,12 @@ def create_policy(data: PolicyIn, session: SessionDep, _: AdminDep) -> PolicyPub
     return _public(session, policy)
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=refusals(404))
 def get_policy(name: str, session: SessionDep, _: AdminDep) -> PolicyPublic:
     return _public(session, _get(session, name))
 
 
-@router.patch("/{name}")
+@router.patch("/{name}", responses=refusals(404))
 def update_policy(name: str, data: PolicyPatch, session: SessionDep, _: AdminDep) -> PolicyPublic:
     policy = _get(session, name)
     if data.comment is not None:
@@ -128,7 +139,7 @@ def update_policy(name: str, data: PolicyPatch, session: SessionDep, _: AdminDep
     return _public(session, policy)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=refusals(404))
 def delete_policy(name: str, session: SessionDep, _: AdminDep) -> Response:
     session.delete(_get(session, name))
     session.commit()

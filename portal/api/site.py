@@ -6,11 +6,12 @@ from fastapi import APIRouter
 
 from ecpds.core.site import ApplyReport, SiteSpec, apply_site
 from ecpds.portal.api.deps import AdminDep, SessionDep, StateDep
+from ecpds.portal.api.errors import refusals
 
 router = APIRouter(tags=["site"])
 
 
-@router.post("/apply")
+@router.post("/apply", responses=refusals(409))
 def apply(
     spec: SiteSpec, session: SessionDep, state: StateDep, _: AdminDep, dry_run: bool = False
 ) -> ApplyReport:

@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from ecpds.core.dispatch import SWEEP_LATER, TemporalDispatcher, best_effort
+from ecpds.core.models import INPUT, HostUrlText
 from ecpds.core.retrieval import (
     MAX_SOURCES,
     SourceSpec,
@@ -27,18 +28,21 @@ from ecpds.portal.api.deps import (
     check_destination_access,
     visible_destinations,
 )
+from ecpds.portal.api.errors import refusals
 from ecpds.portal.api.files import PushFields
 
 router = APIRouter(tags=["files"])
 
 
 class Source(BaseModel):
-    url: str = Field(min_length=3, description="e.g. sftp://user@host/dir/file")
+    model_config = INPUT
+    url: HostUrlText = Field(min_length=3, description="e.g. sftp://user@host/dir/file")
     name: str | None = Field(default=None, description="file name (default: the URL's)")
     target: str | None = Field(default=None, description="name at the remote site")
 
 
 class SourcesRequest(PushFields):
+    model_config = INPUT
     sources: list[Source] = Field(min_length=1, max_length=MAX_SOURCES)
 
 
@@ -63,7 +67,11 @@ class GroupResult(BaseModel):
     failed: list[dict[str, str]]
 
 
-@router.post("/destinations/{destination}/sources", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/destinations/{destination}/sources",
+    status_code=status.HTTP_201_CREATED,
+    responses=refusals(404, 409, 429, 503),
+)
 async def register(
     destination: str, body: SourcesRequest, state: StateDep, user: UserDep
 ) -> SourcesResult:
@@ -100,7 +108,7 @@ async def register(
     )
 
 
-@router.get("/groups/{group}")
+@router.get("/groups/{group}", responses=refusals(404))
 def get_group(group: str, session: SessionDep, user: UserDep) -> GroupResult:
     """How many of the group's files are in the store, which failed (and why), how many wait."""
     progress = group_progress(
@@ -124,7 +132,7 @@ class ViewEntry(BaseModel):
     arrived: datetime | None
 
 
-@router.get("/views/destinations/{destination}")
+@router.get("/views/destinations/{destination}", responses=refusals(404))
 def view_destination(
     destination: str,
     session: SessionDep,

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from ecpds.core import catalog
+from ecpds.core.models import INPUT
 from ecpds.portal.api.deps import SessionDep, UserDep
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
 
 class TokenRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
     label: str = Field(default="", max_length=200)
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from ecpds.core import catalog
 from ecpds.core.models import DataTransferPublic, TransferStatus
 from ecpds.portal.api.deps import SessionDep, UserDep, visible_destinations
+from ecpds.portal.api.errors import refusals
 
 router = APIRouter(prefix="/transfers", tags=["transfers"])
 
@@ -31,7 +32,7 @@ def list_transfers(
     return [catalog.transfer_public(session, t) for t in transfers]
 
 
-@router.get("/{id}")
+@router.get("/{id}", responses=refusals(404))
 def get_transfer(id: int, session: SessionDep, user: UserDep) -> DataTransferPublic:
     public = catalog.transfer_public(session, catalog.get_transfer(session, id=id))
     allowed = visible_destinations(session, user)

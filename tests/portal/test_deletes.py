@@ -92,6 +92,17 @@ def test_a_host_in_use_and_the_caller_itself_are_not_deleted(
         refused(root.delete("/users/root"), 409, "itself")
 
 
+def test_the_last_admin_stays_an_active_admin(api: Api) -> None:
+    for change in ({"admin": False}, {"active": False}):
+        refused(api.admin.patch("/users/admin", json=change), 409, "cannot demote", "itself")
+        refused(api.admin.post("/apply", json={"user": [{"name": "admin"} | change]}), 409, "last")
+    assert ok(api.admin.get("/users/admin"))["admin"] is True
+    ok(api.admin.post("/users", json={"name": "root", "admin": True, "password": "root-pass"}), 201)
+    refused(api.admin.patch("/users/admin", json={"active": False}), 409, "itself")
+    with api.client(auth=("root", "root-pass")) as root:
+        assert ok(root.patch("/users/admin", json={"admin": False}))["admin"] is False
+
+
 @pytest.mark.parametrize(
     ("body", "words"),
     [
