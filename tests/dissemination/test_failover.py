@@ -122,9 +122,9 @@ async def test_hold_after_retry_count_then_restart(dissemination: Dissemination,
     assert_no_secrets(await env.histories(f"transfer-{dest}-"), sshd)
 
 
-def start_worker_process(env: Dissemination) -> subprocess.Popen:
+def worker_environment(env: Dissemination) -> dict[str, str]:
     settings = env.settings
-    environ = dict(
+    return dict(
         os.environ,
         ECPDS_HOME=str(settings.home),
         ECPDS_DATABASE_URL=settings.catalog_url,
@@ -132,13 +132,54 @@ def start_worker_process(env: Dissemination) -> subprocess.Popen:
         ECPDS_TASK_QUEUE=settings.task_queue,
         ECPDS_TEMPORAL_ADDRESS=settings.temporal_target,
     )
+
+
+def start_worker_process(env: Dissemination) -> subprocess.Popen:
     code = (
         "import asyncio\n"
         "from ecpds.core.settings import Settings\n"
         "from ecpds.workers.worker import run_worker\n"
         "asyncio.run(run_worker(Settings()))\n"
     )
-    return subprocess.Popen([sys.executable, "-c", code], env=environ)
+    return subprocess.Popen([sys.executable, "-c", code], env=worker_environment(env))
+
+
+async def test_worker_stopped_by_sigterm_mid_transfer_exits_cleanly(
+    dissemination_without_worker: Dissemination, sshd
+) -> None:
+    """`ecpds worker` under SIGTERM shuts its Temporal worker down: exit 0, no Rust panic."""
+    env = dissemination_without_worker
+    dest = env.name("term")
+    user, credentials = sftp_credentials(sshd)
+    folder = sshd.folder(dest)
+    env.add_host(
+        f"{dest}-h",
+        sshd.url(folder, user=user),
+        credentials=credentials,
+        options={"max_rate": 4 << 20},
+    )
+    env.add_destination(dest, [f"{dest}-h"])
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ecpds.cli.main", "worker"],
+        env=worker_environment(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await env.put(dest, "large.bin", os.urandom(64 << 20))
+        deadline = asyncio.get_running_loop().time() + 60
+        while not any(p.stat().st_size > 0 for p in folder.iterdir()):
+            assert asyncio.get_running_loop().time() < deadline, "the upload never started"
+            assert worker.poll() is None, "the worker process died"
+            await asyncio.sleep(0.1)
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(worker.communicate, timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, stderr.decode()
+    assert "panicked" not in stderr.decode(), stderr.decode()
 
 
 async def test_worker_killed_mid_transfer_resumes(

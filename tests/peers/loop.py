@@ -23,5 +23,8 @@ class LoopThread:
         return self.submit(coro).result(timeout)
 
     def close(self) -> None:
+        """Stop the loop and close it, so no loop (nor its sockets) is left to interpreter exit."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
