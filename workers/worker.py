@@ -94,7 +94,8 @@ async def connect(settings: Settings) -> Client:
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run a worker until `stop` is set (or forever); in-flight activities finish first."""
+    """Run a worker until `stop` is set (or forever); running activities are cancelled
+    at once and resume from their partial files when a worker runs again."""
     tune_memory()
     quiet_routine_failures()
     client = await connect(settings)
