@@ -45,6 +45,21 @@ def task_priority(priority: int, destination: str) -> Priority:
     return Priority(priority_key=1 + min(max(priority, 0), 99) // 20, fairness_key=destination[:64])
 
 
+# A small file's send, per attempt. Given to the local activity as one budget for all
+# its attempts (schedule-to-close), not per attempt (start-to-close): the SDK's core
+# starts a start-to-close timer for each attempt of a local activity and cancels only the
+# last one, so each retried attempt left a timer behind that later timed out the running
+# attempt, or panicked ("receive half not dropped") once its worker had shut down.
+LOCAL_SEND_ATTEMPT = timedelta(minutes=5)
+
+
+def local_retries_budget(retry: RetryPolicy, attempt: timedelta) -> timedelta:
+    """The time a local activity may take over all the attempts `retry` allows."""
+    attempts = max(1, retry.maximum_attempts)
+    pause = retry.initial_interval or timedelta(seconds=1)
+    return attempt * attempts + pause * (attempts - 1)
+
+
 @dataclass
 class TransferInput:
     transfer_id: int
@@ -140,7 +155,7 @@ class TransferWorkflow:
             return await workflow.execute_local_activity_method(
                 TransmitActivities.transmit,
                 transmit,
-                start_to_close_timeout=timedelta(minutes=5),
+                schedule_to_close_timeout=local_retries_budget(retry, LOCAL_SEND_ATTEMPT),
                 retry_policy=retry,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
