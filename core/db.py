@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from sqlmodel import Session, create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -43,9 +44,39 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+# Any number shared by every ecpds process: PostgreSQL's advisory lock for migrations.
+MIGRATION_LOCK = 0x65637064
+
+
 def migrate(engine: Engine) -> None:
-    """Apply every migration not yet applied (safe to call at each start)."""
-    command.upgrade(alembic_config(engine), "head")
+    """Apply every migration not yet applied (safe to call at each start).
+
+    One process at a time: the portal and the worker start together and both migrate, and
+    two first migrations of one catalog at once failed ("table alembic_version already
+    exists")."""
+    with _migration_lock(engine):
+        command.upgrade(alembic_config(engine), "head")
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:":
+        with open(f"{database}.migrate.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    elif engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+    else:
+        yield
 
 
 def open_catalog(url: str) -> Engine:

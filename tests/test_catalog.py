@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -92,3 +94,28 @@ def test_transfers_outlive_their_destination(engine: Engine) -> None:
         session.expire_all()
         kept = session.get(DataTransfer, transfer_id)
         assert kept is not None and kept.destination_id is None
+
+
+def test_processes_starting_together_migrate_one_at_a_time(catalog_url: str) -> None:
+    """`ecpds up` starts the portal and the worker at once, and both migrate a new catalog;
+    two first migrations at the same time failed with "table alembic_version already
+    exists", and the portal exited."""
+    code = (
+        "import sys\n"
+        "from sqlalchemy import text\n"
+        "from ecpds.core.db import open_catalog\n"
+        "with open_catalog(sys.argv[1]).connect() as c:\n"
+        "    print(c.execute(text('SELECT version_num FROM alembic_version')).scalar_one())\n"
+    )
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, catalog_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [start.communicate(timeout=120) for start in starts]
+    assert [start.returncode for start in starts] == [0] * 4, [err for _, err in results]
+    assert len({out for out, _ in results}) == 1
