@@ -233,6 +233,7 @@ async def test_backup_hosts_take_over_when_dissemination_hosts_fail(
     assert (backup / "first.bin").read_bytes() == b"1" * 2000
     assert done.start_count == 1  # in one cycle: the primary first, then the backup
     handle = env.client.get_workflow_handle(transfer_workflow_id(dest, tid))
+    await handle.result()  # the catalog says DONE before the workflow task is recorded
     assert "connection refused" in (await handle.fetch_history()).to_json()
     # With the primary up again, transfers go to it and the backup is left alone.
     env.update_host(f"{dest}-p", url=sshd.url(primary, user=user))
