@@ -9,7 +9,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -216,12 +216,10 @@ def test_broken_upload_leaves_nothing(web: str, portal: Portal) -> None:
             + f"Authorization: {auth}\r\nContent-Length: 10000000\r\n\r\n".encode()
             + os.urandom(3_000_000)
         )
+        # The connection is cut only once the server is writing the upload to the store.
+        assert _eventually(portal.store.partials), "the server never started writing the upload"
+    assert _eventually(lambda: not portal.store.partials()), portal.store.partials()
     with client(web) as http:
-        # The listing answers only after the server has handled the cut connection.
-        for _ in range(50):
-            if not portal.store.partials():
-                break
-            time.sleep(0.1)
         assert http.get("/data/alpha/", params={"format": "json"}).json() == []
     assert portal.store.partials() == []
     with session_scope(portal.engine) as session:
@@ -262,3 +260,13 @@ def test_damaged_object_is_not_served_whole(web: str, portal: Portal) -> None:
         http.get("/data/alpha/damaged.bin")
     with session_scope(portal.engine) as session:
         assert session.exec(select(DataTransfer.status)).one() == TransferStatus.HOLD
+
+
+def _eventually(check: Callable[[], object], within: float = 60.0) -> bool:
+    """Whether `check` comes true within `within` seconds (a bound, not a measure)."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
