@@ -13,6 +13,8 @@ import posixpath
 import socket
 import ssl
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from ecpds.core.protocols import CommonOptions, HostUrl, ProtocolError
@@ -21,6 +23,20 @@ from ecpds.core.store import StoreError
 Progress = Callable[[int], None]
 
 PART_SUFFIX = ".ecpds-part"
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One file (or folder) in a listing; `path` is relative to the host URL's folder."""
+
+    path: str
+    size: int
+    mtime: datetime | None = None  # UTC; None when the protocol does not say
+    is_dir: bool = False
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
 
 
 class Remote:
@@ -120,6 +136,24 @@ class Remote:
         with self.translated(f"deleting {target!r}"):
             self._delete(self.path(target))
 
+    def list(self, folder: str = "", *, recursive: bool = False) -> Iterator[RemoteEntry]:
+        """The entries of `folder` (relative to the URL's folder; "" is the folder itself).
+
+        Sub-folders are entries with `is_dir`; with `recursive` their files follow too.
+        A folder that does not exist is a one-line, non-retryable ProtocolError.
+        """
+        base = self.path(folder) if folder.strip("/.") else self._root()
+        with self.translated(f"listing {folder or '/'!r}"):
+            for path, size, mtime, is_dir in self._list(base, recursive):
+                relative = posixpath.relpath(path, self._root())
+                yield RemoteEntry(relative, size, mtime, is_dir)
+
+    def read(self, target: str, *, offset: int = 0) -> Iterator[bytes]:
+        """The bytes of `target` from `offset` on, in chunks of about `chunk_size`."""
+        path = self.path(target)
+        with self.translated(f"reading {target!r}"):
+            yield from self._read(path, offset)
+
     def close(self) -> None:
         """Release the connection; safe to call twice."""
 
@@ -178,6 +212,21 @@ class Remote:
     def _delete(self, path: str) -> None:
         raise NotImplementedError
 
+    def _root(self) -> str:
+        base = self.url.path or "/"
+        if base.startswith("/~/"):
+            base = base[3:] or "."
+        return base.rstrip("/") or "/"
+
+    def _list(
+        self, folder: str, recursive: bool
+    ) -> Iterator[tuple[str, int, datetime | None, bool]]:
+        """(absolute path, size, mtime, is_dir) under `folder`."""
+        raise ProtocolError(self.message("this protocol cannot list folders"), retryable=False)
+
+    def _read(self, path: str, offset: int) -> Iterator[bytes]:
+        raise ProtocolError(self.message("this protocol cannot read files"), retryable=False)
+
     def _finish(self, path: str) -> None:
         """After the rename: chmod and the like."""
 
@@ -224,6 +273,49 @@ class FsspecRemote(Remote):
 
     def _delete(self, path: str) -> None:
         self.fs.rm_file(path)
+
+    def _list(
+        self, folder: str, recursive: bool
+    ) -> Iterator[tuple[str, int, datetime | None, bool]]:
+        if not self.fs.isdir(folder):
+            raise ProtocolError(self.message(f"folder {folder} does not exist"), retryable=False)
+        pending = [folder]
+        while pending:
+            current = pending.pop()
+            for info in self.fs.ls(current, detail=True):
+                path = str(info["name"])
+                if folder.startswith("/") and not path.startswith("/"):
+                    path = "/" + path  # object stores name keys without the leading slash
+                is_dir = info.get("type") == "directory"
+                yield path, 0 if is_dir else int(info.get("size") or 0), _mtime(info), is_dir
+                if is_dir and recursive:
+                    pending.append(path)
+
+    def _read(self, path: str, offset: int) -> Iterator[bytes]:
+        with self.fs.open(path, "rb", **self.open_kwargs()) as src:
+            if offset:
+                src.seek(offset)
+            while chunk := src.read(self.options.chunk_size):
+                yield chunk
+
+
+def _mtime(info: dict[str, Any]) -> datetime | None:
+    """The modification time in an fsspec info dict, whatever the backend calls it."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "time"):
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, UTC)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
 
 
 class _CallerError(Exception):
