@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,13 +26,45 @@ from ecpds.core.db import session_scope
 from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.models import DataUserCreate, DestinationCreate
 from ecpds.core.secrets import CredentialBox, hash_password, load_or_create_key
+from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.portal.ftp import build_server, run_in_thread
+from ecpds.portal.server import serve
 from ecpds.portal.sftp import load_host_key, start_sftp
 from ecpds.portal.vfs import PortalFS
 
 ALICE_PASSWORD = "alice-password-1"
 BOB_PASSWORD = "bob-password-22"
+
+
+@contextlib.contextmanager
+def served_portal(home: Path, temporal_address: str) -> Iterator[tuple[Settings, tuple[str, str]]]:
+    """The whole portal (every door) on free ports, serving until the block ends.
+
+    Yields its settings and the first admin's API login, as `ecpds up` writes it.
+    """
+    settings = Settings(
+        home=home,
+        https_port=free_port(),
+        s3_port=free_port(),
+        ftp_port=free_port(),
+        sftp_port=free_port(),
+        mqtt_port=free_port(),
+        temporal_address=temporal_address,
+    )
+    loop = LoopThread()
+    stop = asyncio.Event()
+    done = loop.submit(serve(settings, stop))
+    try:
+        ports = (settings.https_port, settings.s3_port, settings.ftp_port, settings.sftp_port)
+        for port in (*ports, settings.mqtt_port):
+            wait_for_port("127.0.0.1", port, timeout=60)
+        saved = tomllib.loads(settings.admin_file.read_text())
+        yield settings, (saved["api_user"], saved["api_password"])
+    finally:
+        loop.loop.call_soon_threadsafe(stop.set)
+        done.result(30)
+        loop.close()
 
 
 @pytest.fixture

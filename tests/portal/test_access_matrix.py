@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import ftplib
 import io
-import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,13 +21,13 @@ import paho.mqtt.client as paho
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from peers.loop import LoopThread
 from typer.testing import CliRunner
 
 from ecpds.cli.main import app as main_app
-from ecpds.core.devserver import free_port, wait_for_port
+from ecpds.core.devserver import free_port
 from ecpds.core.settings import Settings
-from ecpds.portal.server import serve
+
+from .conftest import served_portal
 
 PASSWORD = "dana-password-1"
 OTHER_PASSWORD = "erin-password-1"
@@ -59,43 +58,25 @@ class Doors:
 @pytest.fixture(scope="module")
 def doors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Doors]:
     home = tmp_path_factory.mktemp("matrix") / "var"
-    settings = Settings(
-        home=home,
-        https_port=free_port(),
-        s3_port=free_port(),
-        ftp_port=free_port(),
-        sftp_port=free_port(),
-        mqtt_port=free_port(),
-        temporal_address=f"127.0.0.1:{free_port()}",
-    )
-    loop = LoopThread()
-    stop = asyncio.Event()
-    done = loop.submit(serve(settings, stop))
-    ports = (settings.https_port, settings.s3_port, settings.ftp_port, settings.sftp_port)
-    for port in (*ports, settings.mqtt_port):
-        wait_for_port("127.0.0.1", port, timeout=60)
-    saved = tomllib.loads((home / "admin.toml").read_text())
-    admin = httpx.Client(auth=(saved["api_user"], saved["api_password"]), verify=False, timeout=30)
-    api = f"https://127.0.0.1:{settings.https_port}/api/v1"
-    for destination in GRANTS.values():
-        made = admin.post(
-            f"{api}/destinations", json={"name": destination, "mqtt_topic": f"ecpds/{destination}"}
-        )
-        assert made.status_code == 201, made.text
-    user = {"name": "dana", "password": PASSWORD, "destinations": [GRANTS["direct"]]}
-    assert admin.post(f"{api}/users", json=user).status_code == 201
-    other = {"name": "erin", "password": OTHER_PASSWORD, "destinations": [GRANTS["none"]]}
-    assert admin.post(f"{api}/users", json=other).status_code == 201
-    policy = {"name": "p1", "destinations": [GRANTS["policy"]], "users": ["dana"]}
-    assert admin.post(f"{api}/policies", json=policy).status_code == 201
-    keys = admin.post(f"{api}/users/dana/keys").json()
-    try:
+    with (
+        served_portal(home, f"127.0.0.1:{free_port()}") as (settings, login),
+        httpx.Client(auth=login, verify=False, timeout=30) as admin,
+    ):
+        api = f"https://127.0.0.1:{settings.https_port}/api/v1"
+        for destination in GRANTS.values():
+            made = admin.post(
+                f"{api}/destinations",
+                json={"name": destination, "mqtt_topic": f"ecpds/{destination}"},
+            )
+            assert made.status_code == 201, made.text
+        user = {"name": "dana", "password": PASSWORD, "destinations": [GRANTS["direct"]]}
+        assert admin.post(f"{api}/users", json=user).status_code == 201
+        other = {"name": "erin", "password": OTHER_PASSWORD, "destinations": [GRANTS["none"]]}
+        assert admin.post(f"{api}/users", json=other).status_code == 201
+        policy = {"name": "p1", "destinations": [GRANTS["policy"]], "users": ["dana"]}
+        assert admin.post(f"{api}/policies", json=policy).status_code == 201
+        keys = admin.post(f"{api}/users/dana/keys").json()
         yield Doors(settings, admin, keys)
-    finally:
-        admin.close()
-        loop.loop.call_soon_threadsafe(stop.set)
-        done.result(30)
-        loop.close()
 
 
 def _status(response: httpx.Response, ok: int) -> str:

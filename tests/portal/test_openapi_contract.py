@@ -7,12 +7,10 @@ stays able to log in whatever the fuzzer sends.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
 import sys
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-from peers.loop import LoopThread
 
-from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.models import (
     CLOCK_PATTERN,
     COMPRESSION_PATTERN,
     LOCATION_PATTERN,
     DestinationCreate,
 )
-from ecpds.core.settings import Settings
-from ecpds.portal.server import serve
+
+from .conftest import served_portal
 
 ST = Path(sys.executable).with_name("st")
 
@@ -45,33 +41,15 @@ class Running:
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory, temporal_server: str) -> Iterator[Running]:
     home = tmp_path_factory.mktemp("contract") / "var"
-    settings = Settings(
-        home=home,
-        https_port=free_port(),
-        s3_port=free_port(),
-        ftp_port=free_port(),
-        sftp_port=free_port(),
-        mqtt_port=free_port(),
-        temporal_address=temporal_server,
-    )
-    loop = LoopThread()
-    stop = asyncio.Event()
-    done = loop.submit(serve(settings, stop))
-    wait_for_port("127.0.0.1", settings.https_port, timeout=60)
-    admin = tomllib.loads(settings.admin_file.read_text())
-    base = f"https://127.0.0.1:{settings.https_port}"
-    login = (admin["api_user"], admin["api_password"])
-    made = httpx.post(f"{base}/api/v1/tokens", auth=login, json={"label": "fuzz"}, verify=False)
-    token = made.json()["token"]
-    bearer = {"Authorization": f"Bearer {token}"}
-    client = httpx.Client(base_url=f"{base}/api/v1", headers=bearer, verify=False, timeout=30)
-    try:
-        yield Running(base, client, token)
-    finally:
-        client.close()
-        loop.loop.call_soon_threadsafe(stop.set)
-        done.result(30)
-        loop.close()
+    with served_portal(home, temporal_server) as (settings, login):
+        base = f"https://127.0.0.1:{settings.https_port}"
+        made = httpx.post(f"{base}/api/v1/tokens", auth=login, json={"label": "fuzz"}, verify=False)
+        token = made.json()["token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(
+            base_url=f"{base}/api/v1", headers=bearer, verify=False, timeout=30
+        ) as client:
+            yield Running(base, client, token)
 
 
 def one_line(response: httpx.Response, code: int) -> str:
