@@ -4,22 +4,31 @@ catalog, with helpers to declare acquisition hosts and run discoveries."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
+from peers.loop import LoopThread
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
-from temporalio.client import Client
+from temporalio.client import Client, ScheduleDescription
+from temporalio.service import RPCError, RPCStatusCode
+from typer.testing import CliRunner, Result
 
 from ecpds.activities.discovery import FinishRunOutput
+from ecpds.cli.main import app as cli_app
 from ecpds.core import acquisition, catalog
+from ecpds.core.catalog import bootstrap_admin
 from ecpds.core.db import session_scope
+from ecpds.core.devserver import free_port, wait_for_port
+from ecpds.core.dispatch import TemporalDispatcher
 from ecpds.core.engine import DiscoveryInput, discovery_workflow_id
 from ecpds.core.models import (
     AcquisitionRun,
@@ -33,6 +42,7 @@ from ecpds.core.models import (
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
+from ecpds.portal.api.app import create_app
 from ecpds.workers.worker import build_worker
 from ecpds.workflows.discovery import DiscoveryWorkflow
 
@@ -116,6 +126,16 @@ class Acquisition:
             ).all()
         return {target: f for target, f in rows}
 
+    def transfers(self, destination: str) -> list[DataTransfer]:
+        with Session(self.engine) as session:
+            return list(
+                session.exec(
+                    select(DataTransfer)
+                    .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
+                    .where(Destination.name == destination)
+                ).all()
+            )
+
     def stored(self, data_file: DataFile) -> bytes:
         with self.store.open(data_file.id) as f:
             return f.read()
@@ -166,3 +186,98 @@ async def acq(
     )
     async with build_worker(client, settings):
         yield env
+
+
+@dataclass
+class System:
+    """The REST API (uvicorn) and a worker in a thread of their own, and the CLI to drive them."""
+
+    settings: Settings
+    env: dict[str, str]
+    engine: Engine
+    client: Client
+    loop: LoopThread
+    tmp: Path
+
+    def cli(self, *args: str) -> Result:
+        return CliRunner().invoke(cli_app, list(args), env=self.env)
+
+    def schedule(self, schedule_id: str) -> ScheduleDescription | None:
+        async def describe() -> ScheduleDescription | None:
+            try:
+                return await self.client.get_schedule_handle(schedule_id).describe()
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    return None
+                raise
+
+        return self.loop.run(describe())
+
+    def until(self, check: Any, what: str, timeout: float = 60) -> Any:
+        """Poll `check()` until it answers something true (a bound, not a timing assertion)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+def system(
+    temporal_server: str, task_queue: str, tmp_path: Path, engine: Engine, catalog_url: str
+) -> Iterator[System]:
+    port = free_port()
+    settings = Settings(
+        home=tmp_path / "var",
+        database_url=catalog_url,
+        store_locations=[str(tmp_path / "store")],
+        task_queue=task_queue,
+        temporal_address=temporal_server,
+        api_url=f"http://127.0.0.1:{port}/api/v1",
+    )
+    password = bootstrap_admin(engine, settings)
+    assert password is not None
+    loop = LoopThread()
+    client = loop.run(Client.connect(temporal_server))
+    api = create_app(
+        settings,
+        engine=engine,
+        store=Store(settings.store_urls),
+        dispatcher=TemporalDispatcher(client, task_queue, engine),
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            api, host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
+        )
+    )
+    served = loop.submit(server.serve())
+
+    async def build() -> Any:  # a worker is built on the loop it runs on
+        return build_worker(client, settings)
+
+    worker = loop.run(build())
+    working = loop.submit(worker.run())
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30)
+        yield System(
+            settings=settings,
+            env={
+                "ECPDS_HOME": str(settings.home),
+                "ECPDS_API_URL": settings.api_url,
+                "ECPDS_API_PASSWORD": password,
+                "ECPDS_API_USER": "admin",
+            },
+            engine=engine,
+            client=client,
+            loop=loop,
+            tmp=tmp_path,
+        )
+    finally:
+        server.should_exit = True
+        loop.run(worker.shutdown())
+        for future in (served, working):
+            with contextlib.suppress(Exception):
+                future.result(30)
+        loop.close()

@@ -176,3 +176,27 @@ async def test_dry_run_lists_what_would_be_fetched_and_why_others_are_skipped(
         "other.txt": (None, "name matches no rule"),
     }
     assert acq.runs(host) == [] and acq.files(destination) == {}
+
+
+async def test_acquire_and_forward_delivers_to_a_dissemination_host(acq: Acquisition) -> None:
+    root = acq.tmp / "provider"
+    write(root / "obs_1.bufr", b"observation one")
+    write(root / "obs_2.bufr", b"observation two")
+    outbox = acq.tmp / "remote-site"
+    outbox.mkdir()
+    site = acq.name("site")
+    acq.add_host(site, f"file://{outbox}")
+    destination, host = acq.acquisition_host(
+        f"file://{root}", [{"glob": "obs_*.bufr", "target": "in/{name}"}], forward=[site]
+    )
+    outcome = await acq.run(destination, host)
+    assert (outcome.new, outcome.fetched) == (2, 2)
+    await acq.wait_for(
+        lambda: (
+            all(t.status == "DONE" for t in acq.transfers(destination))
+            and len(acq.transfers(destination)) == 2
+        ),
+        "both transfers delivered",
+    )
+    assert (outbox / "in" / "obs_1.bufr").read_bytes() == b"observation one"
+    assert (outbox / "in" / "obs_2.bufr").read_bytes() == b"observation two"
