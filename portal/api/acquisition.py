@@ -8,7 +8,7 @@ acquisition host's Temporal Schedule follows the catalog.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Annotated
 
 import anyio.from_thread
 from fastapi import APIRouter, HTTPException, Query, status
@@ -98,16 +98,9 @@ def test_host(
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
 
 
-@router.post("/{host}/{operation}", status_code=202, responses=refusals(404, 422, 503))
-async def operate(
-    host: str,
-    operation: Literal["run", "pause", "resume"],
-    session: SessionDep,
-    state: StateDep,
-    _: AdminDep,
-    destination: DestinationQuery = None,
+async def _operate(
+    host: str, operation: str, session: SessionDep, state: ApiState, destination: str | None
 ) -> Accepted:
-    """Run a discovery now, or pause or resume the host's schedule."""
     _, dest = acquisition.host_destination(session, host=host, destination=destination)
     dispatcher = _dispatcher(state)
     try:
@@ -116,3 +109,39 @@ async def operate(
     except Unavailable as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
     return Accepted(operation=operation, host=host, destination=dest.name)
+
+
+@router.post("/{host}/run", status_code=202, responses=refusals(404, 422, 503))
+async def run_now(
+    host: str,
+    session: SessionDep,
+    state: StateDep,
+    _: AdminDep,
+    destination: DestinationQuery = None,
+) -> Accepted:
+    """Run a discovery of the host now (skipped while one runs)."""
+    return await _operate(host, "run", session, state, destination)
+
+
+@router.post("/{host}/pause", status_code=202, responses=refusals(404, 422, 503))
+async def pause(
+    host: str,
+    session: SessionDep,
+    state: StateDep,
+    _: AdminDep,
+    destination: DestinationQuery = None,
+) -> Accepted:
+    """Pause the host's discovery schedule."""
+    return await _operate(host, "pause", session, state, destination)
+
+
+@router.post("/{host}/resume", status_code=202, responses=refusals(404, 422, 503))
+async def resume(
+    host: str,
+    session: SessionDep,
+    state: StateDep,
+    _: AdminDep,
+    destination: DestinationQuery = None,
+) -> Accepted:
+    """Resume the host's discovery schedule."""
+    return await _operate(host, "resume", session, state, destination)
