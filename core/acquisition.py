@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
-from sqlalchemy import Engine, delete, insert, update
+from sqlalchemy import Engine, bindparam, delete, insert, update
 from sqlmodel import Session, col, select
 
 from ecpds.core import catalog
@@ -632,14 +632,19 @@ def discover(
                 ],
                 options=options,
             )
+            # One statement for all (executemany), not one ORM update per file.
+            table = AcquiredFile.__table__
             with session_scope(engine) as session:
-                for d, file in zip(decisions_of_rule, registered, strict=True):
-                    session.execute(
-                        update(AcquiredFile)
-                        .where(col(AcquiredFile.destination_id) == dest.id)
-                        .where(col(AcquiredFile.key) == d.key)
-                        .values(data_file_id=file.id)
-                    )
+                session.connection().execute(
+                    table.update()
+                    .where(table.c.destination_id == dest.id)
+                    .where(table.c.key == bindparam("claimed"))
+                    .values(data_file_id=bindparam("registered")),
+                    [
+                        {"claimed": d.key, "registered": file.id}
+                        for d, file in zip(decisions_of_rule, registered, strict=True)
+                    ],
+                )
             result.data_file_ids += [f.id for f in registered]
     except (IngestError, ProtocolError) as exc:
         _drop_claims(engine, run_id)
