@@ -51,6 +51,7 @@ from ecpds.core.secrets import CredentialBox
 TEMPLATE_FIELDS = ("name", "path", "folder", "date")
 MAX_NEW = 10_000  # files registered by one run; the rest wait for the next
 QUERY_BATCH = 500  # keys per IN query
+MISSING_FOLDERS = "date folders not there"  # counted with the skipped files' reasons
 
 
 def _template_fields(template: str, where: str) -> set[str]:
@@ -495,6 +496,7 @@ class DryRun(BaseModel):
     new: list[dict[str, Any]] = Field(default_factory=list)  # path, target, rule, changed
     skipped: list[dict[str, Any]] = Field(default_factory=list)  # path, rule, reason
     reasons: dict[str, int] = Field(default_factory=dict)
+    missing_folders: list[str] = Field(default_factory=list)  # date folders not there
 
 
 def _prepare(
@@ -538,6 +540,7 @@ def dry_run(
         else:
             report.skipped.append({"path": d.path, "rule": d.rule, "reason": d.reason})
     report.reasons = dict(Counter(d.reason for d in decisions if d.reason is not None))
+    report.missing_folders = listing.missing_folders
     return report
 
 
@@ -601,11 +604,10 @@ def discover(
                     for d in new
                 ],
             )
-    result = Discovered(
-        found=len(decisions),
-        new=len(new),
-        skipped=dict(Counter(d.reason for d in decisions if d.reason is not None)),
-    )
+    skipped = Counter(d.reason for d in decisions if d.reason is not None)
+    if listing.missing_folders:
+        skipped[MISSING_FOLDERS] = len(listing.missing_folders)
+    result = Discovered(found=len(decisions), new=len(new), skipped=dict(skipped))
     by_rule: dict[int, list[Decision]] = {}
     for d in new:
         by_rule.setdefault(d.rule or 0, []).append(d)

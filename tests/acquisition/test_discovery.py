@@ -7,6 +7,8 @@ import shutil
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.acquisition.conftest import Acquisition, write
 
 
@@ -28,7 +30,7 @@ async def test_date_tokens_and_regex_acquire_exactly_the_matching_files(
     rules = [
         {
             "folder": "{date:%Y%m%d}",
-            "date_offsets": [0, -1],
+            "date_offsets": [0, -1, -2],  # no folder for two days ago: nothing to take
             "pattern": r"(?P<param>[a-z0-9]+)_(?P<step>\d+)\.grib",
             "target": "{date:%Y%m%d}/{param}/{name}",
             "metadata": {"param": "{param}", "step": "{step}"},
@@ -49,13 +51,17 @@ async def test_date_tokens_and_regex_acquire_exactly_the_matching_files(
     assert t2m.meta == {"param": "t2m", "step": "12"}
     assert t2m.source == sshd.url(root / today / "t2m_12.grib")
     [run] = acq.runs(host)
-    assert run.skipped == {"name matches no rule": 2}
+    assert run.skipped == {"name matches no rule": 2, "date folders not there": 1}
     assert run.error is None and run.finished is not None and run.duration is not None
 
     # A second run finds the same files and acquires nothing.
     again = await acq.run(destination, host)
     assert (again.status, again.found, again.new, again.fetched) == ("ok", 5, 0, 0)
-    assert acq.runs(host)[-1].skipped == {"name matches no rule": 2, "already acquired": 3}
+    assert acq.runs(host)[-1].skipped == {
+        "name matches no rule": 2,
+        "already acquired": 3,
+        "date folders not there": 1,
+    }
     assert len(acq.files(destination)) == 3
 
     # No provider secret in any workflow history of the runs or their fetches.
@@ -200,3 +206,27 @@ async def test_acquire_and_forward_delivers_to_a_dissemination_host(acq: Acquisi
     )
     assert (outbox / "in" / "obs_1.bufr").read_bytes() == b"observation one"
     assert (outbox / "in" / "obs_2.bufr").read_bytes() == b"observation two"
+
+
+async def test_no_provider_password_in_any_workflow_history(acq: Acquisition, sshd) -> None:
+    if sshd.password_user is None:
+        pytest.skip("password logins need the tests to run as root (to make the sshd user)")
+    root = sshd.folder(acq.name("provider"))
+    write(root / "secret-free.dat", b"data")
+    shutil.chown(root / "secret-free.dat", sshd.password_user, sshd.password_user)
+    broker_password = f"mqtt-{acq.name('pw')}"
+    destination, host = acq.acquisition_host(
+        sshd.url(root, user=sshd.password_user),
+        [{"glob": "*.dat", "delete_original": True}],
+        credentials={"password": sshd.password, "mqtt_password": broker_password},
+    )
+    outcome = await acq.run(destination, host)
+    assert (outcome.status, outcome.fetched) == ("ok", 1), outcome
+    assert not (root / "secret-free.dat").exists()
+    histories = await acq.histories(f"discovery-{destination}")
+    [data_file] = acq.files(destination).values()
+    histories += await acq.histories(f"retrieval-{data_file.id}")
+    histories += await acq.histories(f"retrievals-{data_file.id}")
+    assert "DiscoveryWorkflow" in histories and "RetrievalWorkflow" in histories
+    assert sshd.password not in histories
+    assert broker_password not in histories

@@ -61,6 +61,12 @@ def test_the_schedule_lives_and_dies_with_its_host(system: System) -> None:
         {"path": "notes.txt", "rule": None, "reason": "name matches no rule"}
     ]
 
+    table = system.cli("acquisition", "test", host)
+    assert table.exit_code == 0 and "t_1.grib" in table.output and "notes.txt" in table.output
+    unknown = system.cli("acquisition", "test", "no-such-host")
+    assert unknown.exit_code != 0 and "Traceback" not in unknown.output
+    assert len(unknown.output.strip().splitlines()) == 1 and "unknown host" in unknown.output
+
     paused = system.cli("acquisition", "pause", host)
     assert paused.exit_code == 0, paused.output
     assert system.schedule(schedule_id).schedule.state.paused  # type: ignore[union-attr]
