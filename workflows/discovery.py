@@ -11,7 +11,12 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair
 from temporalio.common import TypedSearchAttributes as Attributes
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowAlreadyStartedError,
+)
 
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.discovery import (
@@ -92,6 +97,8 @@ class DiscoveryWorkflow:
                 id=retrieval_batch_workflow_id(ids[0]),
                 search_attributes=attributes,
             )
+        except WorkflowAlreadyStartedError:
+            pass  # the wake sweep started this batch first: its files are on their way
         except ChildWorkflowError as exc:
             return f"fetching: {_reason(exc)}"
         # The batch may return before its files are in: wait on the catalog, bounded.

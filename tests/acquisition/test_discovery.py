@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ecpds.core.devserver import free_port
 from tests.acquisition.conftest import Acquisition, write
 
 
@@ -230,3 +231,20 @@ async def test_no_provider_password_in_any_workflow_history(acq: Acquisition, ss
     assert "DiscoveryWorkflow" in histories and "RetrievalWorkflow" in histories
     assert sshd.password not in histories
     assert broker_password not in histories
+
+
+async def test_an_sftp_provider_down_for_a_run_then_caught_up(acq: Acquisition, sshd) -> None:
+    root = sshd.folder(acq.name("provider"))
+    write(root / "a.grib", b"a")
+    write(root / "b.grib", b"b")
+    nobody = f"sftp://{sshd.key_user}@127.0.0.1:{free_port()}{root}"
+    destination, host = acq.acquisition_host(
+        nobody, [{"glob": "*.grib"}], credentials={"private_key": sshd.private_key}
+    )
+    down = await acq.run(destination, host)
+    assert down.status == "failed" and down.error is not None
+    assert "\n" not in down.error and "Traceback" not in down.error
+    assert acq.runs(host)[-1].error == down.error
+    acq.update_host(host, url=sshd.url(root))
+    up = await acq.run(destination, host)
+    assert (up.status, up.new, up.fetched) == ("ok", 2, 2)
