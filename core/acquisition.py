@@ -339,7 +339,8 @@ def judge(
 class Listing:
     """Every file a host's rules listed, with the folder time each was found under."""
 
-    entries: list[tuple[int, RemoteEntry, datetime]] = field(default_factory=list)
+    # Each file once, with every (rule index, folder time) that listed it, in rule order.
+    entries: list[tuple[RemoteEntry, list[tuple[int, datetime]]]] = field(default_factory=list)
     missing_folders: list[str] = field(default_factory=list)  # date folders not there
 
 
@@ -349,10 +350,10 @@ def list_host(
     now: datetime,
     beat: Callable[[], None] | None = None,
 ) -> Listing:
-    """List each rule's folders once; a folder listed for two rules is read once."""
+    """List each rule's folders; a folder listed for two rules is read once."""
     listing = Listing()
     cache: dict[tuple[str, bool], list[RemoteEntry]] = {}
-    seen: set[str] = set()
+    seen: dict[str, list[tuple[int, datetime]]] = {}
     for index, rule in enumerate(rules):
         for folder, when in rule_folders(rule, now):
             key = (folder, rule.recursive)
@@ -371,10 +372,11 @@ def list_host(
                     listing.missing_folders.append(folder)
                 cache[key] = entries
             for entry in cache[key]:
-                # A file two rules list is judged by the first.
-                if entry.path not in seen:
-                    seen.add(entry.path)
-                    listing.entries.append((index, entry, when))
+                listers = seen.get(entry.path)
+                if listers is None:
+                    listers = seen[entry.path] = []
+                    listing.entries.append((entry, listers))
+                listers.append((index, when))
     return listing
 
 
@@ -394,13 +396,12 @@ def decide(
 ) -> list[Decision]:
     """Every listed file's decision: rules first, then only-new, then settled."""
     decisions = []
-    for index, entry, when in listing.entries:
-        # A name no rule matches is tried with the next rules.
-        decision = judge(rules, entry, when, now, index)
-        next_index = index + 1
-        while decision.rule is None and next_index < len(rules):
-            decision = judge(rules, entry, when, now, next_index)
-            next_index += 1
+    for entry, listers in listing.entries:
+        # The first rule that listed the file and matches its name judges it.
+        for index, when in listers:
+            decision = judge(rules, entry, when, now, index)
+            if decision.rule is not None:
+                break
         decisions.append(decision)
     candidates = [d for d in decisions if d.reason is None]
     # Only new: the keys known to the destination, then the targets of the others.
