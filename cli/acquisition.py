@@ -70,40 +70,25 @@ def test_host(
     print_rows(f"{host}: skipped", ("path", "rule", "reason"), plan["skipped"])
 
 
-@acquisition_app.command()
-@reports_errors
-def run(
-    ctx: typer.Context,
-    host: Host,
-    destination: DestinationOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Run a discovery of the host now (skipped if one is running)."""
-    _operate(ctx, host, "run", destination, as_json)
+def _operation_command(operation: str, help: str) -> None:
+    def command(
+        ctx: typer.Context,
+        host: Host,
+        destination: DestinationOption = None,
+        as_json: JsonOption = False,
+    ) -> None:
+        _operate(ctx, host, operation, destination, as_json)
+
+    command.__doc__ = help
+    acquisition_app.command(operation)(reports_errors(command))
 
 
-@acquisition_app.command()
-@reports_errors
-def pause(
-    ctx: typer.Context,
-    host: Host,
-    destination: DestinationOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Pause the host's discovery schedule."""
-    _operate(ctx, host, "pause", destination, as_json)
-
-
-@acquisition_app.command()
-@reports_errors
-def resume(
-    ctx: typer.Context,
-    host: Host,
-    destination: DestinationOption = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Resume the host's discovery schedule."""
-    _operate(ctx, host, "resume", destination, as_json)
+for _operation, _help in (
+    ("run", "Run a discovery of the host now (skipped if one is running)."),
+    ("pause", "Pause the host's discovery schedule."),
+    ("resume", "Resume the host's discovery schedule."),
+):
+    _operation_command(_operation, _help)
 
 
 def _run_row(run: dict[str, Any]) -> dict[str, Any]:

@@ -98,50 +98,43 @@ def test_host(
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from None
 
 
-async def _operate(
-    host: str, operation: str, session: SessionDep, state: ApiState, destination: str | None
-) -> Accepted:
-    _, dest = acquisition.host_destination(session, host=host, destination=destination)
-    dispatcher = _dispatcher(state)
-    try:
-        async with reaching_engine():
-            await operate_acquisition(dispatcher.client, dest.name, host, operation)
-    except Unavailable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
-    return Accepted(operation=operation, host=host, destination=dest.name)
+# Each operation on the schedule is a route of its own: a path parameter would also
+# match the dry run's path.
+OPERATIONS = {
+    "run": "Run a discovery of the host now (skipped while one runs).",
+    "pause": "Pause the host's discovery schedule.",
+    "resume": "Resume the host's discovery schedule.",
+}
 
 
-@router.post("/{host}/run", status_code=202, responses=refusals(404, 422, 503))
-async def run_now(
-    host: str,
-    session: SessionDep,
-    state: StateDep,
-    _: AdminDep,
-    destination: DestinationQuery = None,
-) -> Accepted:
-    """Run a discovery of the host now (skipped while one runs)."""
-    return await _operate(host, "run", session, state, destination)
+def _operation_route(operation: str) -> None:
+    async def operate(
+        host: str,
+        session: SessionDep,
+        state: StateDep,
+        _: AdminDep,
+        destination: DestinationQuery = None,
+    ) -> Accepted:
+        _, dest = acquisition.host_destination(session, host=host, destination=destination)
+        dispatcher = _dispatcher(state)
+        try:
+            async with reaching_engine():
+                await operate_acquisition(dispatcher.client, dest.name, host, operation)
+        except Unavailable as exc:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+        return Accepted(operation=operation, host=host, destination=dest.name)
+
+    router.add_api_route(
+        f"/{{host}}/{operation}",
+        operate,
+        methods=["POST"],
+        status_code=202,
+        responses=refusals(404, 422, 503),
+        name=f"acquisition_{operation}",
+        summary=OPERATIONS[operation].removesuffix("."),
+        description=OPERATIONS[operation],
+    )
 
 
-@router.post("/{host}/pause", status_code=202, responses=refusals(404, 422, 503))
-async def pause(
-    host: str,
-    session: SessionDep,
-    state: StateDep,
-    _: AdminDep,
-    destination: DestinationQuery = None,
-) -> Accepted:
-    """Pause the host's discovery schedule."""
-    return await _operate(host, "pause", session, state, destination)
-
-
-@router.post("/{host}/resume", status_code=202, responses=refusals(404, 422, 503))
-async def resume(
-    host: str,
-    session: SessionDep,
-    state: StateDep,
-    _: AdminDep,
-    destination: DestinationQuery = None,
-) -> Accepted:
-    """Resume the host's discovery schedule."""
-    return await _operate(host, "resume", session, state, destination)
+for _operation in OPERATIONS:
+    _operation_route(_operation)
