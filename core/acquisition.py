@@ -51,6 +51,7 @@ from ecpds.core.secrets import CredentialBox
 TEMPLATE_FIELDS = ("name", "path", "folder", "date")
 MAX_NEW = 10_000  # files registered by one run; the rest wait for the next
 QUERY_BATCH = 500  # keys per IN query
+SEEN_FOR = timedelta(days=7)  # how long an unsettled file's last listing is kept
 MISSING_FOLDERS = "date folders not there"  # counted with the skipped files' reasons
 
 
@@ -670,7 +671,14 @@ def _drop_claims(engine: Engine, run_id: int) -> None:
 def _remember_unsettled(
     session: Session, host: Host, decisions: Iterable[Decision], now: datetime
 ) -> None:
-    """Keep the size and time of files left unsettled; forget those now acquired."""
+    """Keep the size and time of files left unsettled; forget those now acquired, and
+    those not seen for a week (gone from the provider: seen again, they start afresh)."""
+    session.execute(
+        delete(AcquisitionSeen).where(
+            col(AcquisitionSeen.host_id) == host.id,
+            col(AcquisitionSeen.seen) < now - SEEN_FOR,
+        )
+    )
     settled = [d.path for d in decisions if d.reason is None]
     unsettled = [d for d in decisions if d.reason == "not settled"]
     paths = settled + [d.path for d in unsettled]

@@ -108,9 +108,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     quiet_routine_failures()
     client = await connect(settings)
     await ensure_schedules(client, settings)
-    await sync_acquisition_schedules(
-        client, open_catalog(settings.catalog_url), settings.task_queue
-    )
+    catalog = open_catalog(settings.catalog_url)
+    try:
+        await sync_acquisition_schedules(client, catalog, settings.task_queue)
+    finally:
+        catalog.dispose()
     worker = build_worker(client, settings)
     async with worker:
         # A push while the engine was down could not wake its destination: do it now.
