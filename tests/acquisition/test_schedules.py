@@ -129,3 +129,16 @@ pattern = '(?P<param>[a-z]+'
     assert "Traceback" not in answer.output
     lines = [line for line in answer.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "is not a regular expression" in lines[0], answer.output
+
+
+def test_the_schedule_follows_the_destinations_host_list(system: System) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    host, destination = f"provider-{suffix}", f"acq-{suffix}"
+    site = _site(system, host, destination, system.tmp / "provider", every=3600)
+    assert system.cli("apply", "-f", str(site)).exit_code == 0
+    schedule_id = acquisition_schedule_id(destination, host)
+    system.until(lambda: system.schedule(schedule_id), "the schedule")
+    site.write_text(site.read_text().replace(f'hosts = ["{host}"]', "hosts = []"))
+    applied = system.cli("apply", "-f", str(site))
+    assert applied.exit_code == 0 and "updated" in applied.output, applied.output
+    system.until(lambda: system.schedule(schedule_id) is None, "the schedule removed")
