@@ -18,6 +18,7 @@ from typer import _click  # typer vendors click: its exceptions and contexts are
 from typer.core import TyperGroup
 
 from ecpds.cli import data
+from ecpds.cli.acquisition import acquisition_app
 from ecpds.cli.client import ApiError, CliError, CliState, reports_errors, state_of
 from ecpds.cli.operations import scheduler_app, transfer_app
 from ecpds.cli.portal import key_app, policy_app
@@ -70,6 +71,11 @@ data.register(app)
 app.add_typer(scheduler_app, name="scheduler", help="Hold, restart or clean a destination.")
 app.add_typer(transfer_app, name="transfer", help="List transfers and operate on one.")
 app.add_typer(key_app, name="key", help="S3 access keys of data users.")
+app.add_typer(
+    acquisition_app,
+    name="acquisition",
+    help="Acquisition hosts: dry run, run now, pause, resume, and their runs.",
+)
 app.add_typer(policy_app, name="policy", help="Policies: destinations given to users as a group.")
 
 

@@ -102,9 +102,23 @@ def list_hosts(session: Session) -> Sequence[Host]:
     return session.exec(select(Host).order_by(Host.name)).all()
 
 
+# Credentials an acquisition host may have besides its protocol's (the broker's password).
+ACQUISITION_CREDENTIALS = frozenset({"mqtt_password"})
+
+
 def _check_host_settings(
-    name: str, url: str, options: dict[str, Any], credentials: dict[str, str]
+    name: str,
+    url: str,
+    options: dict[str, Any],
+    credentials: dict[str, str],
+    *,
+    kind: HostKind,
+    acquisition: dict[str, Any] | None,
 ) -> None:
+    if acquisition is not None and kind != HostKind.ACQUISITION:
+        raise Invalid(f"host {name!r}: acquisition settings are for hosts of kind acquisition")
+    if kind == HostKind.ACQUISITION:
+        credentials = {k: v for k, v in credentials.items() if k not in ACQUISITION_CREDENTIALS}
     try:
         check_host(url, options, credentials)
     except ProtocolError as exc:
@@ -113,7 +127,14 @@ def _check_host_settings(
 
 def create_host(session: Session, *, box: CredentialBox, data: HostCreate) -> Host:
     _check_name_free(session, Host, "host", data.name)
-    _check_host_settings(data.name, data.url, data.options, data.credentials)
+    _check_host_settings(
+        data.name,
+        data.url,
+        data.options,
+        data.credentials,
+        kind=data.kind,
+        acquisition=data.acquisition,
+    )
     host = Host.model_validate(data.model_dump(exclude={"credentials"}))
     host.credentials_encrypted = box.seal(data.credentials)
     session.add(host)
@@ -131,6 +152,10 @@ def update_host(session: Session, *, box: CredentialBox, name: str, data: HostUp
         changes.get("url") or host.url,
         changes["options"] if changes.get("options") is not None else host.options,
         current if credentials is None else credentials,
+        kind=changes.get("kind") or host.kind,
+        acquisition=changes["acquisition"]
+        if changes.get("acquisition") is not None
+        else host.acquisition,
     )
     for key, value in changes.items():
         if value is not None:
@@ -181,6 +206,12 @@ def _renumber_hosts(session: Session, destination_id: int) -> None:
 def host_credentials(session: Session, *, box: CredentialBox, name: str) -> dict[str, str]:
     """The decrypted credentials of a host, for the activity that connects to it."""
     return box.open(get_host(session, name=name).credentials_encrypted)
+
+
+def host_login(session: Session, *, box: CredentialBox, name: str) -> dict[str, str]:
+    """The credentials a host's protocol logs in with (without a broker's password)."""
+    credentials = host_credentials(session, box=box, name=name)
+    return {k: v for k, v in credentials.items() if k not in ACQUISITION_CREDENTIALS}
 
 
 def host_public(session: Session, host: Host, *, box: CredentialBox) -> HostPublic:

@@ -23,6 +23,7 @@ RETRIEVAL_BATCH_WORKFLOW = "RetrievalBatchWorkflow"
 REPLICATION_WORKFLOW = "ReplicationWorkflow"
 GARBAGE_COLLECTION_WORKFLOW = "GarbageCollectionWorkflow"
 WAKE_SWEEP_WORKFLOW = "WakeSweepWorkflow"
+DISCOVERY_WORKFLOW = "DiscoveryWorkflow"
 
 # The scheduler's signals; `start_workflow` takes a signal-with-start by name only.
 WAKE_SIGNAL = "wake"
@@ -51,6 +52,16 @@ def retrieval_batch_workflow_id(first_data_file_id: str) -> str:
 
 def replication_workflow_id(first_data_file_id: str) -> str:
     return f"replication-{first_data_file_id}"
+
+
+def acquisition_schedule_id(destination: str, host: str) -> str:
+    """The Temporal Schedule of an acquisition host's discovery runs for a destination."""
+    return f"acquisition-{destination}-{host}"
+
+
+def discovery_workflow_id(destination: str, host: str) -> str:
+    """A discovery run's id (a schedule adds the time of each run to it)."""
+    return f"discovery-{destination}-{host}"
 
 
 def gc_schedule_id(task_queue: str) -> str:
@@ -193,3 +204,11 @@ class ReplicationInput:
 class RetrievalBatchInput:
     data_file_ids: list[str]
     destination: str = ""
+
+
+@dataclass
+class DiscoveryInput:
+    """One discovery run of an acquisition host for a destination (names only, no secrets)."""
+
+    destination: str
+    host: str

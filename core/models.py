@@ -498,6 +498,16 @@ class PortalFolder(SQLModel, table=True):
 # --- hosts --------------------------------------------------------------------------------
 
 
+def _acquisition(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    # Imported here: the acquisition module builds on these models.
+    from ecpds.core.acquisition import check_settings
+
+    return None if value is None else check_settings(value)
+
+
+AcquisitionField = Annotated[dict[str, Any] | None, AfterValidator(_acquisition)]
+
+
 class HostBase(SQLModel):
     name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=NAME_PATTERN)
     kind: Annotated[HostKind, Strict(False)] = HostKind.DISSEMINATION
@@ -514,6 +524,11 @@ class HostBase(SQLModel):
         default=0, ge=0, le=BIGGEST, description="0 means the destination's"
     )
     comment: str = ""
+    acquisition: AcquisitionField = Field(
+        default=None,
+        sa_type=JSON,
+        description="acquisition hosts: every, jitter, trigger, rules, mqtt",
+    )
 
 
 class HostCreate(HostBase):
@@ -532,6 +547,7 @@ class HostUpdate(SQLModel):
     max_connections: int | None = Field(default=None, ge=0, le=BIGGEST)
     comment: str | None = None
     credentials: dict[str, str] | None = None
+    acquisition: AcquisitionField = None
 
 
 class Host(HostBase, table=True):
@@ -721,3 +737,57 @@ class DataTransferPublic(DataTransferBase):
     eta: float | None = Field(default=None, description="seconds left while running")
     sha256: str | None = None
     sha512: str | None = None
+
+
+# --- acquisition --------------------------------------------------------------------------
+
+
+class AcquiredFile(SQLModel, table=True):
+    """A file a destination acquired, by its only-new key: one indexed lookup per batch."""
+
+    __table_args__ = (
+        UniqueConstraint("destination_id", "key", name="uq_acquiredfile_key"),
+        Index("ix_acquiredfile_target", "destination_id", "target"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    destination_id: int = Field(foreign_key="destination.id", ondelete="CASCADE")
+    key: str = Field(max_length=64, description="SHA-256 of the rule's only-new key")
+    target: str
+    host_id: int | None = Field(default=None, foreign_key="host.id", ondelete="SET NULL")
+    path: str = Field(description="on the host, relative to its URL's folder")
+    size: int = Field(default=0, sa_type=BigInteger)
+    mtime: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    data_file_id: str | None = Field(default=None, index=True)
+    run_id: int | None = Field(default=None, index=True)
+    acquired: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    delete_original: bool = False
+    original_deleted: bool = False
+
+
+class AcquisitionSeen(SQLModel, table=True):
+    """The size and time of a file left unsettled, to compare at the next listing."""
+
+    host_id: int = Field(foreign_key="host.id", primary_key=True, ondelete="CASCADE")
+    path: str = Field(primary_key=True)
+    size: int = Field(default=0, sa_type=BigInteger)
+    mtime: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    seen: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class AcquisitionRun(SQLModel, table=True):
+    """One discovery run of an acquisition host for a destination."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    host: str = Field(index=True)
+    destination: str = Field(index=True)
+    status: str = "running"  # running, ok, partial (some failed), failed
+    started: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    duration: float | None = None
+    found: int = 0
+    new: int = 0
+    skipped: dict[str, int] = Field(default_factory=dict, sa_type=JSON)
+    fetched: int = 0
+    failed: int = 0
+    error: str | None = None
+    workflow_id: str = ""

@@ -39,11 +39,13 @@ UNFETCHED = (TransferStatus.INIT, TransferStatus.FETC, TransferStatus.HOLD)
 
 @dataclass
 class SourceSpec:
-    """One file to fetch: its URL, and optionally its name and target (default: basename)."""
+    """One file to fetch: its URL, and optionally its name, target (default: basename) and
+    metadata of its own."""
 
     url: str
     name: str | None = None
     target: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)  # over the push's own
 
 
 @dataclass
@@ -177,7 +179,7 @@ def register_sources(
                     "id": data_file_id,
                     "name": name,
                     "size": 0,
-                    "meta": dict(options.metadata),
+                    "meta": dict(options.metadata) | spec.metadata,
                     "group": options.group,
                     "source": spec.url,
                     "reqid": rid,

@@ -84,7 +84,7 @@ def resolve_source(
             folder_url,
             file_name,
             dict(host.options),
-            catalog.host_credentials(session, box=box, name=host.name),
+            catalog.host_login(session, box=box, name=host.name),
         )
     try:
         check_host(

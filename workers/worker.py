@@ -9,6 +9,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from ecpds.activities.discovery import DiscoveryActivities
 from ecpds.activities.scheduling import SchedulingActivities
 from ecpds.activities.storage import StorageActivities
 from ecpds.activities.transmit import HEARTBEAT_EVERY, TransmitActivities
@@ -17,8 +18,9 @@ from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.workers.logs import quiet_routine_failures
-from ecpds.workers.schedules import ensure_schedules, sweep_now
+from ecpds.workers.schedules import ensure_schedules, sweep_now, sync_acquisition_schedules
 from ecpds.workflows.destination import DestinationWorkflow
+from ecpds.workflows.discovery import DiscoveryWorkflow
 from ecpds.workflows.gc import GarbageCollectionWorkflow
 from ecpds.workflows.replication import ReplicationWorkflow
 from ecpds.workflows.retrieval import RetrievalBatchWorkflow, RetrievalWorkflow
@@ -36,6 +38,7 @@ def build_worker(
     scheduling = SchedulingActivities(engine)
     transmit = TransmitActivities(engine, store, box)
     storage = StorageActivities(engine, store, box, settings.task_queue)
+    discovery = DiscoveryActivities(engine, box)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -47,6 +50,7 @@ def build_worker(
             ReplicationWorkflow,
             GarbageCollectionWorkflow,
             WakeSweepWorkflow,
+            DiscoveryWorkflow,
         ],
         activities=[
             scheduling.load_destination,
@@ -63,6 +67,10 @@ def build_worker(
             storage.files_to_check,
             storage.backup,
             storage.collect_garbage,
+            discovery.start_run,
+            discovery.discover,
+            discovery.count_fetches,
+            discovery.finish_run,
         ],
         max_concurrent_activities=max_concurrent_activities,
         # Temporal answers a heartbeat with "cancel requested": an operator's interrupt is
@@ -100,6 +108,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     quiet_routine_failures()
     client = await connect(settings)
     await ensure_schedules(client, settings)
+    catalog = open_catalog(settings.catalog_url)
+    try:
+        await sync_acquisition_schedules(client, catalog, settings.task_queue)
+    finally:
+        catalog.dispose()
     worker = build_worker(client, settings)
     async with worker:
         # A push while the engine was down could not wake its destination: do it now.

@@ -13,6 +13,7 @@ from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.portal.api import (
+    acquisition,
     aliases,
     destinations,
     docs,
@@ -47,6 +48,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     site.router,
     tokens.router,
     operations.router,
+    acquisition.router,
     docs.router,
 )
 

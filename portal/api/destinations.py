@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from ecpds.core import catalog
 from ecpds.core.dispatch import TemporalDispatcher, stop_deleted_destination
 from ecpds.core.models import INPUT, DestinationCreate, DestinationPublic, DestinationUpdate
+from ecpds.portal.api.acquisition import resync, schedules_before, sync_schedules
 from ecpds.portal.api.deps import (
     AdminDep,
     SessionDep,
@@ -41,9 +42,12 @@ def list_destinations(session: SessionDep, user: UserDep) -> list[DestinationPub
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=refusals(409))
-def create_destination(data: DestinationIn, session: SessionDep, _: AdminDep) -> DestinationPublic:
+def create_destination(
+    data: DestinationIn, session: SessionDep, state: StateDep, _: AdminDep
+) -> DestinationPublic:
     destination = catalog.create_destination(session, data=data)
     session.commit()
+    sync_schedules(state)
     return catalog.destination_public(session, destination)
 
 
@@ -55,10 +59,12 @@ def get_destination(name: str, session: SessionDep, user: UserDep) -> Destinatio
 
 @router.patch("/{name}", responses=refusals(404))
 def update_destination(
-    name: str, data: DestinationPatch, session: SessionDep, _: AdminDep
+    name: str, data: DestinationPatch, session: SessionDep, state: StateDep, _: AdminDep
 ) -> DestinationPublic:
+    before = schedules_before(state)
     destination = catalog.update_destination(session, name=name, data=data)
     session.commit()
+    sync_schedules(state, before)
     return catalog.destination_public(session, destination)
 
 
@@ -78,11 +84,13 @@ async def delete_destination(
 ) -> None:
     """Delete a destination; its scheduler stops and its transfers keep their history."""
 
-    def delete() -> list[int]:
+    def delete() -> tuple[list[int], set[str]]:
+        before = schedules_before(state)
         stopped = catalog.delete_destination(session, name=name, force=force)
         session.commit()
-        return stopped
+        return stopped, before
 
-    stopped = await run_in_threadpool(delete)
+    stopped, before = await run_in_threadpool(delete)
+    await resync(state, before)
     if isinstance(state.dispatcher, TemporalDispatcher):
         await stop_deleted_destination(state.dispatcher.client, name, stopped)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from ecpds.core import catalog
 from ecpds.core.models import INPUT, HostCreate, HostPublic, HostUpdate
+from ecpds.portal.api.acquisition import schedules_before, sync_schedules
 from ecpds.portal.api.deps import AdminDep, SessionDep, StateDep
 from ecpds.portal.api.errors import refusals
 
@@ -31,6 +32,7 @@ def list_hosts(session: SessionDep, state: StateDep, _: AdminDep) -> list[HostPu
 def create_host(data: HostIn, session: SessionDep, state: StateDep, _: AdminDep) -> HostPublic:
     host = catalog.create_host(session, box=state.box, data=data)
     session.commit()
+    sync_schedules(state)
     return catalog.host_public(session, host, box=state.box)
 
 
@@ -43,8 +45,10 @@ def get_host(name: str, session: SessionDep, state: StateDep, _: AdminDep) -> Ho
 def update_host(
     name: str, data: HostPatch, session: SessionDep, state: StateDep, _: AdminDep
 ) -> HostPublic:
+    before = schedules_before(state)
     host = catalog.update_host(session, box=state.box, name=name, data=data)
     session.commit()
+    sync_schedules(state, before)
     return catalog.host_public(session, host, box=state.box)
 
 
@@ -57,8 +61,11 @@ def update_host(
 def delete_host(
     name: str,
     session: SessionDep,
+    state: StateDep,
     _: AdminDep,
     force: Annotated[bool, Query(description="delete even from destinations' host lists")] = False,
 ) -> None:
+    before = schedules_before(state)
     catalog.delete_host(session, name=name, force=force)
     session.commit()
+    sync_schedules(state, before)
