@@ -219,6 +219,11 @@ LEGITIMATE: dict[tuple[str, str], tuple[list[int], str]] = {
         "each source must be under a host of the destination; as for an upload",
     ),
     ("GET", "/api/v1/files"): ([422], "metadata is k=v pairs"),
+    ("POST", "/api/v1/destinations/{name}/operations/{operation}"): (
+        [422],
+        "the stateful phase follows a link from a transfer's operation, which is not one of"
+        " a destination's (the schema's enum says so; a link's value is not checked)",
+    ),
     ("POST", "/api/v1/transfers/{id}/operations/{operation}"): (
         [422],
         "priority takes a value from 0 to 99, extend a positive number of seconds",
