@@ -1,5 +1,5 @@
-"""Sources of asynchronous pushes: which registered host can read a source URL, and the
-connections the workers keep open to source folders while they fetch.
+"""Sources of asynchronous pushes and acquisitions: which registered host can read a source
+URL, and the connections the workers keep open to source folders while they fetch.
 
 A source's credentials come from the registered host whose URL covers it, so they never
 travel with the request.
@@ -7,11 +7,13 @@ travel with the request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
 import threading
-from collections import OrderedDict
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from sqlmodel import Session, col, select
 from ecpds.core import catalog
 from ecpds.core.models import Host, HostKind
 from ecpds.core.protocols import HostUrl, ProtocolError, check_host, open_remote, parse_url
+from ecpds.core.protocols.base import Remote
 from ecpds.core.secrets import CredentialBox
 
 
@@ -32,6 +35,7 @@ class Source:
     file_name: str
     options: dict[str, Any]
     credentials: dict[str, str]
+    max_connections: int = 0  # the host's; 0: the destination's
 
 
 def _same_server(a: HostUrl, b: HostUrl) -> bool:
@@ -85,6 +89,7 @@ def resolve_source(
             file_name,
             dict(host.options),
             catalog.host_credentials(session, box=box, name=host.name),
+            host.max_connections,
         )
     try:
         check_host(
@@ -109,69 +114,113 @@ def _fetch_options(options: dict[str, Any], url: str) -> dict[str, Any]:
 
 
 class SourceConnections:
-    """Open connections to source folders, shared by the fetches of one worker.
+    """Connections to source folders, kept open between the fetches of one worker.
 
-    Logging in costs more than fetching a small file; a connection that fails once is
-    dropped, and the least recently used one is closed beyond `size`.
+    Logging in costs more than fetching a small file, so a connection goes back to the
+    pool after a clean read and the next fetch from that folder takes it; each is used by
+    one thread at a time. At most `limit(source)` are open per source (its host's
+    max_connections) in this worker: a fetch beyond waits for one. A connection that
+    failed is closed; idle ones are closed after `idle` seconds.
     """
 
-    def __init__(self, size: int = 16) -> None:
-        self.size = size
-        self._remotes: OrderedDict[tuple[str, ...], Any] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, *, idle: float = 60.0) -> None:
+        self.idle = idle
+        self._lock = threading.Condition()
+        self._free: dict[tuple[str, ...], list[tuple[Remote, float]]] = {}
+        self._open: dict[tuple[str, ...], int] = {}
 
     @staticmethod
     def _key(source: Source) -> tuple[str, ...]:
         login = json.dumps([source.options, source.credentials], sort_keys=True, default=str)
         return (source.host_name, source.folder_url, hashlib.sha256(login.encode()).hexdigest())
 
-    def _remote(self, source: Source) -> Any:
-        key = self._key(source)
-        with self._lock:
-            remote = self._remotes.get(key)
-            if remote is not None:
-                self._remotes.move_to_end(key)
-                return remote
-        remote = open_remote(
-            source.host_name,
-            source.folder_url,
-            _fetch_options(source.options, source.folder_url),
-            source.credentials,
-        )
-        if getattr(remote, "fs", None) is None:
-            remote.close()
-            raise ProtocolError(
-                f"{source.folder_url}: this protocol cannot be read from", retryable=False
-            )
-        with self._lock:
-            self._remotes[key] = remote
-            while len(self._remotes) > self.size:
-                _, oldest = self._remotes.popitem(last=False)
-                oldest.close()
-        return remote
-
-    def drop(self, source: Source) -> None:
-        with self._lock:
-            remote = self._remotes.pop(self._key(source), None)
-        if remote is not None:
-            remote.close()
-
-    def open(self, source: Source) -> tuple[Any, Any]:
-        """(remote, readable file) for the source; the caller closes the file."""
-        remote = self._remote(source)
-        path = remote.path(source.file_name)
+    def _take(self, key: tuple[str, ...], limit: int) -> Remote | None:
+        """A free connection, or None once there is room to open one (waits otherwise)."""
+        stale: list[Remote] = []
         try:
-            return remote, remote.fs.open(path, "rb")
-        except FileNotFoundError:
-            raise ProtocolError(
-                f"{source.host_name}: source file {path} does not exist", retryable=False
-            ) from None
-        except Exception as exc:
-            self.drop(source)
-            raise remote.to_protocol_error(exc, f"opening {path}") from None
+            with self._lock:
+                while True:
+                    now = time.monotonic()
+                    free = self._free.get(key, [])
+                    while free:
+                        remote, since = free.pop()
+                        if now - since < self.idle:
+                            return remote
+                        stale.append(remote)
+                        self._open[key] -= 1
+                    if self._open.get(key, 0) < limit:
+                        self._open[key] = self._open.get(key, 0) + 1
+                        return None
+                    self._lock.wait(1.0)
+        finally:
+            for remote in stale:
+                remote.close()
+
+    def _give(self, key: tuple[str, ...], remote: Remote | None) -> None:
+        """Return a connection after a clean read, or (None) give up a slot."""
+        with self._lock:
+            if remote is None:
+                self._open[key] -= 1
+            else:
+                self._free.setdefault(key, []).append((remote, time.monotonic()))
+            self._lock.notify()
+
+    @contextlib.contextmanager
+    def connection(self, source: Source, limit: int) -> Iterator[Remote]:
+        """A connected Remote on the source's folder, for this thread alone."""
+        key = self._key(source)
+        remote = self._take(key, max(1, limit))
+        if remote is not None and not remote.alive():
+            remote.close()
+            remote = None
+        try:
+            if remote is None:
+                remote = open_remote(
+                    source.host_name,
+                    source.folder_url,
+                    _fetch_options(source.options, source.folder_url),
+                    source.credentials,
+                )
+            yield remote
+        except BaseException:
+            if remote is not None:
+                remote.close()
+            self._give(key, None)
+            raise
+        self._give(key, remote)
+
+    def read(
+        self, source: Source, *, limit: int, resumes: int = 3, offset: int = 0
+    ) -> Iterator[bytes]:
+        """The source file's bytes; a read cut off by a retryable error resumes where it
+        stopped on a new connection (up to `resumes` times without progress)."""
+        left = resumes
+        while True:
+            got = offset
+            try:
+                with self.connection(source, limit) as remote:
+                    for chunk in remote.read(source.file_name, offset=offset):
+                        offset += len(chunk)
+                        yield chunk
+                return
+            except ProtocolError as exc:
+                if isinstance(exc.__cause__, FileNotFoundError):
+                    raise ProtocolError(
+                        f"{source.host_name}: source file {source.file_name} does not exist "
+                        f"in {source.folder_url}",
+                        retryable=False,
+                    ) from None
+                if not exc.retryable or offset == 0:
+                    raise
+                left = resumes if offset > got else left - 1
+                if left <= 0:
+                    raise
 
     def close(self) -> None:
         with self._lock:
-            remotes, self._remotes = list(self._remotes.values()), OrderedDict()
+            remotes = [r for free in self._free.values() for r, _ in free]
+            for key, free in self._free.items():
+                self._open[key] -= len(free)
+            self._free.clear()
         for remote in remotes:
             remote.close()
