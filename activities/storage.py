@@ -262,11 +262,12 @@ class StorageActivities:
         try:
             # A copy left by an attempt that died between the store and the catalog.
             self.store.delete(data_file_id)
+            # Closed at once when the store gives up, so the connection is not left mid-read.
             with contextlib.closing(
                 self.sources.read(fetch.source, limit=fetch.connections)
             ) as chunks:
                 checked = fetch.integrity.checked(chunks) if fetch.integrity else chunks
-                with contextlib.closing(iter(checked)) as stream:  # type: ignore[type-var]
+                with contextlib.closing(checked) as stream:
                     stored = self.store.write(data_file_id, stream)
         except ProtocolError as exc:
             return data_file_id, FetchFailure(data_file_id, str(exc), exc.retryable)

@@ -11,7 +11,7 @@ import base64
 import binascii
 import hashlib
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -84,7 +84,7 @@ class Integrity:
             ) from None
         return cls(method, value.strip())
 
-    def checked(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    def checked(self, chunks: Iterable[bytes]) -> Generator[bytes]:
         """`chunks` passed on; after the last, an IntegrityFailure if the digest differs.
 
         Raised from inside the stream, so the store discards what it was writing.

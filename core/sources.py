@@ -13,7 +13,7 @@ import json
 import posixpath
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,8 @@ from ecpds.core.models import Host, HostKind
 from ecpds.core.protocols import HostUrl, ProtocolError, check_host, open_remote, parse_url
 from ecpds.core.protocols.base import Remote
 from ecpds.core.secrets import CredentialBox
+
+CHECK_AFTER = 5.0  # seconds idle after which a pooled connection is checked before reuse
 
 
 @dataclass
@@ -107,10 +109,7 @@ def resolve_source(
 
 def _fetch_options(options: dict[str, Any], url: str) -> dict[str, Any]:
     # Upload-only settings of the host do not matter for reading.
-    kept = {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar", "engine")}
-    if parse_url(url).scheme == "sftp":
-        kept["engine"] = "asyncssh"  # reads go through fsspec; the OpenSSH engine only sends
-    return kept
+    return {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar")}
 
 
 class SourceConnections:
@@ -134,8 +133,9 @@ class SourceConnections:
         login = json.dumps([source.options, source.credentials], sort_keys=True, default=str)
         return (source.host_name, source.folder_url, hashlib.sha256(login.encode()).hexdigest())
 
-    def _take(self, key: tuple[str, ...], limit: int) -> Remote | None:
-        """A free connection, or None once there is room to open one (waits otherwise)."""
+    def _take(self, key: tuple[str, ...], limit: int) -> tuple[Remote | None, float]:
+        """A free connection and how long it idled, or (None, 0) once there is room to open
+        one; waits while `limit` are in use."""
         stale: list[Remote] = []
         try:
             with self._lock:
@@ -145,12 +145,12 @@ class SourceConnections:
                     while free:
                         remote, since = free.pop()
                         if now - since < self.idle:
-                            return remote
+                            return remote, now - since
                         stale.append(remote)
                         self._open[key] -= 1
                     if self._open.get(key, 0) < limit:
                         self._open[key] = self._open.get(key, 0) + 1
-                        return None
+                        return None, 0.0
                     self._lock.wait(1.0)
         finally:
             for remote in stale:
@@ -166,13 +166,16 @@ class SourceConnections:
             self._lock.notify()
 
     @contextlib.contextmanager
-    def connection(self, source: Source, limit: int) -> Iterator[Remote]:
-        """A connected Remote on the source's folder, for this thread alone."""
+    def _connection(self, source: Source, limit: int) -> Iterator[tuple[Remote, bool]]:
+        """(a connected Remote on the source's folder for this thread alone, whether it
+        was pooled); it goes back to the pool only if the block ends cleanly."""
         key = self._key(source)
-        remote = self._take(key, max(1, limit))
-        if remote is not None and not remote.alive():
+        remote, idled = self._take(key, max(1, limit))
+        # Asking costs a round trip, as much as a small file: only after a pause.
+        if remote is not None and idled > CHECK_AFTER and not remote.alive():
             remote.close()
             remote = None
+        pooled = remote is not None
         try:
             if remote is None:
                 remote = open_remote(
@@ -181,7 +184,7 @@ class SourceConnections:
                     _fetch_options(source.options, source.folder_url),
                     source.credentials,
                 )
-            yield remote
+            yield remote, pooled
         except BaseException:
             if remote is not None:
                 remote.close()
@@ -189,16 +192,18 @@ class SourceConnections:
             raise
         self._give(key, remote)
 
-    def read(
-        self, source: Source, *, limit: int, resumes: int = 3, offset: int = 0
-    ) -> Iterator[bytes]:
-        """The source file's bytes; a read cut off by a retryable error resumes where it
-        stopped on a new connection (up to `resumes` times without progress)."""
-        left = resumes
+    def read(self, source: Source, *, limit: int, resumes: int = 3) -> Generator[bytes]:
+        """The source file's bytes, over at most `limit` connections to its folder.
+
+        A read cut off by a retryable error goes on where it stopped, on a new connection
+        (up to `resumes` times in a row without progress); one that fails before its first
+        byte on a pooled connection is tried once more on a new one.
+        """
+        offset, left = 0, resumes
         while True:
-            got = offset
+            began, pooled = offset, False
             try:
-                with self.connection(source, limit) as remote:
+                with self._connection(source, limit) as (remote, pooled):
                     for chunk in remote.read(source.file_name, offset=offset):
                         offset += len(chunk)
                         yield chunk
@@ -210,11 +215,14 @@ class SourceConnections:
                         f"in {source.folder_url}",
                         retryable=False,
                     ) from None
-                if not exc.retryable or offset == 0:
+                if not exc.retryable:
                     raise
-                left = resumes if offset > got else left - 1
-                if left <= 0:
+                if offset > began:
+                    left = resumes
+                elif not (pooled or offset) or left <= 1:
                     raise
+                else:
+                    left -= 1
 
     def close(self) -> None:
         with self._lock:
