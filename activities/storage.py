@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import posixpath
 import threading
 import time
@@ -45,6 +46,7 @@ HEARTBEAT_EVERY = 1.0
 THREADS = 32
 DEFAULT_CONNECTIONS = 4  # a source's connections when neither host nor destination says
 COMMIT_FILES = 200  # fetched files recorded in one catalog transaction, at most
+COMMIT_EVERY = 0.5  # seconds: fetched files wait no longer than this to be recorded
 # Statuses of a transfer that is using its file right now: never collected.
 RUNNING = frozenset({TransferStatus.EXEC, TransferStatus.FETC})
 
@@ -169,19 +171,25 @@ class StorageActivities:
                 futures = [pool.submit(self._fetch_one, f, cancelled) for f in todo]
                 ready: list[tuple[str, StoredObject]] = []
                 last = time.monotonic()
-                for future in as_completed(futures):
-                    data_file_id, result = future.result()
-                    if isinstance(result, FetchFailure):
-                        out.failed.append(result)
-                    else:
-                        ready.append((data_file_id, result))
-                    # Commit in groups: a catalog transaction per small file would cost
-                    # more than its fetch.
-                    if ready and (len(ready) >= COMMIT_FILES or time.monotonic() - last > 0.5):
+                try:
+                    for future in as_completed(futures):
+                        data_file_id, result = future.result()
+                        if isinstance(result, FetchFailure):
+                            out.failed.append(result)
+                        else:
+                            ready.append((data_file_id, result))
+                        # Commit in groups: a catalog transaction per small file would cost
+                        # more than its fetch.
+                        if ready and (
+                            len(ready) >= COMMIT_FILES or time.monotonic() - last > COMMIT_EVERY
+                        ):
+                            self._commit(ready, out)
+                            ready, last = [], time.monotonic()
+                    if ready:
                         self._commit(ready, out)
-                        ready, last = [], time.monotonic()
-                if ready:
-                    self._commit(ready, out)
+                except BaseException:
+                    cancelled.set()  # the catalog failed: the attempt that follows fetches
+                    raise
         out.copies = self._wanting_copies(out.fetched)
         return out
 
@@ -260,15 +268,22 @@ class StorageActivities:
         if cancelled.is_set():
             return data_file_id, FetchFailure(data_file_id, "fetch cancelled", retryable=True)
         try:
-            # A copy left by an attempt that died between the store and the catalog.
-            self.store.delete(data_file_id)
             # Closed at once when the store gives up, so the connection is not left mid-read.
             with contextlib.closing(
                 self.sources.read(fetch.source, limit=fetch.connections)
             ) as chunks:
                 checked = fetch.integrity.checked(chunks) if fetch.integrity else chunks
                 with contextlib.closing(checked) as stream:
-                    stored = self.store.write(data_file_id, stream)
+                    try:
+                        stored = self.store.write(data_file_id, stream)
+                    except StoreError:
+                        started = inspect.getgeneratorstate(chunks) != inspect.GEN_CREATED
+                        if started or not self.store.primary.exists(data_file_id):
+                            raise
+                        # A copy left by an attempt that died between the store and the
+                        # catalog (the store refuses before reading a byte): replace it.
+                        self.store.delete(data_file_id)
+                        stored = self.store.write(data_file_id, stream)
         except ProtocolError as exc:
             return data_file_id, FetchFailure(data_file_id, str(exc), exc.retryable)
         except (StoreError, OSError) as exc:

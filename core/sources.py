@@ -117,25 +117,27 @@ class SourceConnections:
 
     Logging in costs more than fetching a small file, so a connection goes back to the
     pool after a clean read and the next fetch from that folder takes it; each is used by
-    one thread at a time. At most `limit(source)` are open per source (its host's
-    max_connections) in this worker: a fetch beyond waits for one. A connection that
-    failed is closed; idle ones are closed after `idle` seconds.
+    one thread at a time. At most `limit` are open to one host with one login (its
+    max_connections) in this worker: a fetch beyond waits for one, or closes an idle one
+    to another folder of that host. A connection that failed is closed; idle ones are
+    closed after `idle` seconds.
     """
 
     def __init__(self, *, idle: float = 60.0) -> None:
         self.idle = idle
         self._lock = threading.Condition()
-        self._free: dict[tuple[str, ...], list[tuple[Remote, float]]] = {}
-        self._open: dict[tuple[str, ...], int] = {}
+        self._free: dict[tuple[str, ...], list[tuple[Remote, float]]] = {}  # by folder
+        self._open: dict[tuple[str, ...], int] = {}  # by host and login
 
     @staticmethod
     def _key(source: Source) -> tuple[str, ...]:
         login = json.dumps([source.options, source.credentials], sort_keys=True, default=str)
-        return (source.host_name, source.folder_url, hashlib.sha256(login.encode()).hexdigest())
+        return (source.host_name, hashlib.sha256(login.encode()).hexdigest(), source.folder_url)
 
     def _take(self, key: tuple[str, ...], limit: int) -> tuple[Remote | None, float]:
         """A free connection and how long it idled, or (None, 0) once there is room to open
         one; waits while `limit` are in use."""
+        host = key[:2]
         stale: list[Remote] = []
         try:
             with self._lock:
@@ -147,9 +149,14 @@ class SourceConnections:
                         if now - since < self.idle:
                             return remote, now - since
                         stale.append(remote)
-                        self._open[key] -= 1
-                    if self._open.get(key, 0) < limit:
-                        self._open[key] = self._open.get(key, 0) + 1
+                        self._open[host] -= 1
+                    if self._open.get(host, 0) < limit:
+                        self._open[host] = self._open.get(host, 0) + 1
+                        return None, 0.0
+                    # An idle connection to another folder gives its place to this one.
+                    other = next((k for k, f in self._free.items() if k[:2] == host and f), None)
+                    if other is not None:
+                        stale.append(self._free[other].pop(0)[0])
                         return None, 0.0
                     self._lock.wait(1.0)
         finally:
@@ -157,10 +164,10 @@ class SourceConnections:
                 remote.close()
 
     def _give(self, key: tuple[str, ...], remote: Remote | None) -> None:
-        """Return a connection after a clean read, or (None) give up a slot."""
+        """Return a connection after a clean read, or (None) give up its place."""
         with self._lock:
             if remote is None:
-                self._open[key] -= 1
+                self._open[key[:2]] -= 1
             else:
                 self._free.setdefault(key, []).append((remote, time.monotonic()))
             self._lock.notify()
@@ -228,7 +235,7 @@ class SourceConnections:
         with self._lock:
             remotes = [r for free in self._free.values() for r, _ in free]
             for key, free in self._free.items():
-                self._open[key] -= len(free)
+                self._open[key[:2]] -= len(free)
             self._free.clear()
         for remote in remotes:
             remote.close()
