@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
 import os
 import shutil
 import subprocess
@@ -29,7 +28,16 @@ import uuid
 from pathlib import Path
 
 import httpx
-from submit import MiB, ecpds, log, process, start_sshd, system_environment, wait_until_up
+from submit import (
+    MiB,
+    ecpds,
+    log,
+    process,
+    report,
+    start_sshd,
+    system_environment,
+    wait_until_up,
+)
 from temporalio.client import Client
 
 from ecpds.core.db import open_catalog
@@ -201,13 +209,7 @@ def main() -> None:
     parser.add_argument("--large-mib", type=int, default=1024, help="size of the large file")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each, best kept")
     args = parser.parse_args()
-    results = run(args)
-    if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-        return
-    width = max(map(len, results))
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:10.2f}")
+    report(run(args), as_json=args.json)
 
 
 if __name__ == "__main__":

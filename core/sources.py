@@ -94,9 +94,7 @@ def resolve_source(
             host.max_connections,
         )
     try:
-        check_host(
-            source.folder_url, _fetch_options(source.options, source.folder_url), source.credentials
-        )
+        check_host(source.folder_url, _fetch_options(source.options), source.credentials)
     except ProtocolError as exc:
         if best is None:
             raise ProtocolError(
@@ -107,7 +105,7 @@ def resolve_source(
     return source
 
 
-def _fetch_options(options: dict[str, Any], url: str) -> dict[str, Any]:
+def _fetch_options(options: dict[str, Any]) -> dict[str, Any]:
     # Upload-only settings of the host do not matter for reading.
     return {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar")}
 
@@ -188,7 +186,7 @@ class SourceConnections:
                 remote = open_remote(
                     source.host_name,
                     source.folder_url,
-                    _fetch_options(source.options, source.folder_url),
+                    _fetch_options(source.options),
                     source.credentials,
                 )
             yield remote, pooled

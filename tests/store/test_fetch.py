@@ -4,12 +4,18 @@ an acquisition run awaits it (real Temporal, worker, catalog, store and OpenSSH 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
+import socket
+import threading
 import uuid
 
 from sqlmodel import Session, select
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
 
+from ecpds.core.devserver import free_port
 from ecpds.core.engine import RetrievalBatchInput
 from ecpds.core.models import DataTransfer, HostKind, TransferStatus
 from ecpds.core.push import PushOptions
@@ -124,3 +130,70 @@ def test_a_wrong_wis2_integrity_value_is_refused_and_nothing_stored(system: Syst
         assert not system.store.exists(refused)
         assert [s for s, _ in _statuses(system, refused)] == [TransferStatus.FAIL]
     assert not system.store.partials()
+
+
+def _forward(port: int, to: int) -> socket.socket:
+    """A TCP forwarder from `port` to `to` on loopback (close the socket to stop it)."""
+    server = socket.create_server(("127.0.0.1", port))
+
+    def pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", to))
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server
+
+
+def test_a_host_down_at_first_is_retried_after_a_backoff(system: System, sshd) -> None:
+    system.destination("later")
+    folder = sshd.folder(f"later-{system.settings.task_queue}")
+    data = os.urandom(70_000)
+    (folder / "late.bin").write_bytes(data)
+    port = free_port()  # nothing listens there yet: connection refused, a retryable error
+    base = f"sftp://{sshd.key_user}@127.0.0.1:{port}{folder}"
+    system.host(
+        "flaky",
+        base,
+        kind=HostKind.ACQUISITION,
+        credentials={"private_key": sshd.private_key},
+    )
+    [data_file_id] = _register(system, "later", [f"{base}/late.bin"])
+
+    async def backed_off(handle: WorkflowHandle) -> bool:
+        history = await handle.fetch_history()
+        return any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in history.events)
+
+    handle = system.loop.run(
+        system.client.start_workflow(
+            RetrievalBatchWorkflow.run,
+            RetrievalBatchInput([data_file_id], "later"),
+            id=f"test-retrievals-{uuid.uuid4().hex}",
+            task_queue=system.settings.task_queue,
+        )
+    )
+    system.until(lambda: system.loop.run(backed_off(handle)), "the first attempt's backoff")
+    forwarder = _forward(port, sshd.port)  # the host is back
+    try:
+        result = system.loop.run(handle.result())
+    finally:
+        forwarder.close()
+    assert (result.fetched, result.failed) == (1, 0)
+    data_file = system.data_file(data_file_id)
+    assert data_file.md5 == hashlib.md5(data).hexdigest()
