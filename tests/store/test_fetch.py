@@ -132,14 +132,23 @@ def test_a_wrong_wis2_integrity_value_is_refused_and_nothing_stored(system: Syst
     assert not system.store.partials()
 
 
-def _forward(port: int, to: int) -> socket.socket:
-    """A TCP forwarder from `port` to `to` on loopback (close the socket to stop it)."""
+def _forward(
+    port: int, to: int, *, cut_first_after: int = 0
+) -> tuple[socket.socket, list[socket.socket]]:
+    """A TCP forwarder from `port` to `to` on loopback (close the socket to stop it) and
+    the connections it took; with `cut_first_after`, the first is cut once that many
+    bytes came back."""
     server = socket.create_server(("127.0.0.1", port))
+    taken: list[socket.socket] = []
 
-    def pump(a: socket.socket, b: socket.socket) -> None:
+    def pump(a: socket.socket, b: socket.socket, cut: int) -> None:
+        passed = 0
         try:
             while data := a.recv(1 << 16):
                 b.sendall(data)
+                passed += len(data)
+                if cut and passed > cut:
+                    break
         except OSError:
             pass
         finally:
@@ -148,17 +157,26 @@ def _forward(port: int, to: int) -> socket.socket:
                     s.shutdown(socket.SHUT_RDWR)
 
     def accept() -> None:
+        first = True
         while True:
             try:
                 client, _ = server.accept()
             except OSError:
                 return
+            taken.append(client)
             upstream = socket.create_connection(("127.0.0.1", to))
-            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+            cut, first = (cut_first_after if first else 0), False
+            threading.Thread(target=pump, args=(client, upstream, 0), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, cut), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
-    return server
+    return server, taken
+
+
+async def _backed_off(handle: WorkflowHandle) -> bool:
+    """Whether the batch has waited before trying a file again."""
+    history = await handle.fetch_history()
+    return any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in history.events)
 
 
 def test_a_host_down_at_first_is_retried_after_a_backoff(system: System, sshd) -> None:
@@ -176,10 +194,6 @@ def test_a_host_down_at_first_is_retried_after_a_backoff(system: System, sshd) -
     )
     [data_file_id] = _register(system, "later", [f"{base}/late.bin"])
 
-    async def backed_off(handle: WorkflowHandle) -> bool:
-        history = await handle.fetch_history()
-        return any(e.event_type == EventType.EVENT_TYPE_TIMER_STARTED for e in history.events)
-
     handle = system.loop.run(
         system.client.start_workflow(
             RetrievalBatchWorkflow.run,
@@ -188,8 +202,8 @@ def test_a_host_down_at_first_is_retried_after_a_backoff(system: System, sshd) -
             task_queue=system.settings.task_queue,
         )
     )
-    system.until(lambda: system.loop.run(backed_off(handle)), "the first attempt's backoff")
-    forwarder = _forward(port, sshd.port)  # the host is back
+    system.until(lambda: system.loop.run(_backed_off(handle)), "the first attempt's backoff")
+    forwarder, _ = _forward(port, sshd.port)  # the host is back
     try:
         result = system.loop.run(handle.result())
     finally:
@@ -197,3 +211,34 @@ def test_a_host_down_at_first_is_retried_after_a_backoff(system: System, sshd) -
     assert (result.fetched, result.failed) == (1, 0)
     data_file = system.data_file(data_file_id)
     assert data_file.md5 == hashlib.md5(data).hexdigest()
+
+
+def test_a_read_cut_off_goes_on_where_it_stopped(system: System, sshd) -> None:
+    """Resumed at its offset on a new connection, within the same attempt (no backoff)."""
+    system.destination("cut")
+    folder = sshd.folder(f"cut-{system.settings.task_queue}")
+    data = os.urandom(8 * 2**20 + 5)
+    (folder / "big.grib").write_bytes(data)
+    port = free_port()
+    forwarder, taken = _forward(port, sshd.port, cut_first_after=3 * 2**20)
+    base = f"sftp://{sshd.key_user}@127.0.0.1:{port}{folder}"
+    system.host(
+        "cutting", base, kind=HostKind.ACQUISITION, credentials={"private_key": sshd.private_key}
+    )
+    [data_file_id] = _register(system, "cut", [f"{base}/big.grib"])
+    try:
+        handle = system.loop.run(
+            system.client.start_workflow(
+                RetrievalBatchWorkflow.run,
+                RetrievalBatchInput([data_file_id], "cut"),
+                id=f"test-retrievals-{uuid.uuid4().hex}",
+                task_queue=system.settings.task_queue,
+            )
+        )
+        result = system.loop.run(handle.result())
+    finally:
+        forwarder.close()
+    assert (result.fetched, result.failed) == (1, 0)
+    assert system.data_file(data_file_id).md5 == hashlib.md5(data).hexdigest()
+    assert not system.loop.run(_backed_off(handle))
+    assert len(taken) == 2  # the one cut, and the one that read the rest
