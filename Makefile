@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/portal.py
 	$(BIN)/python bench/protocols.py
 	$(BIN)/python bench/submit.py
+	$(BIN)/python bench/acquisition.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

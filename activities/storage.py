@@ -1,4 +1,4 @@
-"""Store activities: fetch a source into the store, replicate and repair copies, back up,
+"""Store activities: fetch sources into the store, replicate and repair copies, back up,
 collect garbage.
 
 Source credentials are looked up here, from the host that covers the source URL, and
@@ -8,17 +8,23 @@ never appear in an input, output or error of these activities.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+import contextlib
+import inspect
+import posixpath
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, String, cast
+from sqlalchemy import Engine, String, cast, update
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.dispatch import SweepOutput, TemporalDispatcher
 from ecpds.core.models import (
@@ -29,31 +35,57 @@ from ecpds.core.models import (
     TransferStatus,
     utcnow,
 )
-from ecpds.core.protocols import ProtocolError
+from ecpds.core.protocols import ProtocolError, parse_url
+from ecpds.core.retrieval import Integrity
 from ecpds.core.secrets import CredentialBox
-from ecpds.core.sources import SourceConnections, resolve_source
-from ecpds.core.store import CHUNK, Store, StoreError
+from ecpds.core.sources import Source, SourceConnections, resolve_source
+from ecpds.core.store import Store, StoredObject, StoreError
 
 T = TypeVar("T")
 HEARTBEAT_EVERY = 1.0
 THREADS = 32
+DEFAULT_CONNECTIONS = 4  # a source's connections when neither host nor destination says
+COMMIT_FILES = 200  # fetched files recorded in one catalog transaction, at most
+COMMIT_EVERY = 0.5  # seconds: fetched files wait no longer than this to be recorded
 # Statuses of a transfer that is using its file right now: never collected.
 RUNNING = frozenset({TransferStatus.EXEC, TransferStatus.FETC})
 
 
 @dataclass
-class FetchResult:
-    size: int
-    md5: str
-    adler32: str
-    transfer_ids: list[int] = field(default_factory=list)  # to queue for dissemination
-    copies: bool = True  # whether replicas or archives want the new object
+class FetchFilesInput:
+    data_file_ids: list[str]
+    destination: str = ""  # whose max_connections applies when the source host has none
 
 
 @dataclass
-class FailInput:
+class FetchFailure:
     data_file_id: str
-    error: str
+    error: str  # one line, never a secret
+    retryable: bool = False
+
+
+@dataclass
+class FetchFilesOutput:
+    fetched: list[str] = field(default_factory=list)  # in the store (now or already)
+    transfer_ids: list[int] = field(default_factory=list)  # released: to queue
+    copies: list[str] = field(default_factory=list)  # fetched, wanted by replicas or archives
+    failed: list[FetchFailure] = field(default_factory=list)
+    bytes: int = 0
+
+
+@dataclass
+class FailRetrievalsInput:
+    failures: list[FetchFailure]
+
+
+@dataclass
+class _Fetch:
+    """One file to fetch within an activity (credentials stay in the worker)."""
+
+    data_file_id: str
+    source: Source
+    integrity: Integrity | None
+    connections: int
 
 
 @dataclass
@@ -116,85 +148,205 @@ class StorageActivities:
     # --- retrieval --------------------------------------------------------------------------
 
     @activity.defn
-    async def fetch(self, data_file_id: str) -> FetchResult:
-        """Fetch the file's source into the store and release its transfers."""
-        return await self._run(self._fetch, data_file_id)
+    async def fetch_files(self, request: FetchFilesInput) -> FetchFilesOutput:
+        """Fetch the files' sources into the store, many at a time, and release their transfers.
 
-    def _fetch(self, data_file_id: str) -> FetchResult:
-        with session_scope(self.engine) as session:
-            data_file = session.get(DataFile, data_file_id)
-            if data_file is None or data_file.deleted:
-                raise ApplicationError(f"data file {data_file_id} is gone", non_retryable=True)
-            if data_file.arrived is not None:
-                # An attempt that stored it died before answering: queueing is idempotent.
-                waiting = _transfers(
-                    session, data_file_id, {TransferStatus.WAIT, TransferStatus.SCHE}
-                )
-                return FetchResult(
-                    data_file.size,
-                    data_file.md5 or "",
-                    data_file.adler32 or "",
-                    [t.id for t in waiting if t.id is not None],
-                )
-            if not data_file.source:
-                raise ApplicationError(
-                    f"data file {data_file_id} has no source", non_retryable=True
-                )
-            _set_status(session, data_file_id, {TransferStatus.INIT}, TransferStatus.FETC)
-            try:
-                source = resolve_source(session, self.box, data_file.source)
-            except ProtocolError as exc:
-                raise ApplicationError(str(exc), non_retryable=not exc.retryable) from None
-        # A copy left by an attempt that died between the store and the catalog.
-        self.store.delete(data_file_id)
+        A file that fails is reported in `failed` (retryable or not) and the others go on;
+        the activity itself fails only when the catalog or the worker does.
+        """
+        cancelled = threading.Event()
         try:
-            remote, reader = self.sources.open(source)
+            return await self._run(self._fetch_files, request, cancelled)
+        finally:
+            cancelled.set()  # the threads start no new file once the activity is gone
+
+    def _fetch_files(
+        self, request: FetchFilesInput, cancelled: threading.Event
+    ) -> FetchFilesOutput:
+        out = FetchFilesOutput()
+        todo = self._prepare(request, out)
+        if todo:
+            threads = min(THREADS, len(todo), max(f.connections for f in todo))
+            with ThreadPoolExecutor(threads, thread_name_prefix="fetch") as pool:
+                futures = [pool.submit(self._fetch_one, f, cancelled) for f in todo]
+                ready: list[tuple[str, StoredObject]] = []
+                last = time.monotonic()
+                try:
+                    for future in as_completed(futures):
+                        data_file_id, result = future.result()
+                        if isinstance(result, FetchFailure):
+                            out.failed.append(result)
+                        else:
+                            ready.append((data_file_id, result))
+                        # Commit in groups: a catalog transaction per small file would cost
+                        # more than its fetch.
+                        if ready and (
+                            len(ready) >= COMMIT_FILES or time.monotonic() - last > COMMIT_EVERY
+                        ):
+                            self._commit(ready, out)
+                            ready, last = [], time.monotonic()
+                    if ready:
+                        self._commit(ready, out)
+                except BaseException:
+                    cancelled.set()  # the catalog failed: the attempt that follows fetches
+                    raise
+        out.copies = self._wanting_copies(out.fetched)
+        return out
+
+    def _prepare(self, request: FetchFilesInput, out: FetchFilesOutput) -> list[_Fetch]:
+        """What is to fetch, by whom; files already in, gone or unreadable go to `out`."""
+        todo: list[_Fetch] = []
+        with session_scope(self.engine) as session:
+            files = {
+                f.id: f
+                for f in session.exec(
+                    select(DataFile).where(col(DataFile.id).in_(request.data_file_ids))
+                ).all()
+            }
+            destination = (
+                catalog.find_destination(session, name=request.destination)
+                if request.destination
+                else None
+            )
+            fallback = destination.max_connections if destination else DEFAULT_CONNECTIONS
+            folders: dict[str, Source | ProtocolError] = {}
+            arrived: list[str] = []
+            for data_file_id in request.data_file_ids:
+                data_file = files.get(data_file_id)
+                if data_file is None or data_file.deleted:
+                    out.failed.append(
+                        FetchFailure(data_file_id, f"data file {data_file_id} is gone")
+                    )
+                    continue
+                if data_file.arrived is not None:
+                    arrived.append(data_file_id)  # an attempt that stored it died after
+                    continue
+                if not data_file.source:
+                    out.failed.append(
+                        FetchFailure(data_file_id, f"data file {data_file_id} has no source")
+                    )
+                    continue
+                try:
+                    integrity = _integrity(data_file.meta)
+                    folder = data_file.source.rsplit("/", 1)[0]
+                    if folder not in folders:
+                        try:
+                            folders[folder] = resolve_source(session, self.box, data_file.source)
+                        except ProtocolError as exc:
+                            folders[folder] = exc
+                    found = folders[folder]
+                    if isinstance(found, ProtocolError):
+                        raise found
+                    name = posixpath.basename(parse_url(data_file.source).path)
+                except ProtocolError as exc:
+                    out.failed.append(FetchFailure(data_file_id, str(exc), exc.retryable))
+                    continue
+                source = replace(found, file_name=name)
+                todo.append(
+                    _Fetch(data_file_id, source, integrity, source.max_connections or fallback)
+                )
+            if arrived:
+                out.fetched += arrived
+                out.transfer_ids += _transfer_ids(
+                    session, arrived, {TransferStatus.WAIT, TransferStatus.SCHE}
+                )
+            if todo:
+                session.execute(
+                    update(DataTransfer)
+                    .where(col(DataTransfer.data_file_id).in_([f.data_file_id for f in todo]))
+                    .where(col(DataTransfer.deleted).is_(False))
+                    .where(col(DataTransfer.status) == TransferStatus.INIT)
+                    .values(status=TransferStatus.FETC)
+                )
+        return todo
+
+    def _fetch_one(
+        self, fetch: _Fetch, cancelled: threading.Event
+    ) -> tuple[str, StoredObject | FetchFailure]:
+        """One file into the store; whatever goes wrong is that file's failure alone."""
+        data_file_id = fetch.data_file_id
+        if cancelled.is_set():
+            return data_file_id, FetchFailure(data_file_id, "fetch cancelled", retryable=True)
+        try:
+            # Closed at once when the store gives up, so the connection is not left mid-read.
+            with contextlib.closing(
+                self.sources.read(fetch.source, limit=fetch.connections)
+            ) as chunks:
+                checked = fetch.integrity.checked(chunks) if fetch.integrity else chunks
+                with contextlib.closing(checked) as stream:
+                    try:
+                        stored = self.store.write(data_file_id, stream)
+                    except StoreError:
+                        started = inspect.getgeneratorstate(chunks) != inspect.GEN_CREATED
+                        if started or not self.store.primary.exists(data_file_id):
+                            raise
+                        # A copy left by an attempt that died between the store and the
+                        # catalog (the store refuses before reading a byte): replace it.
+                        self.store.delete(data_file_id)
+                        stored = self.store.write(data_file_id, stream)
         except ProtocolError as exc:
-            raise ApplicationError(str(exc), non_retryable=not exc.retryable) from None
-        try:
-            with reader:
-                stored = self.store.write(data_file_id, _chunks(reader))
-        except StoreError as exc:
-            raise ApplicationError(str(exc)) from None
-        except OSError as exc:
-            self.sources.drop(source)
-            raise ApplicationError(remote.to_protocol_error(exc, "reading").args[0]) from None
+            return data_file_id, FetchFailure(data_file_id, str(exc), exc.retryable)
+        except (StoreError, OSError) as exc:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            return data_file_id, FetchFailure(data_file_id, f"storing the file: {text}", True)
+        return data_file_id, stored
+
+    def _commit(self, ready: list[tuple[str, StoredObject]], out: FetchFilesOutput) -> None:
+        """Record fetched files in the catalog and release their transfers, in one go."""
+        stored = dict(ready)
         now = utcnow()
+        gone: list[str] = []
         with session_scope(self.engine) as session:
-            data_file = session.get(DataFile, data_file_id)
-            if data_file is None or data_file.deleted:
-                self.store.delete(data_file_id)
-                raise ApplicationError(f"data file {data_file_id} is gone", non_retryable=True)
-            data_file.size = stored.size
-            data_file.md5 = stored.md5
-            data_file.adler32 = stored.adler32
-            data_file.arrived = now
-            data_file.locations = stored.locations
-            session.add(data_file)
-            released = []
-            for transfer in _transfers(session, data_file_id, {TransferStatus.FETC}):
+            files = session.exec(select(DataFile).where(col(DataFile.id).in_(list(stored)))).all()
+            kept: list[str] = []
+            for data_file in files:
+                if data_file.deleted:
+                    gone.append(data_file.id)
+                    continue
+                kept.append(data_file.id)
+                if data_file.arrived is not None:
+                    continue  # a second fetch of the same file finished first
+                new = stored[data_file.id]
+                data_file.size = new.size
+                data_file.md5 = new.md5
+                data_file.adler32 = new.adler32
+                data_file.arrived = now
+                data_file.locations = new.locations
+                session.add(data_file)
+            gone += [i for i in stored if i not in kept and i not in gone]
+            for transfer in session.exec(
+                select(DataTransfer)
+                .where(col(DataTransfer.data_file_id).in_(kept))
+                .where(col(DataTransfer.deleted).is_(False))
+                .where(col(DataTransfer.status) == TransferStatus.FETC)
+            ).all():
                 transfer.status = (
                     TransferStatus.SCHE if transfer.scheduled > now else TransferStatus.WAIT
                 )
                 transfer.queued = now
                 session.add(transfer)
                 if transfer.id is not None:
-                    released.append(transfer.id)
-        return FetchResult(
-            stored.size, stored.md5, stored.adler32, released, self._wants_copies(data_file_id)
-        )
+                    out.transfer_ids.append(transfer.id)
+        out.fetched += kept
+        out.bytes += sum(stored[i].size for i in kept)
+        for data_file_id in gone:
+            self.store.delete(data_file_id)
+            out.failed.append(FetchFailure(data_file_id, f"data file {data_file_id} is gone"))
 
-    def _wants_copies(self, data_file_id: str) -> bool:
-        if len(self.store.locations) > 1:
-            return True
+    def _wanting_copies(self, data_file_ids: list[str]) -> list[str]:
+        """Those of the files that replicas or a destination's archive want a copy of."""
+        if not data_file_ids or len(self.store.locations) > 1:
+            return list(data_file_ids)
         with Session(self.engine) as session:
-            archive = session.exec(
-                select(Destination.id)
-                .join(DataTransfer, col(DataTransfer.destination_id) == col(Destination.id))
-                .where(DataTransfer.data_file_id == data_file_id)
-                .where(col(Destination.backup_url).is_not(None))
-            ).first()
-        return archive is not None
+            archived = set(
+                session.exec(
+                    select(DataTransfer.data_file_id)
+                    .join(Destination, col(DataTransfer.destination_id) == col(Destination.id))
+                    .where(col(DataTransfer.data_file_id).in_(data_file_ids))
+                    .where(col(Destination.backup_url).is_not(None))
+                ).all()
+            )
+        return [i for i in data_file_ids if i in archived]
 
     @activity.defn
     async def queue_transfers(self, transfer_ids: list[int]) -> None:
@@ -209,19 +361,25 @@ class StorageActivities:
         return await dispatcher.sweep(limit=limit)
 
     @activity.defn
-    async def fail_retrieval(self, request: FailInput) -> None:
-        """Mark the transfers of a file that never arrived failed, with the reason."""
+    async def fail_retrievals(self, request: FailRetrievalsInput) -> None:
+        """Mark the transfers of files that never arrived failed, each with its reason."""
 
         def fail() -> None:
             waiting = {TransferStatus.INIT, TransferStatus.FETC, TransferStatus.HOLD}
+            reasons = {f.data_file_id: f.error[:1000] for f in request.failures}
+            now = utcnow()
             with session_scope(self.engine) as session:
-                data_file = session.get(DataFile, request.data_file_id)
-                if data_file is None or data_file.arrived is not None:
-                    return
-                for transfer in _transfers(session, request.data_file_id, waiting):
+                for transfer in session.exec(
+                    select(DataTransfer)
+                    .join(DataFile, col(DataFile.id) == col(DataTransfer.data_file_id))
+                    .where(col(DataTransfer.data_file_id).in_(list(reasons)))
+                    .where(col(DataFile.arrived).is_(None))
+                    .where(col(DataTransfer.deleted).is_(False))
+                    .where(col(DataTransfer.status).in_(list(waiting)))
+                ).all():
                     transfer.status = TransferStatus.FAIL
-                    transfer.last_error = request.error[:1000]
-                    transfer.finished = utcnow()
+                    transfer.last_error = reasons[transfer.data_file_id]
+                    transfer.finished = now
                     session.add(transfer)
 
         await asyncio.to_thread(fail)
@@ -362,27 +520,22 @@ class StorageActivities:
         return report
 
 
-def _transfers(
-    session: Session, data_file_id: str, statuses: set[TransferStatus]
-) -> list[DataTransfer]:
-    return list(
-        session.exec(
-            select(DataTransfer)
-            .where(DataTransfer.data_file_id == data_file_id)
+def _transfer_ids(
+    session: Session, data_file_ids: list[str], statuses: set[TransferStatus]
+) -> list[int]:
+    return [
+        i
+        for i in session.exec(
+            select(DataTransfer.id)
+            .where(col(DataTransfer.data_file_id).in_(data_file_ids))
             .where(col(DataTransfer.deleted).is_(False))
             .where(col(DataTransfer.status).in_(list(statuses)))
         ).all()
-    )
+        if i is not None
+    ]
 
 
-def _set_status(
-    session: Session, data_file_id: str, old: set[TransferStatus], new: TransferStatus
-) -> None:
-    for transfer in _transfers(session, data_file_id, old):
-        transfer.status = new
-        session.add(transfer)
-
-
-def _chunks(reader: Any) -> Iterator[bytes]:
-    while chunk := reader.read(CHUNK):
-        yield chunk
+def _integrity(meta: dict[str, Any] | None) -> Integrity | None:
+    """The WIS2 integrity value the file's metadata asks to check, if any."""
+    text = (meta or {}).get("integrity")
+    return Integrity.parse(str(text)) if text else None

@@ -192,6 +192,16 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def report(results: dict[str, float], *, as_json: bool) -> None:
+    """A table of the figures, or one JSON object."""
+    if as_json:
+        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
+        return
+    width = max(map(len, results))
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value:10.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -199,13 +209,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000, help="files in the async group")
     parser.add_argument("--rounds", type=int, default=2, help="put and curl runs, best kept")
     args = parser.parse_args()
-    results = run(args)
-    if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-        return
-    width = max(map(len, results))
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:10.2f}")
+    report(run(args), as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -199,9 +199,25 @@ class TemporalDispatcher:
         wakes, files = await asyncio.to_thread(self._sweep_work, limit)
         for destination, wake in wakes.items():
             await self._signal(destination, WAKE_SIGNAL, wake)
+        started = 0
         for destination, ids in files.items():
+            if await self._retrieving(destination):
+                continue  # its files may be among them: the next sweep sees what is left
             await self.retrieve(ids, destination)
-        return SweepOutput(len(wakes), sum(len(ids) for ids in files.values()))
+            started += len(ids)
+        return SweepOutput(len(wakes), started)
+
+    async def _retrieving(self, destination: str) -> bool:
+        """Whether a batch of the destination's files is being fetched right now."""
+        # Destination names are plain words (NAME_PATTERN): nothing to quote.
+        query = (
+            f"WorkflowType = '{RETRIEVAL_BATCH_WORKFLOW}' AND ExecutionStatus = 'Running'"
+            f" AND {DESTINATION.name} = '{destination}'"
+        )
+        async with reaching_engine():
+            async for _ in self.client.list_workflows(query, limit=1):
+                return True
+        return False
 
     def _sweep_work(self, limit: int) -> tuple[dict[str, Wake], dict[str, list[str]]]:
         now = utcnow()

@@ -18,7 +18,6 @@ from temporalio.common import SearchAttributeKey
 
 DESTINATION_WORKFLOW = "DestinationWorkflow"
 TRANSFER_WORKFLOW = "TransferWorkflow"
-RETRIEVAL_WORKFLOW = "RetrievalWorkflow"
 RETRIEVAL_BATCH_WORKFLOW = "RetrievalBatchWorkflow"
 REPLICATION_WORKFLOW = "ReplicationWorkflow"
 GARBAGE_COLLECTION_WORKFLOW = "GarbageCollectionWorkflow"
@@ -40,10 +39,6 @@ def destination_workflow_id(name: str) -> str:
 def transfer_workflow_id(destination: str, transfer_id: int) -> str:
     """Derived from the transfer id; the destination in it keeps catalogs apart on one server."""
     return f"transfer-{destination}-{transfer_id}"
-
-
-def retrieval_workflow_id(data_file_id: str) -> str:
-    return f"retrieval-{data_file_id}"
 
 
 def retrieval_batch_workflow_id(first_data_file_id: str) -> str:

@@ -1,12 +1,17 @@
 """Asynchronous push: register files by their source URL, to be fetched into the store later.
 
 `register_sources` records metadata only (a DataFile without bytes, its transfers INIT or
-HOLD); a RetrievalWorkflow per file then fetches it through `core.sources`.
+HOLD); a RetrievalBatchWorkflow then fetches them, many at a time, through `core.sources`.
+A file whose metadata carries a WIS2 `integrity` value is checked against it on the way.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import posixpath
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -32,9 +37,68 @@ from ecpds.core.secrets import CredentialBox
 from ecpds.core.sources import resolve_source
 
 MAX_SOURCES = 10_000
-BATCH = 1000  # retrievals started by one RetrievalBatchWorkflow
+BATCH = 1000  # files fetched by one RetrievalBatchWorkflow
+# WIS2 integrity methods (the notification's `integrity.method`) and their hashlib names.
+INTEGRITY_METHODS = {
+    "sha256": "sha256",
+    "sha384": "sha384",
+    "sha512": "sha512",
+    "sha3-256": "sha3_256",
+    "sha3-384": "sha3_384",
+    "sha3-512": "sha3_512",
+    "md5": "md5",
+}
 # A file still to fetch: not arrived, and a transfer waits for it (a failed fetch fails them).
 UNFETCHED = (TransferStatus.INIT, TransferStatus.FETC, TransferStatus.HOLD)
+
+
+class IntegrityFailure(ProtocolError):
+    """The fetched bytes are not those the notification described: never retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """An expected digest of a file's bytes, from its metadata's `integrity` value."""
+
+    method: str
+    value: str  # base64, as the notification gave it
+
+    @classmethod
+    def parse(cls, text: str) -> Integrity:
+        """`<method>:<base64 value>`; a value that cannot be checked is an IntegrityFailure."""
+        method, _, value = text.partition(":")
+        method = method.strip().lower()
+        if method not in INTEGRITY_METHODS:
+            raise IntegrityFailure(
+                f"integrity method {method!r} is not supported "
+                f"(one of {', '.join(INTEGRITY_METHODS)})"
+            )
+        try:
+            base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise IntegrityFailure(
+                f"integrity value {value.strip()!r} is not base64 ({method})"
+            ) from None
+        return cls(method, value.strip())
+
+    def checked(self, chunks: Iterable[bytes]) -> Generator[bytes]:
+        """`chunks` passed on; after the last, an IntegrityFailure if the digest differs.
+
+        Raised from inside the stream, so the store discards what it was writing.
+        """
+        digest = hashlib.new(INTEGRITY_METHODS[self.method])
+        for chunk in chunks:
+            digest.update(chunk)
+            yield chunk
+        computed = digest.digest()
+        if computed != base64.b64decode(self.value):
+            raise IntegrityFailure(
+                f"integrity check failed: {self.method} of the fetched bytes is "
+                f"{base64.b64encode(computed).decode()}, the notification said {self.value}"
+            )
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Sources of asynchronous pushes: which registered host can read a source URL, and the
-connections the workers keep open to source folders while they fetch.
+"""Sources of asynchronous pushes and acquisitions: which registered host can read a source
+URL, and the connections the workers keep open to source folders while they fetch.
 
 A source's credentials come from the registered host whose URL covers it, so they never
 travel with the request.
@@ -7,11 +7,13 @@ travel with the request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import posixpath
 import threading
-from collections import OrderedDict
+import time
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,10 @@ from sqlmodel import Session, col, select
 from ecpds.core import catalog
 from ecpds.core.models import Host, HostKind
 from ecpds.core.protocols import HostUrl, ProtocolError, check_host, open_remote, parse_url
+from ecpds.core.protocols.base import Remote
 from ecpds.core.secrets import CredentialBox
+
+CHECK_AFTER = 5.0  # seconds idle after which a pooled connection is checked before reuse
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Source:
     file_name: str
     options: dict[str, Any]
     credentials: dict[str, str]
+    max_connections: int = 0  # the host's; 0: the destination's
 
 
 def _same_server(a: HostUrl, b: HostUrl) -> bool:
@@ -85,11 +91,10 @@ def resolve_source(
             file_name,
             dict(host.options),
             catalog.host_login(session, box=box, name=host.name),
+            host.max_connections,
         )
     try:
-        check_host(
-            source.folder_url, _fetch_options(source.options, source.folder_url), source.credentials
-        )
+        check_host(source.folder_url, _fetch_options(source.options), source.credentials)
     except ProtocolError as exc:
         if best is None:
             raise ProtocolError(
@@ -100,78 +105,135 @@ def resolve_source(
     return source
 
 
-def _fetch_options(options: dict[str, Any], url: str) -> dict[str, Any]:
+def _fetch_options(options: dict[str, Any]) -> dict[str, Any]:
     # Upload-only settings of the host do not matter for reading.
-    kept = {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar", "engine")}
-    if parse_url(url).scheme == "sftp":
-        kept["engine"] = "asyncssh"  # reads go through fsspec; the OpenSSH engine only sends
-    return kept
+    return {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar")}
 
 
 class SourceConnections:
-    """Open connections to source folders, shared by the fetches of one worker.
+    """Connections to source folders, kept open between the fetches of one worker.
 
-    Logging in costs more than fetching a small file; a connection that fails once is
-    dropped, and the least recently used one is closed beyond `size`.
+    Logging in costs more than fetching a small file, so a connection goes back to the
+    pool after a clean read and the next fetch from that folder takes it; each is used by
+    one thread at a time. At most `limit` are open to one host with one login (its
+    max_connections) in this worker: a fetch beyond waits for one, or closes an idle one
+    to another folder of that host. A connection that failed is closed; idle ones are
+    closed after `idle` seconds.
     """
 
-    def __init__(self, size: int = 16) -> None:
-        self.size = size
-        self._remotes: OrderedDict[tuple[str, ...], Any] = OrderedDict()
-        self._lock = threading.Lock()
+    def __init__(self, *, idle: float = 60.0) -> None:
+        self.idle = idle
+        self._lock = threading.Condition()
+        self._free: dict[tuple[str, ...], list[tuple[Remote, float]]] = {}  # by folder
+        self._open: dict[tuple[str, ...], int] = {}  # by host and login
 
     @staticmethod
     def _key(source: Source) -> tuple[str, ...]:
         login = json.dumps([source.options, source.credentials], sort_keys=True, default=str)
-        return (source.host_name, source.folder_url, hashlib.sha256(login.encode()).hexdigest())
+        return (source.host_name, hashlib.sha256(login.encode()).hexdigest(), source.folder_url)
 
-    def _remote(self, source: Source) -> Any:
-        key = self._key(source)
-        with self._lock:
-            remote = self._remotes.get(key)
-            if remote is not None:
-                self._remotes.move_to_end(key)
-                return remote
-        remote = open_remote(
-            source.host_name,
-            source.folder_url,
-            _fetch_options(source.options, source.folder_url),
-            source.credentials,
-        )
-        if getattr(remote, "fs", None) is None:
-            remote.close()
-            raise ProtocolError(
-                f"{source.folder_url}: this protocol cannot be read from", retryable=False
-            )
-        with self._lock:
-            self._remotes[key] = remote
-            while len(self._remotes) > self.size:
-                _, oldest = self._remotes.popitem(last=False)
-                oldest.close()
-        return remote
-
-    def drop(self, source: Source) -> None:
-        with self._lock:
-            remote = self._remotes.pop(self._key(source), None)
-        if remote is not None:
-            remote.close()
-
-    def open(self, source: Source) -> tuple[Any, Any]:
-        """(remote, readable file) for the source; the caller closes the file."""
-        remote = self._remote(source)
-        path = remote.path(source.file_name)
+    def _take(self, key: tuple[str, ...], limit: int) -> tuple[Remote | None, float]:
+        """A free connection and how long it idled, or (None, 0) once there is room to open
+        one; waits while `limit` are in use."""
+        host = key[:2]
+        stale: list[Remote] = []
         try:
-            return remote, remote.fs.open(path, "rb")
-        except FileNotFoundError:
-            raise ProtocolError(
-                f"{source.host_name}: source file {path} does not exist", retryable=False
-            ) from None
-        except Exception as exc:
-            self.drop(source)
-            raise remote.to_protocol_error(exc, f"opening {path}") from None
+            with self._lock:
+                while True:
+                    now = time.monotonic()
+                    free = self._free.get(key, [])
+                    while free:
+                        remote, since = free.pop()
+                        if now - since < self.idle:
+                            return remote, now - since
+                        stale.append(remote)
+                        self._open[host] -= 1
+                    if self._open.get(host, 0) < limit:
+                        self._open[host] = self._open.get(host, 0) + 1
+                        return None, 0.0
+                    # An idle connection to another folder gives its place to this one.
+                    other = next((k for k, f in self._free.items() if k[:2] == host and f), None)
+                    if other is not None:
+                        stale.append(self._free[other].pop(0)[0])
+                        return None, 0.0
+                    self._lock.wait(1.0)
+        finally:
+            for remote in stale:
+                remote.close()
+
+    def _give(self, key: tuple[str, ...], remote: Remote | None) -> None:
+        """Return a connection after a clean read, or (None) give up its place."""
+        with self._lock:
+            if remote is None:
+                self._open[key[:2]] -= 1
+            else:
+                self._free.setdefault(key, []).append((remote, time.monotonic()))
+            self._lock.notify()
+
+    @contextlib.contextmanager
+    def _connection(self, source: Source, limit: int) -> Iterator[tuple[Remote, bool]]:
+        """(a connected Remote on the source's folder for this thread alone, whether it
+        was pooled); it goes back to the pool only if the block ends cleanly."""
+        key = self._key(source)
+        remote, idled = self._take(key, max(1, limit))
+        # Asking costs a round trip, as much as a small file: only after a pause.
+        if remote is not None and idled > CHECK_AFTER and not remote.alive():
+            remote.close()
+            remote = None
+        pooled = remote is not None
+        try:
+            if remote is None:
+                remote = open_remote(
+                    source.host_name,
+                    source.folder_url,
+                    _fetch_options(source.options),
+                    source.credentials,
+                )
+            yield remote, pooled
+        except BaseException:
+            if remote is not None:
+                remote.close()
+            self._give(key, None)
+            raise
+        self._give(key, remote)
+
+    def read(self, source: Source, *, limit: int, resumes: int = 3) -> Generator[bytes]:
+        """The source file's bytes, over at most `limit` connections to its folder.
+
+        A read cut off by a retryable error goes on where it stopped, on a new connection
+        (up to `resumes` times in a row without progress); one that fails before its first
+        byte on a pooled connection is tried once more on a new one.
+        """
+        offset, left = 0, resumes
+        while True:
+            began, pooled = offset, False
+            try:
+                with self._connection(source, limit) as (remote, pooled):
+                    for chunk in remote.read(source.file_name, offset=offset):
+                        offset += len(chunk)
+                        yield chunk
+                return
+            except ProtocolError as exc:
+                if isinstance(exc.__cause__, FileNotFoundError):
+                    raise ProtocolError(
+                        f"{source.host_name}: source file {source.file_name} does not exist "
+                        f"in {source.folder_url}",
+                        retryable=False,
+                    ) from None
+                if not exc.retryable:
+                    raise
+                if offset > began:
+                    left = resumes
+                elif not (pooled or offset) or left <= 1:
+                    raise
+                else:
+                    left -= 1
 
     def close(self) -> None:
         with self._lock:
-            remotes, self._remotes = list(self._remotes.values()), OrderedDict()
+            remotes = [r for free in self._free.values() for r, _ in free]
+            for key, free in self._free.items():
+                self._open[key[:2]] -= len(free)
+            self._free.clear()
         for remote in remotes:
             remote.close()

@@ -23,7 +23,7 @@ from ecpds.workflows.destination import DestinationWorkflow
 from ecpds.workflows.discovery import DiscoveryWorkflow
 from ecpds.workflows.gc import GarbageCollectionWorkflow
 from ecpds.workflows.replication import ReplicationWorkflow
-from ecpds.workflows.retrieval import RetrievalBatchWorkflow, RetrievalWorkflow
+from ecpds.workflows.retrieval import RetrievalBatchWorkflow
 from ecpds.workflows.sweep import WakeSweepWorkflow
 from ecpds.workflows.transfer import TransferWorkflow
 
@@ -45,7 +45,6 @@ def build_worker(
         workflows=[
             DestinationWorkflow,
             TransferWorkflow,
-            RetrievalWorkflow,
             RetrievalBatchWorkflow,
             ReplicationWorkflow,
             GarbageCollectionWorkflow,
@@ -59,10 +58,10 @@ def build_worker(
             scheduling.next_transfers,
             scheduling.clean_expired,
             transmit.transmit,
-            storage.fetch,
+            storage.fetch_files,
             storage.queue_transfers,
             storage.wake_sweep,
-            storage.fail_retrieval,
+            storage.fail_retrievals,
             storage.replicate,
             storage.files_to_check,
             storage.backup,

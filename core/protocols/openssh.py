@@ -19,7 +19,8 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import IO, TYPE_CHECKING
 
@@ -35,12 +36,12 @@ MAX_WRITE = 255 * 1024  # OpenSSH's sftp-server takes 256 KiB messages
 IN_FLIGHT_BYTES = 8 << 20  # written but not yet acknowledged
 
 # SFTP v3 packet types, open flags, attribute flags and status codes.
-INIT, VERSION, OPEN, CLOSE, WRITE = 1, 2, 3, 4, 6
+INIT, VERSION, OPEN, CLOSE, READ, WRITE, FSTAT = 1, 2, 3, 4, 5, 6, 8
 SETSTAT, REMOVE, MKDIR, STAT, RENAME = 9, 13, 14, 17, 18
-STATUS, HANDLE, ATTRS, EXTENDED, EXTENDED_REPLY = 101, 102, 105, 200, 201
-O_WRITE, O_CREAT, O_TRUNC = 0x02, 0x08, 0x10
+STATUS, HANDLE, DATA, ATTRS, EXTENDED, EXTENDED_REPLY = 101, 102, 103, 105, 200, 201
+O_READ, O_WRITE, O_CREAT, O_TRUNC = 0x01, 0x02, 0x08, 0x10
 A_SIZE, A_UIDGID, A_PERMISSIONS, A_ACMODTIME, A_EXTENDED = 0x1, 0x2, 0x4, 0x8, 0x80000000
-OK, NO_SUCH_FILE, PERMISSION_DENIED, FAILURE = 0, 2, 3, 4
+OK, EOF, NO_SUCH_FILE, PERMISSION_DENIED, FAILURE = 0, 1, 2, 3, 4
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -289,6 +290,7 @@ class OpenSshRemote(Remote):
             limit = reply.u64() or SPEC_WRITE
         self.block = max(1024, min(limit, MAX_WRITE))
         self.in_flight = max(1, min(options.requests, IN_FLIGHT_BYTES // self.block))
+        self.read_closes: list[int] = []  # CLOSEs of read handles whose answer is not read
 
     def _path(self, path: str) -> bytes:
         return _string(path.encode())
@@ -326,6 +328,82 @@ class OpenSshRemote(Remote):
                 raise OSError(errno.ENOSPC, "No space left on device") from exc
             raise
         return position - offset
+
+    def _read(self, path: str, offset: int) -> Iterator[bytes]:
+        """The file from `offset` to its size at opening, reads pipelined.
+
+        Its size is asked for together with the first read, and its handle closed without
+        waiting (the answer is read with the next file's open), so a small file costs two
+        round trips; a large one keeps as many bytes in flight as a write does.
+        """
+        channel = self.channel
+        opening = channel.request(OPEN, self._path(path), _U32.pack(O_READ), _U32.pack(0))
+        closes, self.read_closes = self.read_closes, []
+        for request_id in closes:
+            with contextlib.suppress(SftpStatus):  # a read handle closed badly costs nothing
+                channel.check(request_id)
+        kind, reply = channel.reply(opening)
+        if kind == STATUS:
+            code = reply.u32()
+            error = SftpStatus(code, reply.string().decode(errors="replace"))
+            raise self._as_os_error(error, path)
+        if kind != HANDLE:
+            raise SftpStatus(FAILURE, f"unexpected reply type {kind} to open")
+        handle = reply.string()
+        handle_field = _string(handle)
+        pending: deque[tuple[int, int]] = deque()  # (request id, offset asked)
+        clean = False
+        try:
+            fstat = channel.request(FSTAT, handle_field)
+            pending.append((self._ask(handle_field, offset), offset))
+            kind, attrs = channel.reply(fstat)
+            if kind != ATTRS:
+                raise SftpStatus(FAILURE, f"unexpected reply type {kind} to fstat")
+            size = _size_of(attrs)
+            position = offset + self.block
+            while pending:
+                while len(pending) < self.in_flight and (size is None or position < size):
+                    pending.append((self._ask(handle_field, position), position))
+                    position += self.block
+                request_id, asked = pending.popleft()
+                kind, reply = channel.reply(request_id)
+                if kind == STATUS:
+                    code = reply.u32()
+                    if code != EOF:
+                        raise self._as_os_error(
+                            SftpStatus(code, reply.string().decode(errors="replace")), path
+                        )
+                    for late, _ in pending:  # beyond the end too
+                        channel.reply(late)
+                    pending.clear()
+                    break
+                if kind != DATA:
+                    raise SftpStatus(FAILURE, f"unexpected reply type {kind} to a read")
+                data = reply.string()
+                got = asked + len(data)
+                if len(data) < self.block and (size is None or got < size):
+                    # A short read before the end: ask again from where it stopped.
+                    for late, _ in pending:
+                        channel.reply(late)
+                    pending.clear()
+                    pending.append((self._ask(handle_field, got), got))
+                    position = got + self.block
+                if data:
+                    yield data
+            clean = True
+        finally:
+            if clean:
+                self.read_closes.append(channel.request(CLOSE, handle_field))
+            else:
+                # Stopped early or broken: the channel is usable again once the replies in
+                # flight are read; if that fails, the caller drops the connection.
+                with contextlib.suppress(Exception):
+                    for late, _ in pending:
+                        channel.reply(late)
+                    channel.call(CLOSE, handle_field)
+
+    def _ask(self, handle_field: bytes, position: int) -> int:
+        return self.channel.request(READ, handle_field, _U64.pack(position), _U32.pack(self.block))
 
     def _nearly_full(self, path: str) -> bool:
         if b"statvfs@openssh.com" not in self.channel.extensions:
