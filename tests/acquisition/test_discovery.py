@@ -226,9 +226,8 @@ async def test_no_provider_password_in_any_workflow_history(acq: Acquisition, ss
     assert not (root / "secret-free.dat").exists()
     histories = await acq.histories(f"discovery-{destination}")
     [data_file] = acq.files(destination).values()
-    histories += await acq.histories(f"retrieval-{data_file.id}")
     histories += await acq.histories(f"retrievals-{data_file.id}")
-    assert "DiscoveryWorkflow" in histories and "RetrievalWorkflow" in histories
+    assert "DiscoveryWorkflow" in histories and "RetrievalBatchWorkflow" in histories
     assert sshd.password not in histories
     assert broker_password not in histories
 
