@@ -23,6 +23,7 @@ RETRIEVAL_BATCH_WORKFLOW = "RetrievalBatchWorkflow"
 REPLICATION_WORKFLOW = "ReplicationWorkflow"
 GARBAGE_COLLECTION_WORKFLOW = "GarbageCollectionWorkflow"
 WAKE_SWEEP_WORKFLOW = "WakeSweepWorkflow"
+SUBSCRIPTION_WORKFLOW = "SubscriptionWorkflow"
 
 # The scheduler's signals; `start_workflow` takes a signal-with-start by name only.
 WAKE_SIGNAL = "wake"
@@ -51,6 +52,11 @@ def retrieval_batch_workflow_id(first_data_file_id: str) -> str:
 
 def replication_workflow_id(first_data_file_id: str) -> str:
     return f"replication-{first_data_file_id}"
+
+
+def subscription_workflow_id(destination: str, host: str) -> str:
+    """One MQTT subscription per acquisition host and destination."""
+    return f"subscription-{destination}-{host}"
 
 
 def gc_schedule_id(task_queue: str) -> str:
@@ -187,6 +193,12 @@ class ReplicationInput:
     after: str = ""  # sweep position: the last file id done
     repaired: int = 0
     lost: int = 0
+
+
+@dataclass
+class SubscriptionInput:
+    destination: str
+    host: str
 
 
 @dataclass

@@ -11,6 +11,7 @@ from temporalio.worker import Worker
 
 from ecpds.activities.scheduling import SchedulingActivities
 from ecpds.activities.storage import StorageActivities
+from ecpds.activities.subscription import SubscriptionActivities
 from ecpds.activities.transmit import HEARTBEAT_EVERY, TransmitActivities
 from ecpds.core.db import open_catalog
 from ecpds.core.secrets import CredentialBox, load_or_create_key
@@ -18,10 +19,12 @@ from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.workers.logs import quiet_routine_failures
 from ecpds.workers.schedules import ensure_schedules, sweep_now
+from ecpds.workers.subscriptions import ensure_subscriptions
 from ecpds.workflows.destination import DestinationWorkflow
 from ecpds.workflows.gc import GarbageCollectionWorkflow
 from ecpds.workflows.replication import ReplicationWorkflow
 from ecpds.workflows.retrieval import RetrievalBatchWorkflow, RetrievalWorkflow
+from ecpds.workflows.subscription import SubscriptionWorkflow
 from ecpds.workflows.sweep import WakeSweepWorkflow
 from ecpds.workflows.transfer import TransferWorkflow
 
@@ -36,6 +39,7 @@ def build_worker(
     scheduling = SchedulingActivities(engine)
     transmit = TransmitActivities(engine, store, box)
     storage = StorageActivities(engine, store, box, settings.task_queue)
+    subscription = SubscriptionActivities(engine, box, settings.task_queue)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -47,6 +51,7 @@ def build_worker(
             ReplicationWorkflow,
             GarbageCollectionWorkflow,
             WakeSweepWorkflow,
+            SubscriptionWorkflow,
         ],
         activities=[
             scheduling.load_destination,
@@ -63,6 +68,7 @@ def build_worker(
             storage.files_to_check,
             storage.backup,
             storage.collect_garbage,
+            subscription.subscribe,
         ],
         max_concurrent_activities=max_concurrent_activities,
         # Temporal answers a heartbeat with "cancel requested": an operator's interrupt is
@@ -102,6 +108,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     await ensure_schedules(client, settings)
     worker = build_worker(client, settings)
     async with worker:
+        engine = open_catalog(settings.catalog_url)
+        try:
+            await ensure_subscriptions(client, engine, settings.task_queue)
+        finally:
+            engine.dispose()
         # A push while the engine was down could not wake its destination: do it now.
         await sweep_now(client, settings.task_queue)
         await (stop or asyncio.Event()).wait()
