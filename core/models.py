@@ -514,6 +514,7 @@ class HostBase(SQLModel):
         default=0, ge=0, le=BIGGEST, description="0 means the destination's"
     )
     comment: str = ""
+    acquisition: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 class HostCreate(HostBase):
@@ -532,6 +533,7 @@ class HostUpdate(SQLModel):
     max_connections: int | None = Field(default=None, ge=0, le=BIGGEST)
     comment: str | None = None
     credentials: dict[str, str] | None = None
+    acquisition: dict[str, Any] | None = None
 
 
 class Host(HostBase, table=True):

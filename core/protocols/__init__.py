@@ -178,7 +178,7 @@ def parse_options(cls: type[Any], options: Mapping[str, Any] | None, where: str)
 def check_credentials(
     url: HostUrl, credentials: Mapping[str, str] | None, allowed: frozenset[str]
 ) -> dict[str, str]:
-    creds = dict(credentials or {})
+    creds = {k: v for k, v in (credentials or {}).items() if k != "mqtt_password"}
     unknown = sorted(set(creds) - allowed)
     if unknown:
         names = ", ".join(sorted(allowed)) or "none"
