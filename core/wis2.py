@@ -56,7 +56,7 @@ def parse_message(payload: bytes, *, format: str, fields: dict[str, str]) -> Not
 
 def _document(payload: bytes) -> dict[str, Any]:
     try:
-        document = json.loads(payload)
+        document = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError:
         raise NotificationError("the payload is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
