@@ -50,6 +50,7 @@ SESSION = 3600.0  # seconds one activity holds the session before the workflow r
 SETTINGS_EVERY = 15.0  # seconds between looks at the host's settings
 CONNECT_WITHIN = 30.0  # seconds for the broker's answer to our connect
 KEEPALIVE = 30
+BATCH = 200  # messages registered between two looks at the session
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
@@ -169,6 +170,7 @@ class MqttSession:
         self.broker = broker
         self.loop = loop
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        # Settled with None once the broker has granted the subscriptions, else the reason.
         self.connected: asyncio.Future[str | None] = loop.create_future()
         trigger = broker.trigger
         self.v5 = trigger.version == "5"
@@ -189,6 +191,7 @@ class MqttSession:
             client.tls_set_context(context)
         client.reconnect_delay_set(1, 30)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         self.client = client
@@ -206,7 +209,18 @@ class MqttSession:
             return
         qos = self.broker.trigger.qos
         client.subscribe([(topic, qos) for topic in self.broker.trigger.topics])
-        self.loop.call_soon_threadsafe(self._settle, None)
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        topics = self.broker.trigger.topics
+        refused = [(t, r) for t, r in zip(topics, reasons, strict=False) if r.is_failure]
+        message = None
+        if refused:
+            topic, reason = refused[0]
+            message = (
+                f"{self.broker.where}: the broker refused the subscription to {topic!r} ({reason})"
+            )
+            log.warning("%s", message)
+        self.loop.call_soon_threadsafe(self._settle, message)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         item = Message(message.topic, bytes(message.payload), message.mid, message.qos)
@@ -361,7 +375,7 @@ class SubscriptionActivities:
                 async with asyncio.timeout(CONNECT_WITHIN):
                     refused = await asyncio.shield(session.connected)
             except TimeoutError:
-                refused = f"{broker.where}: no answer to our connect within {CONNECT_WITHIN:.0f} s"
+                refused = f"{broker.where}: no answer to our subscription in {CONNECT_WITHIN:.0f} s"
             if refused:
                 raise ApplicationError(f"{where}: {refused}")
             started = last_look = time.monotonic()
@@ -373,7 +387,7 @@ class SubscriptionActivities:
                     first = None
                 if first is not None:
                     batch = [first]
-                    while not session.messages.empty() and len(batch) < 500:
+                    while not session.messages.empty() and len(batch) < BATCH:
                         batch.append(session.messages.get_nowait())
                     await self._handle(request, broker, session, batch, output, dispatcher)
                 now = time.monotonic()
@@ -404,7 +418,11 @@ class SubscriptionActivities:
         where = f"subscription {request.destination}/{request.host}"
         # A catalog that fails here fails the activity: nothing is acknowledged, and the
         # broker gives the messages again to the next attempt.
-        done = await asyncio.to_thread(self._register, request, broker, batch)
+        work = asyncio.ensure_future(asyncio.to_thread(self._register, request, broker, batch))
+        while not work.done():
+            activity.heartbeat(output)
+            await asyncio.wait({work}, timeout=HEARTBEAT_EVERY)
+        done = work.result()
         for message in batch:
             session.ack(message)
         output.received += len(batch)

@@ -8,12 +8,18 @@ import logging
 
 from sqlalchemy import Engine
 from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from ecpds.activities.subscription import mqtt_subscriptions
 from ecpds.core.db import session_scope
-from ecpds.core.engine import SUBSCRIPTION_WORKFLOW, SubscriptionInput, subscription_workflow_id
+from ecpds.core.engine import (
+    DESTINATION,
+    SUBSCRIPTION_WORKFLOW,
+    SubscriptionInput,
+    subscription_workflow_id,
+)
 from ecpds.workflows.subscription import SubscriptionWorkflow
 
 log = logging.getLogger(__name__)
@@ -34,7 +40,13 @@ async def ensure_subscriptions(client: Client, engine: Engine, task_queue: str) 
     for workflow_id, request in wanted.items():
         with contextlib.suppress(WorkflowAlreadyStartedError):
             await client.start_workflow(
-                SubscriptionWorkflow.run, request, id=workflow_id, task_queue=task_queue
+                SubscriptionWorkflow.run,
+                request,
+                id=workflow_id,
+                task_queue=task_queue,
+                search_attributes=TypedSearchAttributes(
+                    [SearchAttributePair(DESTINATION, request.destination)]
+                ),
             )
     query = (
         f"WorkflowType = '{SUBSCRIPTION_WORKFLOW}' AND ExecutionStatus = 'Running'"

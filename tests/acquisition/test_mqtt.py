@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from peers.tls import self_signed
 from sqlalchemy import Engine
 from sqlmodel import col, select
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from ecpds.core import catalog
@@ -447,6 +447,8 @@ async def test_same_message_from_two_brokers_fetched_once(
         async for e in env.client.list_workflows(f"WorkflowId STARTS_WITH 'retrieval-{stored.id}'")
     ]
     assert len(retrievals) == 1
+    history = await env.histories(subscription_workflow_id(dest, ""))
+    assert f"subscription-{dest}-" in history and ADMIN_PASSWORD not in history
 
 
 async def test_json_payload_with_custom_fields_over_tls_with_password(
@@ -554,6 +556,31 @@ async def test_worker_killed_during_subscription_loses_nothing(
         stored = [await wait_stored(env, urls[name], timeout=180) for name in names]
     assert [stored_bytes(env, f) for f in stored] == [blobs[n] for n in names]
     assert all(len(files_from(env, urls[n])) == 1 for n in names)
+
+
+async def test_subscription_of_a_removed_host_ends(
+    acquisition_env: Dissemination, sshd: Any, mosquitto: MqttBroker
+) -> None:
+    env = acquisition_env
+    user, credentials = sftp_credentials(sshd)
+    folder = sshd.folder(f"gone-{uuid.uuid4().hex[:8]}")
+    source = FileSource(folder, sshd.url(folder, user=user).rstrip("/"), credentials)
+    dest, [host] = await setup(env, source, (mosquitto, {}))
+    task_queue = env.settings.task_queue
+    async with build_worker(env.client, env.settings):
+        assert await ensure_subscriptions(env.client, env.engine, task_queue) == [
+            subscription_workflow_id(dest, host)
+        ]
+        await wait_subscribed(env, dest, host)
+        with session_scope(env.engine) as session:
+            catalog.delete_host(session, name=host, force=True)
+        assert await ensure_subscriptions(env.client, env.engine, task_queue) == []
+        handle = env.client.get_workflow_handle(subscription_workflow_id(dest, host))
+        deadline = asyncio.get_running_loop().time() + 60
+        while (status := (await handle.describe()).status) == WorkflowExecutionStatus.RUNNING:
+            assert asyncio.get_running_loop().time() < deadline, "the subscription goes on"
+            await asyncio.sleep(0.2)
+    assert status in (WorkflowExecutionStatus.CANCELED, WorkflowExecutionStatus.COMPLETED)
 
 
 @pytest.mark.xfail(reason="needs the fetch path's integrity check (helper D)", strict=False)
