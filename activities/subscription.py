@@ -10,6 +10,7 @@ broker password is read here, from the host's credentials, and goes nowhere else
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -161,6 +162,44 @@ class Registration:
     duplicates: int = 0
     skipped: int = 0
     refused: list[str] = field(default_factory=list)
+
+
+class Retrievals:
+    """Starts the retrievals of newly registered files in the background, so that the
+    next messages are registered meanwhile; what cannot start now the wake sweep starts."""
+
+    def __init__(self, dispatcher: TemporalDispatcher, destination: str, where: str) -> None:
+        self.dispatcher = dispatcher
+        self.destination = destination
+        self.where = where
+        self.ids: list[str] = []
+        self.wake = asyncio.Event()
+        self.task = asyncio.create_task(self._run())
+
+    def add(self, ids: list[str]) -> None:
+        self.ids.extend(ids)
+        self.wake.set()
+
+    async def _start(self) -> None:
+        ids, self.ids = self.ids, []
+        if ids:
+            await best_effort(
+                self.dispatcher.retrieve(ids, self.destination),
+                what=f"{self.where}: starting {len(ids)} retrievals",
+                later=SWEEP_LATER,
+            )
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            await self._start()
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        await self._start()
 
 
 class MqttSession:
@@ -370,6 +409,7 @@ class SubscriptionActivities:
             ) from None
         output = SubscriptionOutput()
         dispatcher = TemporalDispatcher(activity.client(), self.task_queue, self.engine)
+        retrievals = Retrievals(dispatcher, request.destination, where)
         try:
             try:
                 async with asyncio.timeout(CONNECT_WITHIN):
@@ -389,7 +429,7 @@ class SubscriptionActivities:
                     batch = [first]
                     while not session.messages.empty() and len(batch) < BATCH:
                         batch.append(session.messages.get_nowait())
-                    await self._handle(request, broker, session, batch, output, dispatcher)
+                    await self._handle(request, broker, session, batch, output, retrievals)
                 now = time.monotonic()
                 if now - last_look >= SETTINGS_EVERY:
                     last_look = now
@@ -405,6 +445,7 @@ class SubscriptionActivities:
                     return output
         finally:
             await asyncio.to_thread(session.close)
+            await retrievals.close()
 
     async def _handle(
         self,
@@ -413,7 +454,7 @@ class SubscriptionActivities:
         session: MqttSession,
         batch: list[Message],
         output: SubscriptionOutput,
-        dispatcher: TemporalDispatcher,
+        retrievals: Retrievals,
     ) -> None:
         where = f"subscription {request.destination}/{request.host}"
         # A catalog that fails here fails the activity: nothing is acknowledged, and the
@@ -433,10 +474,4 @@ class SubscriptionActivities:
         for reason in done.refused:
             log.warning("%s: refused a message: %s", where, reason)
             output.last_refused = reason
-        if done.new_ids:
-            # A retrieval that cannot start now is started by the next wake sweep.
-            await best_effort(
-                dispatcher.retrieve(done.new_ids, request.destination),
-                what=f"{where}: starting {len(done.new_ids)} retrievals",
-                later=SWEEP_LATER,
-            )
+        retrievals.add(done.new_ids)
