@@ -563,6 +563,36 @@ async def test_worker_killed_during_subscription_loses_nothing(
     assert all(len(files_from(env, urls[n])) == 1 for n in names)
 
 
+async def test_wrong_broker_password_is_one_line_and_retried(
+    acquisition_env: Dissemination, sshd: Any, secure_mosquitto: MqttBroker
+) -> None:
+    env = acquisition_env
+    user, credentials = sftp_credentials(sshd)
+    folder = sshd.folder(f"refused-{uuid.uuid4().hex[:8]}")
+    source = FileSource(folder, sshd.url(folder, user=user).rstrip("/"), credentials)
+    wrong = MqttBroker(
+        secure_mosquitto.host, secure_mosquitto.port, "5", BROKER_USER, "Not-The-Password-1"
+    )
+    dest, [host] = await setup(env, source, (wrong, {}))
+    handle = env.client.get_workflow_handle(subscription_workflow_id(dest, host))
+    async with build_worker(env.client, env.settings):
+        await ensure_subscriptions(env.client, env.engine, env.settings.task_queue)
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            pending = (await handle.describe()).raw_description.pending_activities
+            if pending and pending[0].attempt >= 2 and pending[0].last_failure.message:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the session never failed"
+            await asyncio.sleep(0.2)
+    message = pending[0].last_failure.message
+    # Mosquitto answers "Not authorized" (MQTT 5) where others say "Bad user name or password".
+    prefix = f"subscription {dest}/{host}: mqtt://127.0.0.1:{secure_mosquitto.port}: the broker"
+    assert message.startswith(f"{prefix} refused the connection (") and message.endswith(")")
+    assert "\n" not in message
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    assert "Not-The-Password-1" not in await env.histories(subscription_workflow_id(dest, ""))
+
+
 async def test_subscription_of_a_removed_host_ends(
     acquisition_env: Dissemination, sshd: Any, mosquitto: MqttBroker
 ) -> None:
