@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import ssl
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +50,7 @@ SESSION = 3600.0  # seconds one activity holds the session before the workflow r
 SETTINGS_EVERY = 15.0  # seconds between looks at the host's settings
 CONNECT_WITHIN = 30.0  # seconds for the broker's answer to our connect
 KEEPALIVE = 30
+DOWN_FOR = 60.0  # seconds without the broker before the session fails (and is retried)
 BATCH = 200  # messages registered between two looks at the session
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -61,8 +61,6 @@ def mqtt_trigger_of(host: Host) -> MqttTrigger | None:
     The one place that reads a host's acquisition settings for subscriptions.
     """
     settings: Any = getattr(host, "acquisition", None)
-    if settings is None:
-        settings = (host.options or {}).get("acquisition")
     if isinstance(settings, BaseModel):
         settings = settings.model_dump()
     if not isinstance(settings, dict) or settings.get("trigger") != "mqtt":
@@ -101,7 +99,7 @@ class Broker:
     host: str
     port: int
     user: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     trigger: MqttTrigger
     client_id: str
 
@@ -234,7 +232,9 @@ class MqttSession:
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         self.client = client
-        self.lock = threading.Lock()
+        # Set while the network thread reconnects: a broker away too long fails the session.
+        self.down_since: float | None = None
+        self.down_reason = ""
 
     def _settle(self, result: str | None) -> None:
         if not self.connected.done():
@@ -243,9 +243,11 @@ class MqttSession:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             message = f"{self.broker.where}: the broker refused the connection ({reason})"
+            self.down_reason = message
             self.loop.call_soon_threadsafe(self._settle, message)
             log.warning("%s", message)
             return
+        self.down_since = None
         qos = self.broker.trigger.qos
         client.subscribe([(topic, qos) for topic in self.broker.trigger.topics])
 
@@ -269,7 +271,10 @@ class MqttSession:
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("%s: disconnected (%s); reconnecting", self.broker.where, reason)
+            self.down_reason = f"{self.broker.where}: disconnected ({reason})"
+            if self.down_since is None:
+                self.down_since = time.monotonic()
+            log.warning("%s; reconnecting", self.down_reason)
 
     def connect(self) -> None:
         """Open the session (blocking); raises OSError/ssl.SSLError if the broker is away."""
@@ -329,9 +334,7 @@ class SubscriptionActivities:
         return broker_of(trigger, password, client_id)
 
     @staticmethod
-    def _fingerprint(broker: Broker | None) -> str:
-        if broker is None:
-            return ""
+    def _fingerprint(broker: Broker) -> str:
         settings = [broker.trigger.model_dump(), broker.user, broker.password, broker.client_id]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
@@ -431,6 +434,8 @@ class SubscriptionActivities:
                         batch.append(session.messages.get_nowait())
                     await self._handle(request, broker, session, batch, output, retrievals)
                 now = time.monotonic()
+                if session.down_since is not None and now - session.down_since > DOWN_FOR:
+                    raise ApplicationError(f"{where}: {session.down_reason}")
                 if now - last_look >= SETTINGS_EVERY:
                     last_look = now
                     current = await asyncio.to_thread(self._broker, request)
