@@ -23,6 +23,7 @@ REPLICATION_WORKFLOW = "ReplicationWorkflow"
 GARBAGE_COLLECTION_WORKFLOW = "GarbageCollectionWorkflow"
 WAKE_SWEEP_WORKFLOW = "WakeSweepWorkflow"
 DISCOVERY_WORKFLOW = "DiscoveryWorkflow"
+SUBSCRIPTION_WORKFLOW = "SubscriptionWorkflow"
 
 # The scheduler's signals; `start_workflow` takes a signal-with-start by name only.
 WAKE_SIGNAL = "wake"
@@ -57,6 +58,11 @@ def acquisition_schedule_id(destination: str, host: str) -> str:
 def discovery_workflow_id(destination: str, host: str) -> str:
     """A discovery run's id (a schedule adds the time of each run to it)."""
     return f"discovery-{destination}-{host}"
+
+
+def subscription_workflow_id(destination: str, host: str) -> str:
+    """One MQTT subscription per acquisition host and destination."""
+    return f"subscription-{destination}-{host}"
 
 
 def gc_schedule_id(task_queue: str) -> str:
@@ -193,6 +199,12 @@ class ReplicationInput:
     after: str = ""  # sweep position: the last file id done
     repaired: int = 0
     lost: int = 0
+
+
+@dataclass
+class SubscriptionInput:
+    destination: str
+    host: str
 
 
 @dataclass

@@ -12,6 +12,7 @@ from temporalio.worker import Worker
 from ecpds.activities.discovery import DiscoveryActivities
 from ecpds.activities.scheduling import SchedulingActivities
 from ecpds.activities.storage import StorageActivities
+from ecpds.activities.subscription import SubscriptionActivities
 from ecpds.activities.transmit import HEARTBEAT_EVERY, TransmitActivities
 from ecpds.core.db import open_catalog
 from ecpds.core.secrets import CredentialBox, load_or_create_key
@@ -19,11 +20,13 @@ from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.workers.logs import quiet_routine_failures
 from ecpds.workers.schedules import ensure_schedules, sweep_now, sync_acquisition_schedules
+from ecpds.workers.subscriptions import ensure_subscriptions
 from ecpds.workflows.destination import DestinationWorkflow
 from ecpds.workflows.discovery import DiscoveryWorkflow
 from ecpds.workflows.gc import GarbageCollectionWorkflow
 from ecpds.workflows.replication import ReplicationWorkflow
 from ecpds.workflows.retrieval import RetrievalBatchWorkflow
+from ecpds.workflows.subscription import SubscriptionWorkflow
 from ecpds.workflows.sweep import WakeSweepWorkflow
 from ecpds.workflows.transfer import TransferWorkflow
 
@@ -39,6 +42,7 @@ def build_worker(
     transmit = TransmitActivities(engine, store, box)
     storage = StorageActivities(engine, store, box, settings.task_queue)
     discovery = DiscoveryActivities(engine, box)
+    subscription = SubscriptionActivities(engine, box, settings.task_queue)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -50,6 +54,7 @@ def build_worker(
             GarbageCollectionWorkflow,
             WakeSweepWorkflow,
             DiscoveryWorkflow,
+            SubscriptionWorkflow,
         ],
         activities=[
             scheduling.load_destination,
@@ -70,6 +75,7 @@ def build_worker(
             discovery.discover,
             discovery.count_fetches,
             discovery.finish_run,
+            subscription.subscribe,
         ],
         max_concurrent_activities=max_concurrent_activities,
         # Temporal answers a heartbeat with "cancel requested": an operator's interrupt is
@@ -114,6 +120,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         catalog.dispose()
     worker = build_worker(client, settings)
     async with worker:
+        engine = open_catalog(settings.catalog_url)
+        try:
+            await ensure_subscriptions(client, engine, settings.task_queue)
+        finally:
+            engine.dispose()
         # A push while the engine was down could not wake its destination: do it now.
         await sweep_now(client, settings.task_queue)
         await (stop or asyncio.Event()).wait()
