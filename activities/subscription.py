@@ -24,19 +24,19 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ecpds.core import catalog
-from ecpds.core.acquisition import MqttTrigger
+from ecpds.core.acquisition import AcquisitionSettings, MqttTrigger, acquisition_hosts
 from ecpds.core.db import session_scope
 from ecpds.core.dispatch import SWEEP_LATER, TemporalDispatcher, best_effort
 from ecpds.core.engine import SubscriptionInput
-from ecpds.core.models import Destination, DestinationHost, Host, HostKind
+from ecpds.core.models import Host
 from ecpds.core.push import IngestError, PushOptions
 from ecpds.core.retrieval import SourceSpec, register_sources
 from ecpds.core.secrets import CredentialBox
@@ -56,38 +56,24 @@ DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
 def mqtt_trigger_of(host: Host) -> MqttTrigger | None:
-    """The host's MQTT trigger if its acquisition is triggered by MQTT, else None.
-
-    The one place that reads a host's acquisition settings for subscriptions.
-    """
-    settings: Any = getattr(host, "acquisition", None)
-    if isinstance(settings, BaseModel):
-        settings = settings.model_dump()
-    if not isinstance(settings, dict) or settings.get("trigger") != "mqtt":
+    """The host's MQTT trigger if its acquisition is triggered by MQTT, else None."""
+    if host.acquisition is None:
         return None
-    if not settings.get("mqtt"):
-        return None
-    return MqttTrigger.model_validate(settings["mqtt"])
+    settings = AcquisitionSettings.model_validate(host.acquisition)
+    return settings.mqtt if settings.trigger == "mqtt" else None
 
 
 def mqtt_subscriptions(session: Session) -> list[tuple[str, str]]:
     """(destination, host) of every active acquisition host triggered by MQTT."""
-    rows = session.exec(
-        select(Destination.name, Host)
-        .join(DestinationHost, col(DestinationHost.destination_id) == col(Destination.id))
-        .join(Host, col(Host.id) == col(DestinationHost.host_id))
-        .where(col(Host.active).is_(True), col(Host.kind) == HostKind.ACQUISITION)
-        .order_by(col(Destination.name), col(Host.name))
-    ).all()
     found = []
-    for destination, host in rows:
+    for host, destination in acquisition_hosts(session, trigger="mqtt"):
         try:
             trigger = mqtt_trigger_of(host)
         except ValidationError:
             log.warning("host %s: its MQTT trigger settings are not valid", host.name)
             continue
         if trigger is not None:
-            found.append((destination, host.name))
+            found.append((destination.name, host.name))
     return found
 
 

@@ -2,7 +2,7 @@
 the record of its runs (admins only).
 
 Host and destination changes call `sync_schedules` after their commit, so that each
-acquisition host's Temporal Schedule follows the catalog.
+acquisition host's Temporal Schedule (or MQTT subscription) follows the catalog.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ecpds.workers.schedules import (
     sync_acquisition_schedules,
     wanted_schedules,
 )
+from ecpds.workers.subscriptions import ensure_subscriptions
 
 router = APIRouter(prefix="/acquisition", tags=["acquisition"])
 
@@ -45,8 +46,8 @@ def schedules_before(state: ApiState) -> set[str]:
 
 
 async def resync(state: ApiState, forget: Iterable[str] = ()) -> None:
-    """After a committed change: bring the discovery schedules in line (best effort: a
-    worker starting does it too)."""
+    """After a committed change: bring the discovery schedules and the MQTT subscriptions
+    in line (best effort: a worker starting does it too)."""
     dispatcher = state.dispatcher
     if not isinstance(dispatcher, TemporalDispatcher):
         return
@@ -55,8 +56,9 @@ async def resync(state: ApiState, forget: Iterable[str] = ()) -> None:
         await sync_acquisition_schedules(
             dispatcher.client, state.engine, dispatcher.task_queue, forget=forget
         )
+        await ensure_subscriptions(dispatcher.client, state.engine, dispatcher.task_queue)
 
-    await best_effort(call(), what="discovery schedules", later="a worker start syncs them")
+    await best_effort(call(), what="acquisition schedules", later="a worker start syncs them")
 
 
 def sync_schedules(state: ApiState, forget: Iterable[str] = ()) -> None:

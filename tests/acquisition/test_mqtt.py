@@ -618,7 +618,6 @@ async def test_subscription_of_a_removed_host_ends(
     assert status in (WorkflowExecutionStatus.CANCELED, WorkflowExecutionStatus.COMPLETED)
 
 
-@pytest.mark.xfail(reason="needs the fetch path's integrity check (helper D)", strict=False)
 async def test_wrong_integrity_refused_and_named(
     acquisition_env: Dissemination, sshd: Any, mosquitto: MqttBroker
 ) -> None:
