@@ -172,6 +172,19 @@ class Remote:
     def message(self, what: str) -> str:
         return f"{self.url.scheme} host {self.host_name} ({self.url.where}): {what}"
 
+    def missing_folder(self, folder: str) -> ProtocolError:
+        """The one-line, non-retryable error for listing a folder that is not there."""
+        return ProtocolError(self.message(f"folder {folder} does not exist"), retryable=False)
+
+    def no_resume(self, target: str, offset: int) -> ProtocolError:
+        """The error for a read at `offset` > 0 where the server cannot start mid-file."""
+        return ProtocolError(
+            self.message(
+                f"cannot read {target!r} from byte {offset}: the server sends whole files"
+            ),
+            retryable=False,
+        )
+
     @contextlib.contextmanager
     def translated(self, doing: str) -> Iterator[None]:
         """Turn library errors raised inside into one-line ProtocolErrors."""
@@ -278,7 +291,7 @@ class FsspecRemote(Remote):
         self, folder: str, recursive: bool
     ) -> Iterator[tuple[str, int, datetime | None, bool]]:
         if not self.fs.isdir(folder):
-            raise ProtocolError(self.message(f"folder {folder} does not exist"), retryable=False)
+            raise self.missing_folder(folder)
         pending = [folder]
         while pending:
             current = pending.pop()

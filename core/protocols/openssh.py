@@ -19,7 +19,8 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from functools import cache
 from typing import IO, TYPE_CHECKING
 
@@ -34,13 +35,17 @@ SPEC_WRITE = 32 * 1024  # what every SFTP server must accept in one write
 MAX_WRITE = 255 * 1024  # OpenSSH's sftp-server takes 256 KiB messages
 IN_FLIGHT_BYTES = 8 << 20  # written but not yet acknowledged
 
+READDIRS_IN_FLIGHT = 16  # READDIR requests pipelined on one folder handle
+READS_IN_FLIGHT_BYTES = 8 << 20  # read requests not yet answered
+
 # SFTP v3 packet types, open flags, attribute flags and status codes.
-INIT, VERSION, OPEN, CLOSE, WRITE = 1, 2, 3, 4, 6
-SETSTAT, REMOVE, MKDIR, STAT, RENAME = 9, 13, 14, 17, 18
-STATUS, HANDLE, ATTRS, EXTENDED, EXTENDED_REPLY = 101, 102, 105, 200, 201
-O_WRITE, O_CREAT, O_TRUNC = 0x02, 0x08, 0x10
+INIT, VERSION, OPEN, CLOSE, READ, WRITE = 1, 2, 3, 4, 5, 6
+SETSTAT, OPENDIR, READDIR, REMOVE, MKDIR, STAT, RENAME = 9, 11, 12, 13, 14, 17, 18
+STATUS, HANDLE, DATA, NAME, ATTRS, EXTENDED, EXTENDED_REPLY = 101, 102, 103, 104, 105, 200, 201
+O_READ, O_WRITE, O_CREAT, O_TRUNC = 0x01, 0x02, 0x08, 0x10
 A_SIZE, A_UIDGID, A_PERMISSIONS, A_ACMODTIME, A_EXTENDED = 0x1, 0x2, 0x4, 0x8, 0x80000000
-OK, NO_SUCH_FILE, PERMISSION_DENIED, FAILURE = 0, 2, 3, 4
+OK, EOF, NO_SUCH_FILE, PERMISSION_DENIED, FAILURE = 0, 1, 2, 3, 4
+S_IFMT, S_IFDIR, S_IFLNK = 0o170000, 0o040000, 0o120000
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -119,6 +124,23 @@ class _Reader:
 def _size_of(attrs: _Reader) -> int | None:
     flags = attrs.u32()
     return attrs.u64() if flags & A_SIZE else None
+
+
+def _attrs(reader: _Reader) -> tuple[int, int | None, int | None]:
+    """(size, permissions, mtime) of an ATTRS structure, skipping what we do not use."""
+    flags = reader.u32()
+    size = reader.u64() if flags & A_SIZE else 0
+    if flags & A_UIDGID:
+        reader.pos += 8
+    permissions = reader.u32() if flags & A_PERMISSIONS else None
+    mtime = None
+    if flags & A_ACMODTIME:
+        reader.pos += 4
+        mtime = reader.u32()
+    if flags & A_EXTENDED:
+        for _ in range(reader.u32()):
+            reader.string(), reader.string()
+    return size, permissions, mtime
 
 
 class SshChannel:
@@ -282,13 +304,18 @@ class OpenSshRemote(Remote):
     def __init__(self, host_name: str, url: HostUrl, options: Options, channel: SshChannel):
         super().__init__(host_name, url, options)
         self.channel = channel
-        limit = SPEC_WRITE
+        limit = read_limit = SPEC_WRITE
         if b"limits@openssh.com" in channel.extensions:
             reply = channel.extended("limits@openssh.com")
-            reply.u64(), reply.u64()  # longest packet, longest read
+            reply.u64()  # longest packet
+            read_limit = reply.u64() or SPEC_WRITE
             limit = reply.u64() or SPEC_WRITE
         self.block = max(1024, min(limit, MAX_WRITE))
         self.in_flight = max(1, min(options.requests, IN_FLIGHT_BYTES // self.block))
+        self.read_block = max(1024, min(read_limit, MAX_WRITE))
+        self.reads_in_flight = max(
+            1, min(options.requests, READS_IN_FLIGHT_BYTES // self.read_block)
+        )
 
     def _path(self, path: str) -> bytes:
         return _string(path.encode())
@@ -391,6 +418,143 @@ class OpenSshRemote(Remote):
         except SftpStatus as exc:
             raise self._as_os_error(exc, path) from None
 
+    def _list(
+        self, folder: str, recursive: bool
+    ) -> Iterator[tuple[str, int, datetime | None, bool]]:
+        pending = [folder]
+        while pending:
+            current = pending.pop()
+            try:
+                entries = self._read_folder(current)
+            except SftpStatus as exc:
+                if exc.code == NO_SUCH_FILE:
+                    raise self.missing_folder(current) from None
+                raise self._as_os_error(exc, current) from None
+            links = []
+            for name, size, permissions, mtime in entries:
+                path = f"{current.rstrip('/')}/{name}" if current not in ("", ".") else name
+                if permissions is not None and permissions & S_IFMT == S_IFLNK:
+                    links.append(path)
+                    continue
+                is_dir = permissions is not None and permissions & S_IFMT == S_IFDIR
+                yield path, 0 if is_dir else size, _when(mtime), is_dir
+                if is_dir and recursive:
+                    pending.append(path)
+            for path, (size, permissions, mtime) in self._stat_all(links):
+                # a link is listed as what it points to; a dangling one not at all
+                is_dir = permissions is not None and permissions & S_IFMT == S_IFDIR
+                yield path, 0 if is_dir else size, _when(mtime), is_dir
+                if is_dir and recursive:
+                    pending.append(path)
+
+    def _read_folder(self, folder: str) -> list[tuple[str, int, int | None, int | None]]:
+        """(name, size, permissions, mtime) of each entry, with READDIRs pipelined: OpenSSH
+        answers each with the next hundred names, so one round trip brings many hundreds."""
+        channel = self.channel
+        handle = _string(channel.call(OPENDIR, self._path(folder), expect=HANDLE).string())
+        found: list[tuple[str, int, int | None, int | None]] = []
+        pending = [channel.request(READDIR, handle) for _ in range(READDIRS_IN_FLIGHT)]
+        done = False
+        error: SftpStatus | None = None
+        try:
+            while pending:
+                kind, reader = channel.reply(pending.pop(0))
+                if kind == NAME and not done:
+                    for _ in range(reader.u32()):
+                        name = reader.string().decode(errors="surrogateescape")
+                        reader.string()  # the ls -l line
+                        size, permissions, mtime = _attrs(reader)
+                        if name not in (".", ".."):
+                            found.append((name, size, permissions, mtime))
+                    pending.append(channel.request(READDIR, handle))
+                elif kind == STATUS:
+                    code = reader.u32()
+                    if code != EOF and error is None:
+                        error = SftpStatus(code, reader.string().decode(errors="replace"))
+                    done = True
+                elif kind != NAME:
+                    done = True
+                    error = error or SftpStatus(FAILURE, f"unexpected reply type {kind}")
+        finally:
+            channel.call(CLOSE, handle)
+        if error is not None:
+            raise error
+        return found
+
+    def _stat_all(
+        self, paths: list[str]
+    ) -> Iterator[tuple[str, tuple[int, int | None, int | None]]]:
+        """STAT of each path (pipelined); paths that cannot be followed are left out."""
+        for start in range(0, len(paths), READDIRS_IN_FLIGHT):
+            batch = paths[start : start + READDIRS_IN_FLIGHT]
+            ids = [self.channel.request(STAT, self._path(p)) for p in batch]
+            for path, request_id in zip(batch, ids, strict=True):
+                kind, reader = self.channel.reply(request_id)
+                if kind == ATTRS:
+                    yield path, _attrs(reader)
+
+    def _read(self, path: str, offset: int) -> Iterator[bytes]:
+        """The file from `offset` on, with `reads_in_flight` READ requests pipelined."""
+        channel = self.channel
+        try:
+            handle = channel.call(
+                OPEN, self._path(path), _U32.pack(O_READ), _U32.pack(0), expect=HANDLE
+            ).string()
+        except SftpStatus as exc:
+            raise self._as_os_error(exc, path) from None
+        handle_field = _string(handle)
+        block = self.read_block
+        position = offset  # where the next request starts
+        pending: list[tuple[int, int, int]] = []  # (request id, offset, length)
+
+        def ask(start: int, length: int) -> None:
+            request_id = channel.request(READ, handle_field, _U64.pack(start), _U32.pack(length))
+            pending.append((request_id, start, length))
+
+        at_end = False
+        try:
+            while not at_end:
+                while len(pending) < self.reads_in_flight:
+                    ask(position, block)
+                    position += block
+                request_id, start, length = pending.pop(0)
+                kind, reader = channel.reply(request_id)
+                if kind == STATUS:
+                    code = reader.u32()
+                    if code != EOF:
+                        raise SftpStatus(code, reader.string().decode(errors="replace"))
+                    at_end = True
+                    continue
+                if kind != DATA:
+                    raise SftpStatus(FAILURE, f"unexpected reply type {kind} to a read")
+                data = reader.string()
+                if data:
+                    yield data
+                if len(data) < length:
+                    # A short read before the end: fetch the rest of that span at once, so
+                    # the bytes still come in order.
+                    yield from self._read_span(handle_field, start + len(data), length - len(data))
+        finally:
+            for request_id, _, _ in pending:
+                with contextlib.suppress(SftpStatus, OSError):
+                    channel.reply(request_id)
+            with contextlib.suppress(SftpStatus, OSError):
+                channel.call(CLOSE, handle_field)
+
+    def _read_span(self, handle: bytes, start: int, length: int) -> Iterator[bytes]:
+        while length > 0:
+            kind, reader = self.channel.reply(
+                self.channel.request(READ, handle, _U64.pack(start), _U32.pack(length))
+            )
+            if kind != DATA:
+                return  # EOF (the file ends inside the span) or an error the next read sees
+            data = reader.string()
+            if not data:
+                return
+            yield data
+            start += len(data)
+            length -= len(data)
+
     def _finish(self, path: str) -> None:
         if self.options.mode:
             permissions = _U32.pack(A_PERMISSIONS) + _U32.pack(int(self.options.mode, 8))
@@ -423,6 +587,10 @@ class OpenSshRemote(Remote):
         channel, self.channel = self.channel, None  # type: ignore[assignment]
         if channel is not None:
             channel.close()
+
+
+def _when(mtime: int | None) -> datetime | None:
+    return datetime.fromtimestamp(mtime, UTC) if mtime is not None else None
 
 
 def _private_folder() -> str:

@@ -1,0 +1,367 @@
+"""Listing and reading, the acquisition side of every protocol, each against a real server.
+
+Each peer makes its files the fastest way its server allows (on the server's disk for
+sshd, the FTP servers, WebDAV and nginx; parallel puts for the object stores) and the
+test lists and reads them through `Remote.list` and `Remote.read`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from peers.azure import AzureServer
+from peers.ftp import FtpServer
+from peers.gcs import GcsServer
+from peers.httpd import HttpServer
+from peers.nginx import NginxServer
+from peers.s3 import S3Server
+from peers.sshd import SshServer
+
+from ecpds.core.protocols import ProtocolError, open_remote
+from ecpds.core.protocols import openssh
+from ecpds.core.protocols.base import Remote
+
+MANY = 10_000
+# A fixed modification time for files made on disk, on a whole minute (FTP LIST and
+# index pages say minutes), more than six months back (LIST then shows the year).
+OLD = datetime(2025, 3, 4, 5, 6, tzinfo=UTC)
+
+
+@dataclass
+class ListPeer:
+    url: str
+    options: dict
+    credentials: dict
+    put: Callable[[dict[str, bytes]], None]  # relative path -> bytes
+    put_many: Callable[[str, int], None]  # folder, count: files f00000.dat ...
+    sets_mtime: bool  # put() gives files the time OLD (else: the upload time)
+    mtime_step: int  # seconds of precision of listed times (60: minutes)
+    resumes: bool = True  # read(offset > 0) starts mid-file
+
+    def remote(self) -> Remote:
+        return open_remote("listing", self.url, self.options, self.credentials)
+
+
+def many_name(i: int) -> str:
+    return f"f{i:05d}.dat"
+
+
+def many_data(i: int) -> bytes:
+    return b"x" * (i % 50)
+
+
+def _disk(folder: Path, owner: str | None = None) -> tuple[Callable, Callable]:
+    def put(files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            path = folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            os.utime(path, (OLD.timestamp(), OLD.timestamp()))
+            for parent in [path.parent, *path.parent.parents]:
+                if parent == folder:
+                    break
+                os.utime(parent, (OLD.timestamp(), OLD.timestamp()))
+
+    def put_many(sub: str, count: int) -> None:
+        where = folder / sub
+        where.mkdir(parents=True)
+        for i in range(count):
+            (where / many_name(i)).write_bytes(many_data(i))
+
+    return put, put_many
+
+
+def _parallel(upload: Callable[[str, bytes], object]) -> tuple[Callable, Callable]:
+    def put(files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            upload(name, data)
+
+    def put_many(sub: str, count: int) -> None:
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            for future in [
+                pool.submit(upload, f"{sub}/{many_name(i)}", many_data(i)) for i in range(count)
+            ]:
+                future.result()
+
+    return put, put_many
+
+
+@pytest.fixture
+def file_lister(tmp_path: Path) -> ListPeer:
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    return ListPeer(f"file://{folder}", {}, {}, *_disk(folder), sets_mtime=True, mtime_step=1)
+
+
+def _sftp(sshd: SshServer, engine: str) -> ListPeer:
+    folder = sshd.folder(f"l-{uuid.uuid4().hex[:8]}")
+    return ListPeer(
+        sshd.url(folder),
+        {"host_key": sshd.host_key, "engine": engine},
+        {"private_key": sshd.private_key},
+        *_disk(folder),
+        sets_mtime=True,
+        mtime_step=1,
+    )
+
+
+@pytest.fixture
+def sftp_lister(sshd: SshServer) -> ListPeer:
+    if openssh.client() is None:
+        pytest.skip("no OpenSSH client 8.5 or newer on PATH (run tests/peers/install.sh)")
+    return _sftp(sshd, "openssh")
+
+
+@pytest.fixture
+def sftp_asyncssh_lister(sshd: SshServer) -> ListPeer:
+    return _sftp(sshd, "asyncssh")
+
+
+def _ftp(server: FtpServer, step: int) -> ListPeer:
+    name = f"l-{uuid.uuid4().hex[:8]}"
+    folder = server.root / name
+    folder.mkdir()
+    folder.chmod(0o777)
+    options = {"ca_file": server.ca_file} if server.ca_file else {}
+    return ListPeer(
+        server.url(name),
+        options,
+        {"password": server.password},
+        *_disk(folder),
+        sets_mtime=True,
+        mtime_step=step,
+    )
+
+
+@pytest.fixture
+def ftp_lister(ftp_server: FtpServer) -> ListPeer:
+    return _ftp(ftp_server, 1)  # pyftpdlib speaks MLSD: times to the second
+
+
+@pytest.fixture
+def ftps_lister(ftps_server: FtpServer) -> ListPeer:
+    return _ftp(ftps_server, 1)
+
+
+@pytest.fixture
+def ftps_vsftpd_lister(vsftpd_server: FtpServer) -> ListPeer:
+    return _ftp(vsftpd_server, 60)  # vsftpd has no MLSD: LIST, to the minute
+
+
+@pytest.fixture
+def webdav_lister(webdav_server: HttpServer) -> ListPeer:
+    name = f"l-{uuid.uuid4().hex[:8]}"
+    folder = webdav_server.root / name
+    folder.mkdir()
+    return ListPeer(
+        webdav_server.url(name),
+        {"method": "webdav"},
+        webdav_server.credentials,
+        *_disk(folder),
+        sets_mtime=True,
+        mtime_step=1,
+    )
+
+
+def _nginx(server: NginxServer, tls: bool) -> ListPeer:
+    name = f"l-{uuid.uuid4().hex[:8]}"
+    folder = server.root / name
+    folder.mkdir()
+    return ListPeer(
+        server.url(name, tls=tls),
+        {"ca_file": server.ca_file} if tls else {},
+        {},
+        *_disk(folder),
+        sets_mtime=True,
+        mtime_step=60,
+    )
+
+
+@pytest.fixture
+def http_index_lister(nginx_server: NginxServer) -> ListPeer:
+    return _nginx(nginx_server, tls=False)
+
+
+@pytest.fixture
+def https_index_lister(nginx_server: NginxServer) -> ListPeer:
+    return _nginx(nginx_server, tls=True)
+
+
+@pytest.fixture
+def s3_lister(s3_server: S3Server) -> ListPeer:
+    bucket = s3_server.bucket()
+    client = s3_server.client()
+    return ListPeer(
+        f"s3://{bucket}/drop",
+        s3_server.options(),
+        s3_server.credentials,
+        *_parallel(lambda name, data: client.put_object(Bucket=bucket, Key=f"drop/{name}", Body=data)),
+        sets_mtime=False,
+        mtime_step=1,
+    )
+
+
+@pytest.fixture
+def azure_lister(azure_server: AzureServer) -> ListPeer:
+    container = azure_server.container()
+    service = azure_server.service()
+
+    def upload(name: str, data: bytes) -> None:
+        service.get_blob_client(container, f"drop/{name}").upload_blob(data, overwrite=True)
+
+    return ListPeer(
+        f"azure://{container}/drop",
+        azure_server.options(),
+        azure_server.credentials,
+        *_parallel(upload),
+        sets_mtime=False,
+        mtime_step=1,
+    )
+
+
+@pytest.fixture
+def gcs_lister(gcs_server: GcsServer) -> ListPeer:
+    import httpx
+
+    bucket = gcs_server.bucket()
+    client = httpx.Client(base_url=gcs_server.endpoint)
+
+    def upload(name: str, data: bytes) -> None:
+        client.post(
+            f"/upload/storage/v1/b/{bucket}/o",
+            params={"uploadType": "media", "name": f"drop/{name}"},
+            content=data,
+        ).raise_for_status()
+
+    return ListPeer(
+        f"gcs://{bucket}/drop",
+        gcs_server.options(),
+        {},
+        *_parallel(upload),
+        sets_mtime=False,
+        mtime_step=1,
+    )
+
+
+LISTERS = [
+    "file_lister",
+    "sftp_lister",
+    "sftp_asyncssh_lister",
+    "ftp_lister",
+    "ftps_lister",
+    "ftps_vsftpd_lister",
+    "webdav_lister",
+    "http_index_lister",
+    "https_index_lister",
+    "s3_lister",
+    "azure_lister",
+    "gcs_lister",
+]
+
+
+@pytest.fixture(params=LISTERS)
+def lister(request: pytest.FixtureRequest) -> ListPeer:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def remote(lister: ListPeer) -> Iterator[Remote]:
+    with lister.remote() as remote:
+        yield remote
+
+
+def _listed(remote: Remote, folder: str = "", *, recursive: bool = False) -> dict:
+    found = {}
+    for entry in remote.list(folder, recursive=recursive):
+        assert entry.path not in found, f"{entry.path} listed twice"
+        found[entry.path] = entry
+    return found
+
+
+TREE = {
+    "a.txt": b"alpha\n",
+    "b.bin": os.urandom(1234),
+    "sub/c.txt": b"charlie" * 100,
+    "sub/deeper/d.txt": b"",
+    "with space é.txt": b"odd name",
+}
+
+
+def test_names_sizes_times_and_folders(lister: ListPeer, remote: Remote) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    lister.put(TREE)
+    after = datetime.now(UTC) + timedelta(seconds=5)
+
+    top = _listed(remote)
+    assert set(top) == {"a.txt", "b.bin", "sub", "with space é.txt"}
+    assert top["sub"].is_dir and top["sub"].name == "sub"
+    for name in ("a.txt", "b.bin", "with space é.txt"):
+        entry = top[name]
+        assert not entry.is_dir
+        assert entry.size == len(TREE[name])
+        assert entry.mtime is not None and entry.mtime.tzinfo is not None
+        if lister.sets_mtime:
+            assert abs((entry.mtime - OLD).total_seconds()) < lister.mtime_step
+        else:
+            assert before - timedelta(seconds=lister.mtime_step) <= entry.mtime <= after
+
+    sub = _listed(remote, "sub")
+    assert set(sub) == {"sub/c.txt", "sub/deeper"}
+    assert sub["sub/deeper"].is_dir and sub["sub/c.txt"].size == 700
+
+    everything = _listed(remote, recursive=True)
+    assert {p for p, e in everything.items() if not e.is_dir} == set(TREE)
+    assert {p for p, e in everything.items() if e.is_dir} == {"sub", "sub/deeper"}
+    assert everything["sub/deeper/d.txt"].size == 0
+    assert set(_listed(remote, "sub/deeper")) == {"sub/deeper/d.txt"}
+
+
+def test_missing_folder_is_one_line(remote: Remote) -> None:
+    with pytest.raises(ProtocolError) as info:
+        list(remote.list("no-such-folder"))
+    message = str(info.value)
+    assert "no-such-folder" in message and "does not exist" in message, message
+    assert "\n" not in message and info.value.retryable is False
+
+
+def test_ten_thousand_entries_in_one_pass(lister: ListPeer, remote: Remote) -> None:
+    lister.put_many("many", MANY)
+    lister.put({"many-next/other.txt": b"not in many"})
+    listed = _listed(remote, "many")
+    assert len(listed) == MANY
+    for i in (0, 1, 4_999, 5_000, MANY - 1):
+        entry = listed[f"many/{many_name(i)}"]
+        assert entry.size == len(many_data(i)) and not entry.is_dir
+    assert sorted(listed) == [f"many/{many_name(i)}" for i in range(MANY)]
+
+
+def test_read_whole_and_from_an_offset(lister: ListPeer, remote: Remote) -> None:
+    data = os.urandom(3 * (1 << 20) + 4321)
+    lister.put({"big.bin": data, "sub/small.txt": b"hello"})
+    assert b"".join(remote.read("big.bin")) == data
+    assert b"".join(remote.read("sub/small.txt")) == b"hello"
+    if lister.resumes:
+        assert b"".join(remote.read("big.bin", offset=1_000_003)) == data[1_000_003:]
+        assert b"".join(remote.read("big.bin", offset=len(data))) == b""
+    else:
+        with pytest.raises(ProtocolError) as refused:
+            b"".join(remote.read("big.bin", offset=10))
+        assert refused.value.retryable is False
+    # the connection still works after a read given up half-way
+    chunks = remote.read("big.bin")
+    assert len(next(iter(chunks))) > 0
+    chunks.close()
+    assert b"".join(remote.read("sub/small.txt")) == b"hello"
+
+
+def test_reading_a_missing_file_is_one_line(remote: Remote) -> None:
+    with pytest.raises(ProtocolError) as info:
+        b"".join(remote.read("no-such-file.bin"))
+    assert "no-such-file.bin" in str(info.value) and "\n" not in str(info.value)
