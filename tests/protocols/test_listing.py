@@ -29,9 +29,9 @@ from ecpds.core.protocols import openssh
 from ecpds.core.protocols.base import Remote
 
 MANY = 10_000
-# A fixed modification time for files made on disk, on a whole minute (FTP LIST and
-# index pages say minutes), more than six months back (LIST then shows the year).
-OLD = datetime(2025, 3, 4, 5, 6, tzinfo=UTC)
+# The modification time given to files made on disk: on a whole minute (FTP LIST and
+# index pages say minutes) and within six months (older, LIST says only the day).
+OLD = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
 
 
 @dataclass
@@ -73,7 +73,9 @@ def _disk(folder: Path, owner: str | None = None) -> tuple[Callable, Callable]:
         where = folder / sub
         where.mkdir(parents=True)
         for i in range(count):
-            (where / many_name(i)).write_bytes(many_data(i))
+            fd = os.open(where / many_name(i), os.O_WRONLY | os.O_CREAT, 0o644)
+            os.write(fd, many_data(i))
+            os.close(fd)
 
     return put, put_many
 
