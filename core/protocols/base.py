@@ -152,7 +152,12 @@ class Remote:
         """The bytes of `target` from `offset` on, in chunks of about `chunk_size`."""
         path = self.path(target)
         with self.translated(f"reading {target!r}"):
-            yield from self._read(path, offset)
+            try:
+                yield from self._read(path, offset)
+            except FileNotFoundError:
+                raise ProtocolError(
+                    self.message(f"reading {target!r}: no such file ({path})")
+                ) from None
 
     def close(self) -> None:
         """Release the connection; safe to call twice."""

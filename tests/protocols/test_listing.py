@@ -366,4 +366,6 @@ def test_read_whole_and_from_an_offset(lister: ListPeer, remote: Remote) -> None
 def test_reading_a_missing_file_is_one_line(remote: Remote) -> None:
     with pytest.raises(ProtocolError) as info:
         b"".join(remote.read("no-such-file.bin"))
-    assert "no-such-file.bin" in str(info.value) and "\n" not in str(info.value)
+    message = str(info.value)
+    assert "no-such-file.bin" in message and "no such file" in message, message
+    assert "\n" not in message
