@@ -8,6 +8,7 @@ test lists and reads them through `Remote.list` and `Remote.read`.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -236,10 +237,17 @@ def gcs_lister(gcs_server: GcsServer) -> ListPeer:
     client = httpx.Client(base_url=gcs_server.endpoint)
 
     def upload(name: str, data: bytes) -> None:
+        # multipart: the emulator's media upload fails on an empty body
+        meta = json.dumps({"name": f"drop/{name}"}).encode()
+        body = (
+            b"--b\r\nContent-Type: application/json\r\n\r\n" + meta + b"\r\n"
+            b"--b\r\nContent-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--b--\r\n"
+        )
         client.post(
             f"/upload/storage/v1/b/{bucket}/o",
-            params={"uploadType": "media", "name": f"drop/{name}"},
-            content=data,
+            params={"uploadType": "multipart"},
+            content=body,
+            headers={"Content-Type": "multipart/related; boundary=b"},
         ).raise_for_status()
 
     return ListPeer(
