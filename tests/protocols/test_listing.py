@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -21,7 +22,6 @@ from peers.azure import AzureServer
 from peers.ftp import FtpServer
 from peers.httpd import HttpServer
 from peers.nginx import NginxServer
-from peers.s3 import S3Server
 from peers.sshd import SshServer
 
 from ecpds.core.devserver import free_port
@@ -86,7 +86,7 @@ def _parallel(upload: Callable[[str, bytes], object]) -> tuple[Callable, Callabl
             upload(name, data)
 
     def put_many(sub: str, count: int) -> None:
-        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
             for future in [
                 pool.submit(upload, f"{sub}/{many_name(i)}", many_data(i)) for i in range(count)
             ]:
@@ -196,38 +196,84 @@ def https_index_lister(nginx_server: NginxServer) -> ListPeer:
     return _nginx(nginx_server, tls=True)
 
 
-@pytest.fixture
-def s3_lister(s3_server: S3Server) -> ListPeer:
-    bucket = s3_server.bucket()
-    client = s3_server.client()
-    return ListPeer(
-        f"s3://{bucket}/drop",
-        s3_server.options(),
-        s3_server.credentials,
-        *_parallel(
-            lambda name, data: client.put_object(Bucket=bucket, Key=f"drop/{name}", Body=data)
-        ),
-        sets_mtime=False,
-        mtime_step=1,
-    )
+@pytest.fixture(scope="module")
+def s3_moto() -> Iterator[tuple[str, object]]:
+    """moto's S3 server in this process, so that its backend can be filled directly (one
+    signed PUT per object over HTTP takes a minute for 10,000)."""
+    try:
+        from moto.s3.models import s3_backends
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        pytest.skip("moto[server] not installed (pip install 'moto[server]')")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        # without authentication moto files everything under its default account
+        yield f"http://127.0.0.1:{port}", s3_backends["123456789012"]["global"]
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def azure_lister(azure_server: AzureServer) -> ListPeer:
-    container = azure_server.container()
-    service = azure_server.service()
+def s3_lister(s3_moto: tuple[str, object]) -> ListPeer:
+    endpoint, backend = s3_moto
+    bucket = f"ecpds-{uuid.uuid4().hex[:12]}"
+    backend.create_bucket(bucket, "us-east-1")  # type: ignore[attr-defined]
 
     def upload(name: str, data: bytes) -> None:
-        service.get_blob_client(container, f"drop/{name}").upload_blob(data, overwrite=True)
+        backend.put_object(bucket, f"drop/{name}", data)  # type: ignore[attr-defined]
+
+    def put(files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            upload(name, data)
+
+    def put_many(sub: str, count: int) -> None:
+        for i in range(count):
+            upload(f"{sub}/{many_name(i)}", many_data(i))
 
     return ListPeer(
-        f"azure://{container}/drop",
-        azure_server.options(),
-        azure_server.credentials,
-        *_parallel(upload),
+        f"s3://{bucket}/drop",
+        {"endpoint": endpoint, "region": "us-east-1", "path_style": True},
+        {"access_key_id": "test-key", "secret_access_key": "test-secret"},
+        put,
+        put_many,
         sets_mtime=False,
         mtime_step=1,
     )
+
+
+@pytest.fixture
+def azure_lister(azure_server: AzureServer) -> Iterator[ListPeer]:
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    container = azure_server.container()
+    # Plain PUTs with a container SAS: the SDK's own per-request work was the bottleneck.
+    sas = generate_container_sas(
+        azure_server.account,
+        container,
+        account_key=azure_server.account_key,
+        permission=ContainerSasPermissions(write=True, create=True),
+        expiry=datetime.now(UTC) + timedelta(hours=2),
+    )
+    client = httpx.Client(limits=httpx.Limits(max_connections=16))
+
+    def upload(name: str, data: bytes) -> None:
+        client.put(
+            f"{azure_server.endpoint}/{container}/drop/{quote(name)}?{sas}",
+            content=data,
+            headers={"x-ms-blob-type": "BlockBlob"},
+        ).raise_for_status()
+
+    with client:
+        yield ListPeer(
+            f"azure://{container}/drop",
+            azure_server.options(),
+            azure_server.credentials,
+            *_parallel(upload),
+            sets_mtime=False,
+            mtime_step=1,
+        )
 
 
 @pytest.fixture(scope="module")
