@@ -1,30 +1,32 @@
 """Listing and reading, the acquisition side of every protocol, each against a real server.
 
-Each peer makes its files the fastest way its server allows (on the server's disk for
-sshd, the FTP servers, WebDAV and nginx; parallel puts for the object stores) and the
-test lists and reads them through `Remote.list` and `Remote.read`.
+Each peer makes its files the fastest way its server allows: on the server's disk for
+sshd, the FTP servers, WebDAV and nginx; in the server's own storage for the object
+stores (moto and the GCS emulator run in this process, Azurite's index is written while
+it is stopped). The tests list and read them through `Remote.list` and `Remote.read`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import json
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote
 
 import httpx
 import pytest
-from peers.azure import AzureServer
+from peers.azure import ACCOUNT, ACCOUNT_KEY, AzureServer, azurite_blob
 from peers.ftp import FtpServer
 from peers.httpd import HttpServer
 from peers.nginx import NginxServer
+from peers.process import stop
 from peers.sshd import SshServer
 
-from ecpds.core.devserver import free_port
+from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.protocols import ProtocolError, open_remote, openssh
 from ecpds.core.protocols.base import Remote
 
@@ -76,21 +78,6 @@ def _disk(folder: Path, owner: str | None = None) -> tuple[Callable, Callable]:
             fd = os.open(where / many_name(i), os.O_WRONLY | os.O_CREAT, 0o644)
             os.write(fd, many_data(i))
             os.close(fd)
-
-    return put, put_many
-
-
-def _parallel(upload: Callable[[str, bytes], object]) -> tuple[Callable, Callable]:
-    def put(files: dict[str, bytes]) -> None:
-        for name, data in files.items():
-            upload(name, data)
-
-    def put_many(sub: str, count: int) -> None:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            for future in [
-                pool.submit(upload, f"{sub}/{many_name(i)}", many_data(i)) for i in range(count)
-            ]:
-                future.result()
 
     return put, put_many
 
@@ -243,37 +230,97 @@ def s3_lister(s3_moto: tuple[str, object]) -> ListPeer:
     )
 
 
-@pytest.fixture
-def azure_lister(azure_server: AzureServer) -> Iterator[ListPeer]:
-    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+class Azurite:
+    """An Azurite of these tests' own, whose blob index can be written while it is stopped:
+    it takes one PUT at a time, and 10,000 of them took a minute or more."""
 
-    container = azure_server.container()
-    # Plain PUTs with a container SAS: the SDK's own per-request work was the bottleneck.
-    sas = generate_container_sas(
-        azure_server.account,
-        container,
-        account_key=azure_server.account_key,
-        permission=ContainerSasPermissions(write=True, create=True),
-        expiry=datetime.now(UTC) + timedelta(hours=2),
-    )
-    client = httpx.Client(limits=httpx.Limits(max_connections=16))
+    def __init__(self, folder: Path) -> None:
+        exe = azurite_blob()
+        if exe is None:
+            pytest.skip("Azurite not installed (run tests/peers/install.sh; it needs npm)")
+        self.exe, self.folder, self.port = exe, folder, free_port()
+        self.server = AzureServer(f"http://127.0.0.1:{self.port}/{ACCOUNT}", ACCOUNT, ACCOUNT_KEY)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        args = ["--blobHost", "127.0.0.1", "--blobPort", str(self.port)]
+        args += ["--location", str(self.folder / "data"), "--skipApiVersionCheck"]
+        args += ["--disableTelemetry", "--silent"]
+        log = (self.folder / "azurite.log").open("ab")
+        self.proc = subprocess.Popen([self.exe, *args], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_for_port("127.0.0.1", self.port, timeout=60, proc=self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)  # Azurite writes its index out as it stops
+            self.proc = None
+
+    def copies(self, container: str, model: str, names: dict[str, int]) -> None:
+        """Blobs `names` (name -> size <= the model's) sharing the stored bytes of `model`."""
+        self.stop()
+        path = self.folder / "data" / "__azurite_db_blob__.json"
+        db = json.loads(path.read_text())
+        blobs = next(c for c in db["collections"] if c["name"] == "$BLOBS_COLLECTION$")
+        template = next(
+            b for b in blobs["data"] if b["name"] == model and b["containerName"] == container
+        )
+        for number, (name, size) in enumerate(names.items(), blobs["maxId"] + 1):
+            blob = json.loads(json.dumps(template))
+            blob["name"], blob["$loki"] = name, number
+            blob["properties"]["contentLength"] = size
+            blob["properties"]["etag"] = f'"0x{number:015X}"'
+            blob["properties"].pop("contentMD5", None)
+            blob["persistency"]["count"] = size
+            blobs["data"].append(blob)
+            blobs["maxId"] = number
+        for field, index in blobs["binaryIndices"].items():
+            data = blobs["data"]
+            index["values"] = sorted(range(len(data)), key=lambda i: str(data[i][field]))
+            index["dirty"] = False
+        path.write_text(json.dumps(db))
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    server = Azurite(tmp_path_factory.mktemp("azurite-listing"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def azure_lister(azurite: Azurite) -> ListPeer:
+    container = azurite.server.container()
+    service = azurite.server.service()
 
     def upload(name: str, data: bytes) -> None:
-        client.put(
-            f"{azure_server.endpoint}/{container}/drop/{quote(name)}?{sas}",
-            content=data,
-            headers={"x-ms-blob-type": "BlockBlob"},
-        ).raise_for_status()
+        service.get_blob_client(container, f"drop/{name}").upload_blob(data, overwrite=True)
 
-    with client:
-        yield ListPeer(
-            f"azure://{container}/drop",
-            azure_server.options(),
-            azure_server.credentials,
-            *_parallel(upload),
-            sets_mtime=False,
-            mtime_step=1,
-        )
+    def put(files: dict[str, bytes]) -> None:
+        for name, data in files.items():
+            upload(name, data)
+
+    def put_many(sub: str, count: int) -> None:
+        largest = max(range(count), key=lambda i: len(many_data(i)))
+        model = f"drop/{sub}/{many_name(largest)}"
+        upload(f"{sub}/{many_name(largest)}", many_data(largest))
+        others = {f"drop/{sub}/{many_name(i)}": len(many_data(i)) for i in range(count)}
+        del others[model]
+        azurite.copies(container, model, others)
+
+    return ListPeer(
+        f"azure://{container}/drop",
+        azurite.server.options(),
+        azurite.server.credentials,
+        put,
+        put_many,
+        sets_mtime=False,
+        mtime_step=1,
+    )
 
 
 @pytest.fixture(scope="module")
