@@ -295,8 +295,12 @@ class FsspecRemote(Remote):
     def _list(
         self, folder: str, recursive: bool
     ) -> Iterator[tuple[str, int, datetime | None, bool]]:
-        if not self.fs.isdir(folder):
-            raise self.missing_folder(folder)
+        try:
+            kind = self.fs.info(folder).get("type")  # isdir would hide a lost connection
+        except FileNotFoundError:
+            raise self.missing_folder(folder) from None
+        if kind != "directory":
+            raise ProtocolError(self.message(f"{folder} is not a folder"), retryable=False)
         pending = [folder]
         while pending:
             current = pending.pop()

@@ -240,7 +240,13 @@ class FtpRemote(Remote):
     def _read(self, path: str, offset: int) -> Iterator[bytes]:
         """RETR, from `offset` with REST; the data connection's bytes as they come."""
         self.ftp.voidcmd("TYPE I")
-        conn = self.ftp.transfercmd(f"RETR {path}", rest=offset or None)
+        try:
+            conn = self.ftp.transfercmd(f"RETR {path}", rest=offset or None)
+        except ftplib.error_perm as exc:
+            # servers word a missing file many ways (vsftpd: "550 Failed to open file")
+            if _reply_code(exc) == "550" and self._size(path) is None:
+                raise FileNotFoundError(errno.ENOENT, path) from None
+            raise
         complete = False
         try:
             while data := conn.recv(self.options.chunk_size):

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from peers.azure import ACCOUNT, ACCOUNT_KEY, AzureServer, azurite_blob
+from peers.conformance import Peer
 from peers.ftp import FtpServer
 from peers.httpd import HttpServer
 from peers.nginx import NginxServer
@@ -494,3 +495,108 @@ def test_reading_a_missing_file_is_one_line(remote: Remote) -> None:
     message = str(info.value)
     assert "no-such-file.bin" in message and "no such file" in message, message
     assert "\n" not in message
+
+
+CONFORMANCE_PEERS = [
+    "file_peer",
+    "sftp_peer",
+    "sftp_asyncssh_peer",
+    "ftp_peer",
+    "ftps_vsftpd_peer",
+    "webdav_peer",
+    "https_put_peer",
+    "s3_peer",
+    "azure_peer",
+    "gcs_peer",
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("bad_credentials", "authentication failed"),
+        ("unknown_host", "unknown host"),
+        ("refused", "connection refused"),
+        ("missing_container", "does not exist"),
+    ],
+)
+@pytest.mark.parametrize("peer_name", CONFORMANCE_PEERS)
+def test_listing_errors_a_user_sees(
+    request: pytest.FixtureRequest, peer_name: str, case: str, expected: str
+) -> None:
+    """The send side's failure hosts, listed: the same one-line messages."""
+    peer: Peer = request.getfixturevalue(peer_name)
+    url = {
+        "bad_credentials": peer.url,
+        "unknown_host": peer.unknown_host_url,
+        "refused": peer.refused_url,
+        "missing_container": peer.missing_container_url,
+    }[case]
+    if url is None or (case == "bad_credentials" and peer.bad_credentials is None):
+        pytest.skip(f"{case} does not apply to this peer or cannot be arranged here")
+    credentials = peer.bad_credentials if case == "bad_credentials" else peer.credentials
+    options = {**peer.options, "timeout": 10, **peer.error_options.get(case, {})}
+    with (
+        pytest.raises(ProtocolError) as info,
+        open_remote("listing", url, options, credentials) as remote,
+    ):
+        list(remote.list(""))
+    message = str(info.value)
+    assert expected in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            "-rw-r--r--    1 1000     1000         1234 Mar 04 05:06 a file.txt",
+            ("a file.txt", 1234, datetime(2026, 3, 4, 5, 6, tzinfo=UTC), "file"),
+        ),
+        (
+            "drwxr-xr-x    2 ftp      ftp          4096 Dec 31  2024 old",
+            ("old", 4096, datetime(2024, 12, 31, tzinfo=UTC), "dir"),
+        ),
+        (
+            "lrwxrwxrwx 1 root root 7 Nov 30 23:59 latest -> 20261130",
+            ("latest", 7, datetime(2026, 11, 30, 23, 59, tzinfo=UTC), "link"),
+        ),
+        # in the future by more than a day: last year's
+        (
+            "-rw-r--r-- 1 u g 5 Dec 25 10:00 x",
+            ("x", 5, datetime(2025, 12, 25, 10, 0, tzinfo=UTC), "file"),
+        ),
+        ("total 48", None),
+    ],
+)
+def test_ls_lines(line: str, expected: tuple | None) -> None:
+    from ecpds.core.protocols.ftp import parse_ls_line
+
+    assert parse_ls_line(line, datetime(2026, 12, 7, 1, 0, tzinfo=UTC)) == expected
+
+
+def test_index_pages_of_nginx_and_apache() -> None:
+    from ecpds.core.protocols.http import parse_index
+
+    nginx = (
+        '<html><body><h1>Index of /data/</h1><hr><pre><a href="../">../</a>\n'
+        '<a href="sub/">sub/</a>                 07-Dec-2026 01:02                   -\n'
+        '<a href="a%20b.grib">a b.grib</a>       06-Dec-2026 23:59                1234\n'
+        "</pre><hr></body></html>"
+    )
+    assert parse_index(nginx, "/data") == [
+        ("sub", True, None, datetime(2026, 12, 7, 1, 2, tzinfo=UTC)),
+        ("a b.grib", False, 1234, datetime(2026, 12, 6, 23, 59, tzinfo=UTC)),
+    ]
+    apache = (
+        '<table><tr><th><a href="?C=N;O=D">Name</a></th></tr>'
+        '<tr><td><a href="/data/">Parent Directory</a></td></tr>\n'
+        '<tr><td><a href="x.nc">x.nc</a></td><td align="right">2026-12-07 00:10  </td>'
+        '<td align="right"> 12K</td></tr>\n'
+        '<tr><td><a href="/data/abs.txt">abs.txt</a></td><td>2026-12-07 00:11</td>'
+        "<td>17</td></tr>\n</table>"
+    )
+    assert parse_index(apache, "/data") == [
+        ("x.nc", False, None, datetime(2026, 12, 7, 0, 10, tzinfo=UTC)),  # size by HEAD
+        ("abs.txt", False, 17, datetime(2026, 12, 7, 0, 11, tzinfo=UTC)),
+    ]
