@@ -101,17 +101,18 @@ def _index_details(text: str) -> tuple[int | None, datetime | None]:
     text = html.unescape(_TAG.sub(" ", text))
     when = None
     end = 0
-    parts: tuple[int, ...] = ()
     if found := _NGINX_TIME.search(text):
         day, month, year, hour, minute, second = found.groups()
-        parts = (int(year), _MONTHS.get(month.lower(), 0), int(day), int(hour), int(minute))
+        month = str(_MONTHS.get(month.lower(), 0))
     elif found := _ISO_TIME.search(text):
         year, month, day, hour, minute, second = found.groups()
-        parts = (int(year), int(month), int(day), int(hour), int(minute))
     if found:
         end = found.end()
         with contextlib.suppress(ValueError):
-            when = datetime(*parts, int(second or 0), tzinfo=UTC)
+            when = datetime(
+                int(year), int(month), int(day), int(hour), int(minute), int(second or 0),
+                tzinfo=UTC,
+            )  # fmt: skip
     rest = text[end:].split()
     size = int(rest[0]) if rest and rest[0].isdigit() else None
     return size, when
@@ -268,12 +269,12 @@ class HttpRemote(Remote):
             entries = []
             for item in response.json():
                 is_dir = item.get("type") == "directory"
-                size = 0 if is_dir else int(item.get("size") or 0)
+                length = 0 if is_dir else int(item.get("size") or 0)
                 entries.append(
-                    (f"{base}/{item['name']}", size, _http_time(item.get("mtime")), is_dir)
+                    (f"{base}/{item['name']}", length, _http_time(item.get("mtime")), is_dir)
                 )
             return entries
-        entries = []
+        found = []
         for name, is_dir, size, when in parse_index(response.text, folder):
             path = f"{base}/{name}"
             if not is_dir and (size is None or when is None):
@@ -281,8 +282,8 @@ class HttpRemote(Remote):
                 length = head.headers.get("content-length")
                 size = int(length) if size is None and length is not None else size
                 when = when or _http_time(head.headers.get("last-modified"))
-            entries.append((path, 0 if is_dir else size or 0, when, is_dir))
-        return entries
+            found.append((path, 0 if is_dir else size or 0, when, is_dir))
+        return found
 
     def _propfind(self, folder: str) -> list[Entry]:
         """One WebDAV collection's members (PROPFIND, Depth 1)."""
