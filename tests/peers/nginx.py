@@ -27,7 +27,10 @@ class NginxServer:
     tls_port: int
     ca_file: str
 
-    def url(self, folder: str, *, tls: bool = False) -> str:
+    def url(self, folder: str, *, tls: bool = False, json: bool = False) -> str:
+        """The folder's URL; with `json`, where nginx indexes it as JSON."""
+        if json:
+            folder = f"json/{folder}"
         if tls:
             return f"https://127.0.0.1:{self.tls_port}/{folder}"
         return f"http://127.0.0.1:{self.port}/{folder}"
@@ -44,7 +47,10 @@ def nginx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServ
     root.chmod(0o755)
     port, tls_port = free_port(), free_port()
     user = "user root;" if os.geteuid() == 0 else ""
-    location = "location / { autoindex on; autoindex_exact_size on; }"
+    location = (
+        "location / { autoindex on; autoindex_exact_size on; }"
+        f" location /json/ {{ alias {root}/; autoindex on; autoindex_format json; }}"
+    )
     (base / "nginx.conf").write_text(
         f"""{user}
 daemon off;

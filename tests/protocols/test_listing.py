@@ -160,12 +160,12 @@ def webdav_lister(webdav_server: HttpServer) -> ListPeer:
     )
 
 
-def _nginx(server: NginxServer, tls: bool) -> ListPeer:
+def _nginx(server: NginxServer, tls: bool, json: bool = False) -> ListPeer:
     name = f"l-{uuid.uuid4().hex[:8]}"
     folder = server.root / name
     folder.mkdir()
     return ListPeer(
-        server.url(name, tls=tls),
+        server.url(name, tls=tls, json=json),
         {"ca_file": server.ca_file} if tls else {},
         {},
         *_disk(folder),
@@ -182,6 +182,11 @@ def http_index_lister(nginx_server: NginxServer) -> ListPeer:
 @pytest.fixture
 def https_index_lister(nginx_server: NginxServer) -> ListPeer:
     return _nginx(nginx_server, tls=True)
+
+
+@pytest.fixture
+def http_json_index_lister(nginx_server: NginxServer) -> ListPeer:
+    return _nginx(nginx_server, tls=False, json=True)
 
 
 @pytest.fixture(scope="module")
@@ -388,6 +393,7 @@ LISTERS = [
     "webdav_lister",
     "http_index_lister",
     "https_index_lister",
+    "http_json_index_lister",
     "s3_lister",
     "azure_lister",
     "gcs_lister",
