@@ -308,7 +308,16 @@ class FsspecRemote(Remote):
                 path = str(info["name"])
                 if folder.startswith("/") and not path.startswith("/"):
                     path = "/" + path  # object stores name keys without the leading slash
-                is_dir = info.get("type") == "directory"
+                kind = info.get("type")
+                if kind == "other" and info.get("islink"):
+                    # a link is listed as what it points to; a dangling one not at all
+                    try:
+                        kind = self.fs.info(path).get("type") if self.fs.exists(path) else None
+                    except OSError:
+                        kind = None
+                    if kind is None:
+                        continue
+                is_dir = kind == "directory"
                 yield path, 0 if is_dir else int(info.get("size") or 0), _mtime(info), is_dir
                 if is_dir and recursive:
                     pending.append(path)

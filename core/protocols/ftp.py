@@ -224,9 +224,21 @@ class FtpRemote(Remote):
             if name in (".", ".."):
                 continue
             if kind == "link":
+                # a link is listed as what it points to; a dangling one not at all
                 kind = "dir" if self._is_folder(join(name)) else "file"
+                if kind == "file":
+                    target_size = self._size(join(name))
+                    if target_size is None:
+                        continue
+                    size, mtime = target_size, self._mdtm(join(name)) or mtime
             entries.append((join(name), 0 if kind == "dir" else size, mtime, kind == "dir"))
         return entries
+
+    def _mdtm(self, path: str) -> datetime | None:
+        try:
+            return _mlsd_time(self.ftp.voidcmd(f"MDTM {path}")[4:].strip())
+        except ftplib.error_perm:
+            return None
 
     def _is_folder(self, path: str) -> bool:
         here = self.ftp.pwd()

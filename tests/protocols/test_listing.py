@@ -47,6 +47,7 @@ class ListPeer:
     sets_mtime: bool  # put() gives files the time OLD (else: the upload time)
     mtime_step: int  # seconds of precision of listed times (60: minutes)
     resumes: bool = True  # read(offset > 0) starts mid-file
+    disk: Path | None = None  # where the files are, for peers that serve a folder
 
     def remote(self) -> Remote:
         return open_remote("listing", self.url, self.options, self.credentials)
@@ -87,7 +88,9 @@ def _disk(folder: Path, owner: str | None = None) -> tuple[Callable, Callable]:
 def file_lister(tmp_path: Path) -> ListPeer:
     folder = tmp_path / "remote"
     folder.mkdir()
-    return ListPeer(f"file://{folder}", {}, {}, *_disk(folder), sets_mtime=True, mtime_step=1)
+    return ListPeer(
+        f"file://{folder}", {}, {}, *_disk(folder), sets_mtime=True, mtime_step=1, disk=folder
+    )
 
 
 def _sftp(sshd: SshServer, engine: str) -> ListPeer:
@@ -99,6 +102,7 @@ def _sftp(sshd: SshServer, engine: str) -> ListPeer:
         *_disk(folder),
         sets_mtime=True,
         mtime_step=1,
+        disk=folder,
     )
 
 
@@ -127,6 +131,7 @@ def _ftp(server: FtpServer, step: int) -> ListPeer:
         *_disk(folder),
         sets_mtime=True,
         mtime_step=step,
+        disk=folder,
     )
 
 
@@ -606,3 +611,25 @@ def test_index_pages_of_nginx_and_apache() -> None:
         ("x.nc", False, None, datetime(2026, 12, 7, 0, 10, tzinfo=UTC)),  # size by HEAD
         ("abs.txt", False, 17, datetime(2026, 12, 7, 0, 11, tzinfo=UTC)),
     ]
+
+
+@pytest.mark.parametrize(
+    "lister_name", ["file_lister", "sftp_lister", "ftp_lister", "ftps_vsftpd_lister"]
+)
+def test_links_are_listed_as_what_they_point_to(
+    request: pytest.FixtureRequest, lister_name: str
+) -> None:
+    """A `latest -> 20261207` link is how many sites name their newest folder."""
+    lister: ListPeer = request.getfixturevalue(lister_name)
+    lister.put({"20261207/a.grib": b"a" * 10, "file.bin": b"b" * 20})
+    root = lister.disk
+    assert root is not None
+    (root / "latest").symlink_to("20261207")
+    (root / "current.bin").symlink_to("file.bin")
+    (root / "dangling").symlink_to("nothing-there")
+    with lister.remote() as remote:
+        listed = _listed(remote)
+        assert listed["latest"].is_dir and not listed["current.bin"].is_dir
+        assert listed["current.bin"].size == 20
+        assert "dangling" not in listed or not listed["dangling"].is_dir
+        assert set(_listed(remote, "latest")) == {"latest/a.grib"}
