@@ -460,12 +460,7 @@ class OpenSshRemote(Remote):
             while pending:
                 kind, reader = channel.reply(pending.pop(0))
                 if kind == NAME and not done:
-                    for _ in range(reader.u32()):
-                        name = reader.string().decode(errors="surrogateescape")
-                        reader.string()  # the ls -l line
-                        size, permissions, mtime = _attrs(reader)
-                        if name not in (".", ".."):
-                            found.append((name, size, permissions, mtime))
+                    _names(reader.data, reader.pos, found)
                     pending.append(channel.request(READDIR, handle))
                 elif kind == STATUS:
                     code = reader.u32()
@@ -587,6 +582,44 @@ class OpenSshRemote(Remote):
         channel, self.channel = self.channel, None  # type: ignore[assignment]
         if channel is not None:
             channel.close()
+
+
+def _names(data: bytes, pos: int, found: list[tuple[str, int, int | None, int | None]]) -> None:
+    """Append (name, size, permissions, mtime) of each entry of a NAME reply to `found`.
+
+    The fields are unpacked in one loop, not through `_Reader`: at 100,000 entries the
+    method calls cost more than the round trips."""
+    u32, u64 = _U32.unpack_from, _U64.unpack_from
+    (count,) = u32(data, pos)
+    pos += 4
+    for _ in range(count):
+        (length,) = u32(data, pos)
+        name = data[pos + 4 : pos + 4 + length].decode(errors="surrogateescape")
+        pos += 4 + length
+        (length,) = u32(data, pos)  # the ls -l line
+        pos += 4 + length
+        (flags,) = u32(data, pos)
+        pos += 4
+        size, permissions, mtime = 0, None, None
+        if flags & A_SIZE:
+            (size,) = u64(data, pos)
+            pos += 8
+        if flags & A_UIDGID:
+            pos += 8
+        if flags & A_PERMISSIONS:
+            (permissions,) = u32(data, pos)
+            pos += 4
+        if flags & A_ACMODTIME:
+            (mtime,) = u32(data, pos + 4)
+            pos += 8
+        if flags & A_EXTENDED:
+            (pairs,) = u32(data, pos)
+            pos += 4
+            for _ in range(2 * pairs):
+                (length,) = u32(data, pos)
+                pos += 4 + length
+        if name not in (".", ".."):
+            found.append((name, size, permissions, mtime))
 
 
 def _when(mtime: int | None) -> datetime | None:
