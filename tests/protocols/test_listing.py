@@ -633,3 +633,36 @@ def test_links_are_listed_as_what_they_point_to(
         assert listed["current.bin"].size == 20
         assert "dangling" not in listed or not listed["dangling"].is_dir
         assert set(_listed(remote, "latest")) == {"latest/a.grib"}
+
+
+def test_a_server_that_ignores_ranges_cannot_resume() -> None:
+    """A plain server answering every GET whole: offset 0 reads, offset > 0 is refused."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = os.urandom(100_000)
+
+    class Whole(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Whole)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/files"
+        with open_remote("whole", url, {}, {}) as remote:
+            assert b"".join(remote.read("x.bin")) == body
+            with pytest.raises(ProtocolError) as info:
+                b"".join(remote.read("x.bin", offset=10))
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = str(info.value)
+    assert "x.bin" in message and "from byte 10" in message and "whole files" in message, message
+    assert info.value.retryable is False and "\n" not in message
