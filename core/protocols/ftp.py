@@ -175,6 +175,8 @@ class FtpRemote(Remote):
             pending = [folder]
             while pending:
                 current = pending.pop()
+                if not current.startswith("/"):
+                    self.ftp.cwd(here)  # a home-relative folder is relative to the login's
                 for entry in self._entries(current):
                     yield entry
                     if entry[3] and recursive:
@@ -225,12 +227,13 @@ class FtpRemote(Remote):
                 continue
             if kind == "link":
                 # a link is listed as what it points to; a dangling one not at all
-                kind = "dir" if self._is_folder(join(name)) else "file"
+                # (names relative to the folder, which is the working one here)
+                kind = "dir" if self._is_folder(name) else "file"
                 if kind == "file":
-                    target_size = self._size(join(name))
+                    target_size = self._size(name)
                     if target_size is None:
                         continue
-                    size, mtime = target_size, self._mdtm(join(name)) or mtime
+                    size, mtime = target_size, self._mdtm(name) or mtime
             entries.append((join(name), 0 if kind == "dir" else size, mtime, kind == "dir"))
         return entries
 

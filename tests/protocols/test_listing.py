@@ -666,3 +666,23 @@ def test_a_server_that_ignores_ranges_cannot_resume() -> None:
     message = str(info.value)
     assert "x.bin" in message and "from byte 10" in message and "whole files" in message, message
     assert info.value.retryable is False and "\n" not in message
+
+
+@pytest.mark.parametrize("lister_name", ["ftp_lister", "ftps_vsftpd_lister"])
+def test_home_relative_folder_listed_recursively(
+    request: pytest.FixtureRequest, lister_name: str
+) -> None:
+    """`ftp://user@host/~/dir`: the folder and its sub-folders are relative to the login's."""
+    lister: ListPeer = request.getfixturevalue(lister_name)
+    lister.put({"a/b/c.txt": b"c", "a/d.txt": b"dd", "e.txt": b"eee"})
+    scheme, rest = lister.url.split("://", 1)
+    where, folder = rest.split("/", 1)
+    peer = ListPeer(**{**lister.__dict__, "url": f"{scheme}://{where}/~/{folder}"})
+    with peer.remote() as remote:
+        listed = _listed(remote, recursive=True)
+        assert {p: e.size for p, e in listed.items() if not e.is_dir} == {
+            "a/b/c.txt": 1,
+            "a/d.txt": 2,
+            "e.txt": 3,
+        }
+        assert set(_listed(remote, "a/b")) == {"a/b/c.txt"}
