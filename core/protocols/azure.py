@@ -215,7 +215,8 @@ class AzureRemote(Remote):
 
     def _list(self, folder: str, recursive: bool) -> Iterator[Entry]:
         """List Blobs, 5,000 a page; sub-folders are the prefixes before the next "/",
-        or, when recursive, the folders between the prefix and each blob."""
+        or, when recursive, the folders between the prefix and each blob.
+        A folder exists while a key is under it: none at all is a missing folder."""
         prefix = self.blob(folder).rstrip("/")
         prefix = f"{prefix}/" if prefix else ""
         container = self.fs.service_client.get_container_client(self.container)

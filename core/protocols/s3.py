@@ -237,7 +237,8 @@ class S3Remote(Remote):
 
     def _list(self, folder: str, recursive: bool) -> Iterator[Entry]:
         """ListObjectsV2, page after page (1,000 keys each); sub-folders are the common
-        prefixes, or, when recursive, the folders between the prefix and each key."""
+        prefixes, or, when recursive, the folders between the prefix and each key.
+        A folder exists while a key is under it: none at all is a missing folder."""
         prefix = self.key(folder).rstrip("/")
         prefix = f"{prefix}/" if prefix else ""
         delimiter = {} if recursive else {"Delimiter": "/"}
