@@ -10,7 +10,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-from collections.abc import Coroutine, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +27,13 @@ from pydantic import Field
 
 from ecpds.core.protocols import CommonOptions, HostUrl, MiB, ProtocolError, options_dataclass
 from ecpds.core.protocols.base import Remote
-from ecpds.core.protocols.cloud import PartReader, connection_problem, send_parts
+from ecpds.core.protocols.cloud import (
+    Entry,
+    PartReader,
+    connection_problem,
+    send_parts,
+    with_folders,
+)
 
 CREDENTIALS = frozenset({"connection_string", "account_key", "sas_token"})
 # azure-core retries a refused connection for seconds by default; the destination's own
@@ -206,6 +212,71 @@ class AzureRemote(Remote):
 
     def _delete(self, path: str) -> None:
         self._call(self.blob(path), "delete_blob")
+
+    def _list(self, folder: str, recursive: bool) -> Iterator[Entry]:
+        """List Blobs, 5,000 a page; sub-folders are the prefixes before the next "/",
+        or, when recursive, the folders between the prefix and each blob.
+        A folder exists while a key is under it: none at all is a missing folder."""
+        prefix = self.blob(folder).rstrip("/")
+        prefix = f"{prefix}/" if prefix else ""
+        container = self.fs.service_client.get_container_client(self.container)
+        pages: Any = None
+
+        async def next_page() -> list[Any] | None:
+            nonlocal pages
+            if pages is None:
+                method = container.list_blobs if recursive else container.walk_blobs
+                pages = method(
+                    name_starts_with=prefix or None, results_per_page=5000, **self.call_options
+                ).by_page()
+            try:
+                page: AsyncIterator[Any] = await pages.__anext__()
+            except StopAsyncIteration:
+                return None
+            return [item async for item in page]
+
+        anything = False
+        while (items := sync(self.fs.loop, next_page)) is not None:
+            anything = anything or bool(items)
+            blobs = [
+                (str(i.name), int(i.size), i.last_modified) for i in items if hasattr(i, "size")
+            ]
+            if recursive:
+                yield from with_folders(blobs, prefix)
+                continue
+            for name, size, when in blobs:
+                if name != prefix:
+                    yield "/" + name, size, when, False
+            for item in items:
+                if not hasattr(item, "size"):  # a BlobPrefix: the folder's name ends in "/"
+                    yield "/" + str(item.name).rstrip("/"), 0, None, True
+        if prefix and not anything:
+            raise self.missing_folder(folder)
+
+    def _read(self, path: str, offset: int) -> Iterator[bytes]:
+        """Get Blob from `offset`, chunk by chunk."""
+        blob = self.blob(path)
+        try:
+            download = self._call(blob, "download_blob", offset=offset or None)
+        except ResourceNotFoundError as exc:
+            if "BlobNotFound" in str(getattr(exc, "error_code", "")):
+                raise FileNotFoundError(blob) from None
+            raise
+        except HttpResponseError as exc:
+            if exc.status_code == 416 and self._size(path) == offset:
+                return  # nothing after the offset
+            raise
+        chunks = download.chunks()
+
+        async def next_chunk() -> bytes | None:
+            try:
+                return bytes(await chunks.__anext__())
+            except StopAsyncIteration:
+                return None
+
+        while (chunk := sync(self.fs.loop, next_chunk)) is not None:
+            if chunk:
+                yield chunk
 
     # --- errors ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import socket
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -117,3 +118,25 @@ def connection_problem(exc: BaseException, endpoint: str) -> str | None:
             or seen.__context__
         )
     return None
+
+
+Entry = tuple[str, int, datetime | None, bool]
+
+
+def with_folders(
+    objects: Iterable[tuple[str, int, datetime | None]], prefix: str
+) -> Iterator[Entry]:
+    """A flat listing of object keys under `prefix` as files and the folders between:
+    each folder once, before its first file; a key ending in "/" (a folder marker) is a
+    folder; paths come back with the leading "/" the URL's path has."""
+    seen: set[str] = set()
+    for key, size, when in objects:
+        rest = key[len(prefix) :]
+        parts = rest.split("/")
+        for depth in range(1, len(parts)):
+            folder = prefix + "/".join(parts[:depth])
+            if folder not in seen:
+                seen.add(folder)
+                yield "/" + folder, 0, None, True
+        if parts[-1]:
+            yield "/" + key, size, when, False

@@ -11,9 +11,11 @@ import contextlib
 import errno
 import ftplib
 import posixpath
+import re
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 
 from ecpds.core.protocols import CommonOptions, HostUrl, ProtocolError, options_dataclass
 from ecpds.core.protocols.base import Remote
@@ -53,6 +55,63 @@ class _FtpTls(ftplib.FTP_TLS):
         return conn, size
 
 
+Entry = tuple[str, int, datetime | None, bool]
+
+# `ls -l` lines as servers without MLSD send them: mode, links, owner, group, size, date, name
+_LS_LINE = re.compile(
+    r"^(?P<mode>[-dlbcps])[-rwxsStTl@+.]{9}\S*\s+\d+\s+\S+\s+\S+\s+(?P<size>\d+)\s+"
+    r"(?P<month>[A-Za-z]{3})\s+(?P<day>\d{1,2})\s+(?:(?P<hour>\d{1,2}):(?P<minute>\d{2})|(?P<year>\d{4}))"
+    r"\s(?P<name>.+)$"
+)
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1
+    )
+}
+
+
+def _mlsd_time(value: str | None) -> datetime | None:
+    """An MLSD `modify` fact (YYYYMMDDHHMMSS[.sss], UTC)."""
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def parse_ls_line(line: str, now: datetime) -> tuple[str, int, datetime | None, str] | None:
+    """(name, size, mtime, kind "file"/"dir"/"link") of one `LIST` line; None for others.
+
+    The time is to the minute, taken as UTC (vsftpd and most servers list UTC); a date
+    without a year is in the last twelve months.
+    """
+    found = _LS_LINE.match(line)
+    if found is None:
+        return None
+    month = _MONTHS.get(found["month"].lower())
+    mtime = None
+    if month:
+        try:
+            if found["year"]:
+                mtime = datetime(int(found["year"]), month, int(found["day"]), tzinfo=UTC)
+            else:
+                mtime = datetime(
+                    now.year, month, int(found["day"]), int(found["hour"]), int(found["minute"]),
+                    tzinfo=UTC,
+                )  # fmt: skip
+                if mtime > now + timedelta(days=1):
+                    mtime = mtime.replace(year=now.year - 1)
+        except ValueError:
+            mtime = None
+    name = found["name"]
+    kind = {"d": "dir", "l": "link"}.get(found["mode"], "file")
+    if kind == "link":
+        name = name.split(" -> ", 1)[0]
+    return name, int(found["size"]), mtime, kind
+
+
 def _reply_code(exc: BaseException) -> str:
     return str(exc)[:3] if isinstance(exc, ftplib.Error) else ""
 
@@ -63,6 +122,7 @@ class FtpRemote(Remote):
     def __init__(self, host_name: str, url: HostUrl, options: Options, ftp: ftplib.FTP) -> None:
         super().__init__(host_name, url, options)
         self.ftp = ftp
+        self.mlsd = True  # until the server says it has no MLSD
 
     def _write(self, path: str, chunks: Iterable[bytes], offset: int) -> int:
         self.ftp.voidcmd("TYPE I")
@@ -108,6 +168,120 @@ class FtpRemote(Remote):
             return False
         self.ftp.cwd(here)
         return True
+
+    def _list(self, folder: str, recursive: bool) -> Iterator[Entry]:
+        here = self.ftp.pwd()
+        try:
+            pending = [folder]
+            while pending:
+                current = pending.pop()
+                if not current.startswith("/"):
+                    self.ftp.cwd(here)  # a home-relative folder is relative to the login's
+                for entry in self._entries(current):
+                    yield entry
+                    if entry[3] and recursive:
+                        pending.append(entry[0])
+        finally:
+            with contextlib.suppress(ftplib.Error, OSError, EOFError):
+                self.ftp.cwd(here)
+
+    def _entries(self, folder: str) -> list[Entry]:
+        """One folder's entries: MLSD (exact sizes and times), else LIST, in one transfer."""
+        try:
+            self.ftp.cwd(folder)
+        except ftplib.error_perm as exc:
+            if _reply_code(exc) == "550":
+                raise self.missing_folder(folder) from None
+            raise
+        base = folder.rstrip("/") if folder not in ("", ".") else ""
+
+        def join(name: str) -> str:
+            return f"{base}/{name}" if base or folder.startswith("/") else name
+
+        self.ftp.voidcmd("TYPE A")
+        if self.mlsd:
+            try:
+                found = []
+                for name, facts in self.ftp.mlsd(""):
+                    kind = facts.get("type", "").lower()
+                    if kind in ("cdir", "pdir") or name in (".", ".."):
+                        continue
+                    is_dir = kind == "dir"
+                    size = 0 if is_dir else int(facts.get("size") or 0)
+                    found.append((join(name), size, _mlsd_time(facts.get("modify")), is_dir))
+                return found
+            except ftplib.error_perm as exc:
+                if _reply_code(exc) not in ("500", "501", "502", "504"):
+                    raise
+                self.mlsd = False  # the server has no MLSD: LIST from now on
+        lines: list[str] = []
+        self.ftp.retrlines("LIST", lines.append)
+        now = datetime.now(UTC)
+        entries = []
+        for line in lines:
+            parsed = parse_ls_line(line, now)
+            if parsed is None:
+                continue
+            name, size, mtime, kind = parsed
+            if name in (".", ".."):
+                continue
+            if kind == "link":
+                # a link is listed as what it points to; a dangling one not at all
+                # (names relative to the folder, which is the working one here)
+                kind = "dir" if self._is_folder(name) else "file"
+                if kind == "file":
+                    target_size = self._size(name)
+                    if target_size is None:
+                        continue
+                    size, mtime = target_size, self._mdtm(name) or mtime
+            entries.append((join(name), 0 if kind == "dir" else size, mtime, kind == "dir"))
+        return entries
+
+    def _mdtm(self, path: str) -> datetime | None:
+        try:
+            return _mlsd_time(self.ftp.voidcmd(f"MDTM {path}")[4:].strip())
+        except ftplib.error_perm:
+            return None
+
+    def _is_folder(self, path: str) -> bool:
+        here = self.ftp.pwd()
+        try:
+            self.ftp.cwd(path)
+        except ftplib.error_perm:
+            return False
+        self.ftp.cwd(here)
+        return True
+
+    def _read(self, path: str, offset: int) -> Iterator[bytes]:
+        """RETR, from `offset` with REST; the data connection's bytes as they come."""
+        self.ftp.voidcmd("TYPE I")
+        try:
+            conn = self.ftp.transfercmd(f"RETR {path}", rest=offset or None)
+        except ftplib.error_perm as exc:
+            # servers word a missing file many ways (vsftpd: "550 Failed to open file")
+            if _reply_code(exc) == "550" and self._size(path) is None:
+                raise FileNotFoundError(errno.ENOENT, path) from None
+            raise
+        complete = False
+        try:
+            while data := conn.recv(self.options.chunk_size):
+                yield data
+            if isinstance(conn, ssl.SSLSocket):
+                conn.unwrap()
+            complete = True
+        finally:
+            conn.close()
+            if complete:
+                self.ftp.voidresp()
+            else:
+                # Given up half-way: the server answers the broken transfer (426 or 226);
+                # read that answer so the control connection stays in step.
+                if self.ftp.sock is not None:
+                    self.ftp.sock.settimeout(5)
+                with contextlib.suppress(ftplib.Error, OSError, EOFError):
+                    self.ftp.voidresp()
+                if self.ftp.sock is not None:
+                    self.ftp.sock.settimeout(self.options.timeout)
 
     def _rename(self, source: str, dest: str) -> None:
         try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 from fsspec.asyn import sync
@@ -102,6 +103,23 @@ class GcsRemote(FsspecRemote):
 
     def _delete(self, path: str) -> None:
         super()._delete(self.object(path))
+
+    def _list(
+        self, folder: str, recursive: bool
+    ) -> Iterator[tuple[str, int, datetime | None, bool]]:
+        """gcsfs's listing (it follows the page tokens), fresh each time, under "/"."""
+        self.fs.invalidate_cache()
+        start = len(self.bucket) + 1
+        try:
+            for path, size, when, is_dir in super()._list(self.object(folder), recursive):
+                yield "/" + path[start:], size, when, is_dir
+        except ProtocolError as exc:
+            if "does not exist" in str(exc):
+                raise self.missing_folder(folder) from None
+            raise
+
+    def _read(self, path: str, offset: int) -> Iterator[bytes]:
+        return super()._read(self.object(path), offset)
 
     def explain(self, exc: BaseException) -> tuple[str, bool] | None:
         if isinstance(exc, FileNotFoundError):

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import concurrent.futures
 import functools
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +28,13 @@ from zlib_ng import zlib_ng
 
 from ecpds.core.protocols import CommonOptions, HostUrl, MiB, ProtocolError, options_dataclass
 from ecpds.core.protocols.base import Remote
-from ecpds.core.protocols.cloud import PartReader, connection_problem, send_parts
+from ecpds.core.protocols.cloud import (
+    Entry,
+    PartReader,
+    connection_problem,
+    send_parts,
+    with_folders,
+)
 
 CREDENTIALS = frozenset({"access_key_id", "secret_access_key", "session_token"})
 MIN_PART = 5 * MiB  # S3's smallest part but the last
@@ -228,6 +234,56 @@ class S3Remote(Remote):
 
     def _delete(self, path: str) -> None:
         self._call("delete_object", Key=self.key(path))
+
+    def _list(self, folder: str, recursive: bool) -> Iterator[Entry]:
+        """ListObjectsV2, page after page (1,000 keys each); sub-folders are the common
+        prefixes, or, when recursive, the folders between the prefix and each key.
+        A folder exists while a key is under it: none at all is a missing folder."""
+        prefix = self.key(folder).rstrip("/")
+        prefix = f"{prefix}/" if prefix else ""
+        delimiter = {} if recursive else {"Delimiter": "/"}
+        token: dict[str, str] = {}
+        anything = False
+        while True:
+            page = self._call("list_objects_v2", Prefix=prefix, **delimiter, **token)
+            objects = [
+                (str(o["Key"]), int(o["Size"]), o.get("LastModified"))
+                for o in page.get("Contents", [])
+            ]
+            folders = [str(p["Prefix"]) for p in page.get("CommonPrefixes", [])]
+            anything = anything or bool(objects or folders)
+            if recursive:
+                yield from with_folders(objects, prefix)
+            else:
+                for key, size, when in objects:
+                    if key != prefix:  # the folder's own marker object
+                        yield "/" + key, size, when, False
+                for name in folders:
+                    yield "/" + name.rstrip("/"), 0, None, True
+            if not page.get("IsTruncated"):
+                break
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+        if prefix and not anything:
+            raise self.missing_folder(folder)
+
+    def _read(self, path: str, offset: int) -> Iterator[bytes]:
+        """GetObject, ranged from `offset`; the body streamed chunk by chunk."""
+        key = self.key(path)
+        ranged = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            body = self._call("get_object", Key=key, **ranged)["Body"]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in _MISSING:
+                raise FileNotFoundError(key) from None
+            if code == "InvalidRange" and self._size(path) == offset:
+                return  # nothing after the offset
+            raise
+        try:
+            while chunk := sync(self.fs.loop, body.read, self.options.chunk_size):
+                yield chunk
+        finally:
+            body.close()
 
     # --- errors ---------------------------------------------------------------------------
 

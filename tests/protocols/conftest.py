@@ -12,6 +12,7 @@ from peers.conformance import Peer
 from peers.disk import small_disk
 from peers.ftp import FtpServer
 from peers.httpd import HttpServer
+from peers.nginx import nginx_server  # noqa: F401  (the fixture, for test_listing)
 from peers.sshd import SshServer
 
 from ecpds.core.devserver import free_port
