@@ -39,7 +39,7 @@ from ecpds.core.protocols import ProtocolError, parse_url
 from ecpds.core.retrieval import Integrity
 from ecpds.core.secrets import CredentialBox
 from ecpds.core.sources import Source, SourceConnections, resolve_source
-from ecpds.core.store import Store, StoredObject, StoreError
+from ecpds.core.store import ObjectTooLarge, Store, StoredObject, StoreError
 
 T = TypeVar("T")
 HEARTBEAT_EVERY = 1.0
@@ -86,6 +86,7 @@ class _Fetch:
     source: Source
     integrity: Integrity | None
     connections: int
+    max_size: int = 0  # the destination's max_file_size (0: no limit)
 
 
 @dataclass
@@ -209,6 +210,7 @@ class StorageActivities:
                 else None
             )
             fallback = destination.max_connections if destination else DEFAULT_CONNECTIONS
+            max_size = destination.max_file_size if destination else 0
             folders: dict[str, Source | ProtocolError] = {}
             arrived: list[str] = []
             for data_file_id in request.data_file_ids:
@@ -242,9 +244,8 @@ class StorageActivities:
                     out.failed.append(FetchFailure(data_file_id, str(exc), exc.retryable))
                     continue
                 source = replace(found, file_name=name)
-                todo.append(
-                    _Fetch(data_file_id, source, integrity, source.max_connections or fallback)
-                )
+                connections = source.max_connections or fallback
+                todo.append(_Fetch(data_file_id, source, integrity, connections, max_size))
             if arrived:
                 out.fetched += arrived
                 out.transfer_ids += _transfer_ids(
@@ -275,7 +276,9 @@ class StorageActivities:
                 checked = fetch.integrity.checked(chunks) if fetch.integrity else chunks
                 with contextlib.closing(checked) as stream:
                     try:
-                        stored = self.store.write(data_file_id, stream)
+                        stored = self.store.write(data_file_id, stream, max_size=fetch.max_size)
+                    except ObjectTooLarge:
+                        raise
                     except StoreError:
                         started = inspect.getgeneratorstate(chunks) != inspect.GEN_CREATED
                         if started or not self.store.primary.exists(data_file_id):
@@ -283,9 +286,11 @@ class StorageActivities:
                         # A copy left by an attempt that died between the store and the
                         # catalog (the store refuses before reading a byte): replace it.
                         self.store.delete(data_file_id)
-                        stored = self.store.write(data_file_id, stream)
+                        stored = self.store.write(data_file_id, stream, max_size=fetch.max_size)
         except ProtocolError as exc:
             return data_file_id, FetchFailure(data_file_id, str(exc), exc.retryable)
+        except ObjectTooLarge as exc:
+            return data_file_id, FetchFailure(data_file_id, f"not stored: {exc}", False)
         except (StoreError, OSError) as exc:
             text = " ".join(str(exc).split()) or type(exc).__name__
             return data_file_id, FetchFailure(data_file_id, f"storing the file: {text}", True)

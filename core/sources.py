@@ -214,12 +214,6 @@ class SourceConnections:
                         yield chunk
                 return
             except ProtocolError as exc:
-                if isinstance(exc.__cause__, FileNotFoundError):
-                    raise ProtocolError(
-                        f"{source.host_name}: source file {source.file_name} does not exist "
-                        f"in {source.folder_url}",
-                        retryable=False,
-                    ) from None
                 if not exc.retryable:
                     raise
                 if offset > began:

@@ -162,7 +162,7 @@ class Remote:
                 yield from self._read(path, offset)
             except FileNotFoundError:
                 raise ProtocolError(
-                    self.message(f"reading {target!r}: no such file ({path})")
+                    self.message(f"reading {target!r}: no such file ({path})"), retryable=False
                 ) from None
 
     def close(self) -> None:

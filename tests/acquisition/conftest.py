@@ -36,6 +36,7 @@ from ecpds.core.models import (
     DataTransfer,
     Destination,
     DestinationCreate,
+    DestinationUpdate,
     HostCreate,
     HostUpdate,
 )
@@ -90,6 +91,10 @@ class Acquisition:
             catalog.create_destination(
                 session, data=DestinationCreate(name=name, hosts=hosts, **fields)
             )
+
+    def update_destination(self, name: str, **fields: Any) -> None:
+        with session_scope(self.engine) as session:
+            catalog.update_destination(session, name=name, data=DestinationUpdate(**fields))
 
     def acquisition_host(
         self, url: str, rules: list[dict[str, Any]], *, forward: list[str] = (), **fields: Any

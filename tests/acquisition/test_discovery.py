@@ -126,19 +126,21 @@ def _all_files(acq: Acquisition, destination: str) -> list:
 async def test_delete_original_only_after_a_verified_fetch(acq: Acquisition) -> None:
     root = acq.tmp / "provider"
     write(root / "keep.dat", b"kept: its rule keeps originals")
-    # Listed, but its fetch fails (a link to nothing): the original must stay.
-    root.joinpath("move.dat").symlink_to(acq.tmp / "nothing")
+    # Listed, but its fetch fails (larger than the destination takes): the original stays.
+    write(root / "move.dat", b"x" * 100)
     rules = [
         {"pattern": r"move\.dat", "delete_original": True, "settle_age": 0},
         {"pattern": r"keep\.dat"},
     ]
     destination, host = acq.acquisition_host(f"file://{root}", rules)
+    acq.update_destination(destination, max_file_size=64)
     failed = await acq.run(destination, host)
     assert (failed.status, failed.new, failed.fetched, failed.failed) == ("partial", 2, 1, 1)
-    assert (root / "move.dat").is_symlink()
-    # The failed file's key is forgotten: once readable, the next run fetches it and only
+    assert (root / "move.dat").read_bytes() == b"x" * 100
+    [failure] = [t.last_error for t in acq.transfers(destination) if t.status == "FAIL"]
+    assert "larger than the limit of 64 bytes" in (failure or ""), failure
+    # The failed file's key is forgotten: once it fits, the next run fetches it and only
     # then removes the original.
-    (root / "move.dat").unlink()
     write(root / "move.dat", b"moved into the store")
     outcome = await acq.run(destination, host)
     assert (outcome.status, outcome.new, outcome.fetched) == ("ok", 1, 1)

@@ -38,7 +38,6 @@ from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.dispatch import TemporalDispatcher
 from ecpds.core.engine import subscription_workflow_id
 from ecpds.core.models import DataFile, DataTransfer, DataUserCreate, HostCreate, HostKind
-from ecpds.core.protocols import ProtocolError, open_remote
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
@@ -192,20 +191,6 @@ async def embedded_broker(engine: Engine, tmp_path: Path) -> AsyncIterator[MqttB
 # --- file sources ---------------------------------------------------------------------------
 
 
-def http_reads(source: FileSource) -> bool:
-    """Whether the protocol layer reads files over HTTPS yet (helper A's part)."""
-    (source.folder / "probe").write_bytes(b"probe")
-    remote = open_remote("probe", source.url, source.options, source.credentials)
-    try:
-        return b"".join(remote.read("probe")) == b"probe"
-    except ProtocolError as exc:
-        if "cannot read" not in str(exc):
-            raise
-        return False
-    finally:
-        remote.close()
-
-
 @dataclass
 class FileSource:
     """A folder on a real file server, and what an acquisition host needs to read it."""
@@ -231,12 +216,7 @@ def source(request: pytest.FixtureRequest) -> FileSource:
     server = request.getfixturevalue("https_upload_server")
     folder = server.root / name
     folder.mkdir()
-    https = FileSource(folder, server.url(name), server.credentials, {"ca_file": server.ca_file})
-    if not http_reads(https):
-        request.applymarker(
-            pytest.mark.xfail(reason="HTTPS sources need the HTTP read of helper A", strict=True)
-        )
-    return https
+    return FileSource(folder, server.url(name), server.credentials, {"ca_file": server.ca_file})
 
 
 # --- the system under test ------------------------------------------------------------------

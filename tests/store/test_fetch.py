@@ -83,7 +83,7 @@ def test_a_batch_returns_once_its_files_are_in_or_failed(system: System, sshd) -
     assert (result.fetched, result.failed) == (30, 1)
     assert result.bytes == sum(map(len, contents))
     [error] = result.errors
-    assert error.data_file_id == ids[-1] and "does not exist" in error.error
+    assert error.data_file_id == ids[-1] and "no such file" in error.error
     assert "\n" not in error.error
     for data_file_id, data in zip(ids, contents, strict=False):
         data_file = system.data_file(data_file_id)
