@@ -23,7 +23,7 @@ from sqlalchemy import Engine, bindparam, delete, insert, update
 from sqlmodel import Session, col, select
 
 from ecpds.core import catalog
-from ecpds.core.db import session_scope
+from ecpds.core.db import session_scope, table_of
 from ecpds.core.errors import Invalid, NotFound
 from ecpds.core.models import (
     LONGEST,
@@ -44,6 +44,7 @@ from ecpds.core.protocols.base import RemoteEntry
 from ecpds.core.push import IngestError, PushOptions
 from ecpds.core.retrieval import SourceSpec, register_sources
 from ecpds.core.secrets import CredentialBox
+from ecpds.core.sources import reading_options
 
 # --- settings -----------------------------------------------------------------------------
 
@@ -478,10 +479,7 @@ class RemoteLogin:
     credentials: dict[str, str]
 
     def open(self) -> Any:
-        options = {k: v for k, v in self.options.items() if k not in ("mode", "md5_sidecar")}
-        if self.url.lower().startswith("sftp://"):
-            options["engine"] = "asyncssh"  # listing goes through fsspec
-        return open_remote(self.name, self.url, options, self.credentials)
+        return open_remote(self.name, self.url, reading_options(self.options), self.credentials)
 
 
 def host_login(session: Session, box: CredentialBox, host: Host) -> RemoteLogin:
@@ -587,8 +585,8 @@ def discover(
         _remember_unsettled(session, found, decisions, now)
         new = [d for d in decisions if d.reason is None]
         if new:
-            session.execute(
-                insert(AcquiredFile),
+            session.connection().execute(
+                table_of(AcquiredFile).insert(),
                 [
                     {
                         "destination_id": dest.id,

@@ -15,12 +15,13 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from ecpds.core import catalog
-from ecpds.core.db import session_scope
+from ecpds.core.db import session_scope, table_of
 from ecpds.core.models import (
     Alias,
     DataFile,
@@ -219,15 +220,19 @@ def register_sources(
         files: list[dict[str, Any]] = []
         legs: list[list[dict[str, Any]]] = []
         for spec, rid in zip(sources, reqids, strict=True):
-            try:
-                parsed = parse_url(spec.url)
-                folder = spec.url.rsplit("/", 1)[0]
-                if folder not in resolved:
-                    resolve_source(session, box, spec.url, hosts=hosts)
-                    resolved.add(folder)
-            except ProtocolError as exc:
-                raise IngestError(str(exc)) from None
-            name = spec.name or posixpath.basename(parsed.path)
+            folder, _, last = spec.url.rpartition("/")
+            if folder in resolved and "?" not in last and "#" not in last:
+                # The folder's URL was checked with the first file in it: only the name is new.
+                name = spec.name or unquote(last)
+            else:
+                try:
+                    parsed = parse_url(spec.url)
+                    if folder not in resolved:
+                        resolve_source(session, box, spec.url, hosts=hosts)
+                        resolved.add(folder)
+                except ProtocolError as exc:
+                    raise IngestError(str(exc)) from None
+                name = spec.name or posixpath.basename(parsed.path)
             check_file_name(name)
             target = spec.target or name
             if first is None or not uniform:
@@ -259,13 +264,20 @@ def register_sources(
                     for t in first
                 ]
             )
-        session.execute(insert(DataFile), files)
+        # Core inserts, not the ORM's bulk path: at 10,000 files its per-row bookkeeping
+        # costs more than the statements.
+        connection = session.connection()
+        connection.execute(table_of(DataFile).insert(), files)
         rows = [row for file_legs in legs for row in file_legs]
         ids = iter(
-            session.execute(
-                insert(DataTransfer).returning(col(DataTransfer.id), sort_by_parameter_order=True),
+            connection.execute(
+                table_of(DataTransfer)
+                .insert()
+                .returning(table_of(DataTransfer).c.id, sort_by_parameter_order=True),
                 rows,
             ).scalars()
+            if rows
+            else ()
         )
         registered = [
             Registered(f["id"], f["name"], f["source"], [next(ids) for _ in file_legs])

@@ -94,7 +94,7 @@ def resolve_source(
             host.max_connections,
         )
     try:
-        check_host(source.folder_url, _fetch_options(source.options), source.credentials)
+        check_host(source.folder_url, reading_options(source.options), source.credentials)
     except ProtocolError as exc:
         if best is None:
             raise ProtocolError(
@@ -105,8 +105,8 @@ def resolve_source(
     return source
 
 
-def _fetch_options(options: dict[str, Any]) -> dict[str, Any]:
-    # Upload-only settings of the host do not matter for reading.
+def reading_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A host's options for listing and reading (its upload-only settings left out)."""
     return {k: v for k, v in options.items() if k not in ("mode", "md5_sidecar")}
 
 
@@ -186,7 +186,7 @@ class SourceConnections:
                 remote = open_remote(
                     source.host_name,
                     source.folder_url,
-                    _fetch_options(source.options),
+                    reading_options(source.options),
                     source.credentials,
                 )
             yield remote, pooled

@@ -198,7 +198,7 @@ def test_async_failure_is_named_by_wait(system: System, sshd) -> None:
     assert waited.exit_code == 1
     last = waited.stderr.strip().splitlines()[-1]
     assert last == "error: 1 of 2 files failed: absent.bufr", waited.stderr
-    assert "does not exist" in waited.stderr
+    assert "no such file" in waited.stderr
 
 
 def test_sources_that_may_not_be_read_are_refused(system: System, sshd) -> None:
