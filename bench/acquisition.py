@@ -1,7 +1,15 @@
-"""Acquisition benchmark (fetch half): files fetched from a local OpenSSH server into the
-store by RetrievalBatchWorkflow, as a discovery run awaits it, beside rclone.
+"""Acquisition benchmark: discovery, fetching and MQTT-triggered fetching, each beside its
+peer, in one run (`make bench`; --json prints one object).
 
-Starts the whole system with `ecpds up` in a temporary home (free ports) and an sshd, then,
+Discovery (bench/discovery.py): a folder of 10,000 files on a local OpenSSH server listed
+with a regex rule until every new file is registered (discovery_s), a second run with
+nothing new (rediscovery_s), beside `rclone lsf` of the folder (list_vs_rclone).
+MQTT (bench/mqtt_acquisition.py): 1,000 WIS2 notifications published on Mosquitto for files
+on a local HTTPS server, publish to stored (mqtt_files_per_s, mqtt_to_stored_p50_ms/_p99_ms).
+
+Fetching: files fetched from a local OpenSSH server into the store by
+RetrievalBatchWorkflow, as a discovery run awaits it, beside rclone. Starts the whole
+system with `ecpds up` in a temporary home (free ports) and an sshd, then,
 alternately and `--rounds` times each (the best of each kept):
 (a) 1,000 files of 64 KiB: registered in the catalog and fetched by one batch workflow,
     beside `rclone copy` of the same folder to a local folder (acq_files_per_s,
@@ -28,6 +36,8 @@ import uuid
 from pathlib import Path
 
 import httpx
+from discovery import measure as discovery_figures
+from mqtt_acquisition import mqtt_figures
 from submit import (
     MiB,
     ecpds,
@@ -208,8 +218,16 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=1000, help="small files (64 KiB each)")
     parser.add_argument("--large-mib", type=int, default=1024, help="size of the large file")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each, best kept")
+    parser.add_argument("--listed", type=int, default=10_000, help="files in the listed folder")
+    parser.add_argument("--notifications", type=int, default=1000, help="WIS2 messages")
     args = parser.parse_args()
-    report(run(args), as_json=args.json)
+    figures: dict[str, float] = {}
+    log(f"discovery of {args.listed} files, and rclone lsf …")
+    figures |= {k: float(v) for k, v in discovery_figures(args.listed).items() if v is not None}
+    log(f"{args.notifications} WIS2 notifications …")
+    figures |= mqtt_figures(files=args.notifications)
+    figures |= run(args)
+    report(figures, as_json=args.json)
 
 
 if __name__ == "__main__":
