@@ -26,7 +26,6 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -37,8 +36,8 @@ from ecpds.core.db import session_scope
 from ecpds.core.dispatch import SWEEP_LATER, TemporalDispatcher, best_effort
 from ecpds.core.engine import SubscriptionInput
 from ecpds.core.models import Host
-from ecpds.core.push import IngestError, PushOptions
-from ecpds.core.retrieval import SourceSpec, register_sources
+from ecpds.core.push import IngestError
+from ecpds.core.retrieval import SourceSpec, register_new
 from ecpds.core.secrets import CredentialBox
 from ecpds.core.wis2 import NotificationError, check_fields, parse_message
 
@@ -333,6 +332,8 @@ class SubscriptionActivities:
         trigger = broker.trigger
         done = Registration()
         prefix = "wis2" if trigger.format == "wis2" else "mqtt"
+        specs: list[SourceSpec] = []
+        topics: list[str] = []
         for message in batch:
             try:
                 notice = parse_message(
@@ -349,32 +350,32 @@ class SubscriptionActivities:
                 metadata["pubtime"] = notice.pubtime.isoformat().replace("+00:00", "Z")
             if notice.integrity is not None:
                 metadata["integrity"] = notice.integrity
-            options = PushOptions(
-                metadata=metadata, reqid=f"{prefix}:{request.destination}:{notice.key}"
+            reqid = f"{prefix}:{request.destination}:{notice.key}"
+            specs.append(SourceSpec(notice.url, name=notice.name, metadata=metadata, reqid=reqid))
+            topics.append(message.topic)
+        if not specs:
+            return done
+        try:
+            # The whole burst in one transaction: a transaction per message costs more than
+            # its file's fetch.
+            files, known = register_new(
+                self.engine, self.box, destination=request.destination, sources=specs
             )
-            spec = SourceSpec(notice.url, name=notice.name)
-            for attempt in range(2):
+        except IngestError:
+            # One of them is refused: register them one by one, to name it and keep the rest.
+            files, known = [], 0
+            for spec, topic in zip(specs, topics, strict=True):
                 try:
-                    files, new = register_sources(
-                        self.engine,
-                        self.box,
-                        destination=request.destination,
-                        sources=[spec],
-                        options=options,
+                    one, seen = register_new(
+                        self.engine, self.box, destination=request.destination, sources=[spec]
                     )
-                except IntegrityError:
-                    # Another subscription (a second broker) registered it at the same time.
-                    if attempt:
-                        raise
-                    continue
                 except IngestError as exc:
-                    done.refused.append(f"{message.topic}: {_one_line(exc)}")
-                    break
-                if new:
-                    done.new_ids.extend(f.id for f in files)
-                else:
-                    done.duplicates += 1
-                break
+                    done.refused.append(f"{topic}: {_one_line(exc)}")
+                    continue
+                files += one
+                known += seen
+        done.new_ids.extend(f.id for f in files)
+        done.duplicates += known
         return done
 
     @activity.defn

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from ecpds.core import catalog
@@ -111,6 +112,7 @@ class SourceSpec:
     name: str | None = None
     target: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # over the push's own
+    reqid: str | None = None  # its own request id (see `register_new`)
 
 
 @dataclass
@@ -192,9 +194,12 @@ def register_sources(
         raise IngestError(f"{len(sources)} sources in one request: the limit is {MAX_SOURCES}")
     if options.target is not None:
         raise IngestError("a target belongs to each source, not to the whole request")
-    reqids = _reqids(options.reqid, len(sources))
+    own = [s.reqid for s in sources]
+    if any(own) and options.reqid is not None:
+        raise IngestError("a request id belongs to the request or to each source, not both")
+    reqids = own if any(own) else _reqids(options.reqid, len(sources))
     with session_scope(engine) as session:
-        earlier = _existing(session, reqids)
+        earlier = None if any(own) else _existing(session, reqids)
         if earlier is not None:
             return earlier, False
         # Without target patterns on aliases, every file gets the same legs: plan once.
@@ -284,6 +289,48 @@ def register_sources(
             for f, file_legs in zip(files, legs, strict=True)
         ]
     return registered, True
+
+
+def register_new(
+    engine: Engine,
+    box: CredentialBox,
+    *,
+    destination: str,
+    sources: list[SourceSpec],
+    options: PushOptions | None = None,
+) -> tuple[list[Registered], int]:
+    """Register, in one transaction, the sources whose own request ids are new: a burst of
+    notifications, some of them seen before (from another broker, say).
+
+    (the files registered, how many sources were known already). A source registered by
+    someone else meanwhile makes the insert fail on the request id's unique index: the
+    known ones are then looked up again, once.
+    """
+    for attempt in range(2):
+        wanted = [s.reqid for s in sources]
+        if None in wanted:
+            raise IngestError("each source needs its own request id here")
+        with session_scope(engine) as session:
+            known = set(
+                session.exec(select(DataFile.reqid).where(col(DataFile.reqid).in_(wanted))).all()
+            )
+        fresh: list[SourceSpec] = []
+        for spec in sources:
+            if spec.reqid not in known:
+                known.add(spec.reqid)  # the same notification twice in one burst: once
+                fresh.append(spec)
+        if not fresh:
+            return [], len(sources)
+        try:
+            files, _ = register_sources(
+                engine, box, destination=destination, sources=fresh, options=options
+            )
+        except IntegrityError:
+            if attempt:
+                raise
+            continue
+        return files, len(sources) - len(fresh)
+    raise AssertionError("unreachable")
 
 
 def unfetched(session: Session, *, limit: int) -> dict[str, list[str]]:

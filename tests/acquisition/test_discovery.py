@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ecpds.core.devserver import free_port
-from tests.acquisition.conftest import Acquisition, write
+
+from .conftest import Acquisition, write
 
 
 def _day(offset: int) -> str:

@@ -9,7 +9,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from ecpds.core.engine import acquisition_schedule_id
-from tests.acquisition.conftest import System, write
+
+from .conftest import System, write
 
 
 def _site(system: System, host: str, destination: str, root: Path, every: int) -> Path:
