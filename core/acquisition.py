@@ -620,20 +620,41 @@ def discover(
                 standby=rule.standby or None,
                 group=rule.group,
             )
-            registered, _ = register_sources(
-                engine,
-                box,
-                destination=dest.name,
-                sources=[
-                    SourceSpec(
-                        source_url(found.url, d.path),
-                        target=d.target,
-                        metadata=d.metadata,
-                    )
-                    for d in decisions_of_rule
-                ],
-                options=options,
-            )
+            # A request id per file and run: an attempt of this run that died after
+            # registering leaves files that a retry takes up, not registers again.
+            reqids = [f"acquisition:{run_id}:{d.key}" for d in decisions_of_rule]
+            with session_scope(engine) as session:
+                earlier: dict[str, str] = {}
+                for batch in _batches(reqids):
+                    rows = session.exec(
+                        select(DataFile.reqid, DataFile.id).where(col(DataFile.reqid).in_(batch))
+                    ).all()
+                    earlier.update({reqid: id for reqid, id in rows if reqid is not None})
+            fresh = [
+                (d, reqid)
+                for d, reqid in zip(decisions_of_rule, reqids, strict=True)
+                if reqid not in earlier
+            ]
+            registered: list[Any] = []
+            if fresh:
+                registered, _ = register_sources(
+                    engine,
+                    box,
+                    destination=dest.name,
+                    sources=[
+                        SourceSpec(
+                            source_url(found.url, d.path),
+                            target=d.target,
+                            metadata=d.metadata,
+                            reqid=reqid,
+                        )
+                        for d, reqid in fresh
+                    ],
+                    options=options,
+                )
+            ids = earlier | {
+                reqid: file.id for (_, reqid), file in zip(fresh, registered, strict=True)
+            }
             # One statement for all (executemany), not one ORM update per file.
             table = AcquiredFile.__table__
             with session_scope(engine) as session:
@@ -643,11 +664,11 @@ def discover(
                     .where(table.c.key == bindparam("claimed"))
                     .values(data_file_id=bindparam("registered")),
                     [
-                        {"claimed": d.key, "registered": file.id}
-                        for d, file in zip(decisions_of_rule, registered, strict=True)
+                        {"claimed": d.key, "registered": ids[reqid]}
+                        for d, reqid in zip(decisions_of_rule, reqids, strict=True)
                     ],
                 )
-            result.data_file_ids += [f.id for f in registered]
+            result.data_file_ids += [ids[reqid] for reqid in reqids]
     except (IngestError, ProtocolError) as exc:
         _drop_claims(engine, run_id)
         raise Invalid(f"registering the new files: {exc}") from None

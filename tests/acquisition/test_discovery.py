@@ -250,3 +250,47 @@ async def test_an_sftp_provider_down_for_a_run_then_caught_up(acq: Acquisition, 
     acq.update_host(host, url=sshd.url(root))
     up = await acq.run(destination, host)
     assert (up.status, up.new, up.fetched) == ("ok", 2, 2)
+
+
+async def test_a_retried_discovery_takes_up_what_its_dead_attempt_registered(
+    acq: Acquisition,
+) -> None:
+    """An attempt that died between registering its files and linking them to their keys
+    leaves unlinked keys; the retry (same run) must find those files, not register again."""
+    from sqlmodel import Session, col, select, update
+
+    from ecpds.core import acquisition
+    from ecpds.core.models import AcquiredFile, DataFile
+
+    root = acq.tmp / "provider"
+    for i in range(3):
+        write(root / f"obs_{i}.bufr", f"observation {i}".encode())
+    destination, host = acq.acquisition_host(f"file://{root}", [{"glob": "*.bufr"}])
+    run_id = acquisition.start_run(acq.engine, host=host, destination=destination)
+    first = acquisition.discover(
+        acq.engine, acq.box, run_id=run_id, host=host, destination=destination
+    )
+    assert first.new == 3
+    with Session(acq.engine) as session:
+        # What the dead attempt leaves: its keys claimed but not linked to their files.
+        session.exec(
+            update(AcquiredFile).where(col(AcquiredFile.run_id) == run_id).values(data_file_id=None)
+        )
+        session.commit()
+    retried = acquisition.discover(
+        acq.engine, acq.box, run_id=run_id, host=host, destination=destination
+    )
+    assert sorted(retried.data_file_ids) == sorted(first.data_file_ids)
+    with Session(acq.engine) as session:
+        names = session.exec(
+            select(DataFile.name).where(col(DataFile.id).in_(first.data_file_ids))
+        ).all()
+        assert sorted(names) == ["obs_0.bufr", "obs_1.bufr", "obs_2.bufr"]
+        assert (
+            len(session.exec(select(DataFile).where(col(DataFile.source).like(f"%{root}%"))).all())
+            == 3
+        )
+        linked = session.exec(
+            select(AcquiredFile.data_file_id).where(col(AcquiredFile.run_id) == run_id)
+        ).all()
+        assert sorted(linked) == sorted(first.data_file_ids)
