@@ -4,7 +4,6 @@ catalog, with helpers to declare acquisition hosts and run discoveries."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 import uuid
@@ -14,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from peers.loop import LoopThread
+from peers.system import api_and_worker
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 from temporalio.client import Client, ScheduleDescription
@@ -25,10 +24,8 @@ from typer.testing import CliRunner, Result
 from ecpds.activities.discovery import FinishRunOutput
 from ecpds.cli.main import app as cli_app
 from ecpds.core import acquisition, catalog
-from ecpds.core.catalog import bootstrap_admin
 from ecpds.core.db import session_scope
-from ecpds.core.devserver import free_port, wait_for_port
-from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.devserver import free_port
 from ecpds.core.engine import DiscoveryInput, discovery_workflow_id
 from ecpds.core.models import (
     AcquisitionRun,
@@ -43,7 +40,6 @@ from ecpds.core.models import (
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
-from ecpds.portal.api.app import create_app
 from ecpds.workers.worker import build_worker
 from ecpds.workflows.discovery import DiscoveryWorkflow
 
@@ -242,47 +238,7 @@ def system(
         temporal_address=temporal_server,
         api_url=f"http://127.0.0.1:{port}/api/v1",
     )
-    password = bootstrap_admin(engine, settings)
-    assert password is not None
-    loop = LoopThread()
-    client = loop.run(Client.connect(temporal_server))
-    api = create_app(
-        settings,
-        engine=engine,
-        store=Store(settings.store_urls),
-        dispatcher=TemporalDispatcher(client, task_queue, engine),
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            api, host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
-        )
-    )
-    served = loop.submit(server.serve())
-
-    async def build() -> Any:  # a worker is built on the loop it runs on
-        return build_worker(client, settings)
-
-    worker = loop.run(build())
-    working = loop.submit(worker.run())
-    try:
-        wait_for_port("127.0.0.1", port, timeout=30)
+    with api_and_worker(settings, engine, port) as (client, loop, env):
         yield System(
-            settings=settings,
-            env={
-                "ECPDS_HOME": str(settings.home),
-                "ECPDS_API_URL": settings.api_url,
-                "ECPDS_API_PASSWORD": password,
-                "ECPDS_API_USER": "admin",
-            },
-            engine=engine,
-            client=client,
-            loop=loop,
-            tmp=tmp_path,
+            settings=settings, env=env, engine=engine, client=client, loop=loop, tmp=tmp_path
         )
-    finally:
-        server.should_exit = True
-        loop.run(worker.shutdown())
-        for future in (served, working):
-            with contextlib.suppress(Exception):
-                future.result(30)
-        loop.close()

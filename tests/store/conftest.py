@@ -3,7 +3,6 @@ server, in a thread of their own, with three store locations (two folders and S3
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -13,8 +12,8 @@ from typing import Any
 
 import fsspec.config
 import pytest
-import uvicorn
 from peers.loop import LoopThread
+from peers.system import api_and_worker
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 from temporalio.client import Client
@@ -22,16 +21,12 @@ from typer.testing import CliRunner, Result
 
 from ecpds.cli.main import app as cli_app
 from ecpds.core import catalog
-from ecpds.core.catalog import bootstrap_admin
 from ecpds.core.db import session_scope
-from ecpds.core.devserver import free_port, wait_for_port
-from ecpds.core.dispatch import TemporalDispatcher
+from ecpds.core.devserver import free_port
 from ecpds.core.models import DataFile, DestinationCreate, HostCreate
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
-from ecpds.portal.api.app import create_app
-from ecpds.workers.worker import build_worker
 
 
 @dataclass
@@ -105,54 +100,19 @@ def system(
         temporal_address=temporal_server,
         api_url=f"http://127.0.0.1:{port}/api/v1",
     )
-    password = bootstrap_admin(engine, settings)
-    assert password is not None
-    loop = LoopThread()
-    client = loop.run(Client.connect(temporal_server))
-    store = Store(settings.store_urls)
-    api = create_app(
-        settings,
-        engine=engine,
-        store=store,
-        dispatcher=TemporalDispatcher(client, task_queue, engine),
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            api, host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
-        )
-    )
-    served = loop.submit(server.serve())
-
-    async def build() -> Any:  # a worker is built on the loop it runs on
-        return build_worker(client, settings)
-
-    worker = loop.run(build())
-    working = loop.submit(worker.run())
     try:
-        wait_for_port("127.0.0.1", port, timeout=30)
-        yield System(
-            settings=settings,
-            env={
-                "ECPDS_HOME": str(settings.home),
-                "ECPDS_API_URL": settings.api_url,
-                "ECPDS_API_PASSWORD": password,
-                "ECPDS_API_USER": "admin",
-            },
-            engine=engine,
-            store=Store(settings.store_urls),
-            box=CredentialBox(load_or_create_key(settings.key_file)),
-            client=client,
-            loop=loop,
-            tmp=tmp_path,
-        )
+        with api_and_worker(settings, engine, port) as (client, loop, env):
+            yield System(
+                settings=settings,
+                env=env,
+                engine=engine,
+                store=Store(settings.store_urls),
+                box=CredentialBox(load_or_create_key(settings.key_file)),
+                client=client,
+                loop=loop,
+                tmp=tmp_path,
+            )
     finally:
-        server.should_exit = True
-        loop.run(worker.shutdown())
-        for future in (served, working):
-            # The test's outcome matters here, not the teardown's.
-            with contextlib.suppress(Exception):
-                future.result(30)
-        loop.close()
         fsspec.config.conf.pop("s3", None)
 
 
