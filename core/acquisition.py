@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from ecpds.core import catalog
 from ecpds.core.db import session_scope, table_of
-from ecpds.core.errors import Invalid, NotFound
+from ecpds.core.errors import Conflict, Invalid, NotFound
 from ecpds.core.models import (
     LONGEST,
     AcquiredFile,
@@ -187,7 +187,7 @@ def check_settings(value: Any) -> dict[str, Any]:
 
 def settings_of(host: Host) -> AcquisitionSettings:
     if host.acquisition is None:
-        raise Invalid(f"host {host.name!r} has no acquisition settings")
+        raise Conflict(f"host {host.name!r} has no acquisition settings")
     return AcquisitionSettings.model_validate(host.acquisition)
 
 
@@ -219,7 +219,7 @@ def host_destination(
     """The acquisition host and the destination it acquires for (named when it has several)."""
     found = catalog.get_host(session, name=host)
     if found.kind != HostKind.ACQUISITION or found.acquisition is None:
-        raise Invalid(f"host {host!r} is not an acquisition host with acquisition settings")
+        raise Conflict(f"host {host!r} is not an acquisition host with acquisition settings")
     destinations = session.exec(
         select(Destination)
         .join(DestinationHost, col(DestinationHost.destination_id) == col(Destination.id))
@@ -233,9 +233,9 @@ def host_destination(
                 return found, dest
         raise NotFound(f"host {host!r} is not a host of destination {destination!r}")
     if not destinations:
-        raise Invalid(f"host {host!r} is in no destination's host list: add it to one")
+        raise Conflict(f"host {host!r} is in no destination's host list: add it to one")
     if len(destinations) > 1:
-        raise Invalid(f"host {host!r} acquires for {', '.join(names)}: name the destination")
+        raise Conflict(f"host {host!r} acquires for {', '.join(names)}: name the destination")
     return found, destinations[0]
 
 
@@ -506,7 +506,7 @@ def _prepare(
         found, dest = host_destination(session, host=host, destination=destination)
         settings = settings_of(found)
         if not settings.rules:
-            raise Invalid(f"host {host!r} has no selection rules (trigger {settings.trigger})")
+            raise Conflict(f"host {host!r} has no selection rules (trigger {settings.trigger})")
         return found, dest, settings, host_login(session, box, found)
 
 

@@ -89,7 +89,10 @@ def list_runs(
     ]
 
 
-@router.get("/{host}/test", responses=refusals(404, 422) | {502: {"description": "listing failed"}})
+@router.get(
+    "/{host}/test",
+    responses=refusals(404, 409, 422) | {502: {"description": "listing failed"}},
+)
 def test_host(
     host: str, state: StateDep, _: AdminDep, destination: DestinationQuery = None
 ) -> acquisition.DryRun:
@@ -131,7 +134,7 @@ def _operation_route(operation: str) -> None:
         operate,
         methods=["POST"],
         status_code=202,
-        responses=refusals(404, 422, 503),
+        responses=refusals(404, 409, 422, 503),
         name=f"acquisition_{operation}",
         summary=OPERATIONS[operation].removesuffix("."),
         description=OPERATIONS[operation],
