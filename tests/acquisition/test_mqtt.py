@@ -507,6 +507,9 @@ async def test_malformed_messages_refused_and_the_subscription_goes_on(
     assert state["received"] == 3 and state["refused"] == 2
 
 
+# The kill waits out the activity's heartbeat timeout; one catalog is enough for that (the
+# other tests register and acknowledge on PostgreSQL too).
+@pytest.mark.parametrize("catalog_url", ["sqlite"], indirect=True)
 async def test_worker_killed_during_subscription_loses_nothing(
     acquisition_env: Dissemination, sshd: Any, mosquitto: MqttBroker
 ) -> None:
