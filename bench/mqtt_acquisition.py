@@ -36,6 +36,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import col, select
+from submit import log, process
 from temporalio.client import Client
 
 from ecpds.core import catalog
@@ -60,25 +61,6 @@ context.load_cert_chain(cert, key)
 server.socket = context.wrap_socket(server.socket, server_side=True)
 server.serve_forever()
 """
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def process(cmd: list[str], logfile: Path, env: dict[str, str] | None = None) -> Iterator[Any]:
-    with logfile.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def listening(port: int) -> bool:

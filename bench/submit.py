@@ -41,7 +41,9 @@ def ecpds(*args: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], logfile: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+def process(
+    cmd: list[str], logfile: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
     with logfile.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from peers.catalog import CatalogEdits, until
 from peers.loop import LoopThread
 from peers.system import api_and_worker
 from sqlalchemy import Engine
@@ -23,8 +24,7 @@ from typer.testing import CliRunner, Result
 
 from ecpds.activities.discovery import FinishRunOutput
 from ecpds.cli.main import app as cli_app
-from ecpds.core import acquisition, catalog
-from ecpds.core.db import session_scope
+from ecpds.core import acquisition
 from ecpds.core.devserver import free_port
 from ecpds.core.engine import DiscoveryInput, discovery_workflow_id
 from ecpds.core.models import (
@@ -32,10 +32,6 @@ from ecpds.core.models import (
     DataFile,
     DataTransfer,
     Destination,
-    DestinationCreate,
-    DestinationUpdate,
-    HostCreate,
-    HostUpdate,
 )
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
@@ -56,41 +52,13 @@ def write(path: Path, data: bytes, *, mtime: float | None = OLD) -> Path:
 
 
 @dataclass
-class Acquisition:
+class Acquisition(CatalogEdits):
     settings: Settings
     client: Client
     engine: Engine
     store: Store
     box: CredentialBox
     tmp: Path
-
-    def name(self, prefix: str) -> str:
-        """Names are global on the shared Temporal server: make them unique."""
-        return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-    def add_host(self, name: str, url: str, **fields: Any) -> None:
-        with session_scope(self.engine) as session:
-            catalog.create_host(
-                session, box=self.box, data=HostCreate(name=name, url=url, **fields)
-            )
-
-    def update_host(self, name: str, **fields: Any) -> None:
-        with session_scope(self.engine) as session:
-            catalog.update_host(session, box=self.box, name=name, data=HostUpdate(**fields))
-
-    def delete_host(self, name: str) -> None:
-        with session_scope(self.engine) as session:
-            catalog.delete_host(session, name=name, force=True)
-
-    def add_destination(self, name: str, hosts: list[str], **fields: Any) -> None:
-        with session_scope(self.engine) as session:
-            catalog.create_destination(
-                session, data=DestinationCreate(name=name, hosts=hosts, **fields)
-            )
-
-    def update_destination(self, name: str, **fields: Any) -> None:
-        with session_scope(self.engine) as session:
-            catalog.update_destination(session, name=name, data=DestinationUpdate(**fields))
 
     def acquisition_host(
         self, url: str, rules: list[dict[str, Any]], *, forward: list[str] = (), **fields: Any
@@ -215,14 +183,7 @@ class System:
         return self.loop.run(describe())
 
     def until(self, check: Any, what: str, timeout: float = 60) -> Any:
-        """Poll `check()` until it answers something true (a bound, not a timing assertion)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"gave up waiting for {what}")
+        return until(check, what, timeout)
 
 
 @pytest.fixture

@@ -23,24 +23,21 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from dissemination.conftest import Dissemination, worker_settings
+from dissemination.conftest import Dissemination, without_worker
 from dissemination.test_failover import sftp_credentials, start_worker_process
 from paho.mqtt.enums import CallbackAPIVersion
 from peers.tls import self_signed
 from sqlalchemy import Engine
 from sqlmodel import col, select
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.devserver import free_port, wait_for_port
-from ecpds.core.dispatch import TemporalDispatcher
 from ecpds.core.engine import subscription_workflow_id
 from ecpds.core.models import DataFile, DataTransfer, DataUserCreate, HostCreate, HostKind
-from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
 from ecpds.portal.mqtt import run_broker
 from ecpds.workers.subscriptions import ensure_subscriptions
 from ecpds.workers.worker import build_worker
@@ -227,17 +224,9 @@ async def acquisition_env(
     temporal_server: str, task_queue: str, tmp_path: Path, engine: Engine, catalog_url: str
 ) -> AsyncIterator[Dissemination]:
     """Catalog, store, client: the worker is started by each test (in or out of process)."""
-    settings = worker_settings(tmp_path, catalog_url, task_queue, temporal_server)
-    client = await Client.connect(temporal_server)
-    yield Dissemination(
-        settings=settings,
-        client=client,
-        engine=engine,
-        store=Store(settings.store_urls),
-        box=CredentialBox(load_or_create_key(settings.key_file)),
-        dispatcher=TemporalDispatcher(client, task_queue, engine),
-        tmp=tmp_path,
-    )
+    env = await without_worker(temporal_server, task_queue, tmp_path, engine, catalog_url)
+    client = env.client
+    yield env
     # The subscriptions would wait for a worker of this task queue for ever: end them.
     query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
     async for execution in client.list_workflows(query):

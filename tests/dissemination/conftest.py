@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from peers.catalog import CatalogEdits
 from sqlalchemy import Engine
 from sqlmodel import select
 from temporalio.client import Client
@@ -23,9 +23,6 @@ from ecpds.core.models import (
     AliasCreate,
     DataTransfer,
     Destination,
-    DestinationCreate,
-    HostCreate,
-    HostUpdate,
 )
 from ecpds.core.push import PushOptions
 from ecpds.core.secrets import CredentialBox, load_or_create_key
@@ -36,7 +33,7 @@ from ecpds.workflows.destination import DestinationWorkflow
 
 
 @dataclass
-class Dissemination:
+class Dissemination(CatalogEdits):
     """A running worker and what a test needs to drive it."""
 
     settings: Settings
@@ -46,26 +43,6 @@ class Dissemination:
     box: CredentialBox
     dispatcher: TemporalDispatcher
     tmp: Path
-
-    def name(self, prefix: str) -> str:
-        """Destination names are global on the shared Temporal server: make them unique."""
-        return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-    def add_host(self, name: str, url: str, **fields: Any) -> None:
-        with session_scope(self.engine) as session:
-            catalog.create_host(
-                session, box=self.box, data=HostCreate(name=name, url=url, **fields)
-            )
-
-    def update_host(self, name: str, **fields: Any) -> None:
-        with session_scope(self.engine) as session:
-            catalog.update_host(session, box=self.box, name=name, data=HostUpdate(**fields))
-
-    def add_destination(self, name: str, hosts: list[str], **fields: Any) -> None:
-        with session_scope(self.engine) as session:
-            catalog.create_destination(
-                session, data=DestinationCreate(name=name, hosts=hosts, **fields)
-            )
 
     def add_alias(self, name: str, source: str, target: str, **fields: Any) -> None:
         with session_scope(self.engine) as session:
@@ -157,8 +134,7 @@ def worker_settings(tmp: Path, catalog_url: str, task_queue: str, temporal: str)
     )
 
 
-@pytest.fixture
-async def dissemination_without_worker(
+async def without_worker(
     temporal_server: str, task_queue: str, tmp_path: Path, engine: Engine, catalog_url: str
 ) -> Dissemination:
     """Everything but the worker: for tests that run workers in other processes."""
@@ -173,6 +149,13 @@ async def dissemination_without_worker(
         dispatcher=TemporalDispatcher(client, task_queue, engine),
         tmp=tmp_path,
     )
+
+
+@pytest.fixture
+async def dissemination_without_worker(
+    temporal_server: str, task_queue: str, tmp_path: Path, engine: Engine, catalog_url: str
+) -> Dissemination:
+    return await without_worker(temporal_server, task_queue, tmp_path, engine, catalog_url)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ server, in a thread of their own, with three store locations (two folders and S3
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import fsspec.config
 import pytest
+from peers.catalog import until
 from peers.loop import LoopThread
 from peers.system import api_and_worker
 from sqlalchemy import Engine
@@ -64,14 +64,7 @@ class System:
             return list(session.exec(select(DataFile).where(DataFile.name == name)).all())
 
     def until(self, check: Any, what: str, timeout: float = 120) -> Any:
-        """Poll `check()` until it answers something true (not a timing assertion: a bound)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"gave up waiting for {what}")
+        return until(check, what, timeout)
 
 
 @pytest.fixture
