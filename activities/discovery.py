@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from ecpds.activities.heartbeat import heartbeating
 from ecpds.core import acquisition
 from ecpds.core.engine import DiscoveryInput
 from ecpds.core.errors import EcpdsError
@@ -23,7 +24,6 @@ from ecpds.core.protocols import ProtocolError
 from ecpds.core.secrets import CredentialBox
 
 T = TypeVar("T")
-HEARTBEAT_EVERY = 1.0
 
 
 @dataclass
@@ -80,13 +80,7 @@ class DiscoveryActivities:
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking `fn` in a thread, heartbeating while it runs."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.ensure_future(loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs)))
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
-            if done:
-                return task.result()
-            activity.heartbeat()
+        return await heartbeating(self.pool, fn, *args, **kwargs)
 
     @activity.defn
     async def start_run(self, request: StartRunInput) -> int:

@@ -24,6 +24,7 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from ecpds.activities.heartbeat import heartbeating
 from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.dispatch import SweepOutput, TemporalDispatcher
@@ -42,7 +43,6 @@ from ecpds.core.sources import Source, SourceConnections, resolve_source
 from ecpds.core.store import ObjectTooLarge, Store, StoredObject, StoreError
 
 T = TypeVar("T")
-HEARTBEAT_EVERY = 1.0
 THREADS = 32
 DEFAULT_CONNECTIONS = 4  # a source's connections when neither host nor destination says
 COMMIT_FILES = 200  # fetched files recorded in one catalog transaction, at most
@@ -136,15 +136,9 @@ class StorageActivities:
         # Fetches wait on the network, not the CPU: more threads than asyncio's default.
         self.pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="storage")
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking `fn` in a thread, heartbeating while it runs."""
-        future = asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
-        task = asyncio.ensure_future(future)
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY)
-            if done:
-                return task.result()
-            activity.heartbeat()
+        return await heartbeating(self.pool, fn, *args, **kwargs)
 
     # --- retrieval --------------------------------------------------------------------------
 
