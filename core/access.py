@@ -25,6 +25,8 @@ from ecpds.core.models import (
     Operation,
     PolicyDestination,
 )
+from ecpds.core.notifications import settings_of as notification_settings
+from ecpds.core.notifications import topic_filter
 from ecpds.core.secrets import CredentialBox, token_digest, verify_password
 
 
@@ -110,12 +112,15 @@ def topic_filters(session: Session, principal: Principal) -> tuple[str, ...]:
     """The MQTT topic filters a user may subscribe to: its own and its destinations' topics."""
     user = session.get(DataUser, principal.user_id)
     filters = list(user.mqtt_topics) if user is not None else []
-    topics = session.exec(
-        select(Destination.mqtt_topic).where(col(Destination.name).in_(principal.destinations))
+    rows = session.exec(
+        select(Destination.name, Destination.notification).where(
+            col(Destination.name).in_(principal.destinations)
+        )
     ).all()
-    for topic in topics:
-        if topic:
-            filters += [topic, f"{topic.rstrip('/')}/#"]
+    for name, notification in rows:
+        wanted = topic_filter(notification_settings(notification), name)
+        if wanted:
+            filters.append(wanted)
     return tuple(filters)
 
 

@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from ecpds.core import catalog
 from ecpds.core.db import session_scope, table_of
-from ecpds.core.errors import Conflict, Invalid, NotFound
+from ecpds.core.errors import Conflict, Invalid, NotFound, validation_message
 from ecpds.core.models import (
     LONGEST,
     AcquiredFile,
@@ -166,22 +166,12 @@ class AcquisitionSettings(BaseModel, extra="forbid"):
         return self
 
 
-def _error_line(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
-        what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        what = what.removeprefix("Value error, ")
-        parts.append(f"{where}: {what}" if where else what)
-    return "; ".join(parts)
-
-
 def check_settings(value: Any) -> dict[str, Any]:
     """The settings as the catalog keeps them (all fields); ValueError in one line."""
     try:
         settings = AcquisitionSettings.model_validate(value, strict=True)
     except ValidationError as exc:
-        raise ValueError(_error_line(exc)) from None
+        raise ValueError(validation_message(exc)) from None
     return settings.model_dump()
 
 

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, get_args
 
-from pydantic import ValidationError
 from sqlalchemy import Engine, func, or_
 from sqlmodel import Session, SQLModel, col, select
 
@@ -57,21 +56,6 @@ from ecpds.core.secrets import (
     verify_password,
 )
 from ecpds.core.settings import Settings
-
-OUT_OF_RANGE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-
-
-def validation_message(errors: ValidationError | Sequence[Any]) -> str:
-    """Pydantic errors as one line: `where: what` for each problem, joined by `; `."""
-    parts = []
-    for error in errors.errors() if isinstance(errors, ValidationError) else errors:
-        where = ".".join(str(p) for p in error["loc"] if p not in ("body", "query", "path"))
-        what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-        what = what.removeprefix("Value error, ")  # our own checks' messages stand alone
-        if where and error["type"] in OUT_OF_RANGE:
-            where = f"{where} {error['input']}"  # "priority 120: ...", as core's own checks say
-        parts.append(f"{where}: {what}" if where else what)
-    return "; ".join(parts)
 
 
 def _nullable(table: type[SQLModel], key: str) -> bool:

@@ -5,7 +5,10 @@ FTP, SFTP, MQTT) map the same classes to their own codes.
 """
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
 
 
 class EcpdsError(Exception):
@@ -53,3 +56,19 @@ def unknown(kind: str, name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {kind} {name!r}{hint}"
+
+
+OUT_OF_RANGE = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def validation_message(errors: ValidationError | Sequence[Any]) -> str:
+    """Pydantic errors as one line: `where: what` for each problem, joined by `; `."""
+    parts = []
+    for error in errors.errors() if isinstance(errors, ValidationError) else errors:
+        where = ".".join(str(p) for p in error["loc"] if p not in ("body", "query", "path"))
+        what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        what = what.removeprefix("Value error, ")  # our own checks' messages stand alone
+        if where and error["type"] in OUT_OF_RANGE:
+            where = f"{where} {error['input']}"  # "priority 120: ...", as core's own checks say
+        parts.append(f"{where}: {what}" if where else what)
+    return "; ".join(parts)

@@ -24,7 +24,16 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
-from sqlalchemy import JSON, BigInteger, DateTime, Index, String, UniqueConstraint, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Index,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -150,7 +159,6 @@ COMPRESSIONS = ("none", *CODECS)
 COMPRESSION_PATTERN = f"^({any_case(COMPRESSIONS)})$"
 SCHEME_PATTERN = r"^[A-Za-z][A-Za-z0-9+.-]*://"
 LOCATION_PATTERN = f"^(/|{SCHEME_PATTERN[1:]})"
-MQTT_TOPIC_PATTERN = r"^[^+#]+$"
 
 
 def _clock(value: str) -> str:
@@ -213,12 +221,6 @@ def _location(value: str) -> str:
     return value
 
 
-def _mqtt_topic(value: str) -> str:
-    if re.fullmatch(MQTT_TOPIC_PATTERN, value) is None:
-        raise ValueError(f"{value!r} is not a topic to publish to: no wildcards, not empty")
-    return value
-
-
 def _iso_time(value: Any) -> Any:
     # pydantic would also read a number, or a string of digits, as seconds since 1970.
     if isinstance(value, datetime):
@@ -253,13 +255,7 @@ HostUrlText = Annotated[
     str, _url(None, "sftp://user@host:22/dir"), Described(pattern=scheme_pattern(PROTOCOLS))
 ]
 BROKER_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
-BrokerUrl = Annotated[
-    str,
-    _url(BROKER_SCHEMES, "mqtts://broker:8883"),
-    Described(pattern=scheme_pattern(BROKER_SCHEMES)),
-]
 Location = Annotated[str, AfterValidator(_location), Described(pattern=LOCATION_PATTERN)]
-MqttTopic = Annotated[str, AfterValidator(_mqtt_topic), Described(pattern=MQTT_TOPIC_PATTERN)]
 Operations = Annotated[
     list[str],
     AfterValidator(_operations),
@@ -374,6 +370,16 @@ class DataUserPolicy(SQLModel, table=True):
 # --- destinations -------------------------------------------------------------------------
 
 
+def _notification(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    # Imported here: the notifications module builds on these models.
+    from ecpds.core.notifications import check_settings
+
+    return None if value is None else check_settings(value)
+
+
+NotificationField = Annotated[dict[str, Any] | None, AfterValidator(_notification)]
+
+
 class DestinationBase(SQLModel):
     name: str = Field(index=True, unique=True, min_length=1, max_length=64, regex=NAME_PATTERN)
     comment: str = ""
@@ -411,12 +417,12 @@ class DestinationBase(SQLModel):
     checksums: list[ChecksumName] = Field(
         default_factory=list, sa_type=JSON, description="digests to record besides MD5"
     )
-    # notification
-    mqtt_topic: MqttTopic | None = Field(default=None, sa_type=String)
-    mqtt_retain: bool = False
-    mqtt_qos: int = Field(default=0, ge=0, le=2)
-    mqtt_payload: str | None = None
-    mqtt_broker_url: BrokerUrl | None = Field(default=None, sa_type=String)
+    notification: NotificationField = Field(
+        default=None,
+        sa_type=JSON,
+        description="notify, broker, user, protocol, topic, qos, retain, expiry, "
+        "content_type, format, template, wis2",
+    )
     # incoming (portal uploads)
     incoming_priority: int | None = Field(default=None, ge=0, le=99)
     incoming_lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
@@ -428,6 +434,9 @@ class DestinationBase(SQLModel):
 
 class DestinationCreate(DestinationBase):
     hosts: list[NameRef] = Field(default_factory=list, description="host names, primary first")
+    notification_password: str | None = Field(
+        default=None, description="the external broker's password; stored encrypted"
+    )
 
 
 class DestinationUpdate(SQLModel):
@@ -453,11 +462,8 @@ class DestinationUpdate(SQLModel):
     compression_min_size: int | None = Field(default=None, ge=0, le=BIGGEST)
     target_template: TargetTemplate | None = None
     checksums: list[ChecksumName] | None = None
-    mqtt_topic: MqttTopic | None = None
-    mqtt_retain: bool | None = None
-    mqtt_qos: int | None = Field(default=None, ge=0, le=2)
-    mqtt_payload: str | None = None
-    mqtt_broker_url: BrokerUrl | None = None
+    notification: NotificationField = None
+    notification_password: str | None = Field(default=None, description="external broker's")
     incoming_priority: int | None = Field(default=None, ge=0, le=99)
     incoming_lifetime: int | None = Field(default=None, gt=0, le=LONGEST)
     incoming_delay: int | None = Field(default=None, ge=0, le=LONGEST)
@@ -469,6 +475,7 @@ class DestinationUpdate(SQLModel):
 
 class Destination(DestinationBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
+    notification_password_encrypted: str | None = None
     status: DestinationStatus = DestinationStatus.IDLE
     on_hold: bool = False
     created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -620,6 +627,7 @@ class DataFileBase(SQLModel):
     size: int = Field(default=0, sa_type=BigInteger)
     md5: str | None = None
     adler32: str | None = None
+    sha512: str | None = Field(default=None, description="hex; kept when a WIS2 message needs it")
     compression: str | None = None
     meta: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
     group: str | None = Field(default=None, index=True)
@@ -791,3 +799,49 @@ class AcquisitionRun(SQLModel, table=True):
     failed: int = 0
     error: str | None = None
     workflow_id: str = ""
+
+
+# --- notifications ------------------------------------------------------------------------
+
+
+class Notification(SQLModel, table=True):
+    """One announcement in the outbox, written with the change it announces.
+
+    A worker publishes the pending ones and marks them; the published ones are the
+    history that `GET /api/v1/notifications` replays for `notification_retention` days.
+    `id` orders them; `message_id` (also in the payload) lets subscribers drop a repeat.
+    """
+
+    __table_args__ = (
+        Index("ix_notification_pending", "pending", "next_attempt"),
+        Index("ix_notification_history", "destination", "created"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(unique=True, max_length=36)
+    event: str = Field(max_length=16)  # store, delivery
+    destination: str = Field(max_length=64)
+    data_file_id: str | None = None
+    transfer_id: int | None = Field(default=None, sa_type=BigInteger)
+    broker: str = "embedded"  # or the external broker's URL (no credentials in it)
+    protocol: str = "3.1.1"  # 3.1.1 or 5
+    topic: str
+    payload: bytes = Field(sa_type=LargeBinary)
+    qos: int = 1
+    retain: bool = False
+    content_type: str | None = None
+    expires: datetime | None = Field(default=None, sa_type=UTCDateTime)  # MQTT 5 expiry
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    pending: bool = True
+    published: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    attempts: int = 0
+    next_attempt: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_error: str | None = None
+
+
+class RetainedMessage(SQLModel, table=True):
+    """A retained message of the embedded broker, kept across its restarts."""
+
+    topic: str = Field(primary_key=True)
+    payload: bytes = Field(sa_type=LargeBinary)
+    qos: int = 0
+    updated: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

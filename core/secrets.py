@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import secrets
@@ -36,6 +37,12 @@ class CredentialBox:
 
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        self._key = key
+
+    def internal_password(self, purpose: str) -> str:
+        """A password that every process holding the key derives alike, for `purpose`
+        (e.g. the workers' login to the embedded MQTT broker); never stored."""
+        return hmac.new(self._key, purpose.encode(), hashlib.sha256).hexdigest()
 
     def seal(self, credentials: dict[str, str]) -> str | None:
         if not credentials:

@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     sftp_port: int = 4022
     s3_port: int = 4080
     mqtt_port: int = 4883
+    mqtts_port: int = 4884
+    mqtt_ws_port: int = Field(default=4885, description="MQTT over secure WebSocket (wss)")
+    mqtt_url: str = Field(
+        default="",
+        description="the embedded broker as workers reach it (mqtt://public_host:mqtt_port)",
+    )
+    notification_retention: int = Field(
+        default=7, gt=0, description="days the published notifications stay to replay"
+    )
     tls_cert: Path | None = None
     tls_key: Path | None = None
 
@@ -104,6 +113,10 @@ class Settings(BaseSettings):
     @property
     def portal_url(self) -> str:
         return self.api_url or f"https://{self.public_host}:{self.https_port}/api/v1"
+
+    @property
+    def embedded_broker_url(self) -> str:
+        return self.mqtt_url or f"mqtt://{self.public_host}:{self.mqtt_port}"
 
     @property
     def temporal_target(self) -> str:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlmodel import Session
 
 from ecpds.core import catalog
+from ecpds.core.errors import validation_message
 from ecpds.core.models import (
     INPUT,
     AliasCreate,
@@ -80,7 +81,7 @@ def parse_site(data: dict[str, Any], *, source: str = "site") -> SiteSpec:
     try:
         return SiteSpec.model_validate(data)
     except ValidationError as exc:
-        raise SiteError(f"{source}: {catalog.validation_message(exc)}") from exc
+        raise SiteError(f"{source}: {validation_message(exc)}") from exc
 
 
 def _differs(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from starlette.routing import Match
 
-from ecpds.core.catalog import validation_message
-from ecpds.core.errors import EcpdsError
+from ecpds.core.errors import EcpdsError, validation_message
 from ecpds.core.ingest import IngestError
 from ecpds.core.secrets import CredentialError
 from ecpds.core.store import StoreError

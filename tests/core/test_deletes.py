@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 
 from ecpds.core import catalog
 from ecpds.core.db import session_scope
+from ecpds.core.errors import validation_message
 from ecpds.core.models import (
     AliasCreate,
     DataFile,
@@ -176,10 +177,13 @@ BAD_DESTINATION_VALUES = [
     ({"checksums": ["md4"]}, "checksums.0: Input should be 'sha256' or 'sha512'"),
     ({"compression_pattern": "("}, "compression_pattern: '(' is not a regular expression"),
     ({"target_template": "{name}"}, "target_template: unknown token {name}"),
-    ({"mqtt_qos": 3}, "mqtt_qos 3: Input should be less than or equal to 2"),
-    ({"mqtt_topic": "a/#"}, "mqtt_topic: 'a/#' is not a topic to publish to"),
-    ({"mqtt_broker_url": "broker:1883"}, "mqtt_broker_url: 'broker:1883' has no scheme"),
-    ({"mqtt_broker_url": "http://b"}, "unknown scheme 'http' in 'http://b': use mqtt, mqtts"),
+    ({"notification": {"qos": 3}}, "notification: qos 3: Input should be less than or equal to 2"),
+    ({"notification": {"topic": "a/#"}}, "notification: topic 'a/#': no wildcards"),
+    ({"notification": {"broker": "broker:1883"}}, "broker 'broker:1883': use 'embedded' or a URL"),
+    ({"notification": {"broker": "http://b"}}, "broker 'http://b': use 'embedded' or a URL"),
+    ({"notification": {"protocol": "5"}}, "the embedded broker speaks MQTT 3.1.1"),
+    ({"notification": {"format": "template"}}, "format 'template' needs a template"),
+    ({"notification": {"notify": "always"}}, "notify: Input should be 'none', 'store'"),
     ({"backup_url": "archive"}, "backup_url: 'archive' is neither an absolute path nor a URL"),
 ]
 
@@ -187,7 +191,7 @@ BAD_DESTINATION_VALUES = [
 def _refusal(model: type[Any], values: dict[str, Any]) -> str:
     with pytest.raises(ValidationError) as refused:
         model.model_validate(values)
-    message = catalog.validation_message(refused.value)
+    message = validation_message(refused.value)
     assert "\n" not in message
     return message
 
@@ -239,7 +243,7 @@ def test_good_values_pass() -> None:
         active_from="00:00",
         active_until="23:59",
         target_template="{date:%Y}/{basename}",
-        mqtt_broker_url="mqtts://broker:8883",
+        notification={"notify": "both", "broker": "mqtts://broker:8883", "user": "u"},
         backup_url="/srv/archive",
         compression_pattern=r"\.grib$",
     )

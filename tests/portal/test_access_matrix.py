@@ -66,7 +66,10 @@ def doors(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Doors]:
         for destination in GRANTS.values():
             made = admin.post(
                 f"{api}/destinations",
-                json={"name": destination, "mqtt_topic": f"ecpds/{destination}"},
+                json={
+                    "name": destination,
+                    "notification": {"notify": "store", "topic": f"ecpds/{destination}/{{target}}"},
+                },
             )
             assert made.status_code == 201, made.text
         user = {"name": "dana", "password": PASSWORD, "destinations": [GRANTS["direct"]]}

@@ -24,7 +24,9 @@ ADMIN_PASSWORD = "admin-password-1"
 @pytest.fixture
 async def broker(engine: Engine, settings: Settings) -> AsyncIterator[int]:
     with session_scope(engine) as session:
-        destination = Destination(name="dest1", mqtt_topic="ecpds/dest1")
+        destination = Destination(
+            name="dest1", notification={"notify": "both", "topic": "ecpds/dest1/{target}"}
+        )
         reader = DataUser(
             name="reader", password_hash=hash_password(READER_PASSWORD), mqtt_topics=["news/+"]
         )
