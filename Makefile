@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/protocols.py
 	$(BIN)/python bench/submit.py
 	$(BIN)/python bench/acquisition.py
+	$(BIN)/python bench/notify.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

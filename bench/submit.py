@@ -65,6 +65,8 @@ def system_environment(home: Path) -> dict[str, str]:
         "SFTP_PORT",
         "S3_PORT",
         "MQTT_PORT",
+        "MQTTS_PORT",
+        "MQTT_WS_PORT",
         "TEMPORAL_PORT",
         "TEMPORAL_UI_PORT",
     ):
