@@ -2,12 +2,13 @@
 
 Clients log in as catalog data users. A user may subscribe to the topic filters in its
 `mqtt_topics` and to the MQTT topics of every destination it reaches (policies included);
-only admin users publish.
+only admin users and the workers' publisher login (PUBLISHER_USER) publish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from sqlalchemy import Engine
 from ecpds.core import access
 from ecpds.core.db import session_scope
 from ecpds.core.errors import Unauthenticated
+from ecpds.core.notifications import PUBLISHER_PURPOSE, PUBLISHER_USER
+from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.portal.access import login_password
 from ecpds.portal.base import Portal, cannot_listen
@@ -64,10 +67,17 @@ class Grants:
     """What each logged-in user may do, read from the catalog when it connects."""
 
     engine: Engine
+    publisher_password: str  # the workers' login, PUBLISHER_USER: publishes anywhere
     by_user: dict[str, Grant] = field(default_factory=dict)
 
     def login(self, name: str, password: str) -> Grant | None:
         """Log in through the access layer; topics of every destination it reaches are granted."""
+        if name == PUBLISHER_USER:  # reserved: never looked up among the data users
+            if not hmac.compare_digest(password.encode(), self.publisher_password.encode()):
+                return None
+            grant = Grant(admin=True, topics=())
+            self.by_user[name] = grant
+            return grant
         try:
             principal = login_password(self.engine, name, password)
         except Unauthenticated:
@@ -135,9 +145,16 @@ def broker_config(settings: Settings, grants: Grants) -> dict[str, Any]:
     }
 
 
-async def run_broker(settings: Settings, engine: Engine, stop: asyncio.Event) -> None:
-    """Run the broker on settings.mqtt_port until `stop` is set."""
-    broker = Broker(broker_config(settings, Grants(engine)))
+async def run_broker(
+    settings: Settings, engine: Engine, stop: asyncio.Event, box: CredentialBox | None = None
+) -> None:
+    """Run the broker on settings.mqtt_port until `stop` is set.
+
+    `box` (default: the one of settings.key_file) derives the workers' publisher password.
+    """
+    box = box or CredentialBox(load_or_create_key(settings.key_file))
+    grants = Grants(engine, publisher_password=box.internal_password(PUBLISHER_PURPOSE))
+    broker = Broker(broker_config(settings, grants))
     try:
         await broker.start()
     except (BrokerError, OSError) as exc:
@@ -150,4 +167,4 @@ async def run_broker(settings: Settings, engine: Engine, stop: asyncio.Event) ->
 
 async def serve_mqtt(portal: Portal, stop: asyncio.Event) -> None:
     """The portal's MQTT server (one of ecpds.portal.server.SERVERS)."""
-    await run_broker(portal.settings, portal.engine, stop)
+    await run_broker(portal.settings, portal.engine, stop, portal.box)

@@ -106,3 +106,25 @@ async def test_taken_port_is_one_line_error(engine: Engine, settings: Settings) 
     finally:
         taken.close()
         await taken.wait_closed()
+
+
+async def test_publisher_login_publishes(broker: int, settings: Settings) -> None:
+    from ecpds.core.notifications import PUBLISHER_PURPOSE, PUBLISHER_USER
+    from ecpds.core.secrets import CredentialBox, load_or_create_key
+
+    password = CredentialBox(load_or_create_key(settings.key_file)).internal_password(
+        PUBLISHER_PURPOSE
+    )
+    with pytest.raises(ConnectError):
+        await client(broker, PUBLISHER_USER, "not-the-password")
+    reader = await client(broker, "reader", READER_PASSWORD)
+    publisher = await client(broker, PUBLISHER_USER, password)
+    try:
+        await reader.subscribe([("ecpds/dest1/#", 1)])
+        await publisher.publish("ecpds/dest1/from-worker", b"stored", qos=1)
+        message = await reader.deliver_message(timeout_duration=10)
+        assert message is not None
+        assert bytes(message.data) == b"stored"
+    finally:
+        await reader.disconnect()
+        await publisher.disconnect()
