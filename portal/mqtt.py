@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker, BrokerContext, RetainedApplicationMessage
 from amqtt.contexts import Action, BaseContext
 from amqtt.errors import BrokerError
@@ -23,6 +24,7 @@ from amqtt.session import Session
 from sqlalchemy import Engine, delete
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import col, select
+from websockets.exceptions import ConnectionClosed
 
 from ecpds.core import access
 from ecpds.core.db import session_scope
@@ -137,6 +139,80 @@ class CatalogTopicPlugin(BaseTopicPlugin):
             return False
         grant = self.grants.by_user.get(session.username or "")
         return grant is not None and grant.allows(topic, action)
+
+
+MQTT_311 = 4  # the protocol level of MQTT 3.1.1 in CONNECT, the only one amqtt speaks
+# CONNACK refusing the protocol version, each in the client's own version's words.
+_REFUSALS = {5: bytes([0x20, 0x03, 0x00, 0x84, 0x00]), 3: bytes([0x20, 0x02, 0x00, 0x01])}
+
+
+class _Replay(ReaderAdapter):
+    """A reader that first hands back the bytes already read from it."""
+
+    def __init__(self, head: bytes, reader: ReaderAdapter) -> None:
+        self.head = head
+        self.reader = reader
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self.head:
+            return await self.reader.read(n)
+        if 0 <= n < len(self.head):
+            given, self.head = self.head[:n], self.head[n:]
+            return given
+        given, self.head = self.head, b""
+        return given + (await self.reader.read(n - len(given)) if n > len(given) else b"")
+
+    def feed_eof(self) -> None:
+        self.reader.feed_eof()
+
+
+async def _connect_head(reader: ReaderAdapter) -> tuple[bytes, int | None]:
+    """The first bytes of a CONNECT, up to its protocol level (None: not a CONNECT)."""
+    head = await reader.read(1)
+    if head != b"\x10":
+        return head, None
+    for _ in range(4):  # the remaining length, a variable byte integer
+        head += await reader.read(1)
+        if not head[-1] & 0x80:
+            break
+    size = await reader.read(2)
+    head += size
+    length = int.from_bytes(size, "big")
+    if length > 6:  # "MQTT" or, in MQTT 3.1, "MQIsdp"
+        return head, None
+    head += await reader.read(length) + await reader.read(1)
+    return head, head[-1]
+
+
+class _Broker(Broker):
+    """amqtt's broker, with a clear refusal of other MQTT versions and no retained leak."""
+
+    async def _client_connected(
+        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
+    ) -> None:
+        # amqtt cannot parse an MQTT 5 CONNECT and leaves the client waiting: answer first.
+        try:
+            head, level = await _connect_head(reader)
+        except (asyncio.IncompleteReadError, OSError, ConnectionClosed):
+            await writer.close()
+            return
+        if level is not None and level != MQTT_311:
+            log.info("MQTT: protocol level %d refused, the embedded broker speaks 3.1.1", level)
+            writer.write(_REFUSALS.get(level, _REFUSALS[3]))
+            with contextlib.suppress(OSError, ConnectionClosed):
+                await writer.drain()
+            await writer.close()
+            return
+        await super()._client_connected(listener_name, _Replay(head, reader), writer)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        # amqtt offers a connecting client the retained messages of every filter that any
+        # client holds (without the topic check): only the session's own filters count.
+        holders = self._subscriptions.get(subscription[0], [])
+        if any(holder.client_id == session.client_id for holder, _ in holders):
+            await super()._publish_retained_messages_for_subscription(subscription, session)
 
 
 @dataclass(frozen=True)
@@ -294,7 +370,7 @@ async def run_broker(
         certificate = await asyncio.to_thread(ensure_certificate, settings)
     except (FileNotFoundError, ValueError) as exc:
         raise PortalError(f"MQTTS cannot start: {exc}") from None
-    broker = Broker(broker_config(settings, grants, retained, certificate))
+    broker = _Broker(broker_config(settings, grants, retained, certificate))
     try:
         await broker.start()
     except (BrokerError, OSError) as exc:
