@@ -214,7 +214,9 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="ecpds-bench-portal-", dir=os.environ.get("TMPDIR")))
     base.chmod(0o755)
     try:
-        ports = {name: free_port() for name in ("https", "s3", "ftp", "sftp", "mqtt")}
+        ports = {
+            name: free_port() for name in ("https", "s3", "ftp", "sftp", "mqtt", "mqtts", "mqtt_ws")
+        }
         env = dict(
             os.environ,
             ECPDS_HOME=str(base / "var"),
@@ -223,6 +225,8 @@ def main() -> int:
             ECPDS_FTP_PORT=str(ports["ftp"]),
             ECPDS_SFTP_PORT=str(ports["sftp"]),
             ECPDS_MQTT_PORT=str(ports["mqtt"]),
+            ECPDS_MQTTS_PORT=str(ports["mqtts"]),
+            ECPDS_MQTT_WS_PORT=str(ports["mqtt_ws"]),
             ECPDS_TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}",
         )
         env.pop("ECPDS_CONFIG", None)
@@ -233,6 +237,8 @@ def main() -> int:
             ftp_port=ports["ftp"],
             sftp_port=ports["sftp"],
             mqtt_port=ports["mqtt"],
+            mqtts_port=ports["mqtts"],
+            mqtt_ws_port=ports["mqtt_ws"],
         )
         client_key = base / "client_key"
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(client_key))

@@ -29,7 +29,15 @@ from ecpds.core.settings import Settings
 
 STARTUP_SECONDS = 180.0  # the first start migrates the catalog and hashes the admin password
 GRACE_SECONDS = 20.0  # after SIGTERM, before SIGKILL
-EXTRA_PORTS = (("FTP", "ftp_port"), ("SFTP", "sftp_port"), ("S3", "s3_port"), ("MQTT", "mqtt_port"))
+# (label, setting, URL scheme shown before host:port or "")
+EXTRA_PORTS = (
+    ("FTP", "ftp_port", ""),
+    ("SFTP", "sftp_port", ""),
+    ("S3", "s3_port", ""),
+    ("MQTT", "mqtt_port", "mqtt://"),
+    ("MQTTS", "mqtts_port", "mqtts://"),
+    ("MQTT WebSocket", "mqtt_ws_port", "wss://"),
+)
 
 
 @dataclass
@@ -97,7 +105,7 @@ def signal_group(pid: int, sig: int) -> None:
 def check_ports_free(settings: Settings, embedded_temporal: bool) -> None:
     """Every port we are about to open must be free; name the setting that moves it."""
     wanted = [("https_port", settings.bind, settings.https_port)]
-    wanted += [(attr, settings.bind, getattr(settings, attr)) for _, attr in EXTRA_PORTS]
+    wanted += [(attr, settings.bind, getattr(settings, attr)) for _, attr, _ in EXTRA_PORTS]
     if embedded_temporal:
         wanted += [
             ("temporal_port", "127.0.0.1", settings.temporal_port),
@@ -241,10 +249,11 @@ def service_table(settings: Settings, supervisor: Supervisor, first_start: bool)
     table.add_row("REST API", settings.portal_url, "")
     if _openapi_answers(f"{base}/api/v1/openapi.json"):
         table.add_row("OpenAPI docs", f"{base}/api/v1/docs", f"schema {base}/api/v1/openapi.json")
-    for label, attr in EXTRA_PORTS:
+    for label, attr, scheme in EXTRA_PORTS:
         port = getattr(settings, attr)
         if answers(settings.public_host, port):
-            table.add_row(label, f"{settings.public_host}:{port}", f"ECPDS_{attr.upper()}")
+            address = f"{scheme}{settings.public_host}:{port}"
+            table.add_row(label, address, f"ECPDS_{attr.upper()}")
     catalog = make_url(settings.catalog_url).render_as_string(hide_password=True)
     table.add_row("Catalog", catalog, "")
     table.add_row("Store", ", ".join(settings.store_urls), "")

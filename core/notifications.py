@@ -17,6 +17,8 @@ from ecpds.core.errors import validation_message
 from ecpds.core.models import BROKER_SCHEMES
 
 EMBEDDED = "embedded"
+PUBLISHER_USER = "ecpds-publisher"  # the workers' login to the embedded broker
+PUBLISHER_PURPOSE = "embedded-mqtt-publisher"  # its password: box.internal_password(...)
 DEFAULT_TOPIC = "{destination}/{target}"
 NotifyWhen = Literal["none", "store", "delivery", "both"]
 PayloadFormat = Literal["json", "wis2", "template"]

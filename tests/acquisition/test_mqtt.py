@@ -170,7 +170,13 @@ async def embedded_broker(engine: Engine, tmp_path: Path) -> AsyncIterator[MqttB
             session, data=DataUserCreate(name=ADMIN, password=ADMIN_PASSWORD, admin=True)
         )
     port = free_port()
-    settings = Settings(home=tmp_path / "portal", bind="127.0.0.1", mqtt_port=port)
+    settings = Settings(
+        home=tmp_path / "portal",
+        bind="127.0.0.1",
+        mqtt_port=port,
+        mqtts_port=free_port(),
+        mqtt_ws_port=free_port(),
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(run_broker(settings, engine, stop))
     deadline = asyncio.get_running_loop().time() + 30

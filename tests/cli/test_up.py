@@ -40,6 +40,8 @@ PORTS = (
     "sftp_port",
     "s3_port",
     "mqtt_port",
+    "mqtts_port",
+    "mqtt_ws_port",
 )
 SITE = """
 [[host]]
@@ -222,7 +224,13 @@ def system(
 def test_up_prints_every_service_and_first_credentials(system: Running) -> None:
     password = tomllib.loads((system.home / "admin.toml").read_text())["api_password"]
     assert (system.home / "admin.toml").stat().st_mode & 0o777 == 0o600
-    for text in (system.api, f"127.0.0.1:{system.port('mqtt_port')}", f"password {password}"):
+    for text in (
+        system.api,
+        f"mqtt://127.0.0.1:{system.port('mqtt_port')}",
+        f"mqtts://127.0.0.1:{system.port('mqtts_port')}",
+        f"wss://127.0.0.1:{system.port('mqtt_ws_port')}",
+        f"password {password}",
+    ):
         assert text in system.output
     if "temporal" not in system.services:
         assert system.env["ECPDS_TEMPORAL_ADDRESS"] in system.output

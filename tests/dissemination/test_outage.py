@@ -186,6 +186,8 @@ def make_system(tmp: Path, temporal: RestartableTemporal, *, sweep_every: int) -
         ftp_port=free_port(),
         sftp_port=free_port(),
         mqtt_port=free_port(),
+        mqtts_port=free_port(),
+        mqtt_ws_port=free_port(),
     )
     settings.home.mkdir(parents=True)
     return System(settings, open_catalog(settings.catalog_url), tmp)

@@ -50,6 +50,8 @@ def served_portal(home: Path, temporal_address: str) -> Iterator[tuple[Settings,
         ftp_port=free_port(),
         sftp_port=free_port(),
         mqtt_port=free_port(),
+        mqtts_port=free_port(),
+        mqtt_ws_port=free_port(),
         temporal_address=temporal_address,
     )
     loop = LoopThread()
@@ -57,7 +59,7 @@ def served_portal(home: Path, temporal_address: str) -> Iterator[tuple[Settings,
     done = loop.submit(serve(settings, stop))
     try:
         ports = (settings.https_port, settings.s3_port, settings.ftp_port, settings.sftp_port)
-        for port in (*ports, settings.mqtt_port):
+        for port in (*ports, settings.mqtt_port, settings.mqtts_port, settings.mqtt_ws_port):
             wait_for_port("127.0.0.1", port, timeout=60)
         saved = tomllib.loads(settings.admin_file.read_text())
         yield settings, (saved["api_user"], saved["api_password"])

@@ -424,7 +424,15 @@ def test_upload_queues_transfers_on_temporal(temporal_api: Api, tmp_path: Path) 
 def test_portal_server_bootstraps_admin_and_serves_https(
     settings: Settings, temporal_server: str
 ) -> None:
-    ports = ("https_port", "mqtt_port", "ftp_port", "sftp_port", "s3_port")
+    ports = (
+        "https_port",
+        "mqtt_port",
+        "mqtts_port",
+        "mqtt_ws_port",
+        "ftp_port",
+        "sftp_port",
+        "s3_port",
+    )
     settings = settings.model_copy(
         update={p: free_port() for p in ports} | {"temporal_address": temporal_server}
     )

@@ -41,6 +41,8 @@ def running(tmp_path: Path, loop_thread: LoopThread) -> Iterator[Settings]:
         ftp_port=free_port(),
         sftp_port=free_port(),
         mqtt_port=free_port(),
+        mqtts_port=free_port(),
+        mqtt_ws_port=free_port(),
         temporal_address=f"127.0.0.1:{free_port()}",
     )
     stop = asyncio.Event()
