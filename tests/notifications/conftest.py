@@ -9,7 +9,7 @@ import json
 import threading
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -139,15 +139,15 @@ class Subscriber:
             return [m for m in self.messages if m.id in set(message_ids)]
 
 
-@contextlib.contextmanager
-def subscribed(
+@contextlib.asynccontextmanager
+async def subscribed(
     broker: MqttBroker,
     topic: str,
     *,
     version: str = "5",
     client_id: str | None = None,
     persistent: bool = False,
-) -> Iterator[Subscriber]:
+) -> AsyncIterator[Subscriber]:
     """Subscribed to `topic` at QoS 1; `persistent`: a session the broker keeps (MQTT 5)."""
     v5 = version == "5"
     client = mqtt.Client(
@@ -191,12 +191,20 @@ def subscribed(
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if persistent:
             properties.SessionExpiryInterval = 3600
-        client.connect(broker.host, broker.port, clean_start=not persistent, properties=properties)
+        client.connect_async(
+            broker.host, broker.port, clean_start=not persistent, properties=properties
+        )
     else:
-        client.connect(broker.host, broker.port)
+        client.connect_async(broker.host, broker.port)
     client.loop_start()
     try:
-        assert subscriber.subscribed.wait(30), f"the subscription to {topic} was not granted"
+        # Not blocking the event loop: the broker may run on it (the embedded one).
+        deadline = asyncio.get_running_loop().time() + 30
+        while not subscriber.subscribed.is_set():
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"the subscription to {topic} was not granted"
+            )
+            await asyncio.sleep(0.05)
         yield subscriber
     finally:
         client.disconnect()

@@ -35,11 +35,10 @@ async def test_mqtt5_subscriber_sees_expiry_content_type_and_id(
 ) -> None:
     env = notify_env
     root = topic_root()
-    with subscribed(mosquitto, f"{root}/#") as subscriber:
-        async with publishing(env):
-            ids = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root, count=5)
-            messages = await subscriber.wait_for(ids)
-            await asyncio.to_thread(until, lambda: published(env, ids), "the rows marked")
+    async with subscribed(mosquitto, f"{root}/#") as subscriber, publishing(env):
+        ids = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root, count=5)
+        messages = await subscriber.wait_for(ids)
+        await asyncio.to_thread(until, lambda: published(env, ids), "the rows marked")
     assert subscriber.ids() == {i: 1 for i in ids}
     for message in messages:
         assert message.topic.startswith(f"{root}/product-")
@@ -56,12 +55,12 @@ async def test_mqtt311_subscriber_receives_the_payload(
 ) -> None:
     env = notify_env
     root = topic_root()
-    with subscribed(mosquitto, f"{root}/#", version="3.1.1") as subscriber:
-        async with publishing(env):
-            ids = add_rows(
-                env.engine, broker=mosquitto.url(), protocol="3.1.1", topic=root, count=3
-            )
-            messages = await subscriber.wait_for(ids)
+    async with (
+        subscribed(mosquitto, f"{root}/#", version="3.1.1") as subscriber,
+        publishing(env),
+    ):
+        ids = add_rows(env.engine, broker=mosquitto.url(), protocol="3.1.1", topic=root, count=3)
+        messages = await subscriber.wait_for(ids)
     assert sorted(m.id for m in messages) == sorted(ids)
     by_id = {r.message_id: r for r in rows(env.engine, ids)}
     assert all(m.payload == by_id[m.id].payload for m in messages)
@@ -72,16 +71,15 @@ async def test_expired_row_is_closed_not_published(
 ) -> None:
     env = notify_env
     root = topic_root()
-    with subscribed(mosquitto, f"{root}/#") as subscriber:
-        async with publishing(env):
-            [late] = add_rows(
-                env.engine, broker=mosquitto.url(), protocol="5", topic=root, expires_in=-5
-            )
-            fresh = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root)
-            await subscriber.wait_for(fresh)
-            [row] = await asyncio.to_thread(
-                until, lambda: [r for r in rows(env.engine, [late]) if not r.pending], "closed"
-            )
+    async with subscribed(mosquitto, f"{root}/#") as subscriber, publishing(env):
+        [late] = add_rows(
+            env.engine, broker=mosquitto.url(), protocol="5", topic=root, expires_in=-5
+        )
+        fresh = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root)
+        await subscriber.wait_for(fresh)
+        [row] = await asyncio.to_thread(
+            until, lambda: [r for r in rows(env.engine, [late]) if not r.pending], "closed"
+        )
     assert row.published is None and row.last_error == EXPIRED
     assert late not in subscriber.ids()
 
@@ -93,26 +91,28 @@ async def test_broker_away_30_s_delays_and_loses_nothing(
     env = notify_env
     broker = private_mosquitto.broker
     root = topic_root()
-    with subscribed(
-        broker, f"{root}/#", client_id=f"durable-{uuid.uuid4().hex[:8]}", persistent=True
-    ) as subscriber:
-        async with publishing(env):
-            before = add_rows(env.engine, broker=broker.url(), protocol="5", topic=root)
-            await subscriber.wait_for(before)
-            private_mosquitto.stop()
-            during: list[str] = []
-            for _ in range(10):  # products keep arriving while the broker is away
-                during += add_rows(
-                    env.engine, broker=broker.url(), protocol="5", topic=f"{root}/away", count=3
-                )
-                await asyncio.sleep(3)
-            waiting = rows(env.engine, during)
-            assert all(r.pending for r in waiting)
-            tried = [r for r in waiting if r.attempts > 0]
-            assert tried and all("cannot reach the broker" in (r.last_error or "") for r in tried)
-            private_mosquitto.start()
-            await subscriber.wait_for(during, timeout=120)
-            await asyncio.to_thread(until, lambda: published(env, during), "the rows marked")
+    async with (
+        subscribed(
+            broker, f"{root}/#", client_id=f"durable-{uuid.uuid4().hex[:8]}", persistent=True
+        ) as subscriber,
+        publishing(env),
+    ):
+        before = add_rows(env.engine, broker=broker.url(), protocol="5", topic=root)
+        await subscriber.wait_for(before)
+        private_mosquitto.stop()
+        during: list[str] = []
+        for _ in range(10):  # products keep arriving while the broker is away
+            during += add_rows(
+                env.engine, broker=broker.url(), protocol="5", topic=f"{root}/away", count=3
+            )
+            await asyncio.sleep(3)
+        waiting = rows(env.engine, during)
+        assert all(r.pending for r in waiting)
+        tried = [r for r in waiting if r.attempts > 0]
+        assert tried and all("cannot reach the broker" in (r.last_error or "") for r in tried)
+        private_mosquitto.start()
+        await subscriber.wait_for(during, timeout=120)
+        await asyncio.to_thread(until, lambda: published(env, during), "the rows marked")
     assert subscriber.ids() == {i: 1 for i in before + during}
 
 
@@ -125,10 +125,12 @@ async def test_embedded_broker_with_the_publisher_login(notify_env: Disseminatio
     root = topic_root()
     async with serving_embedded(env.engine, env.tmp / "portal", env.box) as port:
         broker = MqttBroker("127.0.0.1", port, "3.1.1", ADMIN, ADMIN_PASSWORD)
-        with subscribed(broker, f"{root}/#", version="3.1.1") as subscriber:
-            async with publishing(env, mqtt_port=port, public_host="127.0.0.1"):
-                ids = add_rows(env.engine, broker=EMBEDDED, protocol="3.1.1", topic=root, count=4)
-                messages = await subscriber.wait_for(ids)
-                await asyncio.to_thread(until, lambda: published(env, ids), "the rows marked")
+        async with (
+            subscribed(broker, f"{root}/#", version="3.1.1") as subscriber,
+            publishing(env, mqtt_port=port, public_host="127.0.0.1"),
+        ):
+            ids = add_rows(env.engine, broker=EMBEDDED, protocol="3.1.1", topic=root, count=4)
+            messages = await subscriber.wait_for(ids)
+            await asyncio.to_thread(until, lambda: published(env, ids), "the rows marked")
     assert subscriber.ids() == {i: 1 for i in ids}
     assert all(m.topic.startswith(f"{root}/") for m in messages)
