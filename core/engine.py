@@ -24,6 +24,7 @@ GARBAGE_COLLECTION_WORKFLOW = "GarbageCollectionWorkflow"
 WAKE_SWEEP_WORKFLOW = "WakeSweepWorkflow"
 DISCOVERY_WORKFLOW = "DiscoveryWorkflow"
 SUBSCRIPTION_WORKFLOW = "SubscriptionWorkflow"
+NOTIFICATION_WORKFLOW = "NotificationWorkflow"
 
 # The scheduler's signals; `start_workflow` takes a signal-with-start by name only.
 WAKE_SIGNAL = "wake"
@@ -63,6 +64,11 @@ def discovery_workflow_id(destination: str, host: str) -> str:
 def subscription_workflow_id(destination: str, host: str) -> str:
     """One MQTT subscription per acquisition host and destination."""
     return f"subscription-{destination}-{host}"
+
+
+def notification_workflow_id(task_queue: str) -> str:
+    """The one publisher of the outbox per task queue (catalog)."""
+    return f"notifications-{task_queue}"
 
 
 def gc_schedule_id(task_queue: str) -> str:

@@ -26,6 +26,7 @@ pytest_plugins = [
     "peers.s3",
     "peers.azure",
     "peers.gcs",
+    "peers.mqtt",
 ]
 
 

@@ -10,6 +10,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from ecpds.activities.discovery import DiscoveryActivities
+from ecpds.activities.notification import NotificationActivities
 from ecpds.activities.scheduling import SchedulingActivities
 from ecpds.activities.storage import StorageActivities
 from ecpds.activities.subscription import SubscriptionActivities
@@ -19,11 +20,13 @@ from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 from ecpds.workers.logs import quiet_routine_failures
+from ecpds.workers.notifier import ensure_notifications
 from ecpds.workers.schedules import ensure_schedules, sweep_now, sync_acquisition_schedules
 from ecpds.workers.subscriptions import ensure_subscriptions
 from ecpds.workflows.destination import DestinationWorkflow
 from ecpds.workflows.discovery import DiscoveryWorkflow
 from ecpds.workflows.gc import GarbageCollectionWorkflow
+from ecpds.workflows.notification import NotificationWorkflow
 from ecpds.workflows.replication import ReplicationWorkflow
 from ecpds.workflows.retrieval import RetrievalBatchWorkflow
 from ecpds.workflows.subscription import SubscriptionWorkflow
@@ -43,6 +46,7 @@ def build_worker(
     storage = StorageActivities(engine, store, box, settings.task_queue)
     discovery = DiscoveryActivities(engine, box)
     subscription = SubscriptionActivities(engine, box, settings.task_queue)
+    notification = NotificationActivities(engine, box, settings)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -55,6 +59,7 @@ def build_worker(
             WakeSweepWorkflow,
             DiscoveryWorkflow,
             SubscriptionWorkflow,
+            NotificationWorkflow,
         ],
         activities=[
             scheduling.load_destination,
@@ -76,6 +81,7 @@ def build_worker(
             discovery.count_fetches,
             discovery.finish_run,
             subscription.subscribe,
+            notification.publish_notifications,
         ],
         max_concurrent_activities=max_concurrent_activities,
         # Temporal answers a heartbeat with "cancel requested": an operator's interrupt is
@@ -125,6 +131,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
             await ensure_subscriptions(client, engine, settings.task_queue)
         finally:
             engine.dispose()
+        await ensure_notifications(client, settings.task_queue)
         # A push while the engine was down could not wake its destination: do it now.
         await sweep_now(client, settings.task_queue)
         await (stop or asyncio.Event()).wait()

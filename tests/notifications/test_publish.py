@@ -1,0 +1,136 @@
+"""The publisher: outbox rows reach real subscribers (paho-mqtt, MQTT 5 and 3.1.1) on
+Mosquitto and on the embedded broker, through a real Temporal worker; a broker away for
+30 s delays them and loses none."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from dissemination.conftest import Dissemination
+from peers.catalog import until
+from peers.mqtt import ADMIN, ADMIN_PASSWORD, MqttBroker, PrivateMosquitto, serving_embedded
+
+from ecpds.activities.notification import EXPIRED
+from ecpds.core import catalog
+from ecpds.core.db import session_scope
+from ecpds.core.models import DataUserCreate
+from ecpds.core.notifications import EMBEDDED
+from notifications.conftest import add_rows, publishing, rows, subscribed
+
+
+def topic_root() -> str:
+    return f"ecpds-test/{uuid.uuid4().hex[:8]}"
+
+
+def published(env: Dissemination, message_ids: list[str]) -> bool:
+    found = rows(env.engine, message_ids)
+    return len(found) == len(message_ids) and all(
+        not r.pending and r.published is not None for r in found
+    )
+
+
+async def test_mqtt5_subscriber_sees_expiry_content_type_and_id(
+    notify_env: Dissemination, mosquitto: MqttBroker
+) -> None:
+    env = notify_env
+    root = topic_root()
+    async with subscribed(mosquitto, f"{root}/#") as subscriber, publishing(env):
+        ids = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root, count=5)
+        messages = await subscriber.wait_for(ids)
+        await asyncio.to_thread(until, lambda: published(env, ids), "the rows marked")
+    assert subscriber.ids() == {i: 1 for i in ids}
+    for message in messages:
+        assert message.topic.startswith(f"{root}/product-")
+        assert 3500 < message.properties["MessageExpiryInterval"] <= 3600
+        assert message.properties["ContentType"] == "application/json"
+        assert message.properties["PayloadFormatIndicator"] == 1
+        assert ("id", message.id) in message.properties["UserProperty"]
+    marked = rows(env.engine, ids)
+    assert all(r.attempts == 0 and r.last_error is None for r in marked)
+
+
+async def test_mqtt311_subscriber_receives_the_payload(
+    notify_env: Dissemination, mosquitto: MqttBroker
+) -> None:
+    env = notify_env
+    root = topic_root()
+    async with (
+        subscribed(mosquitto, f"{root}/#", version="3.1.1") as subscriber,
+        publishing(env),
+    ):
+        ids = add_rows(env.engine, broker=mosquitto.url(), protocol="3.1.1", topic=root, count=3)
+        messages = await subscriber.wait_for(ids)
+    assert sorted(m.id for m in messages) == sorted(ids)
+    by_id = {r.message_id: r for r in rows(env.engine, ids)}
+    assert all(m.payload == by_id[m.id].payload for m in messages)
+
+
+async def test_expired_row_is_closed_not_published(
+    notify_env: Dissemination, mosquitto: MqttBroker
+) -> None:
+    env = notify_env
+    root = topic_root()
+    async with subscribed(mosquitto, f"{root}/#") as subscriber, publishing(env):
+        [late] = add_rows(
+            env.engine, broker=mosquitto.url(), protocol="5", topic=root, expires_in=-5
+        )
+        fresh = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root)
+        await subscriber.wait_for(fresh)
+        [row] = await asyncio.to_thread(
+            until, lambda: [r for r in rows(env.engine, [late]) if not r.pending], "closed"
+        )
+    assert row.published is None and row.last_error == EXPIRED
+    assert late not in subscriber.ids()
+
+
+async def test_broker_away_30_s_delays_and_loses_nothing(
+    notify_env: Dissemination, private_mosquitto: PrivateMosquitto
+) -> None:
+    """Rows arrive while the broker is stopped; once it is back, each is delivered once."""
+    env = notify_env
+    broker = private_mosquitto.broker
+    root = topic_root()
+    async with (
+        subscribed(
+            broker, f"{root}/#", client_id=f"durable-{uuid.uuid4().hex[:8]}", persistent=True
+        ) as subscriber,
+        publishing(env),
+    ):
+        before = add_rows(env.engine, broker=broker.url(), protocol="5", topic=root)
+        await subscriber.wait_for(before)
+        private_mosquitto.stop()
+        during: list[str] = []
+        for _ in range(10):  # products keep arriving while the broker is away
+            during += add_rows(
+                env.engine, broker=broker.url(), protocol="5", topic=f"{root}/away", count=3
+            )
+            await asyncio.sleep(3)
+        waiting = rows(env.engine, during)
+        assert all(r.pending for r in waiting)
+        tried = [r for r in waiting if r.attempts > 0]
+        assert tried and all("cannot reach the broker" in (r.last_error or "") for r in tried)
+        private_mosquitto.start()
+        await subscriber.wait_for(during, timeout=120)
+        await asyncio.to_thread(until, lambda: published(env, during), "the rows marked")
+    assert subscriber.ids() == {i: 1 for i in before + during}
+
+
+async def test_embedded_broker_with_the_publisher_login(notify_env: Dissemination) -> None:
+    env = notify_env
+    with session_scope(env.engine) as session:
+        catalog.create_user(
+            session, data=DataUserCreate(name=ADMIN, password=ADMIN_PASSWORD, admin=True)
+        )
+    root = topic_root()
+    async with serving_embedded(env.engine, env.tmp / "portal", env.box) as port:
+        broker = MqttBroker("127.0.0.1", port, "3.1.1", ADMIN, ADMIN_PASSWORD)
+        async with (
+            subscribed(broker, f"{root}/#", version="3.1.1") as subscriber,
+            publishing(env, mqtt_port=port, public_host="127.0.0.1"),
+        ):
+            ids = add_rows(env.engine, broker=EMBEDDED, protocol="3.1.1", topic=root, count=4)
+            messages = await subscriber.wait_for(ids)
+            await asyncio.to_thread(until, lambda: published(env, ids), "the rows marked")
+    assert subscriber.ids() == {i: 1 for i in ids}
+    assert all(m.topic.startswith(f"{root}/") for m in messages)
