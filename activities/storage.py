@@ -336,19 +336,22 @@ class StorageActivities:
                 session.add(data_file)
                 landed[data_file.id] = data_file
             gone += [i for i in stored if i not in kept and i not in gone]
-            released: dict[str, list[DataTransfer]] = {}
+            # Every live transfer of the files: FETC ones are released, and all (held ones
+            # too) name the destinations that announce the file.
+            live: dict[str, list[DataTransfer]] = {}
             for transfer in session.exec(
                 select(DataTransfer)
                 .where(col(DataTransfer.data_file_id).in_(kept))
                 .where(col(DataTransfer.deleted).is_(False))
-                .where(col(DataTransfer.status) == TransferStatus.FETC)
             ).all():
+                live.setdefault(transfer.data_file_id, []).append(transfer)
+                if transfer.status != TransferStatus.FETC:
+                    continue
                 transfer.status = (
                     TransferStatus.SCHE if transfer.scheduled > now else TransferStatus.WAIT
                 )
                 transfer.queued = now
                 session.add(transfer)
-                released.setdefault(transfer.data_file_id, []).append(transfer)
                 if transfer.id is not None:
                     out.transfer_ids.append(transfer.id)
             for data_file_id, data_file in landed.items():
@@ -356,7 +359,7 @@ class StorageActivities:
                     session,
                     doors=self.doors,
                     data_file=data_file,
-                    transfers=released.get(data_file_id, []),
+                    transfers=live.get(data_file_id, []),
                 )
         out.fetched += kept
         out.bytes += sum(stored[i].size for i in kept)
