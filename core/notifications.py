@@ -140,6 +140,7 @@ PUBLISHER_PURPOSE = "embedded-mqtt-publisher"  # its password: box.internal_pass
 WIS2_CONFORMS_TO = "http://wis.wmo.int/spec/wnm/1/conf/core"
 WIS2_MAX_BYTES = 8192
 WIS2_SCHEMA = "wis2-notification-message.json"
+_LINK_SCHEMES = ("http://", "https://", "ftp://", "sftp://")
 _UNKNOWN = "unknown"  # a topic level whose metadata key is missing
 
 log = logging.getLogger(__name__)
@@ -340,7 +341,10 @@ def _row(
     tokens = _tokens(
         event=event, destination=destination, target=target, data_file=data_file, created=created
     )
-    href = (extra or {}).get("location") or urls["https"]
+    # WIS2 links are HTTP(S), FTP or SFTP: a delivery elsewhere (a local folder, S3,
+    # Azure...) points subscribers at the portal instead.
+    location = (extra or {}).get("location", "")
+    href = location if location.startswith(_LINK_SCHEMES) else urls["https"]
     try:
         topic = render_topic(settings.topic, tokens)
         payload = _payload(settings, fields, tokens, data_file, href)
