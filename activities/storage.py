@@ -8,6 +8,7 @@ never appear in an input, output or error of these activities.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import inspect
 import posixpath
@@ -36,9 +37,11 @@ from ecpds.core.models import (
     TransferStatus,
     utcnow,
 )
+from ecpds.core.notifications import Doors, announce_stored, wants_sha512
 from ecpds.core.protocols import ProtocolError, parse_url
 from ecpds.core.retrieval import Integrity
 from ecpds.core.secrets import CredentialBox
+from ecpds.core.settings import get_settings
 from ecpds.core.sources import Source, SourceConnections, resolve_source
 from ecpds.core.store import ObjectTooLarge, Store, StoredObject, StoreError
 
@@ -87,6 +90,7 @@ class _Fetch:
     integrity: Integrity | None
     connections: int
     max_size: int = 0  # the destination's max_file_size (0: no limit)
+    sha512: bool = False  # computed while fetching: a WIS2 announcement needs it
 
 
 @dataclass
@@ -126,11 +130,17 @@ class StorageActivities:
     """Built once per worker with the catalog, the store and the credential key."""
 
     def __init__(
-        self, engine: Engine, store: Store, box: CredentialBox, task_queue: str = ""
+        self,
+        engine: Engine,
+        store: Store,
+        box: CredentialBox,
+        task_queue: str = "",
+        doors: Doors | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
         self.box = box
+        self.doors = doors or Doors.of(get_settings())
         self.task_queue = task_queue
         self.sources = SourceConnections()
         # Fetches wait on the network, not the CPU: more threads than asyncio's default.
@@ -205,6 +215,7 @@ class StorageActivities:
             )
             fallback = destination.max_connections if destination else DEFAULT_CONNECTIONS
             max_size = destination.max_file_size if destination else 0
+            sha512 = destination is not None and wants_sha512(session, [destination.id])
             folders: dict[str, Source | ProtocolError] = {}
             arrived: list[str] = []
             for data_file_id in request.data_file_ids:
@@ -239,7 +250,12 @@ class StorageActivities:
                     continue
                 source = replace(found, file_name=name)
                 connections = source.max_connections or fallback
-                todo.append(_Fetch(data_file_id, source, integrity, connections, max_size))
+                given = integrity is not None and integrity.method == "sha512"
+                todo.append(
+                    _Fetch(
+                        data_file_id, source, integrity, connections, max_size, sha512 and not given
+                    )
+                )
             if arrived:
                 out.fetched += arrived
                 out.transfer_ids += _transfer_ids(
@@ -270,7 +286,9 @@ class StorageActivities:
                 checked = fetch.integrity.checked(chunks) if fetch.integrity else chunks
                 with contextlib.closing(checked) as stream:
                     try:
-                        stored = self.store.write(data_file_id, stream, max_size=fetch.max_size)
+                        stored = self.store.write(
+                            data_file_id, stream, max_size=fetch.max_size, sha512=fetch.sha512
+                        )
                     except ObjectTooLarge:
                         raise
                     except StoreError:
@@ -280,7 +298,9 @@ class StorageActivities:
                         # A copy left by an attempt that died between the store and the
                         # catalog (the store refuses before reading a byte): replace it.
                         self.store.delete(data_file_id)
-                        stored = self.store.write(data_file_id, stream, max_size=fetch.max_size)
+                        stored = self.store.write(
+                            data_file_id, stream, max_size=fetch.max_size, sha512=fetch.sha512
+                        )
         except ProtocolError as exc:
             return data_file_id, FetchFailure(data_file_id, str(exc), exc.retryable)
         except ObjectTooLarge as exc:
@@ -298,6 +318,7 @@ class StorageActivities:
         with session_scope(self.engine) as session:
             files = session.exec(select(DataFile).where(col(DataFile.id).in_(list(stored)))).all()
             kept: list[str] = []
+            landed: dict[str, DataFile] = {}  # stored by this commit: to announce
             for data_file in files:
                 if data_file.deleted:
                     gone.append(data_file.id)
@@ -311,14 +332,21 @@ class StorageActivities:
                 data_file.adler32 = new.adler32
                 data_file.arrived = now
                 data_file.locations = new.locations
+                data_file.sha512 = new.sha512 or _sha512_of(data_file.meta)
                 session.add(data_file)
+                landed[data_file.id] = data_file
             gone += [i for i in stored if i not in kept and i not in gone]
+            # Every live transfer of the files: FETC ones are released, and all (held ones
+            # too) name the destinations that announce the file.
+            live: dict[str, list[DataTransfer]] = {}
             for transfer in session.exec(
                 select(DataTransfer)
                 .where(col(DataTransfer.data_file_id).in_(kept))
                 .where(col(DataTransfer.deleted).is_(False))
-                .where(col(DataTransfer.status) == TransferStatus.FETC)
             ).all():
+                live.setdefault(transfer.data_file_id, []).append(transfer)
+                if transfer.status != TransferStatus.FETC:
+                    continue
                 transfer.status = (
                     TransferStatus.SCHE if transfer.scheduled > now else TransferStatus.WAIT
                 )
@@ -326,6 +354,13 @@ class StorageActivities:
                 session.add(transfer)
                 if transfer.id is not None:
                     out.transfer_ids.append(transfer.id)
+            for data_file_id, data_file in landed.items():
+                announce_stored(
+                    session,
+                    doors=self.doors,
+                    data_file=data_file,
+                    transfers=live.get(data_file_id, []),
+                )
         out.fetched += kept
         out.bytes += sum(stored[i].size for i in kept)
         for data_file_id in gone:
@@ -532,6 +567,17 @@ def _transfer_ids(
         ).all()
         if i is not None
     ]
+
+
+def _sha512_of(meta: dict[str, Any] | None) -> str | None:
+    """The SHA-512 (hex) a WIS2 integrity in the metadata gave, checked by the fetch."""
+    try:
+        integrity = _integrity(meta)
+    except ProtocolError:
+        return None
+    if integrity is None or integrity.method != "sha512":
+        return None
+    return base64.b64decode(integrity.value).hex()
 
 
 def _integrity(meta: dict[str, Any] | None) -> Integrity | None:

@@ -27,8 +27,10 @@ from temporalio.exceptions import ApplicationError
 from ecpds.core.db import session_scope
 from ecpds.core.models import DataFile, DataTransfer, Destination, Host, TransferStatus
 from ecpds.core.naming import NamingError, target_path
+from ecpds.core.notifications import Doors, announce_delivered, remote_location
 from ecpds.core.protocols import ProtocolError
 from ecpds.core.secrets import CredentialBox, CredentialError
+from ecpds.core.settings import get_settings
 from ecpds.core.store import Store, StoreError
 from ecpds.core.transmit import SendRequest, SendResult, discard_partial, partial_offset, send
 
@@ -72,10 +74,19 @@ class _Plan:
 class TransmitActivities:
     """Transmit, with the catalog, the store and the credential key it needs."""
 
-    def __init__(self, engine: Engine, store: Store, box: CredentialBox, *, threads: int = 64):
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        box: CredentialBox,
+        *,
+        threads: int = 64,
+        doors: Doors | None = None,
+    ):
         self.engine = engine
         self.store = store
         self.box = box
+        self.doors = doors or Doors.of(get_settings())
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="ecpds-io")
         # Progress writes have their own threads: sends may hold every one of the others.
         self.progress_executor = ThreadPoolExecutor(4, thread_name_prefix="ecpds-progress")
@@ -278,6 +289,29 @@ class TransmitActivities:
                 transfer.sha256 = result.extra.get("sha256")
                 transfer.sha512 = result.extra.get("sha512")
                 session.add(transfer)
+                self._announce(session, transfer, result.target)
+
+    def _announce(self, session: Session, transfer: DataTransfer, target: str) -> None:
+        """The delivery's notification, in the transaction that marks the transfer DONE."""
+        destination = (
+            session.get(Destination, transfer.destination_id)
+            if transfer.destination_id is not None
+            else None
+        )
+        if destination is None or not destination.notification:
+            return
+        data_file = session.get(DataFile, transfer.data_file_id)
+        host = session.get(Host, transfer.host_id) if transfer.host_id is not None else None
+        if data_file is None or host is None:
+            return
+        announce_delivered(
+            session,
+            doors=self.doors,
+            transfer=transfer,
+            data_file=data_file,
+            destination=destination,
+            location=remote_location(host.url, target),
+        )
 
 
 @dataclass

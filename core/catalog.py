@@ -265,19 +265,41 @@ def _set_destination_hosts(session: Session, destination: Destination, names: li
     session.flush()
 
 
-def create_destination(session: Session, *, data: DestinationCreate) -> Destination:
+def _seal_notification_password(
+    destination: Destination, password: str, box: CredentialBox | None
+) -> None:
+    """Keep the external broker's password encrypted like host credentials ("" removes it)."""
+    if box is None:
+        raise ValueError("notification_password: no credential key to encrypt it with")
+    destination.notification_password_encrypted = box.seal(
+        {"password": password} if password else {}
+    )
+
+
+def create_destination(
+    session: Session, *, data: DestinationCreate, box: CredentialBox | None = None
+) -> Destination:
     _check_name_free(session, Destination, "destination", data.name)
-    destination = Destination.model_validate(data.model_dump(exclude={"hosts"}))
+    destination = Destination.model_validate(
+        data.model_dump(exclude={"hosts", "notification_password"})
+    )
+    if data.notification_password is not None:
+        _seal_notification_password(destination, data.notification_password, box)
     session.add(destination)
     session.flush()
     _set_destination_hosts(session, destination, data.hosts)
     return destination
 
 
-def update_destination(session: Session, *, name: str, data: DestinationUpdate) -> Destination:
+def update_destination(
+    session: Session, *, name: str, data: DestinationUpdate, box: CredentialBox | None = None
+) -> Destination:
     destination = get_destination(session, name=name)
     changes = data.model_dump(exclude_unset=True)
     hosts = changes.pop("hosts", None)
+    password = changes.pop("notification_password", None)
+    if password is not None:
+        _seal_notification_password(destination, password, box)
     for key, value in changes.items():
         if value is not None or _nullable(Destination, key):
             setattr(destination, key, value)
@@ -348,7 +370,13 @@ def delete_destination(session: Session, *, name: str, force: bool = False) -> l
 
 def destination_public(session: Session, destination: Destination) -> DestinationPublic:
     hosts = [h.name for h in destination_hosts(session, destination=destination)]
-    return DestinationPublic.model_validate(destination.model_dump() | {"hosts": hosts})
+    return DestinationPublic.model_validate(
+        destination.model_dump(exclude={"notification_password_encrypted"})
+        | {
+            "hosts": hosts,
+            "notification_password_set": bool(destination.notification_password_encrypted),
+        }
+    )
 
 
 def has_dissemination_hosts(session: Session, *, destination: Destination) -> bool:

@@ -27,6 +27,7 @@ from ecpds.core.models import (
     new_data_file_id,
     utcnow,
 )
+from ecpds.core.notifications import Doors, announce_stored, wants_sha512
 from ecpds.core.push import IngestError, PushOptions, PushPlan, check_file_name, plan_push
 from ecpds.core.store import ObjectTooLarge, Store, StoredObject
 
@@ -66,7 +67,12 @@ async def _blocks(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 
 
 async def store_stream(
-    store: Store, object_id: str, chunks: AsyncIterable[bytes], *, max_size: int = 0
+    store: Store,
+    object_id: str,
+    chunks: AsyncIterable[bytes],
+    *,
+    max_size: int = 0,
+    sha512: bool = False,
 ) -> StoredObject:
     """`Store.write` in a thread of its own, fed from the async stream.
 
@@ -96,7 +102,7 @@ async def store_stream(
 
     def write() -> None:
         try:
-            stored = store.write(object_id, received(), max_size=max_size)
+            stored = store.write(object_id, received(), max_size=max_size, sha512=sha512)
         except BaseException as exc:
             loop.call_soon_threadsafe(settle, None, exc)
         else:
@@ -118,7 +124,9 @@ async def store_stream(
     return await result
 
 
-def _register(engine: Engine, data_file: DataFile, transfers: list[DataTransfer]) -> list[int]:
+def _register(
+    engine: Engine, data_file: DataFile, transfers: list[DataTransfer], doors: Doors | None
+) -> list[int]:
     with session_scope(engine) as session:
         session.add(data_file)
         session.flush()
@@ -127,6 +135,8 @@ def _register(engine: Engine, data_file: DataFile, transfers: list[DataTransfer]
             session.add(transfer)
         session.flush()
         ids = [t.id for t in transfers if t.id is not None]
+        if doors is not None:
+            announce_stored(session, doors=doors, data_file=data_file, transfers=transfers)
     return ids
 
 
@@ -140,25 +150,34 @@ async def ingest(
     user: DataUser | None = None,
     options: PushOptions | None = None,
     dispatcher: Dispatcher | None = None,
+    doors: Doors | None = None,
 ) -> IngestResult:
     """Store the bytes of `chunks` and register one transfer per destination and alias.
 
     Nothing is left behind when it fails: the object is removed if the catalog step
-    fails. Once the catalog has committed, the push has succeeded: transfers not on hold
-    are handed to `dispatcher` if it answers in time, else to the next sweep.
+    fails. With `doors`, the destinations that announce stored products get their
+    notifications in the same transaction. Once the catalog has committed, the push has
+    succeeded: transfers not on hold are handed to `dispatcher` if it answers in time,
+    else to the next sweep.
     """
     check_file_name(name)
     given = options or PushOptions()
     push = replace(given, target=given.target or name)
 
-    def plan() -> PushPlan:
+    def plan() -> tuple[PushPlan, bool]:
         with Session(engine) as session:
-            return plan_push(session, destination=destination, options=push, user=user)
+            planned = plan_push(session, destination=destination, options=push, user=user)
+            sha512 = doors is not None and wants_sha512(
+                session, (t.destination_id for t in planned.transfers)
+            )
+            return planned, sha512
 
-    planned = await asyncio.to_thread(plan)
+    planned, sha512 = await asyncio.to_thread(plan)
     object_id = new_data_file_id()
     try:
-        stored = await store_stream(store, object_id, chunks, max_size=planned.max_size)
+        stored = await store_stream(
+            store, object_id, chunks, max_size=planned.max_size, sha512=sha512
+        )
     except ObjectTooLarge as exc:
         raise IngestError(f"destination {destination!r}: {exc}", 413) from exc
     now = utcnow()
@@ -168,6 +187,7 @@ async def ingest(
         size=stored.size,
         md5=stored.md5,
         adler32=stored.adler32,
+        sha512=stored.sha512,
         meta=dict(push.metadata),
         group=push.group,
         reqid=push.reqid,
@@ -176,7 +196,7 @@ async def ingest(
         locations=stored.locations,
     )
     try:
-        ids = await asyncio.to_thread(_register, engine, data_file, planned.transfers)
+        ids = await asyncio.to_thread(_register, engine, data_file, planned.transfers, doors)
     except BaseException as exc:
         await asyncio.to_thread(store.delete, object_id)
         if isinstance(exc, IntegrityError):

@@ -34,7 +34,7 @@ def target_path(
         "basename": posixpath.basename(target),
         "data_file_id": data_file_id,
         "transfer_id": transfer_id,
-        "date": _Date(when),
+        "date": DateToken(when),
     }
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(template)]
@@ -56,7 +56,9 @@ def target_path(
     return path
 
 
-class _Date:
+class DateToken:
+    """`{date}` in a template: strftime by its format spec (default %Y%m%d)."""
+
     def __init__(self, when: datetime) -> None:
         self.when = when
 

@@ -97,7 +97,7 @@ def apply_site(
         _apply_host(session, box, host, report)
     # Order matters: destinations name hosts; aliases and users name destinations.
     for destination in spec.destination:
-        _apply_destination(session, destination, report)
+        _apply_destination(session, box, destination, report)
     for alias in spec.alias:
         _apply_alias(session, alias, report)
     for user in spec.user:
@@ -127,24 +127,33 @@ def _apply_host(session: Session, box: CredentialBox, spec: SiteHost, report: Ap
     report.updated.append(label)
 
 
-def _apply_destination(session: Session, spec: SiteDestination, report: ApplyReport) -> None:
+def _apply_destination(
+    session: Session, box: CredentialBox, spec: SiteDestination, report: ApplyReport
+) -> None:
     label = f"destination {spec.name}"
     current = catalog.find_destination(session, name=spec.name)
     if current is None:
         catalog.create_destination(
-            session, data=DestinationCreate.model_validate(spec.model_dump())
+            session, data=DestinationCreate.model_validate(spec.model_dump()), box=box
         )
         report.created.append(label)
         return
     have = current.model_dump() | {
         "hosts": [h.name for h in catalog.destination_hosts(session, destination=current)]
     }
-    changes = _differs(have, spec.model_dump(exclude_unset=True, exclude={"name"}))
+    changes = _differs(
+        have, spec.model_dump(exclude_unset=True, exclude={"name", "notification_password"})
+    )
+    password = spec.notification_password
+    if password is not None and password != box.open(current.notification_password_encrypted).get(
+        "password", ""
+    ):
+        changes["notification_password"] = password
     if not changes:
         report.unchanged.append(label)
         return
     catalog.update_destination(
-        session, name=spec.name, data=DestinationUpdate.model_validate(changes)
+        session, name=spec.name, data=DestinationUpdate.model_validate(changes), box=box
     )
     report.updated.append(label)
 

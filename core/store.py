@@ -47,6 +47,7 @@ class StoredObject:
     md5: str
     adler32: str
     locations: list[str]
+    sha512: str | None = None  # hex, when the writer was asked for it
 
 
 @dataclass
@@ -122,9 +123,15 @@ class Location:
         return running.adler32
 
 
-def _write(location: Location, object_id: str, chunks: Iterable[bytes], max_size: int) -> Digest:
+def _write(
+    location: Location,
+    object_id: str,
+    chunks: Iterable[bytes],
+    max_size: int,
+    extra: tuple[str, ...] = (),
+) -> Digest:
     out, partial, final = location.open_new(object_id)
-    digest = Digest()
+    digest = Digest(extra=extra)
     try:
         with out:
             for chunk in chunks:
@@ -162,10 +169,21 @@ class Store:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def write(self, object_id: str, chunks: Iterable[bytes], *, max_size: int = 0) -> StoredObject:
-        """Stream `chunks` into a new object; nothing is left if the stream breaks off."""
-        digest = _write(self.primary, object_id, chunks, max_size)
-        return StoredObject(digest.size, digest.md5, digest.adler32, [self.primary.url])
+    def write(
+        self, object_id: str, chunks: Iterable[bytes], *, max_size: int = 0, sha512: bool = False
+    ) -> StoredObject:
+        """Stream `chunks` into a new object; nothing is left if the stream breaks off.
+
+        `sha512`: compute it too (only for WIS2 announcements, as it costs a pass).
+        """
+        digest = _write(self.primary, object_id, chunks, max_size, ("sha512",) if sha512 else ())
+        return StoredObject(
+            digest.size,
+            digest.md5,
+            digest.adler32,
+            [self.primary.url],
+            digest.hexdigest("sha512") if sha512 else None,
+        )
 
     # --- reading ----------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from ecpds.portal.vfs import PortalFS
 
 
 def portal_fs(portal: Portal) -> PortalFS:
-    return PortalFS(portal.engine, portal.store, portal.app.state.api.dispatcher)
+    api = portal.app.state.api
+    return PortalFS(portal.engine, portal.store, api.dispatcher, api.doors)
 
 
 async def serve_s3(portal: Portal, stop: asyncio.Event) -> None:

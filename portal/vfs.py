@@ -37,6 +37,7 @@ from ecpds.core.models import (
     TransferStatus,
     utcnow,
 )
+from ecpds.core.notifications import Doors
 from ecpds.core.push import PushOptions
 from ecpds.core.store import IntegrityError, Store
 
@@ -77,10 +78,17 @@ def _file_entry(name: str, transfer: DataTransfer, data_file: DataFile) -> Entry
 class PortalFS:
     """The data users' view of destinations and their transfers, over the catalog and store."""
 
-    def __init__(self, engine: Engine, store: Store, dispatcher: Dispatcher | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        dispatcher: Dispatcher | None = None,
+        doors: Doors | None = None,
+    ) -> None:
         self.engine = engine
         self.store = store
         self.dispatcher = dispatcher
+        self.doors = doors  # None: uploads announce nothing (tools and tests without a portal)
 
     # --- reading the tree -------------------------------------------------------------------
 
@@ -304,6 +312,7 @@ class PortalFS:
                 metadata=dict(dest.incoming_metadata),
             ),
             dispatcher=self.dispatcher,
+            doors=self.doors,
         )
         await asyncio.to_thread(self._place, destination, target, result.transfer_ids)
         return result

@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 from ecpds.core.access import Principal
 from ecpds.core.errors import EcpdsError, Unauthenticated
 from ecpds.core.ingest import Dispatcher, IngestError
+from ecpds.core.notifications import Doors
 from ecpds.core.store import Store
 from ecpds.portal.access import join_path, login_password, login_token, split_path
 from ecpds.portal.api.errors import detail, refusals
@@ -85,13 +86,16 @@ class Backing(Protocol):
     store: Store
     dispatcher: Dispatcher | None
 
+    @property
+    def doors(self) -> Doors: ...
+
 
 def data_router(backing: Callable[[], Backing]) -> APIRouter:
     """The `/data/` routes: `app.include_router(data_router(lambda: app.state.api))`."""
 
     def current() -> PortalFS:
         source = backing()
-        return PortalFS(source.engine, source.store, source.dispatcher)
+        return PortalFS(source.engine, source.store, source.dispatcher, source.doors)
 
     async def principal(request: Request) -> Principal:
         fs = current()

@@ -16,6 +16,7 @@ from ecpds.activities.storage import StorageActivities
 from ecpds.activities.subscription import SubscriptionActivities
 from ecpds.activities.transmit import HEARTBEAT_EVERY, TransmitActivities
 from ecpds.core.db import open_catalog
+from ecpds.core.notifications import Doors
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
@@ -42,8 +43,9 @@ def build_worker(
     store = Store(settings.store_urls)
     box = CredentialBox(load_or_create_key(settings.key_file))
     scheduling = SchedulingActivities(engine)
-    transmit = TransmitActivities(engine, store, box)
-    storage = StorageActivities(engine, store, box, settings.task_queue)
+    doors = Doors.of(settings)  # where the notifications say products are served
+    transmit = TransmitActivities(engine, store, box, doors=doors)
+    storage = StorageActivities(engine, store, box, settings.task_queue, doors=doors)
     discovery = DiscoveryActivities(engine, box)
     subscription = SubscriptionActivities(engine, box, settings.task_queue)
     notification = NotificationActivities(engine, box, settings)

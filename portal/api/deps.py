@@ -20,6 +20,7 @@ from ecpds.core import access
 from ecpds.core.errors import Unauthenticated
 from ecpds.core.ingest import Dispatcher
 from ecpds.core.models import DataUser
+from ecpds.core.notifications import Doors
 from ecpds.core.secrets import CredentialBox
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
@@ -34,6 +35,11 @@ class ApiState:
     store: Store
     box: CredentialBox
     dispatcher: Dispatcher | None = None
+
+    @property
+    def doors(self) -> Doors:
+        """Where products are served, for the notifications of uploads."""
+        return Doors.of(self.settings)
 
 
 def get_state(request: Request) -> ApiState:

@@ -45,7 +45,7 @@ def list_destinations(session: SessionDep, user: UserDep) -> list[DestinationPub
 def create_destination(
     data: DestinationIn, session: SessionDep, state: StateDep, _: AdminDep
 ) -> DestinationPublic:
-    destination = catalog.create_destination(session, data=data)
+    destination = catalog.create_destination(session, data=data, box=state.box)
     session.commit()
     sync_schedules(state)
     return catalog.destination_public(session, destination)
@@ -62,7 +62,7 @@ def update_destination(
     name: str, data: DestinationPatch, session: SessionDep, state: StateDep, _: AdminDep
 ) -> DestinationPublic:
     before = schedules_before(state)
-    destination = catalog.update_destination(session, name=name, data=data)
+    destination = catalog.update_destination(session, name=name, data=data, box=state.box)
     session.commit()
     sync_schedules(state, before)
     return catalog.destination_public(session, destination)

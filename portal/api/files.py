@@ -101,6 +101,7 @@ async def upload_file(
         user=user,
         options=options,
         dispatcher=state.dispatcher,
+        doors=state.doors,
     )
     data_file = result.data_file
     return UploadResult(

@@ -24,6 +24,7 @@ from ecpds.core.models import (
     DataTransfer,
     Destination,
 )
+from ecpds.core.notifications import Doors
 from ecpds.core.push import PushOptions
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
@@ -62,6 +63,7 @@ class Dissemination(CatalogEdits):
             chunks=chunks(),
             options=PushOptions(**options),
             dispatcher=self.dispatcher,
+            doors=Doors.of(self.settings),
         )
         return result.transfer_ids
 

@@ -42,12 +42,14 @@ class CatalogEdits:
     def add_destination(self, name: str, hosts: list[str], **fields: Any) -> None:
         with session_scope(self.engine) as session:
             catalog.create_destination(
-                session, data=DestinationCreate(name=name, hosts=hosts, **fields)
+                session, data=DestinationCreate(name=name, hosts=hosts, **fields), box=self.box
             )
 
     def update_destination(self, name: str, **fields: Any) -> None:
         with session_scope(self.engine) as session:
-            catalog.update_destination(session, name=name, data=DestinationUpdate(**fields))
+            catalog.update_destination(
+                session, name=name, data=DestinationUpdate(**fields), box=self.box
+            )
 
 
 def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:

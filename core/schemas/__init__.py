@@ -1,0 +1,1 @@
+"""JSON Schemas the project checks messages against (package data, read at run time)."""
