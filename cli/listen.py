@@ -143,8 +143,13 @@ def listen_command(
     destinations = destination or []
     try:
         selection = Selection.of(name, meta or [])
-        position = Position.load(state) if state is not None else Position()
-        since = position.since or (since_of(from_, datetime.now(UTC)) if from_ else None)
+        now = datetime.now(UTC)
+        start = since_of(from_, now) if from_ else None
+        resumed = state is not None and state.exists()
+        position = Position.load(state) if state is not None and resumed else Position()
+        if not resumed:
+            position.floor = start or now  # a first run wants nothing older than this
+        since = position.since if resumed else start
     except ValueError as exc:
         raise CliError(str(exc)) from None
     login = api_login(settings)

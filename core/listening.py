@@ -231,10 +231,12 @@ class Selection:
 class Position:
     """Where a listener is: the latest creation time heard and the ids of its last minutes.
 
-    A restarted listener replays from `since` (OVERLAP before the latest) and drops the
-    ids already seen, so it misses nothing and repeats nothing.
+    A restarted listener replays from `since` (OVERLAP before the latest, not before
+    `floor`: when it first started, or its --from) and drops the ids already seen, so it
+    misses nothing and repeats nothing.
     """
 
+    floor: datetime | None = None
     latest: datetime | None = None
     seen: OrderedDict[str, datetime | None] = field(default_factory=OrderedDict)
 
@@ -245,13 +247,15 @@ class Position:
         try:
             saved = json.loads(path.read_text())
             seen = OrderedDict((key, _time(value)) for key, value in saved["seen"].items())
-            return cls(latest=_time(saved["latest"]), seen=seen)
+            return cls(floor=_time(saved["floor"]), latest=_time(saved["latest"]), seen=seen)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"state file {path} is unreadable ({exc}): remove it") from None
 
     @property
     def since(self) -> datetime | None:
-        return self.latest - OVERLAP if self.latest else None
+        if self.latest is None:
+            return self.floor
+        return max(self.latest - OVERLAP, self.floor) if self.floor else self.latest - OVERLAP
 
     def has(self, message_id: str | None) -> bool:
         return message_id is not None and message_id in self.seen
@@ -267,15 +271,14 @@ class Position:
 
     def save(self, path: Path) -> None:
         """Write it atomically; only the ids within OVERLAP of the latest are kept."""
-        horizon = self.since
+        horizon = self.latest - OVERLAP if self.latest else None
         seen = {
             key: when.isoformat() if when else None
             for key, when in self.seen.items()
             if horizon is None or when is None or when >= horizon
         }
-        text = json.dumps(
-            {"latest": self.latest.isoformat() if self.latest else None, "seen": seen}
-        )
+        floor, latest = (when.isoformat() if when else None for when in (self.floor, self.latest))
+        text = json.dumps({"floor": floor, "latest": latest, "seen": seen})
         part = path.with_name(path.name + ".part")
         part.write_text(text)
         part.replace(path)
