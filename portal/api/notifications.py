@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlmodel import Session
 
 from ecpds.core import catalog
-from ecpds.core.models import DataUser, Notification
+from ecpds.core.models import DataUser, IsoTime, Notification
 from ecpds.core.notifications import settings_of, topic_filter
 from ecpds.portal.api.deps import (
     SessionDep,
@@ -82,7 +82,7 @@ def list_notifications(
     user: UserDep,
     destination: DestinationsQuery = None,
     since: Annotated[
-        datetime | None, Query(description="only those created at or after (RFC 3339)")
+        IsoTime | None, Query(description="only those created at or after (RFC 3339)")
     ] = None,
     after: Annotated[int, Query(ge=0, description="only those after this id (paging)")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
