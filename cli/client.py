@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -119,26 +119,33 @@ def state_of(ctx: typer.Context) -> CliState:
     return root.obj
 
 
-def api_credentials(settings: Settings) -> tuple[str, httpx.Auth | None, dict[str, str]]:
-    """Who calls and how: a token, else user and password from settings, else those
-    `ecpds up` wrote on first start."""
-    if settings.api_token:
-        return "the API token", None, {"Authorization": f"Bearer {settings.api_token}"}
+def api_login(settings: Settings) -> tuple[str, str, str] | None:
+    """(user, password, where they come from): from settings, else those `ecpds up` wrote
+    on first start; None when neither has them (a token may still do for the REST API)."""
     if settings.api_password:
-        user = settings.api_user
-        return f"the credentials of '{user}'", httpx.BasicAuth(user, settings.api_password), {}
+        return settings.api_user, settings.api_password, f"the credentials of '{settings.api_user}'"
     admin_file = settings.admin_file
     if admin_file.is_file():
         try:
             saved = tomllib.loads(admin_file.read_text())
             user = str(saved["api_user"])
-            auth = httpx.BasicAuth(user, str(saved["api_password"]))
-            return f"the credentials of '{user}' in {admin_file}", auth, {}
+            return user, str(saved["api_password"]), f"the credentials of '{user}' in {admin_file}"
         except (OSError, tomllib.TOMLDecodeError, KeyError) as exc:
             raise CliError(f"{admin_file} is unreadable or incomplete: {exc}") from None
+    return None
+
+
+def api_credentials(settings: Settings) -> tuple[str, httpx.Auth | None, dict[str, str]]:
+    """Who calls and how: a token, else user and password (`api_login`)."""
+    if settings.api_token:
+        return "the API token", None, {"Authorization": f"Bearer {settings.api_token}"}
+    login = api_login(settings)
+    if login is not None:
+        user, password, caller = login
+        return caller, httpx.BasicAuth(user, password), {}
     raise NoCredentials(
         f"no API credentials: set ECPDS_API_PASSWORD or ECPDS_API_TOKEN, "
-        f"or start the system once with `ecpds up` to create {admin_file}"
+        f"or start the system once with `ecpds up` to create {settings.admin_file}"
     )
 
 
@@ -190,6 +197,20 @@ class ApiClient:
 
     def close(self) -> None:
         self._http.close()
+
+    def download(self, url: str) -> Iterator[bytes]:
+        """The bytes of a portal URL (such as a /data/ door), with this client's login."""
+        try:
+            with self._http.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(
+                        f"GET {url}: {describe_failure(response, self.caller)}",
+                        response.status_code,
+                    )
+                yield from response.iter_bytes(1 << 20)
+        except httpx.HTTPError as exc:
+            raise CliError(f"GET {url} failed: {exc}") from None
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})

@@ -17,7 +17,7 @@ import typer
 from typer import _click  # typer vendors click: its exceptions and contexts are these
 from typer.core import TyperGroup
 
-from ecpds.cli import data
+from ecpds.cli import data, listen
 from ecpds.cli.acquisition import acquisition_app
 from ecpds.cli.client import ApiError, CliError, CliState, reports_errors, state_of
 from ecpds.cli.operations import scheduler_app, transfer_app
@@ -68,6 +68,7 @@ for _resource in RESOURCES:
         resource_group(_resource), name=_resource.name, help=f"Manage {_resource.plural}."
     )
 data.register(app)
+listen.register(app)
 app.add_typer(scheduler_app, name="scheduler", help="Hold, restart or clean a destination.")
 app.add_typer(transfer_app, name="transfer", help="List transfers and operate on one.")
 app.add_typer(key_app, name="key", help="S3 access keys of data users.")

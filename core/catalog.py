@@ -42,6 +42,7 @@ from ecpds.core.models import (
     HostKind,
     HostPublic,
     HostUpdate,
+    Notification,
     Policy,
     PolicyDestination,
     TransferStatus,
@@ -775,3 +776,30 @@ def transfer_eta(transfer: DataTransfer, size: int) -> float | None:
     if transfer.status is not TransferStatus.EXEC or not transfer.rate:
         return None
     return max(size - transfer.bytes_sent, 0) / transfer.rate
+
+
+# --- notification history --------------------------------------------------------------------
+
+
+def published_notifications(
+    session: Session,
+    *,
+    destinations: list[str] | None,
+    since: datetime | None = None,
+    after: int = 0,
+    limit: int = 1000,
+) -> Sequence[Notification]:
+    """Published outbox rows in publication order (by id), for listeners that catch up.
+
+    `destinations` None means all of them; `after` is the id of the last row already read.
+    """
+    query = select(Notification).where(
+        col(Notification.pending).is_(False),
+        col(Notification.published).is_not(None),
+        col(Notification.id) > after,
+    )
+    if destinations is not None:
+        query = query.where(col(Notification.destination).in_(destinations))
+    if since is not None:
+        query = query.where(col(Notification.created) >= since)
+    return session.exec(query.order_by(col(Notification.id)).limit(limit)).all()
