@@ -13,6 +13,7 @@ import os
 import queue
 import re
 import ssl
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -318,6 +319,10 @@ class LiveFeed:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_disconnect = self._on_disconnect
+        self._ready = False
+        self.resubscribed = threading.Event()
+        self.lost_at: datetime | None = None
         where = f"{parts.hostname}:{parts.port or (8883 if tls else 1883)}"
         try:
             self._client.connect(parts.hostname, parts.port or (8883 if tls else 1883))
@@ -345,7 +350,15 @@ class LiveFeed:
         client.subscribe([(s.topic_filter, 1) for s in self.subscriptions])
 
     def _on_subscribe(self, _: Any, __: Any, ___: Any, codes: list[Any], ____: Any) -> None:
+        if self._ready:
+            self.resubscribed.set()  # after a lost connection: what went by is in the history
+            return
+        self._ready = True
         self._subscribed.put([1 if code.is_failure else 0 for code in codes])
+
+    def _on_disconnect(self, _: Any, __: Any, ___: Any, ____: Any, _____: Any) -> None:
+        if self.lost_at is None:
+            self.lost_at = datetime.now(UTC)
 
     def _on_message(self, _: Any, __: Any, message: mqtt.MQTTMessage) -> None:
         heard = heard_live(message.topic, bytes(message.payload), self.subscriptions)
@@ -357,6 +370,18 @@ class LiveFeed:
         self._client.loop_stop()
 
 
+def _replay(
+    history: Callable[[datetime, int], list[dict[str, Any]]], since: datetime, position: Position
+) -> Iterator[Heard]:
+    after = 0
+    while page := history(since, after):
+        for item in page:
+            heard = heard_in_history(item)
+            if not position.has(heard.message_id):
+                yield heard
+        after = page[-1]["id"]
+
+
 def listen(
     feed: LiveFeed,
     history: Callable[[datetime, int], list[dict[str, Any]]] | None,
@@ -365,18 +390,17 @@ def listen(
     poll: float = 0.5,
 ) -> Iterator[Heard]:
     """Every notification once: the history since `since` (paged by `history(since, after)`,
-    read while the feed already buffers live ones), then the buffer, then live ones.
+    read while the feed already buffers live ones), then the buffer, then live ones; after
+    a lost broker connection, the history again from the position.
     Ids in `position` are dropped: the caller adds each one it is given to `position`.
     """
     if since is not None and history is not None:
-        after = 0
-        while page := history(since, after):
-            for item in page:
-                heard = heard_in_history(item)
-                if not position.has(heard.message_id):
-                    yield heard
-            after = page[-1]["id"]
+        yield from _replay(history, since, position)
     while True:
+        if feed.resubscribed.is_set() and history is not None:
+            feed.resubscribed.clear()
+            lost, feed.lost_at = feed.lost_at or datetime.now(UTC), None
+            yield from _replay(history, position.since or lost - OVERLAP, position)
         try:
             heard = feed.messages.get(timeout=poll)
         except queue.Empty:

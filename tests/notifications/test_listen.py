@@ -7,6 +7,7 @@ broker by an admin (admins may publish there).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -64,12 +65,14 @@ class Site:
         live: bool = True,
         md5: str | None = None,
         metadata: dict[str, str] | None = None,
+        wis2: bool = False,
     ) -> str:
         """One store notification: in the published history and/or on the broker."""
         message_id = str(uuid.uuid4())
         created = created or datetime.now(UTC)
         digest = md5 or hashlib.md5(data).hexdigest()
-        payload = {
+        url = f"{self.base}/data/{destination}/{target}"
+        payload: dict[str, Any] = {
             "id": message_id,
             "event": "store",
             "destination": destination,
@@ -83,8 +86,30 @@ class Site:
             "expires": None,
             "data_file_id": None,
             "transfer_id": None,
-            "urls": {"https": f"{self.base}/data/{destination}/{target}"},
+            "urls": {"https": url},
         }
+        if wis2:
+            sha512 = base64.b64encode(hashlib.sha512(data).digest()).decode()
+            payload = {
+                "id": message_id,
+                "conformsTo": ["http://wis.wmo.int/spec/wnm/1/conf/core"],
+                "type": "Feature",
+                "geometry": None,
+                "properties": {
+                    "data_id": f"{destination}/{target}",
+                    "pubtime": created.isoformat(),
+                    "datetime": created.isoformat(),
+                    "integrity": {"method": "sha512", "value": sha512},
+                },
+                "links": [
+                    {
+                        "href": url,
+                        "rel": "canonical",
+                        "type": "application/octet-stream",
+                        "length": len(data),
+                    }
+                ],
+            }
         body = json.dumps(payload, separators=(",", ":")).encode()
         topic = f"{destination}/{target}"
         if history:
@@ -245,6 +270,39 @@ def test_download_verified_by_md5_and_exec_placeholders(site: Site, tmp_path: Pa
     assert not list(folder.rglob("*.part"))
     md5 = hashlib.md5(data).hexdigest()
     assert log.read_text() == f"{message_id}|file one.bin|{len(data)}|{md5}|{saved}\n"
+
+
+def test_wis2_download_verified_by_its_sha512(site: Site, tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    target = f"{_unique('wis2')}/obs.bufr"
+    site.put("alpha", target, data)
+    folder = tmp_path / "in"
+    listener = Listener(site, "-d", "alpha", "--download", str(folder), "--count", "1")
+    site.announce("alpha", target, data, wis2=True)
+    code, out, err = listener.finish()
+    assert code == 0, err
+    assert (folder / target).read_bytes() == data
+    assert "obs.bufr" in out
+
+
+def test_bad_options_are_one_line_errors(site: Site) -> None:
+    cases = {
+        ("--from", "yesterday"): "--from 'yesterday'",
+        ("--meta", "novalue"): "--meta 'novalue': use key=value",
+        ("--name", "(unclosed"): "is not a regular expression",
+        ("-d", "nowhere"): "nowhere",
+    }
+    for args, expected in cases.items():
+        run = subprocess.run(
+            [sys.executable, "-m", "ecpds.cli.main", "listen", *args],
+            env=site.env("alice", ALICE_PASSWORD),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert run.returncode == 1, run.stderr
+        assert run.stderr.startswith("error: ") and expected in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
 
 
 def test_corrupted_download_is_refused(site: Site, tmp_path: Path) -> None:

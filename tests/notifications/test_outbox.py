@@ -19,10 +19,14 @@ from peers.system import api_and_worker
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from ecpds.core import catalog
+from ecpds.core.db import session_scope
 from ecpds.core.devserver import free_port
 from ecpds.core.models import DataFile, Notification
-from ecpds.core.notifications import Doors
+from ecpds.core.notifications import Doors, settings_of
+from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
+from ecpds.core.site import apply_site, load_site
 
 
 def _rows(engine: Engine, destination: str) -> list[Notification]:
@@ -236,3 +240,35 @@ async def _eventually(engine: Engine, destination: str, count: int) -> list[Noti
     rows = _rows(engine, destination)
     assert len(rows) == count, rows
     return rows
+
+
+def test_site_toml_keeps_the_broker_password_sealed(engine: Engine, tmp_path: Path) -> None:
+    box = CredentialBox(load_or_create_key(tmp_path / "key"))
+    site = tmp_path / "site.toml"
+    site.write_text(
+        "[[destination]]\n"
+        'name = "wmo"\n'
+        'notification_password = "broker-secret"\n'
+        "[destination.notification]\n"
+        'notify = "both"\n'
+        'broker = "mqtts://broker.example:8883"\n'
+        'user = "ecpds"\n'
+        'format = "wis2"\n'
+    )
+    spec = load_site(site)
+    with session_scope(engine) as session:
+        assert apply_site(session, box, spec).created == ["destination wmo"]
+    with session_scope(engine) as session:
+        assert apply_site(session, box, spec).unchanged == ["destination wmo"]
+        destination = catalog.get_destination(session, name="wmo")
+        sealed = destination.notification_password_encrypted
+        assert sealed and "broker-secret" not in sealed
+        assert box.open(sealed) == {"password": "broker-secret"}
+        assert settings_of(destination.notification).mqtt_version == "5"
+        shown = catalog.destination_public(session, destination).model_dump_json()
+        assert "broker-secret" not in shown and '"notification_password_set":true' in shown
+    site.write_text(site.read_text().replace("broker-secret", "rotated"))
+    with session_scope(engine) as session:
+        assert apply_site(session, box, load_site(site)).updated == ["destination wmo"]
+        destination = catalog.get_destination(session, name="wmo")
+        assert box.open(destination.notification_password_encrypted) == {"password": "rotated"}

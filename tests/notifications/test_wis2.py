@@ -17,6 +17,7 @@ from dissemination.conftest import (  # noqa: F401 (the fixtures)
     dissemination,
     dissemination_without_worker,
 )
+from dissemination.test_failover import sftp_credentials
 from sqlmodel import Session, col, select
 
 from ecpds.core.models import DataFile, Notification
@@ -204,3 +205,25 @@ def test_the_schema_check_refuses_in_one_line(broken: dict[str, Any], says: str)
         check_wis2(broken)
     assert says in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+async def test_a_delivery_over_sftp_links_to_the_remote_file_without_credentials(
+    dissemination: Dissemination,  # noqa: F811
+    sshd: Any,
+) -> None:
+    env = dissemination
+    dest = env.name("sftp")
+    user, credentials = sftp_credentials(sshd)
+    folder = sshd.folder(dest)
+    url = sshd.url(folder, user=user)
+    env.add_host(f"{dest}-h", url, retry_count=0, credentials=credentials)
+    env.add_destination(dest, [f"{dest}-h"], notification=_wis2(notify="delivery", protocol=None))
+    ids = await env.put(dest, "o.bufr", b"bufr bytes", metadata={"param": "obs"})
+    await env.wait_for(ids, "DONE")
+    [(row, message)] = _messages(env, dest)
+    check_wis2(message)
+    href = message["links"][0]["href"]
+    assert href.startswith("sftp://") and href.endswith("/o.bufr")
+    assert (folder / "o.bufr").read_bytes() == b"bufr bytes"
+    for secret in credentials.values():
+        assert secret not in row.payload.decode()
