@@ -214,10 +214,10 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
             settings = Settings(home=home)
             log(f"adding {args.history} notifications to the history, then replaying …")
-            first = add_history(settings, "quiet", args.history)
+            first = add_history(settings, "loud", args.history)
             since = first.isoformat().replace("+00:00", "Z")
             listen = ecpds(
-                "listen", "-d", "quiet", "--from", since, "--count", str(args.history),
+                "listen", "-d", "loud", "--from", since, "--count", str(args.history),
                 "--format", "json",
             )  # fmt: skip
             seconds, out = timed(listen, env)
