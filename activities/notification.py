@@ -217,7 +217,8 @@ class NotificationActivities:
         with session_scope(self.engine) as session:
             rows = session.exec(
                 select(Notification)
-                .where(col(Notification.pending).is_(True), Notification.next_attempt <= now)
+                # "= true", not "IS true": PostgreSQL uses ix_notification_pending for it.
+                .where(col(Notification.pending) == True, Notification.next_attempt <= now)  # noqa: E712
                 .order_by(col(Notification.id))
                 .limit(BATCH)
             ).all()

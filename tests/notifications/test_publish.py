@@ -5,9 +5,11 @@ Mosquitto and on the embedded broker, through a real Temporal worker; a broker a
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 
 from dissemination.conftest import Dissemination
+from dissemination.test_failover import start_worker_process
 from peers.catalog import until
 from peers.mqtt import ADMIN, ADMIN_PASSWORD, MqttBroker, PrivateMosquitto, serving_embedded
 
@@ -134,3 +136,26 @@ async def test_embedded_broker_with_the_publisher_login(notify_env: Disseminatio
             await asyncio.to_thread(until, lambda: published(env, ids), "the rows marked")
     assert subscriber.ids() == {i: 1 for i in ids}
     assert all(m.topic.startswith(f"{root}/") for m in messages)
+
+
+async def test_worker_killed_while_publishing_loses_nothing(
+    notify_env: Dissemination, mosquitto: MqttBroker
+) -> None:
+    """The publisher's worker dies (SIGKILL); another one takes over after the heartbeat
+    timeout and every notification arrives (a repeat, if any, carries the same id)."""
+    env = notify_env
+    root = topic_root()
+    async with subscribed(mosquitto, f"{root}/#") as subscriber:
+        worker = start_worker_process(env)  # runs ensure_notifications at start
+        try:
+            first = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root, count=50)
+            await subscriber.wait_for(first)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(worker.wait)
+        after = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root, count=50)
+        async with publishing(env):
+            await subscriber.wait_for(after, timeout=120)
+            await asyncio.to_thread(until, lambda: published(env, first + after), "all marked")
+    received = subscriber.ids()
+    assert set(received) == set(first + after)
