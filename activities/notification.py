@@ -217,7 +217,8 @@ class NotificationActivities:
         with session_scope(self.engine) as session:
             rows = session.exec(
                 select(Notification)
-                .where(col(Notification.pending).is_(True), Notification.next_attempt <= now)
+                # "= true", not "IS true": PostgreSQL uses ix_notification_pending for it.
+                .where(col(Notification.pending) == True, Notification.next_attempt <= now)  # noqa: E712
                 .order_by(col(Notification.id))
                 .limit(BATCH)
             ).all()
@@ -307,15 +308,23 @@ class NotificationActivities:
             return done
         attempts = {row.id: row.attempts for row in rows if row.id is not None}
         by_login: dict[Login, list[Notification]] = defaultdict(list)
+        logins: dict[tuple[str, str, str], Login | str] = {}  # one look per destination
         for row in rows:
             assert row.id is not None
             if row.expires is not None and row.expires <= now:
                 done.expired.append(row.id)
                 continue
-            try:
-                by_login[self._login(row)].append(row)
-            except ValueError as exc:
-                done.failed[row.id] = _one_line(exc)
+            key = (row.broker, row.protocol, row.destination)
+            if key not in logins:
+                try:
+                    logins[key] = self._login(row)
+                except ValueError as exc:
+                    logins[key] = _one_line(exc)
+            login = logins[key]
+            if isinstance(login, str):
+                done.failed[row.id] = login
+            else:
+                by_login[login].append(row)
         for login, batch in by_login.items():
             self._publish(publishers, login, batch, now, done)
         self._mark(done, attempts, utcnow())

@@ -371,12 +371,9 @@ def delete_destination(session: Session, *, name: str, force: bool = False) -> l
 
 def destination_public(session: Session, destination: Destination) -> DestinationPublic:
     hosts = [h.name for h in destination_hosts(session, destination=destination)]
+    # The broker password is never returned, sealed or not (nor whether there is one).
     return DestinationPublic.model_validate(
-        destination.model_dump(exclude={"notification_password_encrypted"})
-        | {
-            "hosts": hosts,
-            "notification_password_set": bool(destination.notification_password_encrypted),
-        }
+        destination.model_dump(exclude={"notification_password_encrypted"}) | {"hosts": hosts}
     )
 
 

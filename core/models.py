@@ -486,7 +486,6 @@ class DestinationPublic(DestinationBase):
     status: DestinationStatus
     on_hold: bool
     hosts: list[str] = Field(default_factory=list)
-    notification_password_set: bool = False  # the password itself is never returned
 
 
 class PortalFolder(SQLModel, table=True):

@@ -1,8 +1,11 @@
-"""The embedded MQTT broker (amqtt, MQTT 3.1.1) that tells data users about new products.
+"""The embedded MQTT broker (amqtt, MQTT 3.1.1 only) that tells data users about new products.
 
-Clients log in as catalog data users. A user may subscribe to the topic filters in its
-`mqtt_topics` and to the MQTT topics of every destination it reaches (policies included);
-only admin users and the workers' publisher login (PUBLISHER_USER) publish.
+Three doors: plain MQTT, MQTTS and MQTT over secure WebSocket, both with the portal's
+certificate. Clients log in as catalog data users. A user may subscribe to the topic filters
+in its `mqtt_topics` and to the topics of every destination it reaches (core.access, read at
+login: a changed setting counts from the next connection); only admin users and the workers'
+publisher login (PUBLISHER_USER) publish. Retained messages live in the catalog too, so a
+portal restart keeps them. An MQTT 5 client is told "Unsupported Protocol Version".
 """
 
 from __future__ import annotations

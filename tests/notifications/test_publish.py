@@ -5,16 +5,20 @@ Mosquitto and on the embedded broker, through a real Temporal worker; a broker a
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 
 from dissemination.conftest import Dissemination
+from dissemination.test_failover import start_worker_process
 from peers.catalog import until
 from peers.mqtt import ADMIN, ADMIN_PASSWORD, MqttBroker, PrivateMosquitto, serving_embedded
+from sqlmodel import select
 
 from ecpds.activities.notification import EXPIRED
 from ecpds.core import catalog
 from ecpds.core.db import session_scope
-from ecpds.core.models import DataUserCreate
+from ecpds.core.engine import notification_workflow_id
+from ecpds.core.models import DataUserCreate, Destination
 from ecpds.core.notifications import EMBEDDED
 from notifications.conftest import add_rows, publishing, rows, subscribed
 
@@ -134,3 +138,52 @@ async def test_embedded_broker_with_the_publisher_login(notify_env: Disseminatio
             await asyncio.to_thread(until, lambda: published(env, ids), "the rows marked")
     assert subscriber.ids() == {i: 1 for i in ids}
     assert all(m.topic.startswith(f"{root}/") for m in messages)
+
+
+async def test_worker_killed_while_publishing_loses_nothing(
+    notify_env: Dissemination, mosquitto: MqttBroker
+) -> None:
+    """The publisher's worker dies (SIGKILL); another one takes over after the heartbeat
+    timeout and every notification arrives (a repeat, if any, carries the same id)."""
+    env = notify_env
+    root = topic_root()
+    async with subscribed(mosquitto, f"{root}/#") as subscriber:
+        worker = start_worker_process(env)  # runs ensure_notifications at start
+        try:
+            first = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root, count=50)
+            await subscriber.wait_for(first)
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(worker.wait)
+        after = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root, count=50)
+        async with publishing(env):
+            await subscriber.wait_for(after, timeout=120)
+            await asyncio.to_thread(until, lambda: published(env, first + after), "all marked")
+    received = subscriber.ids()
+    assert set(received) == set(first + after)
+
+
+async def test_external_broker_login_from_the_destination(
+    notify_env: Dissemination, secure_mosquitto: MqttBroker
+) -> None:
+    """The password of another broker is the destination's, sealed; it never leaves the
+    activity (not in the workflow's history)."""
+    env = notify_env
+    dest = env.name("ext")
+    url = f"mqtt://{secure_mosquitto.host}:{secure_mosquitto.port}"
+    settings = {"notify": "store", "broker": url, "user": secure_mosquitto.user}
+    env.add_destination(dest, [], notification=settings)
+    assert secure_mosquitto.password
+    with session_scope(env.engine) as session:
+        destination = session.exec(select(Destination).where(Destination.name == dest)).one()
+        destination.notification_password_encrypted = env.box.seal(
+            {"password": secure_mosquitto.password}
+        )
+        session.add(destination)
+    root = topic_root()
+    async with subscribed(secure_mosquitto, f"{root}/#") as subscriber, publishing(env):
+        ids = add_rows(env.engine, broker=url, protocol="5", topic=root, destination=dest, count=3)
+        await subscriber.wait_for(ids)
+    assert subscriber.ids() == {i: 1 for i in ids}
+    history = await env.histories(notification_workflow_id(env.settings.task_queue))
+    assert "notifications-" in history and secure_mosquitto.password not in history
