@@ -66,6 +66,31 @@ def _catalog_params() -> list:
     return params
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "one_catalog: a slow failure drill run on one catalog, PostgreSQL when it is"
+        " configured (SQLite otherwise); the faster tests cover both catalogs",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With PostgreSQL configured, `one_catalog` tests drop their SQLite run (reported
+    as deselected in the summary, never skipped silently)."""
+    if not PG_URL:
+        return
+    dropped = [
+        item
+        for item in items
+        if item.get_closest_marker("one_catalog")
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("catalog_url") == "sqlite"
+    ]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if item not in dropped]
+
+
 def _fresh_pg_schema(url: str) -> str:
     """A PostgreSQL URL whose search_path is a new, empty schema."""
     import sqlalchemy

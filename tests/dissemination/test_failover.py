@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from temporalio.api.enums.v1 import EventType
 
 from ecpds.core.devserver import free_port
@@ -182,6 +183,7 @@ async def test_worker_stopped_by_sigterm_mid_transfer_exits_cleanly(
     assert "panicked" not in stderr.decode(), stderr.decode()
 
 
+@pytest.mark.one_catalog
 async def test_worker_killed_mid_transfer_resumes(
     dissemination_without_worker: Dissemination, sshd
 ) -> None:

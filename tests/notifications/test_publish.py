@@ -8,6 +8,7 @@ import asyncio
 import signal
 import uuid
 
+import pytest
 from dissemination.conftest import Dissemination
 from dissemination.test_failover import start_worker_process
 from peers.catalog import until
@@ -88,6 +89,7 @@ async def test_expired_row_is_closed_not_published(
     assert late not in subscriber.ids()
 
 
+@pytest.mark.one_catalog
 async def test_broker_away_30_s_delays_and_loses_nothing(
     notify_env: Dissemination, private_mosquitto: PrivateMosquitto
 ) -> None:
@@ -140,6 +142,7 @@ async def test_embedded_broker_with_the_publisher_login(notify_env: Disseminatio
     assert all(m.topic.startswith(f"{root}/") for m in messages)
 
 
+@pytest.mark.one_catalog
 async def test_worker_killed_while_publishing_loses_nothing(
     notify_env: Dissemination, mosquitto: MqttBroker
 ) -> None:
