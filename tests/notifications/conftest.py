@@ -138,6 +138,19 @@ class Subscriber:
         with self.lock:
             return [m for m in self.messages if m.id in set(message_ids)]
 
+    async def wait_for_count(self, count: int, timeout: float = 90) -> list[Received]:
+        """The first `count` messages, once they arrived (a bound, not a timing assertion)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return self.messages[:count]
+                got = len(self.messages)
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"{got} of {count} notifications arrived"
+            )
+            await asyncio.sleep(0.1)
+
 
 @contextlib.asynccontextmanager
 async def subscribed(

@@ -1,8 +1,9 @@
 """`ecpds listen` and the notification history against a served portal and its broker.
 
-Until the outbox writer and the publisher are merged, a notification is made here as they
-will make it: a published outbox row and the same payload published on the embedded
-broker by an admin (admins may publish there).
+To control what the listener must hear (notifications published hours ago, some only in
+the history, some only live, a corrupted checksum), the notifications here are made as
+the outbox and its publisher make them: a published outbox row and the same payload
+published on the embedded broker by an admin. test_end_to_end.py runs the real path.
 """
 
 from __future__ import annotations

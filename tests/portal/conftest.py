@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -38,10 +39,13 @@ BOB_PASSWORD = "bob-password-22"
 
 
 @contextlib.contextmanager
-def served_portal(home: Path, temporal_address: str) -> Iterator[tuple[Settings, tuple[str, str]]]:
+def served_portal(
+    home: Path, temporal_address: str, **overrides: Any
+) -> Iterator[tuple[Settings, tuple[str, str]]]:
     """The whole portal (every door) on free ports, serving until the block ends.
 
-    Yields its settings and the first admin's API login, as `ecpds up` writes it.
+    Yields its settings (with `overrides`) and the first admin's API login, as `ecpds up`
+    writes it.
     """
     settings = Settings(
         home=home,
@@ -53,6 +57,7 @@ def served_portal(home: Path, temporal_address: str) -> Iterator[tuple[Settings,
         mqtts_port=free_port(),
         mqtt_ws_port=free_port(),
         temporal_address=temporal_address,
+        **overrides,
     )
     loop = LoopThread()
     stop = asyncio.Event()
