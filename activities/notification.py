@@ -45,7 +45,7 @@ from ecpds.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-POLL = 0.1  # seconds between looks at the outbox when it is idle: the latency floor
+POLL = 0.1  # seconds between looks at the outbox unless it holds a full batch
 BATCH = 500  # rows published between two marks
 HEARTBEAT_TIMEOUT = 30.0  # a worker silent this long is dead: another one publishes
 RUN_FOR = 3600.0  # seconds one activity publishes before the workflow starts a fresh one
@@ -200,6 +200,10 @@ class Cycle:
     published: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)  # row id → one-line reason
     expired: list[int] = field(default_factory=list)
+
+    @property
+    def handled(self) -> int:
+        return len(self.published) + len(self.failed) + len(self.expired)
 
 
 class NotificationActivities:
@@ -410,7 +414,9 @@ class NotificationActivities:
                     if reason != output.last_error:
                         log.warning("notifications: %d not published: %s", len(done.failed), reason)
                     output.last_error = reason
-                if not done.published and not done.failed and not done.expired:
+                if done.handled < BATCH:
+                    # Not a full batch: let the rows of the next POLL gather, so a busy
+                    # store pays one publisher transaction per POLL, not one per product.
                     await asyncio.sleep(POLL)
             return output
         finally:

@@ -47,6 +47,7 @@ from ecpds.core.models import (
     PolicyDestination,
     TransferStatus,
 )
+from ecpds.core.notifications import PUBLISHER_USER
 from ecpds.core.protocols import ProtocolError, check_host
 from ecpds.core.secrets import (
     CredentialBox,
@@ -564,6 +565,8 @@ def _set_user_destinations(session: Session, user: DataUser, names: list[str]) -
 
 
 def create_user(session: Session, *, data: DataUserCreate) -> DataUser:
+    if data.name == PUBLISHER_USER:
+        raise Invalid(f"user {data.name!r}: the name is the workers' own broker login")
     _check_name_free(session, DataUser, "user", data.name)
     user = DataUser.model_validate(data.model_dump(exclude={"password", "destinations"}))
     if data.password is not None:

@@ -136,9 +136,6 @@ def topic_filter(settings: NotificationSettings, destination: str) -> str | None
 
 # --- the outbox writer ----------------------------------------------------------------------
 
-PUBLISHER_USER = "ecpds-publisher"  # the workers' login to the embedded broker
-PUBLISHER_PURPOSE = "embedded-mqtt-publisher"  # its password: box.internal_password(...)
-
 WIS2_CONFORMS_TO = "http://wis.wmo.int/spec/wnm/1/conf/core"
 WIS2_MAX_BYTES = 8192
 WIS2_SCHEMA = "wis2-notification-message.json"

@@ -20,9 +20,17 @@ from peers.loop import LoopThread
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.devserver import free_port, wait_for_port
-from ecpds.core.models import DataUser, DataUserDestination, Destination, RetainedMessage
+from ecpds.core.errors import Invalid
+from ecpds.core.models import (
+    DataUser,
+    DataUserCreate,
+    DataUserDestination,
+    Destination,
+    RetainedMessage,
+)
 from ecpds.core.notifications import PUBLISHER_PURPOSE, PUBLISHER_USER
 from ecpds.core.secrets import CredentialBox, hash_password, load_or_create_key
 from ecpds.core.settings import Settings
@@ -314,3 +322,10 @@ def test_taken_port_is_one_line_error(engine: Engine, settings: Settings) -> Non
     # A failed start closes the doors it had opened.
     for port in ports.values():
         socket.create_server(("127.0.0.1", port)).close()
+
+
+def test_the_publisher_login_is_no_data_user_name(engine: Engine) -> None:
+    with session_scope(engine) as session, pytest.raises(Invalid) as refused:
+        catalog.create_user(session, data=DataUserCreate(name=PUBLISHER_USER, password="x" * 12))
+    assert "workers' own broker login" in str(refused.value)
+    assert "\n" not in str(refused.value)
