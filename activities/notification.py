@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 POLL = 0.1  # seconds between looks at the outbox unless it holds a full batch
 BATCH = 500  # rows published between two marks
+LANES = 16  # brokers published to at once, each in its thread
+LANE_WAIT = 1.0  # seconds a look waits for its lanes before marking what they finished
 HEARTBEAT_TIMEOUT = 30.0  # a worker silent this long is dead: another one publishes
 RUN_FOR = 3600.0  # seconds one activity publishes before the workflow starts a fresh one
 PRUNE_EVERY = 600.0  # seconds between deletions of the history older than the retention
@@ -205,6 +207,19 @@ class Cycle:
     def handled(self) -> int:
         return len(self.published) + len(self.failed) + len(self.expired)
 
+    def merge(self, other: Cycle) -> None:
+        self.published += other.published
+        self.failed |= other.failed
+        self.expired += other.expired
+
+
+@dataclass
+class Lane:
+    """One broker's publishing, running in a thread: its future and its rows."""
+
+    future: Future[Cycle]
+    rows: list[int]
+
 
 class NotificationActivities:
     """Built once per worker with the catalog, the credential key and the settings."""
@@ -213,25 +228,38 @@ class NotificationActivities:
         self.engine = engine
         self.box = box
         self.settings = settings
+        # One lane per broker, publishing in its own thread: a broker that hangs holds up
+        # its own rows only. A lane's rows are left out of the next looks until it ends.
+        self._lanes: dict[str, Lane] = {}
+        self._lane_pool = ThreadPoolExecutor(max_workers=LANES, thread_name_prefix="notify-lane")
+        self._attempts: dict[int, int] = {}  # row id → attempts before, until marked
 
     # --- the outbox ------------------------------------------------------------------------
 
-    def _due(self, now: datetime) -> list[Notification]:
-        """The pending rows due now, oldest first (one query on the pending index)."""
+    def _due(self, now: datetime, busy: set[str]) -> list[Notification]:
+        """The pending rows due now, oldest first (one query on the pending index), but
+        those of the `busy` brokers, whose lanes still publish."""
         with session_scope(self.engine) as session:
-            rows = session.exec(
+            query = (
                 select(Notification)
                 # "= true", not "IS true": PostgreSQL uses ix_notification_pending for it.
                 .where(col(Notification.pending) == True, Notification.next_attempt <= now)  # noqa: E712
-                .order_by(col(Notification.id))
-                .limit(BATCH)
-            ).all()
+            )
+            if busy:
+                query = query.where(col(Notification.broker).not_in(busy))
+            rows = session.exec(query.order_by(col(Notification.id)).limit(BATCH)).all()
             for row in rows:
                 session.expunge(row)
             return list(rows)
 
-    def _mark(self, cycle: Cycle, attempts: dict[int, int], now: datetime) -> None:
+    def _mark(self, cycle: Cycle, now: datetime) -> None:
         """Record a cycle: the published rows in one UPDATE, the failures by reason."""
+        if not cycle.handled:
+            return
+        attempts = {
+            row_id: self._attempts.pop(row_id, 0)
+            for row_id in (*cycle.published, *cycle.expired, *cycle.failed)
+        }
         with session_scope(self.engine) as session:
             if cycle.published:
                 session.execute(
@@ -304,17 +332,15 @@ class NotificationActivities:
     # --- one cycle (blocking: runs in the activity's thread) --------------------------------
 
     def cycle(self, publishers: dict[Login, Publisher]) -> Cycle:
-        """Publish what is due; the rows published, failed and expired (not yet marked)."""
+        """Publish what is due, each broker in its lane; mark what the lanes finished
+        (within LANE_WAIT, or left from an earlier cycle). What it marked."""
+        done = self._finished()
         now = utcnow()
-        rows = self._due(now)
-        done = Cycle()
-        if not rows:
-            return done
-        attempts = {row.id: row.attempts for row in rows if row.id is not None}
-        by_login: dict[Login, list[Notification]] = defaultdict(list)
+        lanes: dict[str, dict[Login, list[Notification]]] = defaultdict(lambda: defaultdict(list))
         logins: dict[tuple[str, str, str], Login | str] = {}  # one look per destination
-        for row in rows:
+        for row in self._due(now, set(self._lanes)):
             assert row.id is not None
+            self._attempts[row.id] = row.attempts
             if row.expires is not None and row.expires <= now:
                 done.expired.append(row.id)
                 continue
@@ -328,11 +354,50 @@ class NotificationActivities:
             if isinstance(login, str):
                 done.failed[row.id] = login
             else:
-                by_login[login].append(row)
-        for login, batch in by_login.items():
-            self._publish(publishers, login, batch, now, done)
-        self._mark(done, attempts, utcnow())
+                lanes[row.broker][login].append(row)
+        for broker, batches in lanes.items():
+            rows = [row.id for batch in batches.values() for row in batch if row.id is not None]
+            future = self._lane_pool.submit(self._lane, publishers, batches, now)
+            self._lanes[broker] = Lane(future, rows)
+        if lanes:
+            wait([lane.future for lane in self._lanes.values()], timeout=LANE_WAIT)
+        done.merge(self._finished())
+        self._mark(done, utcnow())
         return done
+
+    def _lane(
+        self,
+        publishers: dict[Login, Publisher],
+        batches: dict[Login, list[Notification]],
+        now: datetime,
+    ) -> Cycle:
+        """One broker's rows, by login (runs in its lane's thread)."""
+        done = Cycle()
+        for login, batch in batches.items():
+            self._publish(publishers, login, batch, now, done)
+        return done
+
+    def _finished(self) -> Cycle:
+        """What the lanes that ended did; they are free for the next look."""
+        done = Cycle()
+        for broker, lane in list(self._lanes.items()):
+            if not lane.future.done():
+                continue
+            del self._lanes[broker]
+            error = lane.future.exception()
+            if error is None:
+                done.merge(lane.future.result())
+            else:  # a fault of ours: the rows are tried again, and the reason kept
+                log.error("notifications: publishing to %s failed", broker, exc_info=error)
+                done.failed |= {row_id: f"publisher: {_one_line(error)}" for row_id in lane.rows}
+        return done
+
+    def drain(self, publishers: dict[Login, Publisher]) -> None:
+        """At the end: wait for the lanes (bounded), mark what they did, close the clients."""
+        wait([lane.future for lane in self._lanes.values()], timeout=CONNECT_WITHIN + ACK_WITHIN)
+        self._mark(self._finished(), utcnow())
+        for publisher in list(publishers.values()):
+            publisher.close()
 
     def _publisher(self, publishers: dict[Login, Publisher], login: Login) -> Publisher:
         publisher = publishers.get(login)
@@ -420,6 +485,5 @@ class NotificationActivities:
                     await asyncio.sleep(POLL)
             return output
         finally:
-            for publisher in publishers.values():
-                await asyncio.get_running_loop().run_in_executor(pool, publisher.close)
+            await asyncio.get_running_loop().run_in_executor(pool, self.drain, publishers)
             pool.shutdown(wait=False)

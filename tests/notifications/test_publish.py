@@ -5,7 +5,10 @@ Mosquitto and on the embedded broker, through a real Temporal worker; a broker a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import socket
+import threading
 import uuid
 
 import pytest
@@ -190,3 +193,54 @@ async def test_external_broker_login_from_the_destination(
     assert subscriber.ids() == {i: 1 for i in ids}
     history = await env.histories(notification_workflow_id(env.settings.task_queue))
     assert "notifications-" in history and secure_mosquitto.password not in history
+
+
+class HungBroker:
+    """A TCP listener that accepts and never answers, as a broker that hangs."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.accepted = threading.Event()
+        self.closed = threading.Event()  # the publisher gave up on it and hung up
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = self.server.accept()
+            self.accepted.set()
+            with connection:
+                while connection.recv(4096):
+                    pass
+            self.closed.set()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+async def test_a_hung_broker_holds_up_only_its_own_rows(
+    notify_env: Dissemination, mosquitto: MqttBroker
+) -> None:
+    """While the publisher still waits for a hung broker's CONNACK, the rows of another
+    broker are published; the hung broker's rows fail with a reason and wait."""
+    env = notify_env
+    root = topic_root()
+    hung = HungBroker()
+    try:
+        async with subscribed(mosquitto, f"{root}/#") as subscriber, publishing(env):
+            stuck = add_rows(
+                env.engine, broker=f"mqtt://127.0.0.1:{hung.port}", protocol="5", topic=root
+            )
+            await asyncio.to_thread(hung.accepted.wait, 60)
+            assert hung.accepted.is_set(), "the publisher never connected to the hung broker"
+            good = add_rows(env.engine, broker=mosquitto.url(), protocol="5", topic=root, count=5)
+            await subscriber.wait_for(good)
+            assert not hung.closed.is_set(), "the good broker's rows waited for the hung one"
+            await asyncio.to_thread(until, lambda: published(env, good), "the good rows marked")
+            await asyncio.to_thread(
+                until, lambda: rows(env.engine, stuck)[0].attempts > 0, "the hung row failed"
+            )
+            [row] = rows(env.engine, stuck)
+            assert row.pending and row.last_error and "\n" not in row.last_error
+    finally:
+        hung.close()
