@@ -1,5 +1,9 @@
 """`ecpds up` and `ecpds down`: Temporal's dev server, a worker and the portal as child
-processes, each in its own process group, watched until Ctrl-C, SIGTERM or `ecpds down`."""
+processes, each in its own process group, watched until Ctrl-C, SIGTERM or `ecpds down`.
+
+A child that dies once the system is up is started again after a growing pause, as a
+service manager would; one that keeps dying soon after each start stops everything, with
+its name and its log."""
 
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from ecpds.core.settings import Settings
 
 STARTUP_SECONDS = 180.0  # the first start migrates the catalog and hashes the admin password
 GRACE_SECONDS = 20.0  # after SIGTERM, before SIGKILL
+RESTART_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0)  # before each new start of a child that died
+STEADY_SECONDS = 60.0  # a child up this long starts its restart count afresh
 # (label, setting, URL scheme shown before host:port or "")
 EXTRA_PORTS = (
     ("FTP", "ftp_port", ""),
@@ -45,6 +51,10 @@ class Child:
     name: str
     log: Path
     process: subprocess.Popen[bytes]
+    command: list[str]
+    started: float = field(default_factory=time.monotonic)
+    failures: int = 0  # deaths soon after a start, in a row
+    restart_at: float | None = None  # when it died: the time of its next start
 
     @property
     def pid(self) -> int:
@@ -152,13 +162,12 @@ class Supervisor:
         self.pids: dict[str, int] = {"up": os.getpid()}
         self.logs = self.home / "log"
 
-    def start(self, name: str, command: list[str]) -> Child:
-        log_path = self.logs / f"{name}.log"
+    def _spawn(self, log_path: Path, command: list[str]) -> subprocess.Popen[bytes]:
         env = dict(os.environ, ECPDS_HOME=str(self.home))
         with log_path.open("ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
             log.flush()
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -166,21 +175,56 @@ class Supervisor:
                 env=env,
                 start_new_session=True,  # own process group: Ctrl-C reaches only us
             )
-        child = Child(name, log_path, process)
+
+    def start(self, name: str, command: list[str]) -> Child:
+        log_path = self.logs / f"{name}.log"
+        child = Child(name, log_path, self._spawn(log_path, command), command)
         self.children.append(child)
         self.pids[name] = child.pid
         write_pids(pid_file(self.settings), self.pids)
         return child
 
+    def _died(self, child: Child, code: int) -> str:
+        tail = last_line(child.log)
+        if tail.startswith("--- "):  # only the header of its start: it said nothing
+            tail = ""
+        return f"{child.name} exited with code {code} (see {child.log})" + (
+            f": {tail}" if tail else ""
+        )
+
+    def keep_children(self) -> None:
+        """Once up: start again, after a pause, a child that died; CliError if one keeps
+        dying within STEADY_SECONDS of each start (RESTART_PAUSES times in a row)."""
+        now = time.monotonic()
+        for child in self.children:
+            code = child.process.poll()
+            if code is None:
+                if now - child.started >= STEADY_SECONDS:
+                    child.failures = 0
+                continue
+            if child.restart_at is None:
+                signal_group(child.pid, signal.SIGKILL)  # what it left in its group
+                died = self._died(child, code)
+                if now - child.started >= STEADY_SECONDS:
+                    child.failures = 0
+                if child.failures >= len(RESTART_PAUSES):
+                    raise CliError(f"{died}; it died {child.failures + 1} times in a row")
+                pause = RESTART_PAUSES[child.failures]
+                child.failures += 1
+                child.restart_at = now + pause
+                console.print(f"{died}: starting it again in {pause:.0f} s")
+            elif now >= child.restart_at:
+                child.process = self._spawn(child.log, child.command)
+                child.started, child.restart_at = now, None
+                self.pids[child.name] = child.pid
+                write_pids(pid_file(self.settings), self.pids)
+                console.print(f"{child.name} started again (pid {child.pid})")
+
     def check_children(self) -> None:
         for child in self.children:
             code = child.process.poll()
             if code is not None:
-                tail = last_line(child.log)
-                raise CliError(
-                    f"{child.name} exited with code {code} (see {child.log})"
-                    + (f": {tail}" if tail else "")
-                )
+                raise CliError(self._died(child, code))
 
     def wait_for(self, child: Child, host: str, port: int) -> None:
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -346,7 +390,8 @@ def up(settings: Settings, config: Path | None) -> int:
         console.print("ready: Ctrl-C or `ecpds down` stops everything")
         sys.stdout.flush()
         while not stop:
-            supervisor.check_children()
+            supervisor.keep_children()
+            sys.stdout.flush()
             time.sleep(0.5)
         console.print(f"{stop.signal_name}: stopping {', '.join(supervisor.pids)}")
         return 0

@@ -27,8 +27,11 @@ from amqtt.client import MQTTClient
 from amqtt.errors import ConnectError
 from typer.testing import CliRunner, Result
 
+from ecpds.cli import supervisor as supervisor_module
+from ecpds.cli.client import CliError
 from ecpds.cli.main import app
 from ecpds.core.devserver import free_port
+from ecpds.core.settings import Settings
 
 ECPDS = Path(sys.executable).parent / "ecpds"
 PG_URL = os.environ.get("ECPDS_TEST_DATABASE_URL", "")
@@ -468,14 +471,63 @@ def test_external_temporal_that_does_not_answer(tmp_path: Path) -> None:
     assert not (tmp_path / "var" / "run" / "ecpds.pids").exists()
 
 
-def test_a_child_that_dies_stops_everything(tmp_path: Path, temporal_server: str) -> None:
+def test_a_child_that_dies_is_started_again(tmp_path: Path, temporal_server: str) -> None:
+    """The worker killed (SIGKILL) once the system is up: `ecpds up` says so, starts a new
+    one, and a product sent afterwards is delivered by it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECPDS_")}
     env |= {f"ECPDS_{name.upper()}": str(free_port()) for name in PORTS}
     env |= {"ECPDS_HOME": str(tmp_path / "var"), "ECPDS_TEMPORAL_ADDRESS": temporal_server}
     running = start(tmp_path, env)
-    os.kill(read_pids(running.home)["worker"], signal.SIGKILL)
-    rest, _ = running.process.communicate(timeout=120)
-    assert running.process.returncode == 1
-    assert f"error: worker exited with code -9 (see {running.home / 'log' / 'worker.log'})" in rest
-    assert leftovers(running.home) == []
-    assert not (running.home / "run" / "ecpds.pids").exists()
+    try:
+        killed = read_pids(running.home)["worker"]
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while read_pids(running.home).get("worker") in (killed, None):
+            assert running.process.poll() is None, running.process.communicate()[0]
+            assert time.monotonic() < deadline, "the worker was never started again"
+            time.sleep(0.2)
+        assert Path(f"/proc/{read_pids(running.home)['worker']}").exists()
+        remote = tmp_path / "remote"
+        with running.admin() as api:
+            made = api.post("/hosts", json={"name": "again-h", "url": f"file://{remote}"})
+            assert made.status_code == 201, made.text
+            made = api.post("/destinations", json={"name": "again", "hosts": ["again-h"]})
+            assert made.status_code == 201, made.text
+            sent = api.post("/destinations/again/files", params={"name": "a.grib"}, content=b"a")
+            assert sent.status_code == 201, sent.text
+            [transfer] = sent.json()["transfers"]
+            while api.get(f"/transfers/{transfer}").json()["status"] != "DONE":
+                assert time.monotonic() < deadline, api.get(f"/transfers/{transfer}").text
+                time.sleep(0.3)
+        assert (remote / "a.grib").read_bytes() == b"a"
+    finally:
+        rest = stop(running)
+    log = running.home / "log" / "worker.log"
+    assert f"worker exited with code -9 (see {log}): starting it again in 1 s" in rest
+    assert "worker started again (pid " in rest
+
+
+def test_a_child_that_keeps_dying_stops_everything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that dies at each start (a real process) ends the supervision with its name,
+    its log's last line and the count, once the pauses are spent."""
+    monkeypatch.setattr(supervisor_module, "RESTART_PAUSES", (0.0, 0.0))
+    settings = Settings(home=tmp_path / "var")
+    (settings.home / "log").mkdir(parents=True)
+    (settings.home / "run").mkdir()
+    watch = supervisor_module.Supervisor(settings, supervisor_module.Stop())
+    dying = [sys.executable, "-c", "import sys; print('bad setting: nope'); sys.exit(3)"]
+    child = watch.start("worker", dying)
+    starts = {child.pid}
+    deadline = time.monotonic() + 60
+    with pytest.raises(CliError) as stopped:
+        while time.monotonic() < deadline:
+            watch.keep_children()
+            starts.add(child.pid)
+            time.sleep(0.05)
+    assert len(starts) == 3  # the first start and two more
+    log = settings.home / "log" / "worker.log"
+    assert str(stopped.value) == (
+        f"worker exited with code 3 (see {log}): bad setting: nope; it died 3 times in a row"
+    )
