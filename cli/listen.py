@@ -28,7 +28,7 @@ from ecpds.core.listening import (
 )
 
 SAVE_EVERY = 1.0  # seconds between writes of the state file (and once at the end)
-TABLE_LINE = "{created:<26} {destination:<16} {size:>12} {name}"
+TABLE_LINE = "{created:<26} {event:<9} {destination:<16} {size:>12} {name}"
 
 
 def _subscriptions(
@@ -89,8 +89,8 @@ def _act(
         line = command.format_map(quoted)
     except (KeyError, ValueError, IndexError) as exc:
         raise CliError(
-            f"--exec {command!r}: unknown placeholder {exc} (use {{id}} {{name}} {{target}} "
-            "{destination} {size} {md5} {url} {path} {topic})"
+            f"--exec {command!r}: unknown placeholder {exc} (use {{id}} {{event}} {{name}} "
+            "{target} {destination} {size} {md5} {url} {path} {topic})"
         ) from None
     subprocess.run(line, shell=True, check=False)  # the user's command, as they wrote it
 
@@ -103,6 +103,10 @@ def listen_command(
         typer.Option("--destination", "-d", help="only this destination (repeatable)"),
     ] = None,
     name: Annotated[str | None, typer.Option(help="only products whose name matches")] = None,
+    event: Annotated[
+        Literal["store", "delivery"] | None,
+        typer.Option(help="only this event: store (in the portal) or delivery (at the site)"),
+    ] = None,
     meta: Annotated[
         list[str] | None, typer.Option(help="only products with this metadata k=v (repeatable)")
     ] = None,
@@ -113,8 +117,8 @@ def listen_command(
         str | None,
         typer.Option(
             "--exec",
-            help="run this for each: {id} {name} {target} {destination} {size} {md5} {url} "
-            "{path} {topic} (shell-quoted)",
+            help="run this for each: {id} {event} {name} {target} {destination} {size} {md5} "
+            "{url} {path} {topic} (shell-quoted)",
         ),
     ] = None,
     download: Annotated[
@@ -173,13 +177,17 @@ def listen_command(
     if form == "table" and exec_ is None:
         typer.echo(
             TABLE_LINE.format(
-                created="created", destination="destination", size="size", name="name"
+                created="created",
+                event="event",
+                destination="destination",
+                size="size",
+                name="name",
             )
         )
     handled, saved = 0, time.monotonic()
     try:
         for heard in listen(feed, _history(client, destinations), since, position):
-            if selection.accepts(heard):
+            if selection.accepts(heard) and event in (None, heard.fields()["event"]):
                 _act(heard, client, download, exec_, form)
                 handled += 1
             position.add(heard)

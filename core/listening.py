@@ -125,6 +125,7 @@ class Heard:
         """The placeholders of `--exec` (path is added by the caller once downloaded)."""
         return {
             "id": self.message_id or "",
+            "event": str(self.message.get("event") or ""),  # a WIS2 message has none
             "name": self.name,
             "target": self.target,
             "destination": self.destination,

@@ -186,3 +186,35 @@ async def test_wis2_over_mqtt5_to_an_external_mosquitto(
         assert message.properties["MessageExpiryInterval"] > 0
         assert ("id", body["id"]) in message.properties["UserProperty"]
     assert len({json.loads(m.payload)["id"] for m in messages}) == 2
+
+
+async def test_listen_keeps_one_event_and_shows_it_in_its_table(
+    served: Served, tmp_path: Path
+) -> None:
+    name = f"e2e-event-{uuid.uuid4().hex[:8]}"
+    served.destination(name, {"notify": "both"})
+    user = f"bob-{name}"
+    async with subscribed(bob(served.site.settings, name), f"{name}/#", version="3.1.1") as paho:
+        await asyncio.to_thread(served.upload, name, "z500.grib", b"geopotential")
+        messages = await paho.wait_for_count(2, timeout=120)
+    [delivery] = [json.loads(m.payload) for m in messages if b'"delivery"' in m.payload]
+    listener = await asyncio.to_thread(
+        Listener,
+        served.site,
+        "--from",
+        "1h",
+        "--destination",
+        name,
+        "--event",
+        "delivery",
+        "--count",
+        "1",
+        user=user,
+        password=BOB_PASSWORD,
+    )
+    code, out, err = await asyncio.to_thread(listener.finish)
+    assert code == 0, err
+    header, line = out.splitlines()
+    assert header.split() == ["created", "event", "destination", "size", "name"]
+    assert line.split()[1:] == ["delivery", name, str(len(b"geopotential")), "z500.grib"]
+    assert delivery["event"] == "delivery"
