@@ -132,7 +132,8 @@ def listen_command(
         Path | None, typer.Option(help="keep the position in this file; resume from it")
     ] = None,
     broker: Annotated[
-        str | None, typer.Option(help="mqtt:// or mqtts:// URL (default: the portal's)")
+        str | None,
+        typer.Option(help="mqtt://, mqtts://, ws:// or wss:// URL (default: the portal's)"),
     ] = None,
     ca: Annotated[Path | None, typer.Option(help="CA file to check an mqtts:// broker")] = None,
     insecure: Annotated[

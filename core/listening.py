@@ -286,6 +286,9 @@ class Position:
         part.replace(path)
 
 
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
+
+
 class LiveFeed:
     """A paho-mqtt subscriber whose messages wait in a queue until the listener reads them."""
 
@@ -303,12 +306,20 @@ class LiveFeed:
         self.subscriptions = subscriptions
         self.messages: queue.Queue[Heard] = queue.Queue()
         parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"broker {url!r}: use mqtt://host:port or mqtts://host:port")
-        tls = parts.scheme == "mqtts"
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+            raise ValueError(
+                f"broker {url!r}: use mqtt://, mqtts://, ws:// or wss:// and host:port"
+            )
+        tls = parts.scheme in ("mqtts", "wss")
+        web = parts.scheme in ("ws", "wss")
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311, clean_session=True
+            mqtt.CallbackAPIVersion.VERSION2,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+            transport="websockets" if web else "tcp",
         )
+        if web:
+            self._client.ws_set_options(path=parts.path or "/mqtt")
         self._client.username_pw_set(user, password)
         if tls:
             context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
@@ -324,9 +335,10 @@ class LiveFeed:
         self._ready = False
         self.resubscribed = threading.Event()
         self.lost_at: datetime | None = None
-        where = f"{parts.hostname}:{parts.port or (8883 if tls else 1883)}"
+        port = parts.port or DEFAULT_PORTS[parts.scheme]
+        where = f"{parts.hostname}:{port}"
         try:
-            self._client.connect(parts.hostname, parts.port or (8883 if tls else 1883))
+            self._client.connect(parts.hostname, port)
         except (OSError, ssl.SSLError) as exc:
             raise ConnectionError(f"cannot reach the broker at {where}: {exc}") from None
         self._client.loop_start()

@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ from ecpds.portal.base import Portal, PortalError, cannot_listen
 from ecpds.portal.tls import ensure_certificate
 
 log = logging.getLogger(__name__)
+
+RETAINED_SWEEP = 600.0  # seconds between clearings of the retained messages past retention
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -247,21 +250,47 @@ class RetainedStore:
 
     The broker tells of every change; the latest per topic waits in `pending` until one
     writer task puts it in the catalog, so a burst of retained publishes costs few writes.
+    A retained message lives `keep` (the notification retention): each product has its
+    topic, so without an end they would pile up for ever.
     """
 
     engine: Engine
+    keep: timedelta
     pending: dict[str, tuple[bytes, int] | None] = field(default_factory=dict)  # None: cleared
+    since: dict[str, datetime] = field(default_factory=dict)  # topic → when it was retained
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def load(self) -> list[RetainedMessage]:
+        """The retained messages still within `keep`; the older ones are cleared."""
         with session_scope(self.engine) as session:
             rows = session.exec(select(RetainedMessage)).all()
             session.expunge_all()
-            return list(rows)
+        cutoff = utcnow() - self.keep
+        kept = []
+        for row in rows:
+            if row.updated < cutoff:
+                self.note(row.topic, None, None)
+            else:
+                self.since[row.topic] = row.updated
+                kept.append(row)
+        return kept
 
     def note(self, topic: str, data: bytes | bytearray | None, qos: int | None) -> None:
         self.pending[topic] = (bytes(data), qos or 0) if data else None
+        if data:
+            self.since[topic] = utcnow()
+        else:
+            self.since.pop(topic, None)
         self._wake.set()
+
+    def expire(self, retained: dict[str, Any]) -> int:
+        """Clear the broker's `retained` messages older than `keep`; how many."""
+        cutoff = utcnow() - self.keep
+        old = [topic for topic, when in self.since.items() if when < cutoff]
+        for topic in old:
+            retained.pop(topic, None)
+            self.note(topic, None, None)
+        return len(old)
 
     def _write(self, batch: dict[str, tuple[bytes, int] | None]) -> None:
         with session_scope(self.engine) as session:
@@ -359,6 +388,13 @@ def _listening_failed(broker: Broker, settings: Settings, exc: BaseException) ->
     return cannot_listen("MQTT", settings.bind, settings.mqtt_port, reason)
 
 
+async def _expire_retained(broker: _Broker, retained: RetainedStore) -> None:
+    while True:
+        await asyncio.sleep(RETAINED_SWEEP)
+        if cleared := retained.expire(broker._retained_messages):
+            log.info("MQTT: %d retained messages past the retention cleared", cleared)
+
+
 async def run_broker(
     settings: Settings, engine: Engine, stop: asyncio.Event, box: CredentialBox | None = None
 ) -> None:
@@ -368,7 +404,7 @@ async def run_broker(
     """
     box = box or CredentialBox(load_or_create_key(settings.key_file))
     grants = Grants(engine, publisher_password=box.internal_password(PUBLISHER_PURPOSE))
-    retained = RetainedStore(engine)
+    retained = RetainedStore(engine, timedelta(days=settings.notification_retention))
     try:
         certificate = await asyncio.to_thread(ensure_certificate, settings)
     except (FileNotFoundError, ValueError) as exc:
@@ -381,12 +417,14 @@ async def run_broker(
             await server.close_instance()
         raise _listening_failed(broker, settings, exc) from None
     writer = asyncio.create_task(retained.run())
+    sweeper = asyncio.create_task(_expire_retained(broker, retained))
     try:
         await stop.wait()
     finally:
         await broker.shutdown()
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        for task in (writer, sweeper):
+            task.cancel()
+        await asyncio.gather(writer, sweeper, return_exceptions=True)
         with contextlib.suppress(SQLAlchemyError):  # logged: nothing more to do on the way out
             await retained.flush()
 

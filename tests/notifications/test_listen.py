@@ -292,6 +292,7 @@ def test_bad_options_are_one_line_errors(site: Site) -> None:
         ("--meta", "novalue"): "--meta 'novalue': use key=value",
         ("--name", "(unclosed"): "is not a regular expression",
         ("-d", "nowhere"): "nowhere",
+        ("--broker", "http://127.0.0.1:1"): "use mqtt://, mqtts://, ws:// or wss://",
     }
     for args, expected in cases.items():
         run = subprocess.run(
@@ -370,3 +371,22 @@ def test_data_user_sees_only_its_destinations(site: Site) -> None:
         password=ALICE_PASSWORD,
     )
     assert listener.ids() == [kept]
+
+
+@pytest.mark.parametrize("door", ["mqtts", "wss"])
+def test_live_over_tls_and_websocket(site: Site, door: str) -> None:
+    """The embedded broker's MQTTS door checked with the portal's certificate, and its
+    secure WebSocket door without checking (--insecure)."""
+    tag = _unique(door)
+    if door == "mqtts":
+        url = f"mqtts://127.0.0.1:{site.settings.mqtts_port}"
+        check = ["--ca", str(site.settings.cert_file)]
+    else:
+        url = f"wss://127.0.0.1:{site.settings.mqtt_ws_port}"
+        check = ["--insecure"]
+    listener = Listener(
+        site, "--broker", url, *check, "--name", f"^{tag}", "--format", "json", "--count", "1",
+        user="alice", password=ALICE_PASSWORD,
+    )  # fmt: skip
+    sent = site.announce("alpha", f"{tag}.grib", b"x", history=False)
+    assert listener.ids() == [sent]

@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,12 +31,13 @@ from ecpds.core.models import (
     DataUserDestination,
     Destination,
     RetainedMessage,
+    utcnow,
 )
 from ecpds.core.notifications import PUBLISHER_PURPOSE, PUBLISHER_USER
 from ecpds.core.secrets import CredentialBox, hash_password, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.portal.base import PortalError
-from ecpds.portal.mqtt import run_broker, topic_matches
+from ecpds.portal.mqtt import RetainedStore, run_broker, topic_matches
 
 READER_PASSWORD = "reader-password-1"
 ADMIN_PASSWORD = "admin-password-1"
@@ -329,3 +331,49 @@ def test_the_publisher_login_is_no_data_user_name(engine: Engine) -> None:
         catalog.create_user(session, data=DataUserCreate(name=PUBLISHER_USER, password="x" * 12))
     assert "workers' own broker login" in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_retained_messages_past_the_retention_are_cleared(broker: Broker) -> None:
+    """Each product has its own topic: a retained message lives notification_retention
+    days, then is gone from the broker and from the catalog, at a restart or live."""
+    broker.stop()
+    days = broker.settings.notification_retention
+    with session_scope(broker.engine) as session:
+        session.add_all(
+            [
+                RetainedMessage(
+                    topic="ecpds/dest1/old",
+                    payload=b"last week",
+                    qos=1,
+                    updated=utcnow() - timedelta(days=days, minutes=1),
+                ),
+                RetainedMessage(topic="ecpds/dest1/fresh", payload=b"today", qos=1),
+            ]
+        )
+    broker.start()
+    reader, _ = connect(broker, "tcp", "reader", READER_PASSWORD)
+    try:
+        assert reader.subscribe("ecpds/dest1/#") == [1]
+        marker, _ = connect(broker, "tcp", PUBLISHER_USER, broker.publisher_password)
+        marker.publish("ecpds/dest1/marker", b"live")
+        marker.close()
+        heard = [(m.topic, m.payload) for m in reader.until("ecpds/dest1/marker")]
+        assert heard == [("ecpds/dest1/fresh", b"today"), ("ecpds/dest1/marker", b"live")]
+    finally:
+        reader.close()
+    broker.stop()
+    assert retained_rows(broker.engine) == {"ecpds/dest1/fresh": b"today"}
+    broker.start()
+
+
+def test_the_live_sweep_clears_what_outlived_the_retention(engine: Engine) -> None:
+    store = RetainedStore(engine, timedelta(hours=1))
+    store.note("ecpds/a/old", b"x", 1)
+    store.note("ecpds/a/new", b"y", 1)
+    asyncio.run(store.flush())
+    store.since["ecpds/a/old"] = utcnow() - timedelta(hours=2)
+    kept = {"ecpds/a/old": object(), "ecpds/a/new": object()}
+    assert store.expire(kept) == 1
+    assert set(kept) == {"ecpds/a/new"}
+    asyncio.run(store.flush())
+    assert retained_rows(engine) == {"ecpds/a/new": b"y"}
