@@ -218,6 +218,7 @@ class HungBroker:
         self.server.close()
 
 
+@pytest.mark.one_catalog
 async def test_a_hung_broker_holds_up_only_its_own_rows(
     notify_env: Dissemination, mosquitto: MqttBroker
 ) -> None:
