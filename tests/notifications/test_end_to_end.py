@@ -25,7 +25,7 @@ from portal.conftest import served_portal
 from ecpds.core.notifications import check_wis2
 from ecpds.core.settings import Settings
 from ecpds.workers.worker import run_worker
-from notifications.conftest import subscribed
+from notifications.conftest import Received, subscribed
 from notifications.test_listen import Listener, Site
 
 BOB_PASSWORD = "bob-hears-it-all-1"
@@ -37,7 +37,10 @@ class Served:
     api: str
     sites: Path  # where the file:// host delivers
 
-    def destination(self, name: str, notification: dict[str, object]) -> None:
+    def destination(self, prefix: str, notification: dict[str, object]) -> str:
+        """A new destination (its name), delivering to a local folder, and its data user
+        bob-<name>."""
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         admin = self.site.admin
         url = f"file://{self.sites / name}"
         host = admin.post(f"{self.api}/hosts", json={"name": f"{name}-h", "url": url})
@@ -49,6 +52,11 @@ class Served:
         assert made.status_code == 201, made.text
         user = {"name": f"bob-{name}", "password": BOB_PASSWORD, "destinations": [name]}
         assert admin.post(f"{self.api}/users", json=user).status_code == 201
+        return name
+
+    def listen(self, destination: str, *args: str) -> Listener:
+        """`ecpds listen ARGS` as the destination's data user, once it has subscribed."""
+        return Listener(self.site, *args, user=f"bob-{destination}", password=BOB_PASSWORD)
 
     def upload(self, destination: str, name: str, data: bytes) -> dict[str, object]:
         answer = self.site.admin.post(
@@ -92,29 +100,34 @@ def bob(settings: Settings, destination: str) -> MqttBroker:
     return MqttBroker("127.0.0.1", settings.mqtt_port, "3.1.1", f"bob-{destination}", BOB_PASSWORD)
 
 
+async def heard_upload(
+    served: Served, destination: str, name: str, data: bytes
+) -> tuple[dict[str, object], list[Received]]:
+    """A REST upload to `destination` (notify both) and the two notifications its data
+    user hears on the embedded broker: the store and the delivery."""
+    broker = bob(served.site.settings, destination)
+    async with subscribed(broker, f"{destination}/#", version="3.1.1") as paho:
+        uploaded = await asyncio.to_thread(served.upload, destination, name, data)
+        return uploaded, await paho.wait_for_count(2, timeout=120)
+
+
 async def test_upload_and_delivery_reach_paho_and_ecpds_listen(
     served: Served, tmp_path: Path
 ) -> None:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    served.destination(name, {"notify": "both"})
-    user = f"bob-{name}"
+    name = served.destination("e2e", {"notify": "both"})
     data = b"an analysis, announced twice\n" * 100
     folder = tmp_path / "downloads"
     listener = await asyncio.to_thread(
-        Listener,
-        served.site,
+        served.listen,
+        name,
         "--format",
         "json",
         "--count",
         "2",
         "--download",
         str(folder),
-        user=user,
-        password=BOB_PASSWORD,
     )
-    async with subscribed(bob(served.site.settings, name), f"{name}/#", version="3.1.1") as paho:
-        uploaded = await asyncio.to_thread(served.upload, name, "t2m.grib", data)
-        messages = await paho.wait_for_count(2, timeout=120)
+    uploaded, messages = await heard_upload(served, name, "t2m.grib", data)
     code, out, err = await asyncio.to_thread(listener.finish)
 
     payloads = {p["event"]: p for p in (json.loads(m.payload) for m in messages)}
@@ -136,8 +149,8 @@ async def test_upload_and_delivery_reach_paho_and_ecpds_listen(
 
     # Later, the same two again from the real history, once each.
     replay = await asyncio.to_thread(
-        Listener,
-        served.site,
+        served.listen,
+        name,
         "--from",
         "1h",
         "--destination",
@@ -146,8 +159,6 @@ async def test_upload_and_delivery_reach_paho_and_ecpds_listen(
         "json",
         "--count",
         "2",
-        user=user,
-        password=BOB_PASSWORD,
     )
     assert sorted(await asyncio.to_thread(replay.ids)) == sorted(h["id"] for h in heard)
 
@@ -157,17 +168,16 @@ async def test_wis2_over_mqtt5_to_an_external_mosquitto(
 ) -> None:
     """The same path to a broker of the site's own: MQTT 5 properties and a valid WIS2
     message for the store and for the delivery."""
-    name = f"e2e-wis2-{uuid.uuid4().hex[:8]}"
-    root = f"origin/a/wis2/{name}"
-    served.destination(
-        name,
+    root = f"origin/a/wis2/e2e-{uuid.uuid4().hex[:8]}"
+    name = served.destination(
+        "e2e-wis2",
         {
             "notify": "both",
             "broker": mosquitto.url(),
             "protocol": "5",
             "format": "wis2",
             "topic": f"{root}/data/core/weather",
-            "wis2": {"metadata_id": f"urn:wmo:md:{name}:forecasts"},
+            "wis2": {"metadata_id": "urn:wmo:md:int-ecpds:forecasts"},
         },
     )
     data = b"GRIB" + bytes(range(256)) * 8
@@ -180,7 +190,7 @@ async def test_wis2_over_mqtt5_to_an_external_mosquitto(
         check_wis2(body)
         assert message.topic == f"{root}/data/core/weather"
         assert body["properties"]["integrity"] == {"method": "sha512", "value": sha512}
-        assert body["properties"]["metadata_id"] == f"urn:wmo:md:{name}:forecasts"
+        assert body["properties"]["metadata_id"] == "urn:wmo:md:int-ecpds:forecasts"
         assert body["links"][0]["length"] == len(data)
         assert message.properties["ContentType"] == "application/geo+json"
         assert message.properties["MessageExpiryInterval"] > 0
@@ -191,16 +201,12 @@ async def test_wis2_over_mqtt5_to_an_external_mosquitto(
 async def test_listen_keeps_one_event_and_shows_it_in_its_table(
     served: Served, tmp_path: Path
 ) -> None:
-    name = f"e2e-event-{uuid.uuid4().hex[:8]}"
-    served.destination(name, {"notify": "both"})
-    user = f"bob-{name}"
-    async with subscribed(bob(served.site.settings, name), f"{name}/#", version="3.1.1") as paho:
-        await asyncio.to_thread(served.upload, name, "z500.grib", b"geopotential")
-        messages = await paho.wait_for_count(2, timeout=120)
+    name = served.destination("e2e-event", {"notify": "both"})
+    _, messages = await heard_upload(served, name, "z500.grib", b"geopotential")
     [delivery] = [json.loads(m.payload) for m in messages if b'"delivery"' in m.payload]
     listener = await asyncio.to_thread(
-        Listener,
-        served.site,
+        served.listen,
+        name,
         "--from",
         "1h",
         "--destination",
@@ -209,8 +215,6 @@ async def test_listen_keeps_one_event_and_shows_it_in_its_table(
         "delivery",
         "--count",
         "1",
-        user=user,
-        password=BOB_PASSWORD,
     )
     code, out, err = await asyncio.to_thread(listener.finish)
     assert code == 0, err
