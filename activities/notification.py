@@ -86,6 +86,8 @@ class Login:
     protocol: str  # 3.1.1 or 5
     user: str | None = None
     password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None  # TLS: the CA to check the broker with (default: the system's)
+    insecure: bool = False  # TLS without checking the certificate
 
 
 @dataclass
@@ -122,7 +124,14 @@ class Publisher:
         if scheme.startswith("ws"):
             client.ws_set_options(path=parts.path or "/mqtt")
         if scheme in ("mqtts", "wss"):
-            client.tls_set_context(ssl.create_default_context())
+            try:
+                context = ssl.create_default_context(cafile=login.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"{self.where}: CA file {login.ca_file}: {exc}") from None
+            if login.insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            client.tls_set_context(context)
         if login.user:
             client.username_pw_set(login.user, login.password)
         client.max_inflight_messages_set(100)
@@ -309,16 +318,19 @@ class NotificationActivities:
                 PUBLISHER_USER,
                 self.box.internal_password(PUBLISHER_PURPOSE),
             )
-        user = password = None
+        user = password = ca_file = None
+        insecure = False
         with session_scope(self.engine) as session:
             destination = session.exec(
                 select(Destination).where(Destination.name == row.destination)
             ).first()
             if destination is not None:
                 try:
-                    user = settings_of(destination.notification).user or None
+                    settings = settings_of(destination.notification)
+                    user, ca_file = settings.user or None, settings.ca_file
+                    insecure = settings.insecure
                 except ValidationError:
-                    user = None
+                    pass
                 try:
                     sealed = self.box.open(destination.notification_password_encrypted)
                 except CredentialError:
@@ -327,7 +339,7 @@ class NotificationActivities:
                         "decrypted with this key"
                     ) from None
                 password = sealed.get("password")
-        return Login(row.broker, row.protocol, user, password)
+        return Login(row.broker, row.protocol, user, password, ca_file, insecure)
 
     # --- one cycle (blocking: runs in the activity's thread) --------------------------------
 

@@ -62,6 +62,8 @@ class NotificationSettings(BaseModel, extra="forbid"):
     notify: NotifyWhen = "none"
     broker: str = EMBEDDED  # or mqtt://, mqtts://, ws://, wss:// host:port of another one
     user: str = ""  # on another broker; its password is kept encrypted beside
+    ca_file: str | None = None  # another broker over TLS: the CA file the workers check with
+    insecure: bool = False  # another broker over TLS: do not check its certificate
     protocol: MqttVersion | None = None  # None: 3.1.1 on the embedded broker, else 5
     topic: str = DEFAULT_TOPIC
     qos: int = Field(default=1, ge=0, le=2)
@@ -82,6 +84,10 @@ class NotificationSettings(BaseModel, extra="forbid"):
                     f"broker {self.broker!r}: use 'embedded' or a URL such as "
                     "mqtts://broker:8883 (mqtt, mqtts, ws, wss)"
                 )
+            if (self.ca_file or self.insecure) and parts.scheme.lower() not in ("mqtts", "wss"):
+                raise ValueError("ca_file, insecure: only for an mqtts:// or wss:// broker")
+        elif self.ca_file or self.insecure:
+            raise ValueError("ca_file, insecure: only for another broker over TLS")
         elif self.protocol == "5":
             raise ValueError("protocol: the embedded broker speaks MQTT 3.1.1")
         elif self.user:

@@ -182,6 +182,11 @@ BAD_DESTINATION_VALUES = [
     ({"notification": {"broker": "broker:1883"}}, "broker 'broker:1883': use 'embedded' or a URL"),
     ({"notification": {"broker": "http://b"}}, "broker 'http://b': use 'embedded' or a URL"),
     ({"notification": {"protocol": "5"}}, "the embedded broker speaks MQTT 3.1.1"),
+    ({"notification": {"insecure": True}}, "ca_file, insecure: only for another broker"),
+    (
+        {"notification": {"broker": "mqtt://b:1883", "ca_file": "/etc/ca.pem"}},
+        "ca_file, insecure: only for an mqtts:// or wss:// broker",
+    ),
     ({"notification": {"format": "template"}}, "format 'template' needs a template"),
     ({"notification": {"notify": "always"}}, "notify: Input should be 'none', 'store'"),
     ({"backup_url": "archive"}, "backup_url: 'archive' is neither an absolute path nor a URL"),

@@ -245,3 +245,35 @@ async def test_a_hung_broker_holds_up_only_its_own_rows(
             assert row.pending and row.last_error and "\n" not in row.last_error
     finally:
         hung.close()
+
+
+async def test_external_broker_over_tls_checked_with_its_ca(
+    notify_env: Dissemination, secure_mosquitto: MqttBroker
+) -> None:
+    """mqtts:// to a broker whose certificate only its CA file vouches for: with
+    `ca_file` the rows arrive; without it they fail in one line and wait."""
+    env = notify_env
+    url = f"mqtts://127.0.0.1:{secure_mosquitto.tls_port}"
+    login = {"notify": "store", "broker": url, "user": secure_mosquitto.user}
+    checked, unchecked = env.name("ca"), env.name("noca")
+    env.add_destination(checked, [], notification={**login, "ca_file": secure_mosquitto.ca_file})
+    env.add_destination(unchecked, [], notification=login)
+    with session_scope(env.engine) as session:
+        for name in (checked, unchecked):
+            destination = session.exec(select(Destination).where(Destination.name == name)).one()
+            destination.notification_password_encrypted = env.box.seal(
+                {"password": secure_mosquitto.password}
+            )
+            session.add(destination)
+    root = topic_root()
+    async with subscribed(secure_mosquitto, f"{root}/#") as subscriber, publishing(env):
+        good = add_rows(env.engine, broker=url, protocol="5", topic=root, destination=checked)
+        bad = add_rows(env.engine, broker=url, protocol="5", topic=root, destination=unchecked)
+        await subscriber.wait_for(good)
+        await asyncio.to_thread(
+            until, lambda: rows(env.engine, bad)[0].attempts > 0, "the unchecked row failed"
+        )
+    [row] = rows(env.engine, bad)
+    assert row.pending and "certificate" in (row.last_error or "").lower()
+    assert "\n" not in (row.last_error or "")
+    assert set(subscriber.ids()) == set(good)
