@@ -60,6 +60,7 @@ async def listed(env: Dissemination, query: str) -> list[str]:
     return await until(found, f"a workflow answers {query}", timeout=30)
 
 
+@pytest.mark.one_catalog
 async def test_status_and_attribute_agree_through_wait_retr_and_fail(
     dissemination: Dissemination, sshd
 ) -> None:
