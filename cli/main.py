@@ -65,7 +65,9 @@ app = typer.Typer(
 )
 for _resource in RESOURCES:
     app.add_typer(
-        resource_group(_resource), name=_resource.name, help=f"Manage {_resource.plural}."
+        resource_group(_resource),
+        name=_resource.name,
+        help=f"Manage {_resource.title + 's' if _resource.title else _resource.plural}.",
     )
 data.register(app)
 listen.register(app)

@@ -26,6 +26,7 @@ class Resource:
     name: str
     plural: str
     columns: tuple[str, ...]
+    title: str = ""  # how help texts name one; default: `name`
 
     @property
     def path(self) -> str:
@@ -41,6 +42,12 @@ RESOURCES = (
     Resource("host", "hosts", ("name", "kind", "url", "active", "credential_keys", "comment")),
     Resource("user", "users", ("name", "admin", "active", "destinations", "comment")),
     Resource("alias", "aliases", ("name", "source", "target", "pattern", "rewrite", "active")),
+    Resource(
+        "expected",
+        "expected",
+        ("name", "destination", "pattern", "due", "comment"),
+        "expected product",
+    ),
 )
 
 
@@ -123,7 +130,7 @@ def print_record(title: str, record: dict[str, Any]) -> None:
 def resource_group(resource: Resource) -> typer.Typer:
     group = typer.Typer(no_args_is_help=True)
 
-    @group.command("list", help=f"List every {resource.name}.")
+    @group.command("list", help=f"List every {resource.title or resource.name}.")
     @reports_errors
     def list_(ctx: typer.Context, as_json: JsonOption = False) -> None:
         rows = listing(state_of(ctx).client().get(resource.path))
@@ -132,7 +139,9 @@ def resource_group(resource: Resource) -> typer.Typer:
         else:
             print_rows(resource.plural, resource.columns, rows)
 
-    @group.command("show", help=f"Show one {resource.name} with all its settings.")
+    @group.command(
+        "show", help=f"Show one {resource.title or resource.name} with all its settings."
+    )
     @reports_errors
     def show(
         ctx: typer.Context,
@@ -145,7 +154,7 @@ def resource_group(resource: Resource) -> typer.Typer:
         else:
             print_record(f"{resource.name} {name}", record)
 
-    @group.command("delete", help=f"Delete one {resource.name}.")
+    @group.command("delete", help=f"Delete one {resource.title or resource.name}.")
     @reports_errors
     def delete(
         ctx: typer.Context,

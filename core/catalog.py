@@ -37,6 +37,9 @@ from ecpds.core.models import (
     DestinationHost,
     DestinationPublic,
     DestinationUpdate,
+    ExpectedProduct,
+    ExpectedProductCreate,
+    ExpectedProductUpdate,
     Host,
     HostCreate,
     HostKind,
@@ -803,3 +806,54 @@ def published_notifications(
     if since is not None:
         query = query.where(col(Notification.created) >= since)
     return session.exec(query.order_by(col(Notification.id)).limit(limit)).all()
+
+
+# --- expected products ------------------------------------------------------------------
+
+
+def _expected_destination(session: Session, name: str, destination: str) -> None:
+    if find_destination(session, name=destination) is None:
+        raise Invalid(f"expected product {name!r}: unknown destination {destination!r}")
+
+
+def get_expected(session: Session, *, name: str) -> ExpectedProduct:
+    found = session.exec(select(ExpectedProduct).where(ExpectedProduct.name == name)).first()
+    if found is None:
+        raise NotFound(f"unknown expected product {name!r}")
+    return found
+
+
+def list_expected(
+    session: Session, *, destinations: Sequence[str] | None = None
+) -> Sequence[ExpectedProduct]:
+    """All expected products, or those of `destinations`, by due time."""
+    query = select(ExpectedProduct)
+    if destinations is not None:
+        query = query.where(col(ExpectedProduct.destination).in_(destinations))
+    return session.exec(query.order_by(ExpectedProduct.due, ExpectedProduct.name)).all()
+
+
+def create_expected(session: Session, *, data: ExpectedProductCreate) -> ExpectedProduct:
+    _check_name_free(session, ExpectedProduct, "expected product", data.name)
+    _expected_destination(session, data.name, data.destination)
+    expected = ExpectedProduct.model_validate(data.model_dump())
+    session.add(expected)
+    session.flush()
+    return expected
+
+
+def update_expected(session: Session, *, name: str, data: ExpectedProductUpdate) -> ExpectedProduct:
+    expected = get_expected(session, name=name)
+    changes = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
+    if "destination" in changes:
+        _expected_destination(session, name, changes["destination"])
+    for key, value in changes.items():
+        setattr(expected, key, value)
+    session.add(expected)
+    session.flush()
+    return expected
+
+
+def delete_expected(session: Session, *, name: str) -> None:
+    session.delete(get_expected(session, name=name))
+    session.flush()

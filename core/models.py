@@ -845,3 +845,59 @@ class RetainedMessage(SQLModel, table=True):
     payload: bytes = Field(sa_type=LargeBinary)
     qos: int = 0
     updated: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class ExpectedProductBase(SQLModel):
+    """A product an operator expects in a destination every day by a time (UTC)."""
+
+    name: str = Field(index=True, unique=True, min_length=1, max_length=128, regex=NAME_PATTERN)
+    destination: NameRef
+    pattern: Regex = Field(sa_type=String, description="regex searched in the product's target")
+    due: Clock = Field(sa_type=String, description="HH:MM UTC, every day")
+    comment: str = ""
+
+
+class ExpectedProductCreate(ExpectedProductBase):
+    pass
+
+
+class ExpectedProductUpdate(SQLModel):
+    destination: NameRef | None = None
+    pattern: Regex | None = None
+    due: Clock | None = None
+    comment: str | None = None
+
+
+class ExpectedProduct(ExpectedProductBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class ExpectedProductPublic(ExpectedProductBase):
+    id: int
+
+
+ArrivalState = Literal["waiting", "arrived", "on time", "late", "missing"]
+
+
+class ExpectedProductStatus(ExpectedProductPublic):
+    """Where an expected product stands for its latest (or next) due time."""
+
+    due_at: datetime = Field(description="the due time this state is about")
+    state: ArrivalState = Field(
+        description="waiting or arrived before the due time; on time, late or missing after it"
+    )
+    arrived: datetime | None = Field(default=None, description="its first arrival in the window")
+    target: str | None = Field(default=None, description="the product that arrived")
+
+
+class OperationEvent(SQLModel, table=True):
+    """One operation done through the REST API or the console: who, what, when, result."""
+
+    __table_args__ = (Index("ix_operationevent_time", "time"),)
+    id: int | None = Field(default=None, primary_key=True)
+    time: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    user: str = Field(max_length=128)  # the caller, or "-" when the login failed
+    method: str = Field(max_length=8)
+    path: str = Field(max_length=1000)
+    status: int
+    seconds: float = 0.0

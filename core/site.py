@@ -1,4 +1,5 @@
-"""A site description (site.toml): hosts, destinations, aliases and users applied in one go.
+"""A site description (site.toml): hosts, destinations, aliases, users and expected products
+applied in one go.
 
 Applying is idempotent (what already matches is "unchanged") and all-or-nothing.
 """
@@ -13,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlmodel import Session
 
 from ecpds.core import catalog
-from ecpds.core.errors import validation_message
+from ecpds.core.errors import NotFound, validation_message
 from ecpds.core.models import (
     INPUT,
     AliasCreate,
@@ -22,6 +23,8 @@ from ecpds.core.models import (
     DataUserUpdate,
     DestinationCreate,
     DestinationUpdate,
+    ExpectedProductCreate,
+    ExpectedProductUpdate,
     HostCreate,
     HostUpdate,
 )
@@ -46,8 +49,13 @@ class SiteUser(DataUserCreate):
     model_config = _STRICT  # type: ignore[assignment]
 
 
+class SiteExpected(ExpectedProductCreate):
+    model_config = _STRICT  # type: ignore[assignment]
+
+
 class SiteSpec(BaseModel):
-    """The TOML arrays of tables `[[host]]`, `[[destination]]`, `[[alias]]`, `[[user]]`."""
+    """The TOML arrays of tables `[[host]]`, `[[destination]]`, `[[alias]]`, `[[user]]`,
+    `[[expected]]`."""
 
     model_config = _STRICT
 
@@ -55,6 +63,7 @@ class SiteSpec(BaseModel):
     destination: list[SiteDestination] = Field(default_factory=list)
     alias: list[SiteAlias] = Field(default_factory=list)
     user: list[SiteUser] = Field(default_factory=list)
+    expected: list[SiteExpected] = Field(default_factory=list)
 
 
 class ApplyReport(BaseModel):
@@ -102,6 +111,8 @@ def apply_site(
         _apply_alias(session, alias, report)
     for user in spec.user:
         _apply_user(session, user, report)
+    for expected in spec.expected:
+        _apply_expected(session, expected, report)
     if dry_run:
         session.rollback()
     return report
@@ -171,6 +182,26 @@ def _apply_alias(session: Session, spec: SiteAlias, report: ApplyReport) -> None
         report.unchanged.append(label)
         return
     catalog.update_alias(session, name=spec.name, data=AliasUpdate.model_validate(changes))
+    report.updated.append(label)
+
+
+def _apply_expected(session: Session, spec: SiteExpected, report: ApplyReport) -> None:
+    label = f"expected {spec.name}"
+    try:
+        current = catalog.get_expected(session, name=spec.name)
+    except NotFound:
+        catalog.create_expected(
+            session, data=ExpectedProductCreate.model_validate(spec.model_dump())
+        )
+        report.created.append(label)
+        return
+    changes = _differs(current.model_dump(), spec.model_dump(exclude_unset=True, exclude={"name"}))
+    if not changes:
+        report.unchanged.append(label)
+        return
+    catalog.update_expected(
+        session, name=spec.name, data=ExpectedProductUpdate.model_validate(changes)
+    )
     report.updated.append(label)
 
 

@@ -17,6 +17,8 @@ from ecpds.portal.api import (
     aliases,
     destinations,
     docs,
+    events,
+    expected,
     files,
     health,
     hosts,
@@ -51,6 +53,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     tokens.router,
     operations.router,
     acquisition.router,
+    expected.router,
+    events.router,
     docs.router,
 )
 
@@ -85,6 +89,7 @@ def create_app(
     data = data_router(lambda: app.state.api)
     app.include_router(data)
     install_error_handlers(app)
+    app.add_middleware(events.OperationLog, engine=app.state.api.engine)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -69,16 +69,22 @@ def _unauthorized(message: str) -> HTTPException:
 
 
 def current_user(
+    request: Request,
     session: SessionDep,
     basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> DataUser:
-    """The caller, logged in by the access layer with a bearer token or HTTP Basic."""
+    """The caller, logged in by the access layer with a bearer token or HTTP Basic (and
+    named in `request.state.caller` for the event log)."""
     try:
+        user = None
         if bearer is not None:
-            return access.token_user(session, token=bearer.credentials)
-        if basic is not None:
-            return access.password_user(session, name=basic.username, password=basic.password)
+            user = access.token_user(session, token=bearer.credentials)
+        elif basic is not None:
+            user = access.password_user(session, name=basic.username, password=basic.password)
+        if user is not None:
+            request.state.caller = user.name
+            return user
     except Unauthenticated as exc:
         raise _unauthorized(str(exc)) from exc
     raise _unauthorized("credentials needed: HTTP Basic (user, password) or a bearer token")

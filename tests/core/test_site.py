@@ -42,6 +42,12 @@ pattern = '\\.grib$'
 name = "reader"
 password = "reader-password"
 destinations = ["archive", "met-office"]
+
+[[expected]]
+name = "t2m-00"
+destination = "met-office"
+pattern = 't2m_\d{10}\.grib$'
+due = "06:30"
 """
 
 
@@ -62,10 +68,10 @@ def test_apply_creates_then_reports_unchanged(
     spec = load_site(_write(tmp_path, SITE))
     with session_scope(engine) as session:
         report = apply_site(session, box, spec)
-    assert len(report.created) == 6 and report.updated == []
+    assert len(report.created) == 7 and report.updated == []
     with session_scope(engine) as session:
         again = apply_site(session, box, spec)
-    assert again.created == again.updated == [] and len(again.unchanged) == 6
+    assert again.created == again.updated == [] and len(again.unchanged) == 7
     with Session(engine) as session:
         met = catalog.get_destination(session, name="met-office")
         assert catalog.destination_public(session, met).hosts == ["primary", "spare"]
@@ -73,17 +79,19 @@ def test_apply_creates_then_reports_unchanged(
             "password": "first-secret"
         }
 
-    changed = load_site(_write(tmp_path, SITE.replace("first-secret", "second-secret")))
+    changed = SITE.replace("first-secret", "second-secret").replace('"06:30"', '"07:00"')
     with session_scope(engine) as session:
-        report = apply_site(session, box, changed)
-    assert report.updated == ["host primary"]
+        report = apply_site(session, box, load_site(_write(tmp_path, changed)))
+    assert report.updated == ["host primary", "expected t2m-00"]
+    with Session(engine) as session:
+        assert catalog.get_expected(session, name="t2m-00").due == "07:00"
 
 
 def test_dry_run_changes_nothing(engine: Engine, box: CredentialBox, tmp_path: Path) -> None:
     spec = load_site(_write(tmp_path, SITE))
     with session_scope(engine) as session:
         report = apply_site(session, box, spec, dry_run=True)
-    assert len(report.created) == 6
+    assert len(report.created) == 7
     with Session(engine) as session:
         assert catalog.list_destinations(session) == []
         assert catalog.list_hosts(session) == []

@@ -209,6 +209,8 @@ LEGITIMATE: dict[tuple[str, str], tuple[list[int], str]] = {
     ("POST", "/api/v1/aliases"): ([422], f"{NAMES}, two different ones; a rewrite needs a pattern"),
     ("PATCH", "/api/v1/aliases/{name}"): ([422], "as for POST"),
     ("POST", "/api/v1/apply"): ([422], f"{NAMES}, or be described in the same request"),
+    ("POST", "/api/v1/expected"): ([422], NAMES),
+    ("PATCH", "/api/v1/expected/{name}"): ([422], NAMES),
     ("POST", "/api/v1/destinations/{destination}/files"): (
         [413, 422],
         "at + lifetime must be in the future; at and delay exclude each other; metadata is"
