@@ -46,7 +46,7 @@ destinations = ["archive", "met-office"]
 [[expected]]
 name = "t2m-00"
 destination = "met-office"
-pattern = 't2m_\d{10}\.grib$'
+pattern = 't2m_\\d{10}\\.grib$'
 due = "06:30"
 """
 
