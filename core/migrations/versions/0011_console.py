@@ -1,7 +1,7 @@
 """console: expected products and the event log of operations
 
-Revision ID: 0010_console
-Revises: 0009_notifications
+Revision ID: 0011_console
+Revises: 0010_transfer_counts
 Create Date: 2026-12-07 10:10:00
 """
 
@@ -13,8 +13,8 @@ from alembic import op
 
 import ecpds.core.models
 
-revision: str = "0010_console"
-down_revision: str | None = "0009_notifications"
+revision: str = "0011_console"
+down_revision: str | None = "0010_transfer_counts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
