@@ -146,7 +146,7 @@ class CatalogCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
         with self.engine.connect() as connection:
-            names: dict[int, str] = dict(connection.execute(DESTINATIONS_SQL).tuples().all())
+            names = {id_: name for id_, name in connection.execute(DESTINATIONS_SQL)}
             transfers = [
                 (names.get(row[0], row[1] or ""), *row[2:])
                 for row in connection.execute(TRANSFERS_SQL)

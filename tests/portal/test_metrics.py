@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
 from ecpds.core.db import open_catalog, session_scope
 from ecpds.core.devserver import free_port
+from ecpds.core.metrics import worker_registry
 from ecpds.core.models import (
     AcquiredFile,
     AcquisitionRun,
@@ -24,7 +29,7 @@ from ecpds.core.models import (
     Notification,
     TransferStatus,
 )
-from ecpds.core.settings import Settings
+from ecpds.core.settings import WORKER_METRICS_PORT, WORKER_SDK_METRICS_PORT, Settings
 
 from .conftest import served_portal
 
@@ -225,3 +230,26 @@ def test_metrics_for_admins_only_when_not_public(tmp_path_factory: pytest.TempPa
         assert admin.status_code == 200
         assert "# TYPE ecpds_transfers gauge" in admin.text
         assert by(parse(admin.text), "ecpds_notification_backlog") == {(): 0.0}
+
+
+def test_the_dashboard_and_scrape_config_name_what_is_served(portal: Portal) -> None:
+    """Every metric the Grafana dashboard plots is one ecpds serves, and the example
+    scrape config reaches the portal, worker and SDK ports ecpds uses by default."""
+    infra = Path(__file__).resolve().parents[2] / "infra"
+    served = httpx.get(f"{portal.base}/metrics", verify=False, timeout=30).text
+    served += generate_latest(worker_registry()).decode()
+    families = {
+        re.sub(r"_total$", "", name) for name in re.findall(r"^# TYPE (\w+) ", served, re.M)
+    }
+    dashboard = json.loads((infra / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    plotted = {
+        re.sub(r"_(bucket|total|count|sum)$", "", name)
+        for expr in exprs
+        for name in re.findall(r"\becpds_\w+", expr)
+    }
+    assert plotted, "the dashboard plots ecpds metrics"
+    assert plotted <= families, plotted - families
+    config = (infra / "prometheus.yml").read_text()
+    for port in (Settings().https_port, WORKER_METRICS_PORT, WORKER_SDK_METRICS_PORT):
+        assert f"127.0.0.1:{port}" in config
