@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import ftplib
+import io
 import json
 import re
 from collections import Counter
@@ -10,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import httpx
 import pytest
 from prometheus_client import generate_latest
@@ -42,6 +46,7 @@ class Portal:
     settings: Settings
     admin: httpx.Client
     engine: Engine
+    login: tuple[str, str]
 
     @property
     def base(self) -> str:
@@ -155,7 +160,7 @@ def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
         httpx.Client(auth=login, verify=False, timeout=30) as admin,
     ):
         engine = open_catalog(settings.catalog_url)
-        served = Portal(settings, admin, engine)
+        served = Portal(settings, admin, engine, login)
         seed(served)
         yield served
         engine.dispose()
@@ -187,25 +192,52 @@ def test_the_numbers_are_the_catalogs(portal: Portal) -> None:
     assert by(samples, "ecpds_catalog_scrape_seconds")[()] < 1
 
 
+def ftp_put_get(portal: Portal, path: str, body: bytes) -> bytes:
+    got = bytearray()
+    with ftplib.FTP() as session:
+        session.connect("127.0.0.1", portal.settings.ftp_port, timeout=30)
+        session.login(*portal.login)
+        session.storbinary(f"STOR {path}", io.BytesIO(body))
+        session.retrbinary(f"RETR {path}", got.extend)
+    return bytes(got)
+
+
+async def sftp_put_get(portal: Portal, path: str, body: bytes) -> bytes:
+    user, password = portal.login
+    async with (
+        asyncssh.connect(
+            "127.0.0.1", portal.settings.sftp_port, username=user, password=password,
+            known_hosts=None, client_keys=None,
+        ) as conn,
+        conn.start_sftp_client() as client,
+    ):  # fmt: skip
+        async with client.open(path, "wb") as handle:
+            await handle.write(body)
+        async with client.open(path, "rb") as handle:
+            return bytes(await handle.read())
+
+
 def test_the_doors_traffic_is_counted(portal: Portal) -> None:
     before = scrape(portal)
     body = b"y" * 4096
-    put = portal.admin.put(f"{portal.base}/data/{DESTINATIONS[2]}/counted.bin", content=body)
+    where = DESTINATIONS[2]
+    put = portal.admin.put(f"{portal.base}/data/{where}/counted.bin", content=body)
     assert put.status_code == 201, put.text
-    got = portal.admin.get(f"{portal.base}/data/{DESTINATIONS[2]}/counted.bin")
-    assert got.content == body
+    assert portal.admin.get(f"{portal.base}/data/{where}/counted.bin").content == body
+    assert ftp_put_get(portal, f"/{where}/by-ftp.bin", body) == body
+    assert asyncio.run(sftp_put_get(portal, f"/{where}/by-sftp.bin", body)) == body
     after = scrape(portal)
 
-    def grew(name: str, *labels: str) -> float:
-        key = tuple(labels)
-        return by(after, name, "door", "direction")[key] - by(
-            before, name, "door", "direction"
-        ).get(key, 0)
+    def grew(name: str, *key: str) -> float:
+        labels = ("door", "direction") if len(key) == 2 else ("door",)
+        return by(after, name, *labels)[key] - by(before, name, *labels).get(key, 0)
 
-    requests = by(after, "ecpds_portal_requests_total", "door")[("https",)]
-    assert requests - by(before, "ecpds_portal_requests_total", "door")[("https",)] >= 3
-    assert grew("ecpds_portal_bytes_total", "https", "received") >= len(body)
-    assert grew("ecpds_portal_bytes_total", "https", "sent") >= len(body)
+    assert grew("ecpds_portal_requests_total", "https") >= 3  # the scrape, the put, the get
+    for door in ("ftp", "sftp"):
+        assert grew("ecpds_portal_requests_total", door) == 2  # a file written, then read
+    for door in ("https", "ftp", "sftp"):
+        assert grew("ecpds_portal_bytes_total", door, "received") >= len(body), door
+        assert grew("ecpds_portal_bytes_total", door, "sent") >= len(body), door
 
 
 def test_metrics_are_not_in_the_api_description(portal: Portal) -> None:
