@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
+import boto3
 import httpx
 import pytest
+from botocore.config import Config
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine
@@ -217,6 +219,22 @@ async def sftp_put_get(portal: Portal, path: str, body: bytes) -> bytes:
             return bytes(await handle.read())
 
 
+def s3_put_get(portal: Portal, bucket: str, key: str, body: bytes) -> bytes:
+    user = portal.login[0]
+    keys = portal.admin.post(f"{portal.base}/api/v1/users/{user}/keys").json()
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"https://127.0.0.1:{portal.settings.s3_port}",
+        aws_access_key_id=keys["access_key_id"],
+        aws_secret_access_key=keys["secret_access_key"],
+        region_name="us-east-1",
+        verify=False,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    client.put_object(Bucket=bucket, Key=key, Body=body)
+    return bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
 def test_the_doors_traffic_is_counted(portal: Portal) -> None:
     before = scrape(portal)
     body = b"y" * 4096
@@ -226,6 +244,7 @@ def test_the_doors_traffic_is_counted(portal: Portal) -> None:
     assert portal.admin.get(f"{portal.base}/data/{where}/counted.bin").content == body
     assert ftp_put_get(portal, f"/{where}/by-ftp.bin", body) == body
     assert asyncio.run(sftp_put_get(portal, f"/{where}/by-sftp.bin", body)) == body
+    assert s3_put_get(portal, where, "by-s3.bin", body) == body
     after = scrape(portal)
 
     def grew(name: str, *key: str) -> float:
@@ -235,7 +254,8 @@ def test_the_doors_traffic_is_counted(portal: Portal) -> None:
     assert grew("ecpds_portal_requests_total", "https") >= 3  # the scrape, the put, the get
     for door in ("ftp", "sftp"):
         assert grew("ecpds_portal_requests_total", door) == 2  # a file written, then read
-    for door in ("https", "ftp", "sftp"):
+    assert grew("ecpds_portal_requests_total", "s3") >= 2
+    for door in ("https", "s3", "ftp", "sftp"):
         assert grew("ecpds_portal_bytes_total", door, "received") >= len(body), door
         assert grew("ecpds_portal_bytes_total", door, "sent") >= len(body), door
 
