@@ -153,12 +153,17 @@ def as_samples(counts: Counter[Any]) -> dict[tuple[str, ...], float]:
     return {(key if isinstance(key, tuple) else (key,)): float(n) for key, n in counts.items()}
 
 
-@pytest.fixture(scope="module")
-def portal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Portal]:
-    # No Temporal behind it: the uploads' transfers wait in the catalog, as they stay.
-    home = tmp_path_factory.mktemp("metrics") / "var"
+@pytest.fixture
+def portal(tmp_path: Path, catalog_url: str) -> Iterator[Portal]:
+    """A seeded portal on each catalog (SQLite, and PostgreSQL when configured).
+
+    No Temporal behind it: the uploads' transfers wait in the catalog, as they stay."""
+    home = tmp_path / "var"
     with (
-        served_portal(home, f"127.0.0.1:{free_port()}") as (settings, login),
+        served_portal(home, f"127.0.0.1:{free_port()}", database_url=catalog_url) as (
+            settings,
+            login,
+        ),
         httpx.Client(auth=login, verify=False, timeout=30) as admin,
     ):
         engine = open_catalog(settings.catalog_url)
@@ -265,8 +270,8 @@ def test_metrics_are_not_in_the_api_description(portal: Portal) -> None:
     assert "/metrics" not in spec["paths"]
 
 
-def test_metrics_for_admins_only_when_not_public(tmp_path_factory: pytest.TempPathFactory) -> None:
-    home = tmp_path_factory.mktemp("private") / "var"
+def test_metrics_for_admins_only_when_not_public(tmp_path: Path) -> None:
+    home = tmp_path / "var"
     with served_portal(home, f"127.0.0.1:{free_port()}", metrics_public=False) as (settings, login):
         base = f"https://127.0.0.1:{settings.https_port}"
         anonymous = httpx.get(f"{base}/metrics", verify=False, timeout=30)
