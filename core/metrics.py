@@ -20,7 +20,9 @@ from ecpds.core.models import QUEUED_STATUSES, TransferStatus
 # nothing Prometheus's rate() needs.
 disable_created_metrics()
 
-# --- measured by the process that does the work (one registry per process's metrics) -----
+# --- measured by the process that does the work ------------------------------------------
+# Not in prometheus_client's global registry: each endpoint's registry names what it shows
+# (tests run several portals and workers in one process).
 
 # No destination label on the histograms: a thousand destinations times a dozen buckets
 # would be more series than the rest of ecpds together; per-destination counts come
@@ -57,9 +59,9 @@ PORTAL_BYTES = Counter(
 class DoorTraffic:
     """The counters of one door of the portal."""
 
-    requests: Any
-    received: Any
-    sent: Any
+    requests: Counter
+    received: Counter
+    sent: Counter
 
 
 def door_traffic(door: str) -> DoorTraffic:

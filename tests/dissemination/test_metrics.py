@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ecpds.core.devserver import free_port
-from ecpds.workers.worker import build_worker, connect, serving_metrics
+from ecpds.core.settings import WORKER_METRICS_PORT, Settings, with_worker_metrics
+from ecpds.workers.worker import build_worker, connect, sdk_runtime, serving_metrics
 
 from .conftest import Dissemination
 
@@ -64,3 +67,29 @@ async def test_a_worker_shows_its_deliveries_and_the_sdk_metrics(
     # The worker's port is closed with the block: a next worker can take it.
     with pytest.raises(httpx.ConnectError):
         await scrape(settings.worker_metrics_port)
+
+
+def test_a_taken_metrics_port_is_a_warning_not_a_dead_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(worker_metrics_port=port, worker_sdk_metrics_port=port)
+        with caplog.at_level(logging.WARNING), serving_metrics(settings):
+            assert sdk_runtime(settings) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"worker metrics not served on 127.0.0.1:{port}" in w for w in warnings), warnings
+    assert any(f"Temporal SDK metrics not served on 127.0.0.1:{port}" in w for w in warnings)
+
+
+def test_the_worker_command_turns_metrics_on_unless_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ECPDS_WORKER_METRICS_PORT", raising=False)
+    monkeypatch.setenv("ECPDS_WORKER_SDK_METRICS_PORT", "0")
+    assert Settings().worker_metrics_port == 0  # a worker started in code serves none
+    settings = with_worker_metrics(Settings())
+    assert settings.worker_metrics_port == WORKER_METRICS_PORT
+    assert settings.worker_sdk_metrics_port == 0  # set to off in the environment: kept
