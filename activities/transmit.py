@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +26,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ecpds.core.db import session_scope
+from ecpds.core.metrics import observe_delivery
 from ecpds.core.models import DataFile, DataTransfer, Destination, Host, TransferStatus
 from ecpds.core.naming import NamingError, target_path
 from ecpds.core.notifications import Doors, announce_delivered, remote_location
@@ -166,6 +168,8 @@ class TransmitActivities:
         # send() has checked the size at the far end against the bytes delivered.
         seconds = time.monotonic() - started
         await self._run(self._done, request, result, offset, seconds)
+        protocol = urlsplit(plan.request.host_url).scheme.lower()
+        observe_delivery(protocol, seconds, result.bytes_sent)
         if plan.elsewhere is not None:
             # Once delivered (the other host may be another name for this place, where the
             # staging name is gone by now), and in the background: that host may be the one

@@ -165,9 +165,10 @@ def down(ctx: typer.Context) -> None:
 @reports_errors
 def worker(ctx: typer.Context) -> None:
     """Run one Temporal worker (workflows and activities) until Ctrl-C or SIGTERM."""
+    from ecpds.core.settings import with_worker_metrics
     from ecpds.workers.worker import run_worker
 
-    settings = state_of(ctx).settings
+    settings = with_worker_metrics(state_of(ctx).settings)
 
     async def serve() -> None:
         stop = asyncio.Event()

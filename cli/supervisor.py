@@ -29,7 +29,7 @@ from ecpds.cli.client import CliError
 from ecpds.cli.resources import console
 from ecpds.cli.running import alive
 from ecpds.core.devserver import DevServerError, dev_server_command
-from ecpds.core.settings import Settings
+from ecpds.core.settings import Settings, with_worker_metrics
 
 STARTUP_SECONDS = 180.0  # the first start migrates the catalog and hashes the admin password
 GRACE_SECONDS = 20.0  # after SIGTERM, before SIGKILL
@@ -43,6 +43,12 @@ EXTRA_PORTS = (
     ("MQTT", "mqtt_port", "mqtt://"),
     ("MQTTS", "mqtts_port", "mqtts://"),
     ("MQTT WebSocket", "mqtt_ws_port", "wss://"),
+)
+
+# (label, setting) of the worker's Prometheus endpoints
+WORKER_METRICS = (
+    ("Worker metrics", "worker_metrics_port"),
+    ("Temporal SDK metrics", "worker_sdk_metrics_port"),
 )
 
 
@@ -288,9 +294,17 @@ def service_table(settings: Settings, supervisor: Supervisor, first_start: bool)
         table.add_row("Temporal UI", f"http://127.0.0.1:{settings.temporal_ui_port}", "Web UI")
     worker_pid = supervisor.pids["worker"]
     table.add_row("Worker", "", f"task queue {settings.task_queue}, pid {worker_pid}")
+    worker = with_worker_metrics(settings)
+    for label, attr in WORKER_METRICS:
+        port = getattr(worker, attr)
+        if port:
+            note = "" if answers(settings.public_host, port) else "not answering: see its log"
+            table.add_row(label, f"http://{settings.public_host}:{port}/metrics", note)
     base = f"https://{settings.public_host}:{settings.https_port}"
     table.add_row("Portal HTTPS", base, "self-signed unless ECPDS_TLS_CERT is set")
     table.add_row("REST API", settings.portal_url, "")
+    login = "no login" if settings.metrics_public else "admins only"
+    table.add_row("Portal metrics", f"{base}/metrics", f"Prometheus, {login}")
     if _openapi_answers(f"{base}/api/v1/openapi.json"):
         table.add_row("OpenAPI docs", f"{base}/api/v1/docs", f"schema {base}/api/v1/openapi.json")
     for label, attr, scheme in EXTRA_PORTS:

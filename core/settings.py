@@ -16,6 +16,10 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "ECPDS_CONFIG"
+# The metrics ports of a worker run by `ecpds worker` (and `ecpds up`) unless set; a
+# worker started in code (tests, embedding) serves no metrics unless asked.
+WORKER_METRICS_PORT = 9464
+WORKER_SDK_METRICS_PORT = 9465
 
 
 class Settings(BaseSettings):
@@ -59,6 +63,22 @@ class Settings(BaseSettings):
     )
     notification_retention: int = Field(
         default=7, gt=0, description="days the published notifications stay to replay"
+    )
+    metrics_public: bool = Field(
+        default=True, description="the portal's /metrics without a login (else admins only)"
+    )
+    worker_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description=f"a worker's /metrics; 0 is off (`ecpds worker`: {WORKER_METRICS_PORT})",
+    )
+    worker_sdk_metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description=f"the Temporal SDK's worker metrics; 0 is off (`ecpds worker`: "
+        f"{WORKER_SDK_METRICS_PORT})",
     )
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -126,6 +146,20 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def with_worker_metrics(settings: Settings) -> Settings:
+    """The settings of a worker process run from the command line: metrics ports on
+    at their defaults unless the environment or the config file set them."""
+    defaults = {
+        name: port
+        for name, port in (
+            ("worker_metrics_port", WORKER_METRICS_PORT),
+            ("worker_sdk_metrics_port", WORKER_SDK_METRICS_PORT),
+        )
+        if name not in settings.model_fields_set
+    }
+    return settings.model_copy(update=defaults)
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 from temporalio.client import Client
 
+from ecpds.core.metrics import door_traffic
 from ecpds.core.secrets import CredentialBox
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
@@ -53,6 +54,33 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+class CountedDoor:
+    """An ASGI app around a door's app, counting its requests and body bytes for /metrics."""
+
+    def __init__(self, app: Any, door: str) -> None:
+        self.app = app
+        self.traffic = door_traffic(door)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.traffic.requests.inc()
+
+        async def counted_receive() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                self.traffic.received.inc(len(message.get("body", b"")))
+            return message
+
+        async def counted_send(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                self.traffic.sent.inc(len(message.get("body", b"")))
+            await send(message)
+
+        await self.app(scope, counted_receive, counted_send)
+
+
 async def serve_asgi(
     name: str, app: Any, port: int, settings: Settings, stop: asyncio.Event
 ) -> None:
@@ -60,7 +88,7 @@ async def serve_asgi(
     cert, key = await asyncio.to_thread(ensure_certificate, settings)
     server = _Uvicorn(
         uvicorn.Config(
-            app,
+            CountedDoor(app, name.lower()),
             host=settings.bind,
             port=port,
             ssl_certfile=str(cert),

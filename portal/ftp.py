@@ -28,10 +28,12 @@ from pyftpdlib.servers import ThreadedFTPServer
 from ecpds.core.access import Principal
 from ecpds.core.errors import EcpdsError, Unauthenticated
 from ecpds.core.ingest import IngestError
+from ecpds.core.metrics import door_traffic
 from ecpds.portal.access import join_path, login_password, split_path
 from ecpds.portal.vfs import Download, Entry, PortalFS, Upload
 
 log = logging.getLogger(__name__)
+TRAFFIC = door_traffic("ftp")
 
 # ftp2fs maps a path that cannot be used to this name, which validpath() refuses.
 REFUSED = "\x00refused"
@@ -122,6 +124,7 @@ class _DownloadFile:
     def read(self, size: int = -1) -> bytes:
         data = self.handle.read(size)
         self.download.count(len(data))
+        TRAFFIC.sent.inc(len(data))
         return data
 
     def close(self) -> None:
@@ -152,6 +155,7 @@ class _UploadFile:
             self._run(self.upload.write(data))
         except (EcpdsError, IngestError) as exc:
             raise OSError(str(exc)) from exc
+        TRAFFIC.received.inc(len(data))
         return len(data)
 
     def close(self) -> None:
@@ -451,6 +455,7 @@ class PortalFTPFS(AbstractedFS):
             download: Download = self._call(self.portal_fs.open_read, parts)
             assert download.entry.data_file_id is not None
             handle = self.portal_fs.store.open(download.entry.data_file_id)
+            TRAFFIC.requests.inc()
             return _DownloadFile(self.cmd_channel, download, handle, filename)
         if mode != "wb":
             raise FilesystemError("files can only be uploaded whole (no APPE, no REST on STOR)")
@@ -462,6 +467,7 @@ class PortalFTPFS(AbstractedFS):
             upload = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
         except EcpdsError as exc:
             raise _os_error(exc) from exc
+        TRAFFIC.requests.inc()
         return _UploadFile(self.cmd_channel, upload, self.loop, filename)
 
 

@@ -26,6 +26,7 @@ from asyncssh.sftp import SFTPServerHandler
 from ecpds.core.access import Principal
 from ecpds.core.errors import Conflict, EcpdsError, NotFound, Unauthenticated
 from ecpds.core.ingest import IngestError
+from ecpds.core.metrics import door_traffic
 from ecpds.portal.access import (
     join_path,
     login_password,
@@ -50,6 +51,7 @@ CIPHERS = [
 REORDER_BYTES = 8 << 20
 DIR_MODE = statmod.S_IFDIR | 0o755
 FILE_MODE = statmod.S_IFREG | 0o644
+TRAFFIC = door_traffic("sftp")
 
 
 _process_write: Any = SFTPServerHandler._packet_handlers[FXP_WRITE]
@@ -408,6 +410,7 @@ class PortalSFTPServer(asyncssh.SFTPServer):
             raise asyncssh.SFTPOpUnsupported("files open either for reading or for writing")
         if pflags & asyncssh.FXF_APPEND:
             raise asyncssh.SFTPOpUnsupported("files cannot be appended to, only replaced")
+        TRAFFIC.requests.inc()
         if writing:
             try:
                 return _Writer(self.fs.start_upload(self.principal, parts), self.spool)
@@ -429,12 +432,14 @@ class PortalSFTPServer(asyncssh.SFTPServer):
         else:
             data = await asyncio.to_thread(_pread, handle, offset, size)
         file_obj.download.count(len(data))
+        TRAFFIC.sent.inc(len(data))
         return data
 
     async def write(self, file_obj: object, offset: int, data: bytes) -> int:
         if not isinstance(file_obj, _Writer):
             raise asyncssh.SFTPPermissionDenied("the file is open for reading")
         await file_obj.write(offset, data)
+        TRAFFIC.received.inc(len(data))
         return len(data)
 
     async def fstat(self, file_obj: object) -> SFTPAttrs:

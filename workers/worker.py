@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import logging
+from collections.abc import Iterator
 from datetime import timedelta
 
+from prometheus_client import start_http_server
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from ecpds.activities.discovery import DiscoveryActivities
@@ -16,6 +21,7 @@ from ecpds.activities.storage import StorageActivities
 from ecpds.activities.subscription import SubscriptionActivities
 from ecpds.activities.transmit import HEARTBEAT_EVERY, TransmitActivities
 from ecpds.core.db import open_catalog
+from ecpds.core.metrics import worker_registry
 from ecpds.core.notifications import Doors
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
@@ -33,6 +39,8 @@ from ecpds.workflows.retrieval import RetrievalBatchWorkflow
 from ecpds.workflows.subscription import SubscriptionWorkflow
 from ecpds.workflows.sweep import WakeSweepWorkflow
 from ecpds.workflows.transfer import TransferWorkflow
+
+log = logging.getLogger(__name__)
 
 
 def build_worker(
@@ -110,8 +118,53 @@ def tune_memory() -> None:
     libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MiB and more is mmapped, unmapped on free
 
 
+def sdk_runtime(settings: Settings) -> Runtime | None:
+    """A Temporal runtime serving the SDK's own metrics (polls, task latencies, slots) on
+    worker_sdk_metrics_port; None (the default runtime, no metrics) when that is 0."""
+    if not settings.worker_sdk_metrics_port:
+        return None
+    address = f"{settings.bind}:{settings.worker_sdk_metrics_port}"
+    try:
+        return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+    except ValueError as exc:  # how the SDK's core reports a port in use
+        # Metrics are not worth a worker that does not run: say so and carry on without.
+        log.warning("Temporal SDK metrics not served on %s: %s", address, exc)
+        return None
+
+
+@contextlib.contextmanager
+def serving_metrics(settings: Settings) -> Iterator[None]:
+    """The worker's own /metrics on worker_metrics_port (0: none) while the block runs."""
+    if not settings.worker_metrics_port:
+        yield
+        return
+    try:
+        server, thread = start_http_server(
+            settings.worker_metrics_port, settings.bind, registry=worker_registry()
+        )
+    except OSError as exc:
+        log.warning(
+            "worker metrics not served on %s:%s: %s",
+            settings.bind,
+            settings.worker_metrics_port,
+            exc,
+        )
+        yield
+        return
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 async def connect(settings: Settings) -> Client:
-    return await Client.connect(settings.temporal_target, namespace=settings.temporal_namespace)
+    return await Client.connect(
+        settings.temporal_target,
+        namespace=settings.temporal_namespace,
+        runtime=sdk_runtime(settings),
+    )
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -119,6 +172,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     at once and resume from their partial files when a worker runs again."""
     tune_memory()
     quiet_routine_failures()
+    with serving_metrics(settings):
+        await _serve(settings, stop)
+
+
+async def _serve(settings: Settings, stop: asyncio.Event | None) -> None:
     client = await connect(settings)
     await ensure_schedules(client, settings)
     catalog = open_catalog(settings.catalog_url)

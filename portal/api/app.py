@@ -34,6 +34,7 @@ from ecpds.portal.api import policies as policies_router
 from ecpds.portal.api import users as users_router
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.api.errors import describe_errors, install_error_handlers
+from ecpds.portal.api.metrics import metrics_router
 from ecpds.portal.web import data_router
 
 PREFIX = "/api/v1"
@@ -88,6 +89,7 @@ def create_app(
     app.include_router(api)
     data = data_router(lambda: app.state.api)
     app.include_router(data)
+    app.include_router(metrics_router(app.state.api.engine, public=settings.metrics_public))
     install_error_handlers(app)
     app.add_middleware(events.OperationLog, engine=app.state.api.engine)
 

@@ -6,6 +6,7 @@ in-process through CliRunner against the portal it started.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 import sqlalchemy
 from amqtt.client import MQTTClient
 from amqtt.errors import ConnectError
+from peers.catalog import until
 from typer.testing import CliRunner, Result
 
 from ecpds.cli import supervisor as supervisor_module
@@ -45,6 +47,8 @@ PORTS = (
     "mqtt_port",
     "mqtts_port",
     "mqtt_ws_port",
+    "worker_metrics_port",
+    "worker_sdk_metrics_port",
 )
 SITE = """
 [[host]]
@@ -224,6 +228,11 @@ def system(
             running.process.communicate(timeout=120)
 
 
+def serves(url: str, family: str) -> bool:
+    """Whether the metrics endpoint at `url` answers with metrics named `family`*."""
+    return family in httpx.get(url, timeout=10).text
+
+
 def test_up_prints_every_service_and_first_credentials(system: Running) -> None:
     password = tomllib.loads((system.home / "admin.toml").read_text())["api_password"]
     assert (system.home / "admin.toml").stat().st_mode & 0o777 == 0o600
@@ -233,8 +242,17 @@ def test_up_prints_every_service_and_first_credentials(system: Running) -> None:
         f"mqtts://127.0.0.1:{system.port('mqtts_port')}",
         f"wss://127.0.0.1:{system.port('mqtt_ws_port')}",
         f"password {password}",
+        f"https://127.0.0.1:{system.port('https_port')}/metrics",
     ):
         assert text in system.output
+    # The worker's metrics and its Temporal SDK's, listed and answering.
+    endpoints = (("worker_metrics_port", "ecpds_"), ("worker_sdk_metrics_port", "temporal_"))
+    for port, family in endpoints:
+        url = f"http://127.0.0.1:{system.port(port)}/metrics"
+        assert url in system.output
+        assert until(functools.partial(serves, url, family), f"{family} at {url}")
+    scraped = httpx.get(f"https://127.0.0.1:{system.port('https_port')}/metrics", verify=False)
+    assert "ecpds_transfers" in scraped.text
     if "temporal" not in system.services:
         assert system.env["ECPDS_TEMPORAL_ADDRESS"] in system.output
         assert "external (ECPDS_TEMPORAL_ADDRESS)" in system.output
