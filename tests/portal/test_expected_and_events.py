@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from portal.conftest import served_portal
 
 from ecpds.core.devserver import free_port
+from portal.conftest import served_portal
 
 READER_PASSWORD = "reader-expects-1"
 
