@@ -13,8 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
+from sqlmodel import Session
 
-from ecpds.core.models import QUEUED_STATUSES, TransferStatus
+from ecpds.core import arrivals, catalog
+from ecpds.core.models import QUEUED_STATUSES, ExpectedProductStatus, TransferStatus
 
 # A `_created` timestamp beside every counter and histogram doubles the series for
 # nothing Prometheus's rate() needs.
@@ -158,6 +160,8 @@ class CatalogCollector(Collector):
             backlog = connection.execute(NOTIFICATION_BACKLOG_SQL).scalar_one()
             if self.stored_at is None or started - self.stored_at >= STORE_EVERY:
                 self.stored, self.stored_at = list(connection.execute(STORE_SQL)), started
+        with Session(self.engine) as session:
+            expected = arrivals.statuses(session, catalog.list_expected(session))
         yield from _transfer_metrics(transfers)
         yield from _acquisition_metrics(runs, acquired)
         notifications = GaugeMetricFamily(
@@ -166,11 +170,25 @@ class CatalogCollector(Collector):
         notifications.add_metric([], backlog)
         yield notifications
         yield from _store_metrics(self.stored)
+        yield _expected_metric(expected)
         scrape = GaugeMetricFamily(
             "ecpds_catalog_scrape_seconds", "Time the catalog queries of this scrape took"
         )
         scrape.add_metric([], time.monotonic() - started)
         yield scrape
+
+
+def _expected_metric(statuses: Iterable[ExpectedProductStatus]) -> Metric:
+    """1 for each expected product's current state (late and missing are the alarms)."""
+    family = GaugeMetricFamily(
+        "ecpds_expected_product",
+        "Expected products by destination and state against today's due time "
+        "(waiting, arrived, on time, late, missing): 1 for its current state",
+        labels=["name", "destination", "state"],
+    )
+    for status in statuses:
+        family.add_metric([status.name, status.destination, status.state], 1)
+    return family
 
 
 def _transfer_metrics(rows: Iterable[Any]) -> Iterator[Metric]:

@@ -53,6 +53,12 @@ def test_expected_products_by_destination_and_their_state(
         assert states["t2m-dwd"]["state"] in {"arrived", "on time"}  # before or at 23:59
         assert states["t2m-dwd"]["target"] == "t2m.grib"
         assert states["t2m-knmi"]["state"] in {"waiting", "missing"}
+        scraped = admin.get(f"{base}/metrics").text
+        dwd_state = states["t2m-dwd"]["state"]
+        assert (
+            f'ecpds_expected_product{{destination="dwd",name="t2m-dwd",state="{dwd_state}"}} 1.0'
+            in scraped
+        )
         assert admin.delete("/expected/t2m-knmi").status_code == 204
     with httpx.Client(
         base_url=f"{base}/api/v1", auth=("reader", READER_PASSWORD), verify=False
