@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -20,6 +21,12 @@ from ecpds.core.notifications import Doors
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
+from ecpds.core.temporal_setup import (
+    SearchAttributesError,
+    connect,
+    create_command,
+    missing_search_attributes,
+)
 from ecpds.workers.logs import quiet_routine_failures
 from ecpds.workers.notifier import ensure_notifications
 from ecpds.workers.schedules import ensure_schedules, sweep_now, sync_acquisition_schedules
@@ -33,6 +40,8 @@ from ecpds.workflows.retrieval import RetrievalBatchWorkflow
 from ecpds.workflows.subscription import SubscriptionWorkflow
 from ecpds.workflows.sweep import WakeSweepWorkflow
 from ecpds.workflows.transfer import TransferWorkflow
+
+log = logging.getLogger(__name__)
 
 
 def build_worker(
@@ -110,8 +119,21 @@ def tune_memory() -> None:
     libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: 1 MiB and more is mmapped, unmapped on free
 
 
-async def connect(settings: Settings) -> Client:
-    return await Client.connect(settings.temporal_target, namespace=settings.temporal_namespace)
+async def warn_of_missing_search_attributes(client: Client, namespace: str) -> None:
+    """Workflows that set a search attribute the namespace lacks fail: say so at start."""
+    try:
+        missing = await missing_search_attributes(client, namespace)
+    except SearchAttributesError as exc:
+        log.warning("%s", exc)
+        return
+    if missing:
+        log.warning(
+            "namespace %s lacks the search attributes %s, and transfers fail until it has"
+            " them: run `ecpds temporal setup` (or `%s`)",
+            namespace,
+            ", ".join(key.name for key in missing),
+            create_command(missing, namespace),
+        )
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -120,6 +142,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     tune_memory()
     quiet_routine_failures()
     client = await connect(settings)
+    await warn_of_missing_search_attributes(client, settings.temporal_namespace)
     await ensure_schedules(client, settings)
     catalog = open_catalog(settings.catalog_url)
     try:
