@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from typer.testing import CliRunner, Result
 
+from cli.test_up import ECPDS, PORTS, start, stop
 from ecpds.cli.main import app
 from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
 from ecpds.core.engine import PRIORITY, SEARCH_ATTRIBUTES
@@ -25,6 +27,7 @@ from ecpds.workers.worker import warn_of_missing_search_attributes
 
 runner = CliRunner()
 CLASHING = "clashing"  # a namespace where Priority is already a Keyword
+FOR_UP = "for-up"  # a namespace left to `ecpds up`
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,9 @@ def bare_temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     log = (folder / "server.log").open("wb")
     proc = subprocess.Popen(
-        [*command, "--namespace", CLASHING], stdout=log, stderr=subprocess.STDOUT
+        [*command, "--namespace", CLASHING, "--namespace", FOR_UP],
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for_port("127.0.0.1", port, timeout=90, proc=proc)
@@ -132,3 +137,26 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.output.startswith(f"error: cannot reach Temporal at {address}")
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_up_registers_them_on_an_external_temporal(bare_temporal: str, tmp_path: Path) -> None:
+    if not ECPDS.exists():
+        pytest.skip(f"the ecpds command is not installed beside {ECPDS.parent}")
+    assert registered(bare_temporal, FOR_UP) == {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECPDS_")}
+    env |= {f"ECPDS_{name.upper()}": str(free_port()) for name in PORTS}
+    env |= {
+        "ECPDS_HOME": str(tmp_path / "var"),
+        "ECPDS_TEMPORAL_ADDRESS": bare_temporal,
+        "ECPDS_TEMPORAL_NAMESPACE": FOR_UP,
+        "COLUMNS": "200",
+    }
+    running = start(tmp_path, env)
+    try:
+        names = ", ".join(key.name for key in SEARCH_ATTRIBUTES)
+        assert f"registered search attributes {names} on {bare_temporal}" in running.output
+        now = registered(bare_temporal, FOR_UP)
+        assert now == {key.name: int(key.indexed_value_type) for key in SEARCH_ATTRIBUTES}
+    finally:
+        stop(running)
+    assert "lacks the search attributes" not in (running.home / "log" / "worker.log").read_text()
