@@ -35,9 +35,13 @@ def type_name(key: SearchAttributeKey) -> str:
 
 
 def create_command(keys: list[SearchAttributeKey], namespace: str) -> str:
-    """The `temporal` CLI command an operator of the server runs to register `keys`."""
-    names = " ".join(f"--name {key.name} --type {type_name(key)}" for key in keys)
-    return f"temporal operator search-attribute create --namespace {namespace} {names}"
+    """The `temporal` CLI commands an operator of the server runs to register `keys`, one
+    per attribute (given several names, the command registers only the first)."""
+    return " && ".join(
+        f"temporal operator search-attribute create --namespace {namespace}"
+        f" --name {key.name} --type {type_name(key)}"
+        for key in keys
+    )
 
 
 async def missing_search_attributes(client: Client, namespace: str) -> list[SearchAttributeKey]:

@@ -21,13 +21,15 @@ from typer.testing import CliRunner, Result
 
 from cli.test_up import ECPDS, PORTS, start, stop
 from ecpds.cli.main import app
-from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
+from ecpds.core.devserver import dev_server_command, free_port, temporal_binary, wait_for_port
 from ecpds.core.engine import PRIORITY, SEARCH_ATTRIBUTES
+from ecpds.core.temporal_setup import create_command
 from ecpds.workers.worker import warn_of_missing_search_attributes
 
 runner = CliRunner()
 CLASHING = "clashing"  # a namespace where Priority is already a Keyword
 FOR_UP = "for-up"  # a namespace left to `ecpds up`
+BY_HAND = "by-hand"  # a namespace registered with the command ecpds advises
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def bare_temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     log = (folder / "server.log").open("wb")
     proc = subprocess.Popen(
-        [*command, "--namespace", CLASHING, "--namespace", FOR_UP],
+        [*command, "--namespace", CLASHING, "--namespace", FOR_UP, "--namespace", BY_HAND],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -160,3 +162,16 @@ def test_up_registers_them_on_an_external_temporal(bare_temporal: str, tmp_path:
     finally:
         stop(running)
     assert "lacks the search attributes" not in (running.home / "log" / "worker.log").read_text()
+
+
+def test_the_advised_temporal_command_registers_them(bare_temporal: str) -> None:
+    """What ecpds tells an operator to run when it may not register them itself."""
+    advice = create_command(list(SEARCH_ATTRIBUTES), BY_HAND)
+    for command in advice.split(" && "):
+        words = command.split()
+        assert words[0] == "temporal"
+        run = [temporal_binary(), *words[1:], "--address", bare_temporal]
+        done = subprocess.run(run, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    now = registered(bare_temporal, BY_HAND)
+    assert now == {key.name: int(key.indexed_value_type) for key in SEARCH_ATTRIBUTES}
