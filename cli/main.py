@@ -23,6 +23,7 @@ from ecpds.cli.client import ApiError, CliError, CliState, reports_errors, state
 from ecpds.cli.operations import scheduler_app, transfer_app
 from ecpds.cli.portal import key_app, policy_app
 from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
+from ecpds.cli.temporal import reaching_temporal, temporal_app
 
 
 @contextlib.contextmanager
@@ -80,6 +81,9 @@ app.add_typer(
     help="Acquisition hosts: dry run, run now, pause, resume, and their runs.",
 )
 app.add_typer(policy_app, name="policy", help="Policies: destinations given to users as a group.")
+app.add_typer(
+    temporal_app, name="temporal", help="Prepare the Temporal namespace: its search attributes."
+)
 
 
 # What `apply --dry-run` reports: nothing has changed yet.
@@ -177,12 +181,8 @@ def worker(ctx: typer.Context) -> None:
             loop.add_signal_handler(sig, stop.set)
         await run_worker(settings, stop)
 
-    try:
+    with reaching_temporal(settings):
         asyncio.run(serve())
-    except RuntimeError as exc:
-        if not str(exc).startswith("Failed client connect"):
-            raise
-        raise CliError(f"cannot reach Temporal at {settings.temporal_target}: {exc}") from None
 
 
 @app.command()

@@ -28,6 +28,7 @@ from ecpds.cli import running
 from ecpds.cli.client import CliError
 from ecpds.cli.resources import console
 from ecpds.cli.running import alive
+from ecpds.cli.temporal import setup_search_attributes
 from ecpds.core.devserver import DevServerError, dev_server_command
 from ecpds.core.settings import Settings, with_worker_metrics
 
@@ -337,6 +338,19 @@ def state_notes(settings: Settings) -> dict[str, str]:
     return notes
 
 
+def register_search_attributes(settings: Settings) -> None:
+    """An external Temporal lacks ecpds's search attributes until they are registered: do
+    it now, or say in one line what is missing (workflows that set them fail until then)."""
+    try:
+        added = setup_search_attributes(settings)
+    except CliError as exc:
+        console.print(f"warning: {exc}", markup=False, soft_wrap=True)
+        return
+    if added:
+        names = ", ".join(added)
+        console.print(f"registered search attributes {names} on {settings.temporal_target}")
+
+
 def child_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ecpds.cli.main", *args]
 
@@ -364,6 +378,7 @@ def up(settings: Settings, config: Path | None) -> int:
                 f"Temporal at ECPDS_TEMPORAL_ADDRESS={settings.temporal_address} does not answer: "
                 "start it, or unset ECPDS_TEMPORAL_ADDRESS to run the embedded dev server"
             )
+        register_search_attributes(settings)
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "log").mkdir(exist_ok=True)
     run_folder(settings).mkdir(exist_ok=True)

@@ -10,12 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from temporalio.common import SearchAttributeIndexedValueType as Kind
-
 from ecpds.core.engine import SEARCH_ATTRIBUTES
-
-# The type names `temporal server start-dev --search-attribute NAME=TYPE` takes.
-_KINDS = {Kind.KEYWORD: "Keyword", Kind.INT: "Int"}
+from ecpds.core.temporal_setup import type_name
 
 
 class DevServerError(Exception):
@@ -33,7 +29,11 @@ def temporal_binary() -> str:
     return found
 
 
-def dev_server_command(db_file: Path, port: int, ui_port: int, *, ui: bool = True) -> list[str]:
+def dev_server_command(
+    db_file: Path, port: int, ui_port: int, *, ui: bool = True, search_attributes: bool = True
+) -> list[str]:
+    """The dev server's command line; without `search_attributes` its namespace lacks
+    ecpds's (as an external server's does until `ecpds temporal setup`)."""
     cmd = [
         temporal_binary(),
         "server",
@@ -63,8 +63,8 @@ def dev_server_command(db_file: Path, port: int, ui_port: int, *, ui: bool = Tru
     ]
     if not ui:
         cmd.append("--headless")
-    for key in SEARCH_ATTRIBUTES:
-        cmd += ["--search-attribute", f"{key.name}={_KINDS[key.indexed_value_type]}"]
+    for key in SEARCH_ATTRIBUTES if search_attributes else ():
+        cmd += ["--search-attribute", f"{key.name}={type_name(key)}"]
     return cmd
 
 

@@ -26,6 +26,12 @@ from ecpds.core.notifications import Doors
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
+from ecpds.core.temporal_setup import (
+    SearchAttributesError,
+    connect,
+    create_command,
+    missing_search_attributes,
+)
 from ecpds.workers.logs import quiet_routine_failures
 from ecpds.workers.notifier import ensure_notifications
 from ecpds.workers.schedules import ensure_schedules, sweep_now, sync_acquisition_schedules
@@ -159,12 +165,21 @@ def serving_metrics(settings: Settings) -> Iterator[None]:
         thread.join(5)
 
 
-async def connect(settings: Settings) -> Client:
-    return await Client.connect(
-        settings.temporal_target,
-        namespace=settings.temporal_namespace,
-        runtime=sdk_runtime(settings),
-    )
+async def warn_of_missing_search_attributes(client: Client, namespace: str) -> None:
+    """Workflows that set a search attribute the namespace lacks fail: say so at start."""
+    try:
+        missing = await missing_search_attributes(client, namespace)
+    except SearchAttributesError as exc:
+        log.warning("%s", exc)
+        return
+    if missing:
+        log.warning(
+            "namespace %s lacks the search attributes %s, and transfers fail until it has"
+            " them: run `ecpds temporal setup` (or `%s`)",
+            namespace,
+            ", ".join(key.name for key in missing),
+            create_command(missing, namespace),
+        )
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -177,7 +192,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 
 
 async def _serve(settings: Settings, stop: asyncio.Event | None) -> None:
-    client = await connect(settings)
+    client = await connect(settings, sdk_runtime(settings))
+    await warn_of_missing_search_attributes(client, settings.temporal_namespace)
     await ensure_schedules(client, settings)
     catalog = open_catalog(settings.catalog_url)
     try:

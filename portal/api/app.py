@@ -1,4 +1,5 @@
-"""The REST API application: routers under /api/v1, errors as one-line JSON details."""
+"""The REST API application: routers under /api/v1 (and OpenECPDS's routes under
+/ecpds/v1), errors as one-line JSON details."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ecpds.portal.api import (
     aliases,
     destinations,
     docs,
+    ecpds_compat,
     events,
     expected,
     files,
@@ -87,6 +89,7 @@ def create_app(
     for router in ROUTERS:
         api.include_router(router)
     app.include_router(api)
+    app.include_router(ecpds_compat.router, prefix=ecpds_compat.PREFIX)
     data = data_router(lambda: app.state.api)
     app.include_router(data)
     app.include_router(metrics_router(app.state.api.engine, public=settings.metrics_public))
@@ -95,7 +98,8 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            routers = [(PREFIX, router) for router in ROUTERS] + [("", data)]
+            routers = [(PREFIX, router) for router in ROUTERS]
+            routers += [(ecpds_compat.PREFIX, ecpds_compat.router), ("", data)]
             app.openapi_schema = describe_errors(FastAPI.openapi(app), routers)
         return app.openapi_schema
 

@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ecpds.core.devserver import free_port
 from ecpds.core.settings import WORKER_METRICS_PORT, Settings, with_worker_metrics
-from ecpds.workers.worker import build_worker, connect, sdk_runtime, serving_metrics
+from ecpds.core.temporal_setup import connect
+from ecpds.workers.worker import build_worker, sdk_runtime, serving_metrics
 
 from .conftest import Dissemination
 
@@ -45,7 +46,7 @@ async def test_a_worker_shows_its_deliveries_and_the_sdk_metrics(
     name = env.name("metrics")
     env.add_host(f"{name}-h", f"file://{env.tmp / name}")
     env.add_destination(name, [f"{name}-h"])
-    client = await connect(settings)  # with the runtime that serves the SDK's metrics
+    client = await connect(settings, sdk_runtime(settings))  # serving the SDK's metrics
     with serving_metrics(settings):
         before = await scrape(settings.worker_metrics_port)
         delivered = value(before, "ecpds_transfer_duration_seconds_count", protocol="file")
