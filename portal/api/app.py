@@ -32,6 +32,7 @@ from ecpds.portal.api import policies as policies_router
 from ecpds.portal.api import users as users_router
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.api.errors import describe_errors, install_error_handlers
+from ecpds.portal.console.routes import include_console
 from ecpds.portal.web import data_router
 
 PREFIX = "/api/v1"
@@ -84,6 +85,7 @@ def create_app(
     app.include_router(api)
     data = data_router(lambda: app.state.api)
     app.include_router(data)
+    include_console(app)
     install_error_handlers(app)
 
     def openapi() -> dict[str, Any]:
