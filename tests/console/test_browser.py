@@ -126,6 +126,8 @@ def test_an_operator_holds_restarts_and_requeues(browser: Any, site: Site, tmp_p
     wait_for(lambda: site.api.get("/destinations/alpha").json()["on_hold"])
     page.click("form[action='/destinations/alpha/operations/restart'] button")
     wait_for(lambda: not site.api.get("/destinations/alpha").json()["on_hold"])
+    page.reload()  # the catalog now says so; the page shows it
+    assert page.locator(".held").count() == 0
     page.screenshot(path=str(tmp_path / "destination.png"))
 
     page.goto(f"{site.base}/transfers?destination=alpha")
