@@ -19,6 +19,7 @@ from ecpds.core.db import session_scope
 from ecpds.core.errors import Conflict, Invalid, NotFound, unknown
 from ecpds.core.models import (
     FINAL_STATUSES,
+    QUEUED_STATUSES,
     Alias,
     AliasCreate,
     AliasPublic,
@@ -36,6 +37,7 @@ from ecpds.core.models import (
     DestinationCreate,
     DestinationHost,
     DestinationPublic,
+    DestinationStatus,
     DestinationUpdate,
     ExpectedProduct,
     ExpectedProductCreate,
@@ -227,13 +229,54 @@ def get_destination(session: Session, *, name: str) -> Destination:
     return destination
 
 
-def list_destinations(
-    session: Session, *, names: Sequence[str] | None = None
-) -> Sequence[Destination]:
-    query = select(Destination).order_by(Destination.name)
+def _destination_query(
+    query: Any,
+    names: Sequence[str] | None,
+    contains: str | None,
+    status: DestinationStatus | None,
+) -> Any:
     if names is not None:
         query = query.where(col(Destination.name).in_(names))
-    return session.exec(query).all()
+    if contains:
+        query = query.where(col(Destination.name).contains(contains, autoescape=True))
+    if status is not None:
+        query = query.where(Destination.status == status)
+    return query
+
+
+def list_destinations(
+    session: Session,
+    *,
+    names: Sequence[str] | None = None,
+    contains: str | None = None,
+    status: DestinationStatus | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Sequence[Destination]:
+    """By name; `contains` keeps those whose name contains it."""
+    query = _destination_query(select(Destination), names, contains, status)
+    query = query.order_by(Destination.name).offset(offset)
+    return session.exec(query if limit is None else query.limit(limit)).all()
+
+
+def count_destinations(
+    session: Session,
+    *,
+    names: Sequence[str] | None = None,
+    contains: str | None = None,
+    status: DestinationStatus | None = None,
+) -> int:
+    query = select(func.count()).select_from(Destination)
+    return session.exec(_destination_query(query, names, contains, status)).one()
+
+
+def destination_counts(
+    session: Session, *, names: Sequence[str] | None = None
+) -> dict[DestinationStatus, int]:
+    """Destinations per status, in one GROUP BY."""
+    query = _destination_query(select(Destination.status, func.count()), names, None, None)
+    rows = session.exec(query.group_by(col(Destination.status))).all()
+    return {DestinationStatus(status): count for status, count in rows}
 
 
 def destination_hosts(session: Session, *, destination: Destination) -> list[Host]:
@@ -737,10 +780,17 @@ def list_transfers(
     status: TransferStatus | None = None,
     data_file_id: str | None = None,
     since: datetime | None = None,
+    target: str | None = None,
+    with_error: bool = False,
     limit: int = 100,
+    offset: int = 0,
 ) -> Sequence[DataTransfer]:
-    """Newest first."""
+    """Newest first; `target` keeps those whose target name contains it."""
     query = select(DataTransfer).where(col(DataTransfer.deleted).is_(False))
+    if target:
+        query = query.where(col(DataTransfer.target).contains(target, autoescape=True))
+    if with_error:
+        query = query.where(col(DataTransfer.last_error).is_not(None))
     if destinations is not None:
         query = query.join(
             Destination, col(Destination.id) == col(DataTransfer.destination_id)
@@ -751,7 +801,34 @@ def list_transfers(
         query = query.where(DataTransfer.data_file_id == data_file_id)
     if since is not None:
         query = query.where(col(DataTransfer.queued) >= since)
-    return session.exec(query.order_by(col(DataTransfer.id).desc()).limit(limit)).all()
+    query = query.order_by(col(DataTransfer.id).desc()).offset(offset)
+    return session.exec(query.limit(limit)).all()
+
+
+def transfer_counts(
+    session: Session, *, destinations: Sequence[str] | None = None
+) -> dict[TransferStatus, int]:
+    """Transfers (not deleted) per status, of `destinations` (None: all), in one GROUP BY."""
+    query = select(DataTransfer.status, func.count()).where(col(DataTransfer.deleted).is_(False))
+    if destinations is not None:
+        query = query.join(
+            Destination, col(Destination.id) == col(DataTransfer.destination_id)
+        ).where(col(Destination.name).in_(destinations))
+    rows = session.exec(query.group_by(col(DataTransfer.status))).all()
+    return {TransferStatus(status): count for status, count in rows}
+
+
+def waiting_transfers(session: Session, *, destination: Destination) -> int:
+    """The destination's queue length: its WAIT, SCHE and RETR transfers (the queue index)."""
+    return session.exec(
+        select(func.count())
+        .select_from(DataTransfer)
+        .where(
+            DataTransfer.destination_id == destination.id,
+            col(DataTransfer.status).in_(list(QUEUED_STATUSES)),
+            col(DataTransfer.deleted).is_(False),
+        )
+    ).one()
 
 
 def transfer_public(session: Session, transfer: DataTransfer) -> DataTransferPublic:
@@ -857,3 +934,11 @@ def update_expected(session: Session, *, name: str, data: ExpectedProductUpdate)
 def delete_expected(session: Session, *, name: str) -> None:
     session.delete(get_expected(session, name=name))
     session.flush()
+
+
+def notification_backlog(session: Session, *, destinations: Sequence[str] | None = None) -> int:
+    """Announcements in the outbox not yet published (the pending index)."""
+    query = select(func.count()).select_from(Notification).where(col(Notification.pending))
+    if destinations is not None:
+        query = query.where(col(Notification.destination).in_(destinations))
+    return session.exec(query).one()

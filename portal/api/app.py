@@ -37,6 +37,7 @@ from ecpds.portal.api import users as users_router
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.api.errors import describe_errors, install_error_handlers
 from ecpds.portal.api.metrics import metrics_router
+from ecpds.portal.console.routes import include_console
 from ecpds.portal.web import data_router
 
 PREFIX = "/api/v1"
@@ -93,6 +94,7 @@ def create_app(
     data = data_router(lambda: app.state.api)
     app.include_router(data)
     app.include_router(metrics_router(app.state.api.engine, public=settings.metrics_public))
+    include_console(app)
     install_error_handlers(app)
     app.add_middleware(events.OperationLog, engine=app.state.api.engine)
 

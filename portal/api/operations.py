@@ -14,7 +14,7 @@ from pydantic import BaseModel, WithJsonSchema
 
 from ecpds.core.dispatch import OperationError, TemporalDispatcher
 from ecpds.core.engine import DESTINATION_OPERATIONS, Operation
-from ecpds.portal.api.deps import AdminDep, StateDep
+from ecpds.portal.api.deps import AdminDep, ApiState, StateDep
 from ecpds.portal.api.errors import refusals
 
 router = APIRouter(tags=["operations"])
@@ -41,7 +41,8 @@ class Accepted(BaseModel):
     immediate: bool = False
 
 
-def _dispatcher(state: StateDep) -> TemporalDispatcher:
+def engine_dispatcher(state: ApiState) -> TemporalDispatcher:
+    """The dispatcher that reaches the schedulers (REST and console operations); 503 without."""
     dispatcher = state.dispatcher
     if not isinstance(dispatcher, TemporalDispatcher):
         raise HTTPException(
@@ -64,7 +65,7 @@ async def destination_operation(
     immediate: Annotated[bool, Query(description="restart: interrupt running transfers")] = False,
 ) -> Accepted:
     try:
-        await _dispatcher(state).operate_destination(name, operation, immediate=immediate)
+        await engine_dispatcher(state).operate_destination(name, operation, immediate=immediate)
     except OperationError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return Accepted(operation=operation, destination=name, immediate=immediate)
@@ -85,7 +86,7 @@ async def transfer_operation(
     if operation in DESTINATION_OPERATIONS:
         raise HTTPException(422, f"{operation} applies to a destination, not to a transfer")
     try:
-        await _dispatcher(state).operate_transfer(id, operation, value=value)
+        await engine_dispatcher(state).operate_transfer(id, operation, value=value)
     except OperationError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return Accepted(operation=operation, transfer=id, value=value)

@@ -1,0 +1,396 @@
+"""The web console: server-rendered pages at `/` for operators and data users.
+
+Logins are the REST API's (a data user's password, checked by the access layer), kept in
+a signed session cookie. Every query goes through `ecpds.core.access` (admins see every
+destination, a data user its own) and `ecpds.core.catalog`; the operation buttons call
+the dispatcher functions the REST API's operations call. Each POST carries the session's
+CSRF token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlmodel import Session
+
+from ecpds.core import access, catalog
+from ecpds.core.dispatch import OperationError
+from ecpds.core.engine import Operation, transfer_workflow_id
+from ecpds.core.errors import EcpdsError, NotFound, Unauthenticated
+from ecpds.core.models import DataUser, DestinationStatus, TransferStatus
+from ecpds.portal.api.deps import ApiState
+from ecpds.portal.api.operations import engine_dispatcher
+from ecpds.portal.console.session import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Signer,
+    same_token,
+)
+
+HERE = Path(__file__).parent
+PAGE_SIZE = 50
+RECENT = 20
+DESTINATION_BUTTONS = (Operation.HOLD, Operation.RESTART, Operation.CLEAN_EXPIRED)
+
+templates = Jinja2Templates(directory=HERE / "templates")
+router = APIRouter(include_in_schema=False)
+
+
+@dataclass
+class Caller:
+    """Who is looking at a page: the user, what it reaches, and its session's CSRF token."""
+
+    user: DataUser
+    principal: access.Principal
+    csrf: str
+
+    @property
+    def visible(self) -> list[str] | None:
+        return self.principal.visible
+
+
+def _state(request: Request) -> ApiState:
+    state: ApiState = request.app.state.api
+    return state
+
+
+def _signer(request: Request) -> Signer:
+    return Signer(_state(request).box)
+
+
+def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, httponly=True, secure=True, samesite="lax", path="/"
+    )
+
+
+class LoginNeeded(Exception):
+    """No valid session: the page answers with a redirect to the login form."""
+
+
+def _caller(request: Request, session: Session) -> Caller:
+    login = _signer(request).session(request.cookies.get(SESSION_COOKIE))
+    user = session.get(DataUser, login.user_id) if login is not None else None
+    if login is None or user is None or not user.active:
+        raise LoginNeeded
+    return Caller(user, access.principal_for(session, user), login.csrf)
+
+
+def _render(
+    request: Request, template: str, caller: Caller | None, code: int = 200, **context: Any
+) -> HTMLResponse:
+    context |= {"caller": caller, "message": request.query_params.get("message")}
+    return templates.TemplateResponse(request, template, context, status_code=code)
+
+
+def _page(request: Request, template: str, build: Any) -> HTMLResponse:
+    """A page for the logged-in caller: `build(session, caller)` gives its context."""
+    with Session(_state(request).engine) as session:
+        try:
+            caller = _caller(request, session)
+        except LoginNeeded:
+            return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", 303)  # type: ignore[return-value]
+        try:
+            return _render(request, template, caller, **build(session, caller))
+        except EcpdsError as exc:
+            return _render(request, "error.html", caller, exc.status, error=str(exc))
+
+
+def _check_post(request: Request, caller: Caller, form: Any) -> None:
+    if not same_token(form.get("csrf"), caller.csrf):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+
+async def _posting_caller(request: Request, *, admin: bool) -> tuple[Caller, Any]:
+    """The caller of a POST and its form, after the CSRF check; admins only if `admin`."""
+    form = await request.form()
+
+    def load() -> Caller:
+        with Session(_state(request).engine) as session:
+            return _caller(request, session)
+
+    try:
+        caller = await run_in_threadpool(load)
+    except LoginNeeded:
+        raise HTTPException(401, "log in first: the session has expired") from None
+    _check_post(request, caller, form)
+    if admin and not caller.user.admin:
+        raise HTTPException(403, f"user {caller.user.name!r} is not an admin")
+    return caller, form
+
+
+def _back(path: str, message: str) -> RedirectResponse:
+    return RedirectResponse(f"{path}?{urlencode({'message': message})}", 303)
+
+
+# --- login ------------------------------------------------------------------------------
+
+
+def _login_form(request: Request, status: int = 200, error: str | None = None) -> HTMLResponse:
+    cookie, token = _signer(request).new_login_token()
+    target = request.query_params.get("next", "/")
+    page = _render(
+        request, "login.html", None, status, csrf=token, error=error, next=_local(target)
+    )
+    _cookie(page, LOGIN_COOKIE, cookie, 3600)
+    return page
+
+
+def _local(target: str) -> str:
+    """Only a path of this site is followed after the login (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+@router.get("/login")
+def login_page(request: Request) -> HTMLResponse:
+    return _login_form(request)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await request.form()
+    if not same_token(
+        form.get("csrf"), _signer(request).login_token(request.cookies.get(LOGIN_COOKIE))
+    ):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the login page")
+    name, password = str(form.get("username", "")), str(form.get("password", ""))
+
+    def check() -> int:
+        with Session(_state(request).engine) as session:
+            user = access.password_user(session, name=name, password=password)
+            assert user.id is not None
+            return user.id
+
+    try:
+        user_id = await run_in_threadpool(check)  # argon2: off the event loop
+    except Unauthenticated as exc:
+        return _login_form(request, 401, str(exc))
+    cookie, _ = _signer(request).new_session(user_id)
+    answer = RedirectResponse(_local(str(form.get("next", "/"))), 303)
+    _cookie(answer, SESSION_COOKIE, cookie, SESSION_SECONDS)
+    answer.delete_cookie(LOGIN_COOKIE, path="/")
+    return answer
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    await _posting_caller(request, admin=False)
+    answer = RedirectResponse("/login", 303)
+    answer.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
+    return answer
+
+
+# --- dashboard --------------------------------------------------------------------------
+
+
+@router.get("/")
+def dashboard(request: Request) -> HTMLResponse:
+    def build(session: Session, caller: Caller) -> dict[str, Any]:
+        counts = catalog.transfer_counts(session, destinations=caller.visible)
+        return {
+            "destinations": catalog.destination_counts(session, names=caller.visible),
+            "transfers": counts,
+            "waiting": sum(
+                counts.get(s, 0)
+                for s in (TransferStatus.WAIT, TransferStatus.SCHE, TransferStatus.RETR)
+            ),
+            "failures": _public(
+                session,
+                catalog.list_transfers(
+                    session, destinations=caller.visible, status=TransferStatus.FAIL, limit=RECENT
+                ),
+            ),
+            "backlog": catalog.notification_backlog(session, destinations=caller.visible),
+        }
+
+    return _page(request, "dashboard.html", build)
+
+
+def _public(session: Session, transfers: Any) -> list[Any]:
+    return [catalog.transfer_public(session, t) for t in transfers]
+
+
+# --- destinations -----------------------------------------------------------------------
+
+
+@router.get("/destinations")
+def destinations_page(
+    request: Request,
+    name: str = "",
+    status: DestinationStatus | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+) -> HTMLResponse:
+    def build(session: Session, caller: Caller) -> dict[str, Any]:
+        filters = {"names": caller.visible, "contains": name or None, "status": status}
+        total = catalog.count_destinations(session, **filters)
+        rows = catalog.list_destinations(
+            session, **filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        )
+        return {
+            "rows": rows,
+            "total": total,
+            "page": page,
+            "pages": max(1, -(-total // PAGE_SIZE)),
+            "name": name,
+            "status": status,
+            "statuses": list(DestinationStatus),
+            "query": lambda p: urlencode(
+                {k: v for k, v in {"name": name, "status": status, "page": p}.items() if v}
+            ),
+        }
+
+    return _page(request, "destinations.html", build)
+
+
+@router.get("/destinations/{name}")
+def destination_page(request: Request, name: str) -> HTMLResponse:
+    def build(session: Session, caller: Caller) -> dict[str, Any]:
+        caller.principal.check_destination(name)
+        destination = catalog.get_destination(session, name=name)
+        only = [name]
+        return {
+            "destination": destination,
+            "hosts": catalog.destination_hosts(session, destination=destination),
+            "waiting": catalog.waiting_transfers(session, destination=destination),
+            "running": _public(
+                session,
+                catalog.list_transfers(
+                    session, destinations=only, status=TransferStatus.EXEC, limit=PAGE_SIZE
+                ),
+            ),
+            "errors": _public(
+                session,
+                catalog.list_transfers(session, destinations=only, with_error=True, limit=RECENT),
+            ),
+            "buttons": DESTINATION_BUTTONS,
+        }
+
+    return _page(request, "destination.html", build)
+
+
+@router.post("/destinations/{name}/operations/{operation}")
+async def destination_operation(request: Request, name: str, operation: Operation) -> Response:
+    await _posting_caller(request, admin=True)
+    if operation not in DESTINATION_BUTTONS:
+        raise HTTPException(422, f"{operation} applies to a transfer, not to a destination")
+    try:
+        await engine_dispatcher(_state(request)).operate_destination(name, operation)
+    except OperationError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    return _back(f"/destinations/{name}", f"{operation} sent to {name}")
+
+
+# --- transfers --------------------------------------------------------------------------
+
+
+@router.get("/transfers")
+def transfers_page(
+    request: Request,
+    destination: str = "",
+    status: TransferStatus | None = None,
+    name: str = "",
+    page: Annotated[int, Query(ge=1)] = 1,
+) -> HTMLResponse:
+    def build(session: Session, caller: Caller) -> dict[str, Any]:
+        allowed = caller.visible
+        if destination:
+            allowed = [destination] if allowed is None or destination in allowed else []
+        # One row more than a page says whether there is a next one, without a count.
+        rows = catalog.list_transfers(
+            session,
+            destinations=allowed,
+            status=status,
+            target=name or None,
+            limit=PAGE_SIZE + 1,
+            offset=(page - 1) * PAGE_SIZE,
+        )
+        return {
+            "rows": _public(session, rows[:PAGE_SIZE]),
+            "more": len(rows) > PAGE_SIZE,
+            "page": page,
+            "destination": destination,
+            "status": status,
+            "name": name,
+            "statuses": list(TransferStatus),
+            "query": lambda p: urlencode(
+                {
+                    k: v
+                    for k, v in {
+                        "destination": destination,
+                        "status": status,
+                        "name": name,
+                        "page": p,
+                    }.items()
+                    if v
+                }
+            ),
+        }
+
+    return _page(request, "transfers.html", build)
+
+
+@router.get("/transfers/{id}")
+def transfer_page(request: Request, id: int) -> HTMLResponse:
+    settings = _state(request).settings
+
+    def build(session: Session, caller: Caller) -> dict[str, Any]:
+        transfer = catalog.transfer_public(session, catalog.get_transfer(session, id=id))
+        if caller.visible is not None and transfer.destination not in caller.visible:
+            raise NotFound(f"unknown transfer {id}")
+        workflow = transfer.workflow_id or transfer_workflow_id(transfer.destination, id)
+        ui = (
+            f"http://{settings.public_host}:{settings.temporal_ui_port}"
+            f"/namespaces/{settings.temporal_namespace}/workflows/{workflow}"
+        )
+        timeline = sorted(
+            (
+                (when, what)
+                for what, when in (
+                    ("queued", transfer.queued),
+                    ("scheduled", transfer.scheduled),
+                    ("started", transfer.started),
+                    ("last progress", transfer.progress_at),
+                    ("retry not before", transfer.retry_at),
+                    ("finished", transfer.finished),
+                    ("expires", transfer.expires),
+                )
+                if when is not None
+            ),
+            key=lambda pair: pair[0],
+        )
+        return {"transfer": transfer, "timeline": timeline, "workflow": workflow, "ui": ui}
+
+    return _page(request, "transfer.html", build)
+
+
+@router.post("/transfers/requeue")
+async def requeue(request: Request) -> Response:
+    _, form = await _posting_caller(request, admin=True)
+    ids = [int(v) for v in form.getlist("id") if str(v).isdigit()]
+    if not ids:
+        return _back("/transfers", "no transfer selected")
+    dispatcher = engine_dispatcher(_state(request))
+    refused = []
+    for transfer_id in ids:
+        try:
+            await dispatcher.operate_transfer(transfer_id, Operation.REQUEUE)
+        except OperationError as exc:
+            refused.append(str(exc))
+    done = len(ids) - len(refused)
+    message = f"requeue sent for {done} transfer{'s' if done != 1 else ''}"
+    return _back("/transfers", "; ".join([message, *refused]))
+
+
+def include_console(app: FastAPI) -> None:
+    """Serve the console on `app`, outside the OpenAPI description."""
+    app.include_router(router)
+    app.mount("/console-static", StaticFiles(directory=HERE / "static"), name="console-static")

@@ -1,0 +1,105 @@
+"""The web console over HTTPS (httpx, no browser): every page answers, the access layer
+decides who sees what, and a POST without the session's CSRF token is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from portal.conftest import served_portal
+
+DATA_PASSWORD = "carol-password-1"
+
+
+@dataclass
+class Site:
+    base: str
+    login: tuple[str, str]
+    transfer: int
+
+
+@pytest.fixture(scope="module")
+def site(temporal_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """A served portal with two destinations and one upload to `alpha` (its transfer)."""
+    home = tmp_path_factory.mktemp("console") / "var"
+    queue = f"test-{uuid.uuid4().hex[:12]}"
+    with served_portal(home, temporal_server, task_queue=queue) as (settings, login):
+        base = f"https://127.0.0.1:{settings.https_port}"
+        with httpx.Client(base_url=f"{base}/api/v1", auth=login, verify=False, timeout=30) as api:
+            url = f"file://{home.parent / 'sites'}"
+            assert api.post("/hosts", json={"name": "alpha-h", "url": url}).status_code == 201
+            for name in ("alpha", "beta"):
+                made = api.post("/destinations", json={"name": name, "hosts": ["alpha-h"]})
+                assert made.status_code == 201, made.text
+            user = {"name": "carol", "password": DATA_PASSWORD, "destinations": ["beta"]}
+            assert api.post("/users", json=user).status_code == 201
+            up = api.post("/destinations/alpha/files", params={"name": "t2m.grib"}, content=b"x")
+            assert up.status_code == 201, up.text
+            [transfer] = api.get("/transfers", params={"destination": "alpha"}).json()
+        yield Site(base, login, transfer["id"])
+
+
+def logged_in(site: Site, user: str, password: str) -> httpx.Client:
+    client = httpx.Client(base_url=site.base, verify=False, timeout=30)
+    form = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert csrf, form.text
+    answer = client.post(
+        "/login",
+        data={"csrf": csrf[1], "username": user, "password": password, "next": "/"},
+    )
+    assert answer.status_code == 303, answer.text
+    cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=lax" in cookie
+    return client
+
+
+def test_every_page_answers_for_an_admin(site: Site) -> None:
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        pages = [
+            "/",
+            "/destinations",
+            "/destinations?name=alp&status=Idle",
+            "/destinations/alpha",
+            "/transfers",
+            "/transfers?destination=alpha&status=WAIT&name=t2m",
+            f"/transfers/{site.transfer}",
+            "/console-static/console.css",
+        ]
+        for page in pages:
+            answer = admin.get(page)
+            assert answer.status_code == 200, (page, answer.text)
+            assert "Traceback" not in answer.text and "Internal Server Error" not in answer.text
+        assert "t2m.grib" in admin.get("/transfers?destination=alpha").text
+        assert f"transfer-alpha-{site.transfer}" in admin.get(f"/transfers/{site.transfer}").text
+        assert admin.get("/destinations/nowhere").status_code == 404
+
+
+def test_a_post_without_the_csrf_token_is_refused(site: Site) -> None:
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        refused = admin.post("/destinations/alpha/operations/hold", data={})
+        assert refused.status_code == 403
+        wrong = admin.post("/transfers/requeue", data={"csrf": "forged", "id": site.transfer})
+        assert wrong.status_code == 403
+    anonymous = httpx.post(f"{site.base}/login", data={"username": "x"}, verify=False)
+    assert anonymous.status_code == 403
+
+
+def test_a_data_user_sees_only_its_destinations(site: Site) -> None:
+    assert httpx.get(f"{site.base}/", verify=False).status_code == 303  # to the login form
+    with contextlib.closing(logged_in(site, "carol", DATA_PASSWORD)) as carol:
+        listing = carol.get("/destinations").text
+        assert "/destinations/beta" in listing and "/destinations/alpha" not in listing
+        assert carol.get("/destinations/alpha").status_code == 404
+        assert carol.get(f"/transfers/{site.transfer}").status_code == 404
+        assert "t2m.grib" not in carol.get("/transfers").text
+        page = carol.get("/destinations/beta")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf and "clean-expired" not in page.text  # no operation buttons
+        refused = carol.post("/destinations/beta/operations/hold", data={"csrf": csrf[1]})
+        assert refused.status_code == 403
