@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/submit.py
 	$(BIN)/python bench/acquisition.py
 	$(BIN)/python bench/notify.py
+	$(BIN)/python bench/console.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from peers.temporal import running_dev_server
 from sqlalchemy import Engine, text
 
 from ecpds.core.db import open_catalog
-from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
+from ecpds.core.devserver import dev_server_command, free_port
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
 
@@ -35,23 +35,9 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One Temporal dev server for the whole session; yields its host:port."""
     folder = tmp_path_factory.mktemp("temporal")
     port, ui_port = free_port(), free_port()
-    log = (folder / "server.log").open("wb")
-    proc = subprocess.Popen(
-        dev_server_command(folder / "temporal.db", port, ui_port, ui=False),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=90, proc=proc)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    command = dev_server_command(folder / "temporal.db", port, ui_port, ui=False)
+    with running_dev_server(folder, command, port) as address:
+        yield address
 
 
 @pytest.fixture

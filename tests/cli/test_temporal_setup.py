@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from peers.temporal import running_dev_server
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -21,7 +22,7 @@ from typer.testing import CliRunner, Result
 
 from cli.test_up import ECPDS, PORTS, start, stop
 from ecpds.cli.main import app
-from ecpds.core.devserver import dev_server_command, free_port, temporal_binary, wait_for_port
+from ecpds.core.devserver import dev_server_command, free_port, temporal_binary
 from ecpds.core.engine import PRIORITY, SEARCH_ATTRIBUTES
 from ecpds.core.temporal_setup import create_command
 from ecpds.workers.worker import warn_of_missing_search_attributes
@@ -40,23 +41,9 @@ def bare_temporal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command = dev_server_command(
         folder / "temporal.db", port, ui_port, ui=False, search_attributes=False
     )
-    log = (folder / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [*command, "--namespace", CLASHING, "--namespace", FOR_UP, "--namespace", BY_HAND],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=90, proc=proc)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    command = [*command, "--namespace", CLASHING, "--namespace", FOR_UP, "--namespace", BY_HAND]
+    with running_dev_server(folder, command, port) as address:
+        yield address
 
 
 def registered(address: str, namespace: str) -> dict[str, int]:

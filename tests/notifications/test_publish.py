@@ -169,6 +169,15 @@ async def test_worker_killed_while_publishing_loses_nothing(
     assert set(received) == set(first + after)
 
 
+def seal_broker_password(env: Dissemination, destination: str, broker: MqttBroker) -> None:
+    """The destination's password for `broker`, sealed as the REST API keeps it."""
+    assert broker.password
+    with session_scope(env.engine) as session:
+        found = session.exec(select(Destination).where(Destination.name == destination)).one()
+        found.notification_password_encrypted = env.box.seal({"password": broker.password})
+        session.add(found)
+
+
 async def test_external_broker_login_from_the_destination(
     notify_env: Dissemination, secure_mosquitto: MqttBroker
 ) -> None:
@@ -179,13 +188,7 @@ async def test_external_broker_login_from_the_destination(
     url = f"mqtt://{secure_mosquitto.host}:{secure_mosquitto.port}"
     settings = {"notify": "store", "broker": url, "user": secure_mosquitto.user}
     env.add_destination(dest, [], notification=settings)
-    assert secure_mosquitto.password
-    with session_scope(env.engine) as session:
-        destination = session.exec(select(Destination).where(Destination.name == dest)).one()
-        destination.notification_password_encrypted = env.box.seal(
-            {"password": secure_mosquitto.password}
-        )
-        session.add(destination)
+    seal_broker_password(env, dest, secure_mosquitto)
     root = topic_root()
     async with subscribed(secure_mosquitto, f"{root}/#") as subscriber, publishing(env):
         ids = add_rows(env.engine, broker=url, protocol="5", topic=root, destination=dest, count=3)
@@ -258,13 +261,8 @@ async def test_external_broker_over_tls_checked_with_its_ca(
     checked, unchecked = env.name("ca"), env.name("noca")
     env.add_destination(checked, [], notification={**login, "ca_file": secure_mosquitto.ca_file})
     env.add_destination(unchecked, [], notification=login)
-    with session_scope(env.engine) as session:
-        for name in (checked, unchecked):
-            destination = session.exec(select(Destination).where(Destination.name == name)).one()
-            destination.notification_password_encrypted = env.box.seal(
-                {"password": secure_mosquitto.password}
-            )
-            session.add(destination)
+    for name in (checked, unchecked):
+        seal_broker_password(env, name, secure_mosquitto)
     root = topic_root()
     async with subscribed(secure_mosquitto, f"{root}/#") as subscriber, publishing(env):
         good = add_rows(env.engine, broker=url, protocol="5", topic=root, destination=checked)
