@@ -48,6 +48,7 @@ from ecpds.core.models import (
     HostPublic,
     HostUpdate,
     Notification,
+    OperationEvent,
     Policy,
     PolicyDestination,
     TransferStatus,
@@ -942,3 +943,18 @@ def notification_backlog(session: Session, *, destinations: Sequence[str] | None
     if destinations is not None:
         query = query.where(col(Notification.destination).in_(destinations))
     return session.exec(query).one()
+
+
+# --- the event log ----------------------------------------------------------------------
+
+
+def list_events(
+    session: Session, *, user: str | None = None, since: datetime | None = None, limit: int = 100
+) -> Sequence[OperationEvent]:
+    """The operations recorded, latest first."""
+    query = select(OperationEvent)
+    if user is not None:
+        query = query.where(OperationEvent.user == user)
+    if since is not None:
+        query = query.where(col(OperationEvent.time) >= since)
+    return session.exec(query.order_by(col(OperationEvent.id).desc()).limit(limit)).all()

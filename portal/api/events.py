@@ -10,9 +10,9 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Query
 from sqlalchemy import Engine
-from sqlmodel import col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.models import IsoTime, OperationEvent
 from ecpds.portal.api.deps import AdminDep, SessionDep
@@ -74,9 +74,4 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> list[OperationEvent]:
     """The latest operations first."""
-    query = select(OperationEvent)
-    if user is not None:
-        query = query.where(OperationEvent.user == user)
-    if since is not None:
-        query = query.where(col(OperationEvent.time) >= since)
-    return list(session.exec(query.order_by(col(OperationEvent.id).desc()).limit(limit)).all())
+    return list(catalog.list_events(session, user=user, since=since, limit=limit))

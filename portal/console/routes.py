@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
-from ecpds.core import access, catalog
+from ecpds.core import access, arrivals, catalog
 from ecpds.core.dispatch import OperationError
 from ecpds.core.engine import Operation, transfer_workflow_id
 from ecpds.core.errors import EcpdsError, NotFound, Unauthenticated
@@ -210,9 +210,39 @@ def dashboard(request: Request) -> HTMLResponse:
                 ),
             ),
             "backlog": catalog.notification_backlog(session, destinations=caller.visible),
+            "overdue": [
+                s
+                for s in arrivals.statuses(
+                    session, catalog.list_expected(session, destinations=caller.visible)
+                )
+                if s.state in ("late", "missing")
+            ],
         }
 
     return _page(request, "dashboard.html", build)
+
+
+# --- arrivals and the event log -------------------------------------------------------
+
+
+@router.get("/arrivals")
+def arrivals_page(request: Request) -> HTMLResponse:
+    def build(session: Session, caller: Caller) -> dict[str, Any]:
+        expected = catalog.list_expected(session, destinations=caller.visible)
+        return {"rows": arrivals.statuses(session, expected)}
+
+    return _page(request, "arrivals.html", build)
+
+
+@router.get("/events")
+def events_page(request: Request, user: str = "") -> HTMLResponse:
+    def build(session: Session, caller: Caller) -> dict[str, Any]:
+        if not caller.user.admin:
+            raise NotFound("the event log is for admins")
+        rows = catalog.list_events(session, user=user or None, limit=RECENT * 10)
+        return {"rows": rows, "user": user}
+
+    return _page(request, "events.html", build)
 
 
 def _public(session: Session, transfers: Any) -> list[Any]:

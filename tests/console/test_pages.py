@@ -38,6 +38,12 @@ def site(temporal_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 assert made.status_code == 201, made.text
             user = {"name": "carol", "password": DATA_PASSWORD, "destinations": ["beta"]}
             assert api.post("/users", json=user).status_code == 201
+            for name, destination, due in (
+                ("t2m-alpha", "alpha", "00:00"),
+                ("z500", "beta", "00:00"),
+            ):
+                expected = {"name": name, "destination": destination, "pattern": "zzz", "due": due}
+                assert api.post("/expected", json=expected).status_code == 201
             up = api.post("/destinations/alpha/files", params={"name": "t2m.grib"}, content=b"x")
             assert up.status_code == 201, up.text
             [transfer] = api.get("/transfers", params={"destination": "alpha"}).json()
@@ -69,6 +75,9 @@ def test_every_page_answers_for_an_admin(site: Site) -> None:
             "/transfers",
             "/transfers?destination=alpha&status=WAIT&name=t2m",
             f"/transfers/{site.transfer}",
+            "/arrivals",
+            "/events",
+            "/events?user=admin",
             "/console-static/console.css",
         ]
         for page in pages:
@@ -78,6 +87,11 @@ def test_every_page_answers_for_an_admin(site: Site) -> None:
         assert "t2m.grib" in admin.get("/transfers?destination=alpha").text
         assert f"transfer-alpha-{site.transfer}" in admin.get(f"/transfers/{site.transfer}").text
         assert admin.get("/destinations/nowhere").status_code == 404
+        # Due at 00:00 and never arrived (nothing matches "zzz"): missing, on the dashboard.
+        assert "Expected products late or missing" in admin.get("/").text
+        assert "t2m-alpha (alpha, due 00:00): missing" in admin.get("/").text
+        assert admin.get("/arrivals").text.count("<td>missing</td>") == 2
+        assert "POST /api/v1/expected" in admin.get("/events").text
 
 
 def test_a_post_without_the_csrf_token_is_refused(site: Site) -> None:
@@ -98,6 +112,9 @@ def test_a_data_user_sees_only_its_destinations(site: Site) -> None:
         assert carol.get("/destinations/alpha").status_code == 404
         assert carol.get(f"/transfers/{site.transfer}").status_code == 404
         assert "t2m.grib" not in carol.get("/transfers").text
+        arrivals = carol.get("/arrivals").text
+        assert "z500" in arrivals and "t2m-alpha" not in arrivals
+        assert carol.get("/events").status_code == 404
         page = carol.get("/destinations/beta")
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
         assert csrf and "clean-expired" not in page.text  # no operation buttons
