@@ -124,6 +124,13 @@ def seed(
         for batch in _batches(rows):
             with engine.begin() as connection:
                 connection.execute(insert(model), batch)
+    # The planner's statistics, as autovacuum would gather them soon after a bulk load
+    # (without them PostgreSQL plans the first queries as if the tables were empty).
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql("VACUUM ANALYZE destination, datafile, datatransfer")
+        else:
+            connection.exec_driver_sql("ANALYZE")
     return names
 
 
