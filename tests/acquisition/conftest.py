@@ -85,13 +85,14 @@ class Acquisition(CatalogEdits):
         return acquisition.dry_run(self.engine, self.box, host=host)
 
     def files(self, destination: str) -> dict[str, DataFile]:
-        """The destination's data files by target."""
+        """The destination's data files by target: the latest one of a target fetched again."""
         with Session(self.engine) as session:
             rows = session.exec(
                 select(DataTransfer.target, DataFile)
                 .join(DataFile, col(DataFile.id) == col(DataTransfer.data_file_id))
                 .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
                 .where(Destination.name == destination)
+                .order_by(col(DataTransfer.id))  # no order is no order: PostgreSQL's plan picks
             ).all()
         return {target: f for target, f in rows}
 
