@@ -29,16 +29,20 @@ from pathlib import Path
 import httpx
 import sqlalchemy
 from seed import seed
-from submit import ecpds, log, process, report, system_environment, timed, wait_until_up
+from submit import (
+    ecpds,
+    log,
+    percentile,
+    process,
+    report,
+    system_environment,
+    timed,
+    wait_until_up,
+)
 
 from ecpds.core.db import open_catalog
 
 DESTINATION = "site-0500"
-
-
-def p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
 def postgresql_url() -> str | None:
@@ -85,7 +89,7 @@ def timed_get(client: httpx.Client, path: str, rounds: int, **params: str) -> fl
         seconds.append(time.perf_counter() - began)
         if answer.status_code != 200:
             raise SystemExit(f"GET {path}: {answer.status_code} {answer.text[:200]}")
-    return p95(seconds) * 1000
+    return percentile(seconds, 95) * 1000
 
 
 def measure(label: str, url: str, args: argparse.Namespace, tmp: Path) -> dict[str, float]:

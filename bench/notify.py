@@ -34,7 +34,16 @@ import httpx
 import paho.mqtt.client as mqtt
 from mqtt_acquisition import mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
-from submit import ecpds, log, process, report, system_environment, timed, wait_until_up
+from submit import (
+    ecpds,
+    log,
+    percentile,
+    process,
+    report,
+    system_environment,
+    timed,
+    wait_until_up,
+)
 
 from ecpds.core.db import open_catalog, session_scope
 from ecpds.core.models import Notification
@@ -93,11 +102,6 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def deliveries(api: httpx.Client, destination: str, files: int, per_s: float) -> None:

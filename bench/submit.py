@@ -196,6 +196,12 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile of `values` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
 def report(results: dict[str, float], *, as_json: bool) -> None:
     """A table of the figures, or one JSON object."""
     if as_json:
