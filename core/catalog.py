@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, get_args
 
@@ -289,6 +290,67 @@ def destination_hosts(session: Session, *, destination: Destination) -> list[Hos
         .order_by(col(DestinationHost.position))
     ).all()
     return list(rows)
+
+
+@dataclass
+class HostState:
+    """How one of a destination's hosts fares, from the catalog's transfers to it."""
+
+    host: Host
+    primary: bool
+    running: int
+    last_delivered: datetime | None
+    retrying: int  # failed a cycle on it and wait for their retry_at
+    failed: int  # failed for good on it since the time asked about
+
+
+def host_states(session: Session, *, destination: Destination, since: datetime) -> list[HostState]:
+    """Each host of the destination, the primary first, with its transfers' state.
+
+    Every count is a range of the host index (destination, host, status, finished), so the
+    page costs a few index lookups per host however many transfers the catalog holds.
+    """
+
+    def on(host: Host, *statuses: TransferStatus) -> Any:
+        return select(func.count()).where(
+            DataTransfer.destination_id == destination.id,
+            DataTransfer.host_id == host.id,
+            col(DataTransfer.status).in_(statuses),
+        )
+
+    states = []
+    for position, host in enumerate(destination_hosts(session, destination=destination)):
+        running = on(host, TransferStatus.EXEC).where(col(DataTransfer.deleted).is_(False))
+        retrying = on(host, TransferStatus.WAIT, TransferStatus.RETR).where(
+            col(DataTransfer.retry_at).is_not(None), col(DataTransfer.deleted).is_(False)
+        )
+        failed = on(host, TransferStatus.FAIL).where(col(DataTransfer.finished) >= since)
+        last = select(func.max(DataTransfer.finished)).where(
+            DataTransfer.destination_id == destination.id,
+            DataTransfer.host_id == host.id,
+            DataTransfer.status == TransferStatus.DONE,
+        )
+        states.append(
+            HostState(
+                host=host,
+                primary=position == 0,
+                running=session.exec(running).one(),
+                last_delivered=session.exec(last).one(),
+                retrying=session.exec(retrying).one(),
+                failed=session.exec(failed).one(),
+            )
+        )
+    return states
+
+
+def traffic_host(states: Sequence[HostState]) -> HostState | None:
+    """The host carrying the destination's traffic: the one running the most transfers,
+    else the one that delivered last; None before anything went anywhere."""
+    busy = [s for s in states if s.running]
+    if busy:
+        return max(busy, key=lambda s: s.running)
+    delivered = [(s.last_delivered, s) for s in states if s.last_delivered is not None]
+    return max(delivered, key=lambda pair: pair[0])[1] if delivered else None
 
 
 def _set_destination_hosts(session: Session, destination: Destination, names: list[str]) -> None:

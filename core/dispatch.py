@@ -119,6 +119,18 @@ class OperationError(Exception):
         self.status = status
 
 
+def check_transfer_operation(operation: Operation, value: int | None) -> None:
+    """Refuse a transfer operation or value that can never apply, before any is sent."""
+    if operation in DESTINATION_OPERATIONS:
+        raise OperationError(f"{operation} is not a transfer operation", 422)
+    if operation in (Operation.PRIORITY, Operation.EXTEND) and value is None:
+        raise OperationError(f"{operation} needs a value", 422)
+    if operation is Operation.PRIORITY and value is not None and not 0 <= value <= 99:
+        raise OperationError(f"priority {value} is out of range: use 0 (urgent) to 99", 422)
+    if operation is Operation.EXTEND and value is not None and value <= 0:
+        raise OperationError("extend needs a positive number of seconds", 422)
+
+
 class TemporalDispatcher:
     """Queues transfers and carries operations to the destination schedulers."""
 
@@ -273,14 +285,7 @@ class TemporalDispatcher:
     async def operate_transfer(
         self, transfer_id: int, operation: Operation, *, value: int | None = None
     ) -> None:
-        if operation in DESTINATION_OPERATIONS:
-            raise OperationError(f"{operation} is not a transfer operation", 422)
-        if operation in (Operation.PRIORITY, Operation.EXTEND) and value is None:
-            raise OperationError(f"{operation} needs a value", 422)
-        if operation is Operation.PRIORITY and value is not None and not 0 <= value <= 99:
-            raise OperationError(f"priority {value} is out of range: use 0 (urgent) to 99", 422)
-        if operation is Operation.EXTEND and value is not None and value <= 0:
-            raise OperationError("extend needs a positive number of seconds", 422)
+        check_transfer_operation(operation, value)
         with session_scope(self.engine) as session:
             row = session.exec(
                 select(DataTransfer, Destination.name)

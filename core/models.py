@@ -697,6 +697,9 @@ class DataTransfer(DataTransferBase, table=True):
             "destination_name",
             "bytes_sent",
         ),
+        # Each host of a destination: its running, retrying and failed transfers and its
+        # last delivery (the console's host states), one range or one seek per host.
+        Index("ix_datatransfer_host", "destination_id", "host_id", "status", "finished"),
         # Transfer ids name Temporal workflows and are never reused, even after a delete.
         {"sqlite_autoincrement": True},
     )
