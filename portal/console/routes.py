@@ -10,6 +10,7 @@ CSRF token.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -22,12 +23,20 @@ from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
 from ecpds.core import access, arrivals, catalog
-from ecpds.core.dispatch import OperationError
+from ecpds.core.dispatch import OperationError, check_transfer_operation
 from ecpds.core.engine import Operation, transfer_workflow_id
 from ecpds.core.errors import EcpdsError, NotFound, Unauthenticated
-from ecpds.core.models import DataUser, DestinationStatus, TransferStatus
+from ecpds.core.models import (
+    FINAL_STATUSES,
+    DataTransferPublic,
+    DataUser,
+    Destination,
+    DestinationStatus,
+    TransferStatus,
+)
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.api.operations import engine_dispatcher
+from ecpds.portal.console import units
 from ecpds.portal.console.session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -39,9 +48,19 @@ from ecpds.portal.console.session import (
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 RECENT = 20
+HOST_HISTORY = timedelta(hours=6)  # how far back a host's failed transfers count
 DESTINATION_BUTTONS = (Operation.HOLD, Operation.RESTART, Operation.CLEAN_EXPIRED)
+# The buttons under /transfers, for a selection; priority takes the value field (0..99).
+BULK_OPERATIONS = (
+    Operation.REQUEUE,
+    Operation.STOP,
+    Operation.INTERRUPT,
+    Operation.SCHEDULE_NOW,
+    Operation.PRIORITY,
+)
 
 templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters.update(units.FILTERS)
 router = APIRouter(include_in_schema=False)
 
 
@@ -284,27 +303,48 @@ def destinations_page(
 @router.get("/destinations/{name}")
 def destination_page(request: Request, name: str) -> HTMLResponse:
     def build(session: Session, caller: Caller) -> dict[str, Any]:
-        caller.principal.check_destination(name)
-        destination = catalog.get_destination(session, name=name)
-        only = [name]
+        destination = _visible_destination(session, caller, name)
+        hosts = catalog.host_states(
+            session, destination=destination, since=datetime.now(UTC) - HOST_HISTORY
+        )
         return {
             "destination": destination,
-            "hosts": catalog.destination_hosts(session, destination=destination),
+            "hosts": hosts,
+            "history": units.duration(HOST_HISTORY.total_seconds()),
+            "traffic": catalog.traffic_host(hosts),
             "waiting": catalog.waiting_transfers(session, destination=destination),
-            "running": _public(
-                session,
-                catalog.list_transfers(
-                    session, destinations=only, status=TransferStatus.EXEC, limit=PAGE_SIZE
-                ),
-            ),
+            "rows": _running(session, destination),
             "errors": _public(
                 session,
-                catalog.list_transfers(session, destinations=only, with_error=True, limit=RECENT),
+                catalog.list_transfers(session, destinations=[name], with_error=True, limit=RECENT),
             ),
             "buttons": DESTINATION_BUTTONS,
         }
 
     return _page(request, "destination.html", build)
+
+
+@router.get("/destinations/{name}/running")
+def destination_running(request: Request, name: str) -> HTMLResponse:
+    """The destination page's running transfers with their progress, for console.js."""
+
+    def build(session: Session, caller: Caller) -> dict[str, Any]:
+        destination = _visible_destination(session, caller, name)
+        return {"rows": _running(session, destination), "select": False}
+
+    return _page(request, "_transfers.html", build)
+
+
+def _visible_destination(session: Session, caller: Caller, name: str) -> Destination:
+    caller.principal.check_destination(name)
+    return catalog.get_destination(session, name=name)
+
+
+def _running(session: Session, destination: Destination) -> list[Any]:
+    running = catalog.list_transfers(
+        session, destinations=[destination.name], status=TransferStatus.EXEC, limit=PAGE_SIZE
+    )
+    return _public(session, running)
 
 
 @router.post("/destinations/{name}/operations/{operation}")
@@ -351,6 +391,7 @@ def transfers_page(
             "status": status,
             "name": name,
             "statuses": list(TransferStatus),
+            "buttons": BULK_OPERATIONS,
             "query": lambda p: urlencode(
                 {
                     k: v
@@ -373,9 +414,7 @@ def transfer_page(request: Request, id: int) -> HTMLResponse:
     settings = _state(request).settings
 
     def build(session: Session, caller: Caller) -> dict[str, Any]:
-        transfer = catalog.transfer_public(session, catalog.get_transfer(session, id=id))
-        if caller.visible is not None and transfer.destination not in caller.visible:
-            raise NotFound(f"unknown transfer {id}")
+        transfer = _visible_transfer(session, caller, id)
         workflow = transfer.workflow_id or transfer_workflow_id(transfer.destination, id)
         ui = (
             f"http://{settings.public_host}:{settings.temporal_ui_port}"
@@ -397,14 +436,53 @@ def transfer_page(request: Request, id: int) -> HTMLResponse:
             ),
             key=lambda pair: pair[0],
         )
-        return {"transfer": transfer, "timeline": timeline, "workflow": workflow, "ui": ui}
+        return {
+            "transfer": transfer,
+            "timeline": timeline,
+            "workflow": workflow,
+            "ui": ui,
+            "final": transfer.status in FINAL_STATUSES,
+        }
 
     return _page(request, "transfer.html", build)
 
 
-@router.post("/transfers/requeue")
-async def requeue(request: Request) -> Response:
+def _visible_transfer(session: Session, caller: Caller, id: int) -> DataTransferPublic:
+    transfer = catalog.transfer_public(session, catalog.get_transfer(session, id=id))
+    if caller.visible is not None and transfer.destination not in caller.visible:
+        raise NotFound(f"unknown transfer {id}")
+    return transfer
+
+
+@router.get("/transfers/{id}/progress")
+def transfer_progress(request: Request, id: int) -> HTMLResponse:
+    """The transfer page's live rows (status, bytes, rate, ETA), re-fetched by console.js."""
+
+    def build(session: Session, caller: Caller) -> dict[str, Any]:
+        return {"transfer": _visible_transfer(session, caller, id)}
+
+    return _page(request, "_progress.html", build)
+
+
+@router.post("/transfers/operations")
+async def transfers_operation(request: Request) -> Response:
+    """One operation (the button pressed) on the transfers selected under /transfers."""
     _, form = await _posting_caller(request, admin=True)
+    pressed = str(form.get("operation", ""))
+    operation = next((op for op in BULK_OPERATIONS if op.value == pressed), None)
+    if operation is None:
+        names = ", ".join(op.value for op in BULK_OPERATIONS)
+        return _back("/transfers", f"unknown operation {pressed!r}: use one of {names}")
+    value = None
+    if operation is Operation.PRIORITY:
+        typed = str(form.get("value", "")).strip()
+        if not typed.isdigit():
+            return _back("/transfers", f"priority {typed!r} is not a number: use 0 (urgent) to 99")
+        value = int(typed)
+    try:
+        check_transfer_operation(operation, value)
+    except OperationError as exc:
+        return _back("/transfers", str(exc))
     ids = [int(v) for v in form.getlist("id") if str(v).isdigit()]
     if not ids:
         return _back("/transfers", "no transfer selected")
@@ -412,11 +490,12 @@ async def requeue(request: Request) -> Response:
     refused = []
     for transfer_id in ids:
         try:
-            await dispatcher.operate_transfer(transfer_id, Operation.REQUEUE)
+            await dispatcher.operate_transfer(transfer_id, operation, value=value)
         except OperationError as exc:
             refused.append(str(exc))
     done = len(ids) - len(refused)
-    message = f"requeue sent for {done} transfer{'s' if done != 1 else ''}"
+    what = f"{operation} {value}" if value is not None else str(operation)
+    message = f"{what} sent for {done} transfer{'s' if done != 1 else ''}"
     return _back("/transfers", "; ".join([message, *refused]))
 
 

@@ -4,6 +4,7 @@ decides who sees what, and a POST without the session's CSRF token is refused.""
 from __future__ import annotations
 
 import contextlib
+import html
 import re
 
 import httpx
@@ -25,6 +26,7 @@ def test_every_page_answers_for_an_admin(site: Site) -> None:
             "/events",
             "/events?user=admin",
             "/console-static/console.css",
+            "/console-static/console.js",
         ]
         for page in pages:
             answer = admin.get(page)
@@ -44,8 +46,16 @@ def test_a_post_without_the_csrf_token_is_refused(site: Site) -> None:
     with contextlib.closing(logged_in(site, *site.login)) as admin:
         refused = admin.post("/destinations/alpha/operations/hold", data={})
         assert refused.status_code == 403
-        wrong = admin.post("/transfers/requeue", data={"csrf": "forged", "id": site.transfer})
-        assert wrong.status_code == 403
+        for operation in ("requeue", "stop", "priority"):
+            wrong = admin.post(
+                "/transfers/operations",
+                data={"csrf": "forged", "id": site.transfer, "operation": operation, "value": 5},
+            )
+            assert wrong.status_code == 403, operation
+        missing = admin.post(
+            "/transfers/operations", data={"id": site.transfer, "operation": "stop"}
+        )
+        assert missing.status_code == 403
     anonymous = httpx.post(f"{site.base}/login", data={"username": "x"}, verify=False)
     assert anonymous.status_code == 403
 
@@ -66,3 +76,86 @@ def test_a_data_user_sees_only_its_destinations(site: Site) -> None:
         assert csrf and "clean-expired" not in page.text  # no operation buttons
         refused = carol.post("/destinations/beta/operations/hold", data={"csrf": csrf[1]})
         assert refused.status_code == 403
+        bulk = {"csrf": csrf[1], "id": site.transfer, "operation": "priority", "value": 1}
+        assert carol.post("/transfers/operations", data=bulk).status_code == 403
+        assert carol.get("/destinations/alpha/running").status_code == 404
+        assert carol.get(f"/transfers/{site.transfer}/progress").status_code == 404
+        assert carol.get("/destinations/beta/running").status_code == 200
+    assert httpx.get(f"{site.base}/destinations/beta/running", verify=False).status_code == 303
+
+
+def _csrf(client: httpx.Client, page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', client.get(page).text)
+    assert found
+    return found[1]
+
+
+def test_a_selection_gets_one_operation_and_a_bad_one_a_message(site: Site) -> None:
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        page = admin.get("/transfers").text
+        for label in ("Requeue selected", "Stop selected", "Set priority of selected"):
+            assert label in page
+        csrf = _csrf(admin, "/transfers")
+
+        def bulk(**fields: object) -> str:
+            answer = admin.post("/transfers/operations", data={"csrf": csrf, **fields})
+            assert answer.status_code == 303, answer.text
+            shown = admin.get(answer.headers["location"])
+            assert shown.status_code == 200
+            found = re.search(r'<p class="message">([^<]*)</p>', shown.text)
+            assert found, shown.text
+            return html.unescape(found[1])
+
+        one = {"id": site.transfer}
+        assert bulk(operation="priority", value="7", **one) == "priority 7 sent for 1 transfer"
+        assert bulk(operation="schedule-now", **one) == "schedule-now sent for 1 transfer"
+        assert bulk(operation="priority", value="150", **one) == (
+            "priority 150 is out of range: use 0 (urgent) to 99"
+        )
+        assert bulk(operation="priority", value="high", **one) == (
+            "priority 'high' is not a number: use 0 (urgent) to 99"
+        )
+        assert bulk(operation="priority", **one) == (
+            "priority '' is not a number: use 0 (urgent) to 99"
+        )
+        assert bulk(operation="hold", **one).startswith("unknown operation 'hold': use one of")
+        assert bulk(operation="stop") == "no transfer selected"
+        assert bulk(operation="stop", id=["999999", str(site.transfer)]) == (
+            "stop sent for 1 transfer; transfer 999999 does not exist"
+        )
+
+
+def test_the_live_fragments_show_progress_in_human_units(site: Site) -> None:
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        page = admin.get("/destinations/alpha").text
+        assert 'data-live="/destinations/alpha/running"' in page
+        assert '<script src="/console-static/console.js" defer></script>' in page
+        running = admin.get("/destinations/alpha/running")
+        assert running.status_code == 200
+        assert '<table class="transfers">' in running.text and "<html" not in running.text
+        progress = admin.get(f"/transfers/{site.transfer}/progress")
+        assert progress.status_code == 200 and "<html" not in progress.text
+        assert "0 B of 1 B" in progress.text  # the upload is one byte, nothing sent yet
+        assert admin.get("/destinations/nowhere/running").status_code == 404
+        assert admin.get("/transfers/999999/progress").status_code == 404
+
+
+def test_a_destination_shows_its_hosts_in_order_and_which_carries_traffic(site: Site) -> None:
+    with contextlib.closing(
+        httpx.Client(base_url=f"{site.base}/api/v1", auth=site.login, verify=False)
+    ) as api:
+        url = "file:///nowhere"
+        for name in ("gamma-1", "gamma-2"):
+            assert api.post("/hosts", json={"name": name, "url": url}).status_code == 201
+        made = api.post("/destinations", json={"name": "gamma", "hosts": ["gamma-1", "gamma-2"]})
+        assert made.status_code == 201, made.text
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        page = admin.get("/destinations/gamma").text
+        hosts = re.search(r'<table class="hosts">(.*?)</table>', page, re.S)
+        assert hosts
+        rows = re.findall(r"<tr[^>]*><td>([^<]*)</td><td>([^<]*)</td>", hosts[1])
+        assert rows == [("primary", "gamma-1"), ("backup 1", "gamma-2")]
+        assert hosts[1].count("never") == 2  # nothing delivered yet
+        assert "failed (last 6 h)" in hosts[1]
+        assert '<p class="big traffic">none yet</p>' in page
+        assert "Window (UTC)" in page and "Waiting" in page
