@@ -154,3 +154,57 @@ def test_a_data_user_sees_only_its_destinations(browser: Any, site: Site) -> Non
     assert page.locator("a[href='/destinations/alpha']").count() == 0
     answer = page.goto(f"{site.base}/destinations/alpha")
     assert answer is not None and answer.status == 404
+
+
+def test_running_progress_refreshes_and_a_selection_gets_a_priority(
+    browser: Any, site: Site, tmp_path: Path
+) -> None:
+    # A host held to 64 KiB/s: a 4 MiB upload runs for about a minute, unless stopped.
+    options = {"max_rate": 64 << 10, "chunk_size": 64 << 10}
+    url = f"file://{tmp_path / 'slow-sites'}"
+    made = site.api.post("/hosts", json={"name": "slow-h", "url": url, "options": options})
+    assert made.status_code == 201, made.text
+    made = site.api.post("/destinations", json={"name": "slow", "hosts": ["slow-h"]})
+    assert made.status_code == 201, made.text
+    up = site.api.post(
+        "/destinations/slow/files", params={"name": "s.grib"}, content=b"s" * (4 << 20)
+    )
+    assert up.status_code == 201, up.text
+    [running] = site.api.get("/transfers", params={"destination": "slow"}).json()
+    tid = running["id"]
+    wait_for(lambda: site.api.get(f"/transfers/{tid}").json()["bytes_sent"] > 0)
+
+    page = log_in(browser, site, *site.login)
+    page.goto(f"{site.base}/destinations/slow")
+    live = page.locator("[data-live='/destinations/slow/running']")
+    assert "/ 4.0 MiB at " in live.locator("td.progress").inner_text()
+    assert page.locator(".traffic").inner_text() == "primary in use"
+    assert page.locator("table.hosts tr.in-use td").nth(1).inner_text() == "slow-h"
+    # console.js stamps each swap: two different stamps are two fetches of the fragment.
+    page.wait_for_function("() => document.querySelector('[data-live]').dataset.updated")
+    first = live.get_attribute("data-updated")
+    page.wait_for_function(
+        "first => document.querySelector('[data-live]').dataset.updated !== first", arg=first
+    )
+    shown = live.locator("td.progress").inner_text()
+    assert " left" in shown and "KiB/s" in shown, shown
+    page.screenshot(path=str(tmp_path / "running.png"))
+
+    page.goto(f"{site.base}/transfers/{tid}")
+    assert "of 4.0 MiB" in page.locator("tbody[data-live] td.progress").inner_text()
+
+    page.goto(f"{site.base}/transfers?destination=slow")
+    page.check(f"input[name=id][value='{tid}']")
+    page.click("button[value=stop]")
+    assert "stop sent for 1 transfer" in page.locator(".message").inner_text()
+    wait_for(lambda: site.api.get(f"/transfers/{tid}").json()["status"] == "STOP")
+
+    ids = [t["id"] for t in site.api.get("/transfers", params={"destination": "alpha"}).json()]
+    page.goto(f"{site.base}/transfers?destination=alpha")
+    for chosen in ids[:2]:
+        page.check(f"input[name=id][value='{chosen}']")
+    page.fill("input[name=value]", "5")
+    page.click("button[value=priority]")
+    assert "priority 5 sent for 2 transfers" in page.locator(".message").inner_text()
+    wait_for(lambda: all(site.api.get(f"/transfers/{t}").json()["priority"] == 5 for t in ids[:2]))
+    assert site.api.get(f"/transfers/{ids[2]}").json()["priority"] == 99
