@@ -307,8 +307,9 @@ class HostState:
 def host_states(session: Session, *, destination: Destination, since: datetime) -> list[HostState]:
     """Each host of the destination, the primary first, with its transfers' state.
 
-    Every count is a range of the host index (destination, host, status, finished), so the
-    page costs a few index lookups per host however many transfers the catalog holds.
+    Each query is one range (or one seek, for the last delivery) of the host index
+    (destination, host, status, finished); only the running and the retrying transfers'
+    rows are read besides. So a few lookups per host, however many transfers there are.
     """
 
     def on(host: Host, *statuses: TransferStatus) -> Any:

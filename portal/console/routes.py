@@ -476,14 +476,14 @@ async def transfers_operation(request: Request) -> Response:
     value = None
     if operation is Operation.PRIORITY:
         typed = str(form.get("value", "")).strip()
-        if not typed.isdigit():
-            return _back("/transfers", f"priority {typed!r} is not a number: use 0 (urgent) to 99")
-        value = int(typed)
+        value = _whole(typed)
+        if value is None:
+            return _back("/transfers", f"priority {typed!r} is not a number from 0 (urgent) to 99")
     try:
         check_transfer_operation(operation, value)
     except OperationError as exc:
         return _back("/transfers", str(exc))
-    ids = [int(v) for v in form.getlist("id") if str(v).isdigit()]
+    ids = [i for i in (_whole(str(v)) for v in form.getlist("id")) if i is not None]
     if not ids:
         return _back("/transfers", "no transfer selected")
     dispatcher = engine_dispatcher(_state(request))
@@ -497,6 +497,12 @@ async def transfers_operation(request: Request) -> Response:
     what = f"{operation} {value}" if value is not None else str(operation)
     message = f"{what} sent for {done} transfer{'s' if done != 1 else ''}"
     return _back("/transfers", "; ".join([message, *refused]))
+
+
+def _whole(text: str) -> int | None:
+    """A form field's whole number, None if it is not one (only ASCII digits: int() takes
+    others that isdigit() lets through)."""
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def include_console(app: FastAPI) -> None:

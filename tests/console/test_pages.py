@@ -10,6 +10,7 @@ import re
 import httpx
 
 from console.conftest import DATA_PASSWORD, Site, logged_in
+from ecpds.portal.console import units
 
 
 def test_every_page_answers_for_an_admin(site: Site) -> None:
@@ -113,13 +114,17 @@ def test_a_selection_gets_one_operation_and_a_bad_one_a_message(site: Site) -> N
             "priority 150 is out of range: use 0 (urgent) to 99"
         )
         assert bulk(operation="priority", value="high", **one) == (
-            "priority 'high' is not a number: use 0 (urgent) to 99"
+            "priority 'high' is not a number from 0 (urgent) to 99"
         )
-        assert bulk(operation="priority", **one) == (
-            "priority '' is not a number: use 0 (urgent) to 99"
+        assert bulk(operation="priority", value="²", **one) == (
+            "priority '²' is not a number from 0 (urgent) to 99"
         )
         assert bulk(operation="hold", **one).startswith("unknown operation 'hold': use one of")
+        assert bulk(operation="priority", **one) == (
+            "priority '' is not a number from 0 (urgent) to 99"
+        )
         assert bulk(operation="stop") == "no transfer selected"
+        assert bulk(operation="stop", id="²") == "no transfer selected"
         assert bulk(operation="stop", id=["999999", str(site.transfer)]) == (
             "stop sent for 1 transfer; transfer 999999 does not exist"
         )
@@ -159,3 +164,24 @@ def test_a_destination_shows_its_hosts_in_order_and_which_carries_traffic(site: 
         assert "failed (last 6 h)" in hosts[1]
         assert '<p class="big traffic">none yet</p>' in page
         assert "Window (UTC)" in page and "Waiting" in page
+
+
+def test_sizes_rates_and_durations_read_in_human_units() -> None:
+    assert [units.size(n) for n in (0, 1023, 1536, 10 << 20, 200 << 20, 5 << 30)] == [
+        "0 B",
+        "1023 B",
+        "1.5 KiB",
+        "10.0 MiB",
+        "200 MiB",
+        "5.0 GiB",
+    ]
+    assert units.rate(1.5 * (1 << 20)) == "1.5 MiB/s"
+    assert [units.duration(s) for s in (0.4, 45, 80, 3600, 7500, 90061)] == [
+        "0 s",
+        "45 s",
+        "1 min 20 s",
+        "1 h",
+        "2 h 5 min",
+        "1 d 1 h",
+    ]
+    assert units.size(None) == units.rate(None) == units.duration(None) == ""
