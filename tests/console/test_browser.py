@@ -1,6 +1,8 @@
 """The web console in headless Chromium (Debian's package, driven by Playwright) against a
 served portal and a real worker: log in, hold and restart a destination with its buttons,
-requeue a selection, follow a transfer; a data user sees only its destinations.
+requeue, stop and reprioritise a selection, watch a running transfer's progress refresh, see
+which host carries a destination's traffic, follow a transfer; a data user sees only its
+destinations.
 
 Playwright's sync API runs outside any event loop, so these are plain test functions.
 """
@@ -40,6 +42,7 @@ class Site:
     base: str
     login: tuple[str, str]
     api: httpx.Client
+    sites: str  # the URL of a folder hosts may write to
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ def site(temporal_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                     for t in api.get("/transfers", params={"destination": "alpha"}).json()
                 )
             )
-            yield Site(f"https://127.0.0.1:{settings.https_port}", login, api)
+            yield Site(f"https://127.0.0.1:{settings.https_port}", login, api, url)
         finally:
             worker.loop.call_soon_threadsafe(stop.set)
             running.result(60)
@@ -208,3 +211,54 @@ def test_running_progress_refreshes_and_a_selection_gets_a_priority(
     assert "priority 5 sent for 2 transfers" in page.locator(".message").inner_text()
     wait_for(lambda: all(site.api.get(f"/transfers/{t}").json()["priority"] == 5 for t in ids[:2]))
     assert site.api.get(f"/transfers/{ids[2]}").json()["priority"] == 99
+
+
+def test_a_destination_shows_its_backup_carrying_the_traffic(browser: Any, site: Site) -> None:
+    # Nothing can be written below /proc, even as root: the primary fails every cycle.
+    common = {"retry_count": 0, "retry_frequency": 1}
+    for name, url in (("down-p", "file:///proc/ecpds-down"), ("down-b", site.sites)):
+        made = site.api.post("/hosts", json={"name": name, "url": url, **common})
+        assert made.status_code == 201, made.text
+    made = site.api.post(
+        "/destinations",
+        json={
+            "name": "down",
+            "hosts": ["down-p", "down-b"],
+            "on_host_failure": "next_and_stay",
+            "retry_frequency": 1,
+        },
+    )
+    assert made.status_code == 201, made.text
+    up = site.api.post("/destinations/down/files", params={"name": "d.grib"}, content=b"d" * 100)
+    assert up.status_code == 201, up.text
+    [sent] = site.api.get("/transfers", params={"destination": "down"}).json()
+    wait_for(lambda: site.api.get(f"/transfers/{sent['id']}").json()["status"] == "DONE")
+    assert site.api.get(f"/transfers/{sent['id']}").json()["host"] == "down-b"
+
+    page = log_in(browser, site, *site.login)
+    page.goto(f"{site.base}/destinations/down")
+    assert page.locator(".traffic").inner_text() == "backup down-b in use"
+    rows = page.locator("table.hosts tbody tr")
+    assert rows.nth(0).locator("td").nth(1).inner_text() == "down-p"
+    assert rows.nth(0).locator("td").nth(6).inner_text() == "never"
+    assert rows.nth(1).get_attribute("class") == "in-use"
+    assert rows.nth(1).locator("td").nth(6).inner_text() != "never"
+
+    # With the failing host alone, its transfer waits for a retry: a failed cycle on it.
+    made = site.api.post("/destinations", json={"name": "dead", "hosts": ["down-p"]})
+    assert made.status_code == 201, made.text
+    up = site.api.post("/destinations/dead/files", params={"name": "e.grib"}, content=b"e")
+    assert up.status_code == 201, up.text
+    [waiting] = site.api.get("/transfers", params={"destination": "dead"}).json()
+
+    def failed_once() -> bool:
+        now = site.api.get(f"/transfers/{waiting['id']}").json()
+        return now["retry_at"] is not None and now["host"] == "down-p"
+
+    wait_for(failed_once)
+    page.goto(f"{site.base}/destinations/dead")
+    [row] = page.locator("table.hosts tbody tr").all()
+    assert row.locator("td").nth(7).inner_text() == "1"
+    assert page.locator(".traffic").inner_text() == "none yet"
+    stopped = site.api.post(f"/transfers/{waiting['id']}/operations/stop")
+    assert stopped.status_code == 202, stopped.text
