@@ -12,7 +12,7 @@ import types
 import typing
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -37,6 +37,9 @@ OTHER_DOORS = ("/api/", "/data/", "/ecpds/", "/console-static", "/metrics", "/lo
 ADMIN_ONLY = {"/events"}
 MINE = ["site-0001", "site-0002", "site-0003"]  # carol's
 THEIRS = "site-0500"
+# Values for the list pages' query parameters that are not an enum (every member is tried)
+# or `page` (2).
+FILTERS = {"name": "00", "destination": MINE[0], "user": "admin"}
 
 
 @dataclass
@@ -52,10 +55,8 @@ class BigSite:
     site: Site
     # By the path segment before a parameter: /destinations/{name} takes "destinations".
     samples: dict[str, Sample]
-    # Query parameters of list pages that are not an enum (every member is tried) or page.
-    filters: dict[str, str]
     seeded_in: float
-    routes: list[RouteContext] = field(default_factory=list)
+    routes: list[RouteContext]
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +98,10 @@ def big(temporal_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 "expected": Sample("t2m-0001", "z500-0500"),
                 "runs": Sample(runs[MINE[0]], runs[THEIRS]),
             }
-            filters = {"name": "00", "destination": MINE[0], "user": "admin"}
             app = create_app(settings, engine=engine)
             yield BigSite(
                 Site(base, login, int(transfers[MINE[0]])),
                 samples,
-                filters,
                 seeded_in,
                 [page for page in iter_route_contexts(app.routes) if _console_page(page)],
             )
@@ -168,7 +167,7 @@ def _enum_of(annotation: object) -> type[enum.Enum] | None:
     return None
 
 
-def _queries(route: RouteContext, filters: dict[str, str]) -> list[str]:
+def _queries(route: RouteContext) -> list[str]:
     """Each list filter alone (every member of an enum), then all of them together."""
     if not isinstance(route.original_route, APIRoute):
         return []
@@ -180,11 +179,11 @@ def _queries(route: RouteContext, filters: dict[str, str]) -> list[str]:
         elif parameter.name == "page":
             choices[parameter.name] = ["2"]
         else:
-            assert parameter.name in filters, (
+            assert parameter.name in FILTERS, (
                 f"add a filter sample for ?{parameter.name}= of {route.path}"
-                f" (filters in {__name__})"
+                f" (FILTERS in {__name__})"
             )
-            choices[parameter.name] = [filters[parameter.name]]
+            choices[parameter.name] = [FILTERS[parameter.name]]
     alone = [urlencode({name: value}) for name, values in choices.items() for value in values]
     together = [urlencode({name: values[0] for name, values in choices.items()})]
     return alone + together if len(choices) > 1 else alone
@@ -228,7 +227,7 @@ def test_every_page_answers_with_a_big_catalog(
             if theirs != mine:
                 answer = _get(carol, theirs, times)
                 assert answer.status_code == 404, f"data user at {theirs}: {answer.status_code}"
-            for query in _queries(route, big.filters):
+            for query in _queries(route):
                 for who, client, want in (("admin", admin, 200), ("data user", carol, expected)):
                     answer = _get(client, f"{mine}?{query}", times)
                     assert answer.status_code == want, (
@@ -237,6 +236,11 @@ def test_every_page_answers_with_a_big_catalog(
         # The seeded rows are on the pages, not only a page frame.
         assert "site-0999" in _get(admin, "/destinations?page=20", times).text
         assert "product-" in _get(admin, "/transfers", times).text
+        assert "<td>site-h</td>" in _get(admin, f"/destinations/{MINE[0]}", times).text
+        # Each upload's announcement waits in the outbox (no worker publishes here).
+        for client, backlog in ((admin, 2), (carol, 1)):
+            dashboard = _get(client, "/", times).text
+            assert f'backlog</h2><p class="big">{backlog}</p>' in dashboard, dashboard
         listing = _get(carol, "/destinations", times).text
         assert all(f"/destinations/{name}" in listing for name in MINE)
         assert f"/destinations/{THEIRS}" not in listing
