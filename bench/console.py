@@ -3,7 +3,7 @@ the CLI and the REST API asking the same, and how long a Prometheus scrape takes
 
 For each catalog (SQLite, and PostgreSQL when one answers: ECPDS_BENCH_DATABASE_URL, or
 the local server on 127.0.0.1:5432), seeds 1,000 destinations and 1,000,000 transfers
-(bench/seed.py), starts `ecpds up` on it, then times ROUNDS requests of each page as the
+(tests/peers/seed.py), starts `ecpds up` on it, then times ROUNDS requests of each page as the
 admin: the dashboard, one destination's page and a transfer search (one destination,
 FAIL), each page's p95; `ecpds transfers --json` for the same search (the whole command,
 interpreter start included) and the REST request it makes (p95);
@@ -20,6 +20,7 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import httpx
 import sqlalchemy
-from seed import seed
 from submit import (
     ecpds,
     log,
@@ -41,6 +41,9 @@ from submit import (
 )
 
 from ecpds.core.db import open_catalog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from peers.seed import seed  # noqa: E402
 
 DESTINATION = "site-0500"
 

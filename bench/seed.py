@@ -1,144 +1,23 @@
-"""A big catalog in little time: destinations, data files and transfers written with Core
-INSERTs in batches, each row from its model's own defaults, for benchmarks and page tests.
+"""Seed a catalog with a big synthetic load (tests/peers/seed.py), for a benchmark by hand.
 
-    seed(engine, destinations=1_000, transfers=1_000_000)
-
-Each data file goes to `fan_out` destinations (a product sent to many sites); statuses,
-priorities and times are spread over the last week so searches and counts have work.
+.venv/bin/python bench/seed.py sqlite:////tmp/big.db --transfers 1000000
 """
 
 from __future__ import annotations
 
-import random
+import argparse
+import sys
 import time
-import uuid
-from collections.abc import Iterator
-from datetime import timedelta
-from typing import Any
+from pathlib import Path
 
-from sqlalchemy import Engine, insert
-from sqlmodel import SQLModel
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from ecpds.core.models import DataFile, DataTransfer, Destination, TransferStatus, utcnow
+from peers.seed import seed  # noqa: E402
 
-BATCH = 5_000
-# Mostly delivered, some waiting and failing, a few running: as a busy day leaves it.
-STATUSES = (
-    [TransferStatus.DONE] * 80
-    + [TransferStatus.WAIT] * 8
-    + [TransferStatus.FAIL] * 4
-    + [TransferStatus.RETR] * 3
-    + [TransferStatus.EXEC] * 2
-    + [TransferStatus.HOLD] * 3
-)
-
-
-def _template(model: type[SQLModel], **required: Any) -> dict[str, Any]:
-    """Every column of `model` with its default (the model builds it once)."""
-    row = model(**required).model_dump()
-    row.pop("id", None)
-    return {key: value for key, value in row.items() if key in model.__table__.columns}  # type: ignore[attr-defined]
-
-
-def _batches(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == BATCH:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def seed(
-    engine: Engine,
-    *,
-    destinations: int,
-    transfers: int,
-    fan_out: int = 100,
-    prefix: str = "site",
-) -> list[str]:
-    """Add the rows; the destinations' names. Prints progress to nothing: returns quickly
-    enough (about a minute for a million transfers on SQLite)."""
-    rng = random.Random(42)
-    now = utcnow()
-    names = [f"{prefix}-{index:04d}" for index in range(destinations)]
-    destination_row = _template(Destination, name=names[0])
-    with engine.begin() as connection:
-        connection.execute(
-            insert(Destination), [destination_row | {"name": name} for name in names]
-        )
-        ids = [
-            row[0]
-            for row in connection.exec_driver_sql(
-                "SELECT id FROM destination WHERE name LIKE ? ORDER BY id"
-                if engine.dialect.name == "sqlite"
-                else "SELECT id FROM destination WHERE name LIKE %s ORDER BY id",
-                (f"{prefix}-%",),
-            )
-        ]
-    files = max(1, transfers // max(1, min(fan_out, destinations)))
-    file_row = _template(DataFile, name="x", id="x")
-    file_ids = [uuid.uuid4().hex for _ in range(files)]
-
-    def file_rows() -> Iterator[dict[str, Any]]:
-        for index, file_id in enumerate(file_ids):
-            created = now - timedelta(seconds=rng.randrange(7 * 86400))
-            yield file_row | {
-                "id": file_id,
-                "name": f"product-{index:07d}.grib",
-                "size": rng.randrange(1, 50_000_000),
-                "md5": uuid.uuid4().hex,
-                "created": created,
-                "arrived": created,
-                "expires": created + timedelta(days=7),
-            }
-
-    transfer_row = _template(
-        DataTransfer, data_file_id="x", target="x", expires=now, destination_id=ids[0]
-    )
-
-    def transfer_rows() -> Iterator[dict[str, Any]]:
-        for index in range(transfers):
-            file_index = index % files
-            status = rng.choice(STATUSES)
-            queued = now - timedelta(seconds=rng.randrange(7 * 86400))
-            done = status == TransferStatus.DONE
-            yield transfer_row | {
-                "data_file_id": file_ids[file_index],
-                "destination_id": ids[(index // files + file_index) % len(ids)],
-                "target": f"product-{file_index:07d}.grib",
-                "status": status,
-                "priority": rng.randrange(100),
-                "queued": queued,
-                "scheduled": queued,
-                "started": queued + timedelta(seconds=1) if status != TransferStatus.WAIT else None,
-                "finished": queued + timedelta(seconds=30) if done else None,
-                "bytes_sent": rng.randrange(1, 50_000_000) if done else 0,
-                "expires": queued + timedelta(days=7),
-                "last_error": "connection refused" if status == TransferStatus.FAIL else None,
-            }
-
-    for model, rows in ((DataFile, file_rows()), (DataTransfer, transfer_rows())):
-        for batch in _batches(rows):
-            with engine.begin() as connection:
-                connection.execute(insert(model), batch)
-    # The planner's statistics, as autovacuum would gather them soon after a bulk load
-    # (without them PostgreSQL plans the first queries as if the tables were empty).
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        if engine.dialect.name == "postgresql":
-            connection.exec_driver_sql("VACUUM ANALYZE destination, datafile, datatransfer")
-        else:
-            connection.exec_driver_sql("ANALYZE")
-    return names
+from ecpds.core.db import open_catalog  # noqa: E402
 
 
 def main() -> None:
-    import argparse
-
-    from ecpds.core.db import open_catalog
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="catalog URL, e.g. sqlite:////tmp/big.db")
     parser.add_argument("--destinations", type=int, default=1_000)

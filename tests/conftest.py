@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from peers.catalog import PG_URL, fresh_pg_schema
 from peers.temporal import running_dev_server
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from ecpds.core.db import open_catalog
 from ecpds.core.devserver import dev_server_command, free_port
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
-
-PG_URL = os.environ.get("ECPDS_TEST_DATABASE_URL", "")
 
 pytest_plugins = [
     "peers.sshd",
@@ -77,25 +75,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item not in dropped]
 
 
-def _fresh_pg_schema(url: str) -> str:
-    """A PostgreSQL URL whose search_path is a new, empty schema."""
-    import sqlalchemy
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    engine.dispose()
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}options=-csearch_path%3D{schema}"
-
-
 @pytest.fixture(params=_catalog_params())
 def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh catalog URL: SQLite always, PostgreSQL when ECPDS_TEST_DATABASE_URL is set."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog.db'}"
-    return _fresh_pg_schema(PG_URL)
+    return fresh_pg_schema(PG_URL)
 
 
 @pytest.fixture

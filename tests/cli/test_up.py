@@ -16,17 +16,15 @@ import subprocess
 import sys
 import time
 import tomllib
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import sqlalchemy
 from amqtt.client import MQTTClient
 from amqtt.errors import ConnectError
-from peers.catalog import until
+from peers.catalog import PG_URL, fresh_pg_schema, until
 from typer.testing import CliRunner, Result
 
 from ecpds.cli import supervisor as supervisor_module
@@ -36,7 +34,6 @@ from ecpds.core.devserver import free_port
 from ecpds.core.settings import Settings
 
 ECPDS = Path(sys.executable).parent / "ecpds"
-PG_URL = os.environ.get("ECPDS_TEST_DATABASE_URL", "")
 PORTS = (
     "temporal_port",
     "temporal_ui_port",
@@ -191,16 +188,6 @@ def leftovers(home: Path) -> list[str]:
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     found += [line for line in ps.splitlines() if str(home) in line and "ps -eo" not in line]
     return found
-
-
-def fresh_pg_schema(url: str) -> str:
-    """A PostgreSQL URL whose search_path is a new, empty schema."""
-    schema = f"up_{uuid.uuid4().hex[:12]}"
-    engine = sqlalchemy.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    engine.dispose()
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
 @pytest.fixture(scope="module", params=["embedded", "external"])

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy
 from sqlalchemy import Engine
 
 from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.models import DestinationCreate, DestinationUpdate, HostCreate, HostUpdate
 from ecpds.core.secrets import CredentialBox
+
+# A PostgreSQL server for the catalog tests, when set (they run on SQLite in any case).
+PG_URL = os.environ.get("ECPDS_TEST_DATABASE_URL", "")
+
+
+def fresh_pg_schema(url: str) -> str:
+    """A PostgreSQL URL whose search_path is a new, empty schema."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
 class CatalogEdits:
