@@ -52,6 +52,10 @@ def workflow_queue(task_queue: str, workflow_type: str) -> str:
     return role_queue(task_queue, WORKFLOW_ROLES[workflow_type])
 
 
+# The error type of a send that found every connection its host allows in use (by any
+# destination): the transfer waits for one, it has not failed (core/host_slots.py).
+HOST_BUSY = "HostBusy"
+
 # The scheduler's signals; `start_workflow` takes a signal-with-start by name only.
 WAKE_SIGNAL = "wake"
 COMMAND_SIGNAL = "command"
