@@ -25,7 +25,9 @@ from sqlmodel import Session, col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from ecpds.core import host_slots
 from ecpds.core.db import session_scope
+from ecpds.core.engine import HOST_BUSY
 from ecpds.core.metrics import observe_delivery
 from ecpds.core.models import DataFile, DataTransfer, Destination, Host, TransferStatus
 from ecpds.core.naming import NamingError, target_path
@@ -71,6 +73,7 @@ class _Plan:
     resume: bool  # the destination resumes targets that exist, or an earlier start was cut
     # An earlier start's unfinished upload on another host: removed, as it is not resumed.
     elsewhere: tuple[SendRequest, dict[str, str]] | None = None
+    slot: bool = False  # holds one of the host's slots (a host with max_connections)
 
 
 class TransmitActivities:
@@ -100,7 +103,21 @@ class TransmitActivities:
     async def transmit(self, request: TransmitInput) -> TransmitOutput:
         """Send one transfer's file to one host, heartbeating bytes sent; resumes on retry."""
         info = activity.info()
-        plan = await self._run(self._prepare, request, info.workflow_id)
+        try:
+            plan = await self._run(self._prepare, request, info.workflow_id)
+        except ApplicationError as exc:
+            if exc.type != HOST_BUSY:  # it may have taken the slot before it failed
+                await self._run(self._release, request)
+            raise
+        try:
+            return await self._send(request, plan, info)
+        finally:
+            if plan.slot:
+                await self._run(self._release, request)
+
+    async def _send(
+        self, request: TransmitInput, plan: _Plan, info: activity.Info
+    ) -> TransmitOutput:
         # A retry, a requeue or an interrupted start resume the partial upload they left
         # (a send that cannot resume it writes it again from byte 0, under the same name).
         resume = info.attempt > 1 or bool(info.heartbeat_details) or plan.resume
@@ -124,6 +141,7 @@ class TransmitActivities:
         started = time.monotonic()
         target = plan.request.target
         written, written_at = offset, started
+        renewed_at = started
         writing: asyncio.Future[None] | None = None
         if offset:
             writing = self._write_progress(request, target, offset, None)
@@ -145,6 +163,9 @@ class TransmitActivities:
                     rate = (sent - offset) / (now - started)
                     written, written_at = sent, now
                     writing = self._write_progress(request, target, sent, rate)
+                if plan.slot and now - renewed_at >= host_slots.RENEW_EVERY:
+                    renewed_at = now
+                    self.progress_executor.submit(self._renew, request)
             if writing is not None:
                 await asyncio.wait({writing})  # before the outcome, which it must not undo
             result = future.result()
@@ -187,6 +208,18 @@ class TransmitActivities:
         now = datetime.now(UTC)
         with session_scope(self.engine) as session:
             transfer, data_file, dest, host = _load(session, request)
+            slot = bool(host.max_connections)
+            if slot and not host_slots.take(
+                self.engine,
+                host_id=request.host_id,
+                transfer_id=request.transfer_id,
+                limit=host.max_connections,
+            ):
+                raise ApplicationError(
+                    f"host {host.name}: its {host.max_connections} connections are in use",
+                    type=HOST_BUSY,
+                    non_retryable=True,
+                )
             try:
                 credentials = self.box.open(host.credentials_encrypted)
             except CredentialError as exc:
@@ -238,7 +271,21 @@ class TransmitActivities:
                 fields, other_credentials = earlier.elsewhere
                 elsewhere = (dataclasses.replace(send_request, **fields), other_credentials)
             resume = cut_short or dest.if_target_exists == "resume"
-            return _Plan(send_request, credentials, resume, elsewhere)
+            return _Plan(send_request, credentials, resume, elsewhere, slot)
+
+    def _renew(self, request: TransmitInput) -> None:
+        try:
+            host_slots.renew(self.engine, host_id=request.host_id, transfer_id=request.transfer_id)
+        except SQLAlchemyError as exc:  # the lease outlives a few missed renewals
+            log.warning("transfer %s: host slot not renewed: %s", request.transfer_id, exc)
+
+    def _release(self, request: TransmitInput) -> None:
+        try:
+            host_slots.release(
+                self.engine, host_id=request.host_id, transfer_id=request.transfer_id
+            )
+        except SQLAlchemyError as exc:  # its lease runs out instead
+            log.warning("transfer %s: host slot not released: %s", request.transfer_id, exc)
 
     def _write_progress(
         self, request: TransmitInput, target: str, sent: int, rate: float | None

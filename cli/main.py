@@ -24,6 +24,7 @@ from ecpds.cli.operations import scheduler_app, transfer_app
 from ecpds.cli.portal import key_app, policy_app
 from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
 from ecpds.cli.temporal import reaching_temporal, temporal_app
+from ecpds.core.roles import Role
 
 
 @contextlib.contextmanager
@@ -167,12 +168,23 @@ def down(ctx: typer.Context) -> None:
 
 @app.command()
 @reports_errors
-def worker(ctx: typer.Context) -> None:
+def worker(
+    ctx: typer.Context,
+    role: Annotated[
+        list[Role] | None,
+        typer.Option(
+            help="dissemination, acquisition or auxiliary; repeat for several"
+            " (default: the worker_roles setting, all three)"
+        ),
+    ] = None,
+) -> None:
     """Run one Temporal worker (workflows and activities) until Ctrl-C or SIGTERM."""
     from ecpds.core.settings import with_worker_metrics
     from ecpds.workers.worker import run_worker
 
     settings = with_worker_metrics(state_of(ctx).settings)
+    if role:
+        settings = settings.model_copy(update={"worker_roles": role})
 
     async def serve() -> None:
         stop = asyncio.Event()

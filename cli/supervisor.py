@@ -30,6 +30,7 @@ from ecpds.cli.resources import console
 from ecpds.cli.running import alive
 from ecpds.cli.temporal import setup_search_attributes
 from ecpds.core.devserver import DevServerError, dev_server_command
+from ecpds.core.roles import role_queue
 from ecpds.core.settings import Settings, with_worker_metrics
 
 STARTUP_SECONDS = 180.0  # the first start migrates the catalog and hashes the admin password
@@ -294,7 +295,8 @@ def service_table(settings: Settings, supervisor: Supervisor, first_start: bool)
         )
         table.add_row("Temporal UI", f"http://127.0.0.1:{settings.temporal_ui_port}", "Web UI")
     worker_pid = supervisor.pids["worker"]
-    table.add_row("Worker", "", f"task queue {settings.task_queue}, pid {worker_pid}")
+    queues = ", ".join(role_queue(settings.task_queue, role) for role in settings.worker_roles)
+    table.add_row("Worker", "", f"task queues {queues}, pid {worker_pid}")
     worker = with_worker_metrics(settings)
     for label, attr in WORKER_METRICS:
         port = getattr(worker, attr)

@@ -46,6 +46,7 @@ from ecpds.core.engine import (
     replication_workflow_id,
     retrieval_batch_workflow_id,
     transfer_workflow_id,
+    workflow_queue,
 )
 from ecpds.core.errors import Unavailable
 from ecpds.core.models import QUEUED_STATUSES, DataTransfer, Destination, utcnow
@@ -146,7 +147,7 @@ class TemporalDispatcher:
                 DESTINATION_WORKFLOW,
                 DestinationInput(destination),
                 id=destination_workflow_id(destination),
-                task_queue=self.task_queue,
+                task_queue=workflow_queue(self.task_queue, DESTINATION_WORKFLOW),
                 start_signal=signal,
                 start_signal_args=[arg],
             )
@@ -172,7 +173,7 @@ class TemporalDispatcher:
                     REPLICATION_WORKFLOW,
                     ReplicationInput(data_file_ids),
                     id=replication_workflow_id(data_file_ids[0]),
-                    task_queue=self.task_queue,
+                    task_queue=workflow_queue(self.task_queue, REPLICATION_WORKFLOW),
                     search_attributes=TypedSearchAttributes(
                         [SearchAttributePair(DATA_FILE_ID, data_file_ids[0])]
                     ),
@@ -193,7 +194,7 @@ class TemporalDispatcher:
                             RETRIEVAL_BATCH_WORKFLOW,
                             RetrievalBatchInput(batch, destination),
                             id=retrieval_batch_workflow_id(batch[0]),
-                            task_queue=self.task_queue,
+                            task_queue=workflow_queue(self.task_queue, RETRIEVAL_BATCH_WORKFLOW),
                             search_attributes=TypedSearchAttributes(pairs),
                         )
 

@@ -4,7 +4,9 @@ workflows that core and the portal start.
 
 It imports only the standard library and `temporalio.common`, so workflows, activities,
 core, the portal and the dev server share it without pulling in SQL, fsspec or a client.
-Every workflow and activity runs on one task queue: the `task_queue` setting.
+Each workflow belongs to one role (dissemination, acquisition, auxiliary) and runs on
+that role's task queue, named from the `task_queue` setting, so each role can be deployed
+and scaled on its own; its activities and child workflows run on the same queue.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from temporalio.common import SearchAttributeKey
+
+from ecpds.core.roles import Role, role_queue
 
 # --- workflow types: registered under these names, so a class may move or be renamed ---
 
@@ -25,6 +29,32 @@ WAKE_SWEEP_WORKFLOW = "WakeSweepWorkflow"
 DISCOVERY_WORKFLOW = "DiscoveryWorkflow"
 SUBSCRIPTION_WORKFLOW = "SubscriptionWorkflow"
 NOTIFICATION_WORKFLOW = "NotificationWorkflow"
+
+
+# --- roles and their task queues ----------------------------------------------------------
+
+
+WORKFLOW_ROLES = {
+    DESTINATION_WORKFLOW: Role.DISSEMINATION,
+    TRANSFER_WORKFLOW: Role.DISSEMINATION,
+    DISCOVERY_WORKFLOW: Role.ACQUISITION,
+    RETRIEVAL_BATCH_WORKFLOW: Role.ACQUISITION,
+    SUBSCRIPTION_WORKFLOW: Role.ACQUISITION,
+    REPLICATION_WORKFLOW: Role.AUXILIARY,
+    GARBAGE_COLLECTION_WORKFLOW: Role.AUXILIARY,
+    WAKE_SWEEP_WORKFLOW: Role.AUXILIARY,
+    NOTIFICATION_WORKFLOW: Role.AUXILIARY,
+}
+
+
+def workflow_queue(task_queue: str, workflow_type: str) -> str:
+    """The task queue a workflow of this type is started on."""
+    return role_queue(task_queue, WORKFLOW_ROLES[workflow_type])
+
+
+# The error type of a send that found every connection its host allows in use (by any
+# destination): the transfer waits for one, it has not failed (core/host_slots.py).
+HOST_BUSY = "HostBusy"
 
 # The scheduler's signals; `start_workflow` takes a signal-with-start by name only.
 WAKE_SIGNAL = "wake"

@@ -577,6 +577,15 @@ class DestinationHost(SQLModel, table=True):
     position: int = 0
 
 
+class HostSlot(SQLModel, table=True):
+    """A connection to a host held by a running send, so that a host's max_connections
+    holds across every destination that uses it (see core/host_slots.py)."""
+
+    host_id: int = Field(foreign_key="host.id", primary_key=True, ondelete="CASCADE")
+    transfer_id: int = Field(primary_key=True)
+    renewed: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 # --- aliases ------------------------------------------------------------------------------
 
 

@@ -15,6 +15,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ecpds.core.roles import Role
+
 CONFIG_ENV = "ECPDS_CONFIG"
 # The metrics ports of a worker run by `ecpds worker` (and `ecpds up`) unless set; a
 # worker started in code (tests, embedding) serves no metrics unless asked.
@@ -41,7 +43,14 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_port: int = 7233
     temporal_ui_port: int = 8233
-    task_queue: str = "ecpds"
+    task_queue: str = Field(
+        default="ecpds",
+        description="names the roles' task queues: dissemination on it, the others on"
+        " NAME-acquisition and NAME-auxiliary",
+    )
+    worker_roles: list[Role] = Field(
+        default_factory=lambda: list(Role), description="what `ecpds worker` runs (default all)"
+    )
     sweep_every: int = Field(
         default=300,
         gt=0,

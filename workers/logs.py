@@ -1,5 +1,6 @@
 """The worker's log: a routine failure (a refused connection, a timeout, a login a remote
-host refused) is one line; a bug keeps its traceback."""
+host refused) is one line; a bug keeps its traceback; a send that waits for a busy host's
+free connection is no failure and not logged."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 from temporalio.exceptions import ApplicationError
 
+from ecpds.core.engine import HOST_BUSY
 from ecpds.core.protocols import ProtocolError
 
 # The SDK logs every failed activity attempt here, with its traceback.
@@ -29,6 +31,8 @@ class RoutineFailures(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ApplicationError) and exc.type == HOST_BUSY:
+            return False
         if exc is not None and is_routine(exc):
             record.msg, record.args = f"{record.getMessage()}: {one_line(exc)}", None
             record.exc_info, record.exc_text = None, None

@@ -1,8 +1,9 @@
 """Temporal Schedules: garbage collection, the daily check of every copy, the wake sweep,
 and one discovery schedule per acquisition host and destination.
 
-Created when a worker starts; a schedule that already exists is left as it is, but for
-the wake sweep's interval, which follows the `sweep_every` setting. Discovery schedules
+Created when a worker starts; one that already exists follows what this version wants
+(the wake sweep's interval from the `sweep_every` setting, and each action's task queue:
+the auxiliary role's for the first three, the acquisition role's for discovery). Discovery schedules
 follow the catalog: `sync_acquisition_schedules` runs at worker start and after every
 change of hosts or destinations.
 """
@@ -33,6 +34,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from ecpds.core.acquisition import AcquisitionSettings, acquisition_hosts
 from ecpds.core.engine import (
+    DISCOVERY_WORKFLOW,
+    GARBAGE_COLLECTION_WORKFLOW,
+    REPLICATION_WORKFLOW,
+    WAKE_SWEEP_WORKFLOW,
     DiscoveryInput,
     ReplicationInput,
     acquisition_schedule_id,
@@ -40,6 +45,7 @@ from ecpds.core.engine import (
     gc_schedule_id,
     store_check_schedule_id,
     wake_sweep_schedule_id,
+    workflow_queue,
 )
 from ecpds.core.errors import NotFound
 from ecpds.core.settings import Settings
@@ -53,9 +59,9 @@ CHECK_EVERY = timedelta(days=1)
 
 
 async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
-    """Create the schedules unless they exist; the ids of those created."""
+    """Create the schedules unless they exist (those that do follow `wanted`); the ids of
+    those created."""
     task_queue = settings.task_queue
-    sweep_every = timedelta(seconds=settings.sweep_every)
     wanted = [
         (
             gc_schedule_id(task_queue),
@@ -63,7 +69,7 @@ async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
                 GarbageCollectionWorkflow.run,
                 GarbageCollectionInput(),
                 id=gc_schedule_id(task_queue),
-                task_queue=task_queue,
+                task_queue=workflow_queue(task_queue, GARBAGE_COLLECTION_WORKFLOW),
             ),
             GC_EVERY,
         ),
@@ -73,7 +79,7 @@ async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
                 ReplicationWorkflow.run,
                 ReplicationInput(check=True),
                 id=store_check_schedule_id(task_queue),
-                task_queue=task_queue,
+                task_queue=workflow_queue(task_queue, REPLICATION_WORKFLOW),
             ),
             CHECK_EVERY,
         ),
@@ -83,9 +89,9 @@ async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
                 WakeSweepWorkflow.run,
                 WakeSweepInput(),
                 id=wake_sweep_schedule_id(task_queue),
-                task_queue=task_queue,
+                task_queue=workflow_queue(task_queue, WAKE_SWEEP_WORKFLOW),
             ),
-            sweep_every,
+            timedelta(seconds=settings.sweep_every),
         ),
     ]
     created = []
@@ -98,22 +104,10 @@ async def ensure_schedules(client: Client, settings: Settings) -> list[str]:
         try:
             await client.create_schedule(schedule_id, schedule)
         except ScheduleAlreadyRunningError:
-            if schedule_id == wake_sweep_schedule_id(task_queue):
-                await _follow_interval(client.get_schedule_handle(schedule_id), sweep_every)
+            await _follow(client.get_schedule_handle(schedule_id), schedule)
             continue
         created.append(schedule_id)
     return created
-
-
-async def _follow_interval(handle: ScheduleHandle, every: timedelta) -> None:
-    def updated(given: ScheduleUpdateInput) -> ScheduleUpdate | None:
-        spec = given.description.schedule.spec
-        if [i.every for i in spec.intervals] == [every]:
-            return None
-        spec.intervals = [ScheduleIntervalSpec(every=every)]
-        return ScheduleUpdate(schedule=given.description.schedule)
-
-    await handle.update(updated)
 
 
 async def sweep_now(client: Client, task_queue: str) -> None:
@@ -142,7 +136,7 @@ def _discovery_schedule(
             DiscoveryWorkflow.run,
             DiscoveryInput(destination, host),
             id=discovery_workflow_id(destination, host),
-            task_queue=task_queue,
+            task_queue=workflow_queue(task_queue, DISCOVERY_WORKFLOW),
         ),
         spec=ScheduleSpec(
             intervals=[ScheduleIntervalSpec(every=timedelta(seconds=settings.every))],

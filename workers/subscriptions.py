@@ -9,7 +9,6 @@ import logging
 from sqlalchemy import Engine
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from ecpds.activities.subscription import mqtt_subscriptions
@@ -19,7 +18,9 @@ from ecpds.core.engine import (
     SUBSCRIPTION_WORKFLOW,
     SubscriptionInput,
     subscription_workflow_id,
+    workflow_queue,
 )
+from ecpds.workers.singleton import start_singleton
 from ecpds.workflows.subscription import SubscriptionWorkflow
 
 log = logging.getLogger(__name__)
@@ -37,20 +38,22 @@ async def ensure_subscriptions(client: Client, engine: Engine, task_queue: str) 
         subscription_workflow_id(destination, host): SubscriptionInput(destination, host)
         for destination, host in await asyncio.to_thread(_wanted, engine)
     }
+    queue = workflow_queue(task_queue, SUBSCRIPTION_WORKFLOW)
     for workflow_id, request in wanted.items():
-        with contextlib.suppress(WorkflowAlreadyStartedError):
-            await client.start_workflow(
-                SubscriptionWorkflow.run,
-                request,
-                id=workflow_id,
-                task_queue=task_queue,
-                search_attributes=TypedSearchAttributes(
-                    [SearchAttributePair(DESTINATION, request.destination)]
-                ),
-            )
+        await start_singleton(
+            client,
+            SubscriptionWorkflow.run,
+            request,
+            id=workflow_id,
+            task_queue=queue,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(DESTINATION, request.destination)]
+            ),
+        )
+    # The bare queue too: where a version with one queue for every role left them.
     query = (
         f"WorkflowType = '{SUBSCRIPTION_WORKFLOW}' AND ExecutionStatus = 'Running'"
-        f" AND TaskQueue = '{task_queue}'"
+        f" AND (TaskQueue = '{queue}' OR TaskQueue = '{task_queue}')"
     )
     async for execution in client.list_workflows(query):
         if execution.id not in wanted:

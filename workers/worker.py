@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import ctypes
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
+from typing import Any
 
 from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorAutoscaling, Worker
 
 from ecpds.activities.discovery import DiscoveryActivities
 from ecpds.activities.notification import NotificationActivities
@@ -23,6 +24,7 @@ from ecpds.activities.transmit import HEARTBEAT_EVERY, TransmitActivities
 from ecpds.core.db import open_catalog
 from ecpds.core.metrics import worker_registry
 from ecpds.core.notifications import Doors
+from ecpds.core.roles import Role, role_queue
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import Store
@@ -49,65 +51,121 @@ from ecpds.workflows.transfer import TransferWorkflow
 log = logging.getLogger(__name__)
 
 
+ALL_ROLES = tuple(Role)
+
+
+class Workers:
+    """One Temporal worker per role, each on its role's task queue, run and stopped together
+    (the methods of `temporalio.worker.Worker` that ecpds uses)."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+
+    @property
+    def task_queues(self) -> list[str]:
+        return [worker.task_queue for worker in self.workers]
+
+    async def run(self) -> None:
+        await asyncio.gather(*(worker.run() for worker in self.workers))
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(worker.shutdown() for worker in self.workers))
+
+    async def __aenter__(self) -> Workers:
+        async with contextlib.AsyncExitStack() as stack:
+            for worker in self.workers:
+                await stack.enter_async_context(worker)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+
 def build_worker(
-    client: Client, settings: Settings, *, max_concurrent_activities: int = 64
-) -> Worker:
-    """A worker for the task queue, with the catalog, store and credential key."""
+    client: Client,
+    settings: Settings,
+    *,
+    roles: Iterable[Role] = ALL_ROLES,
+    max_concurrent_activities: int = 64,
+) -> Workers:
+    """The workers of `roles`, with the catalog, store and credential key; each registers
+    only its role's workflows and activities."""
     engine = open_catalog(settings.catalog_url)
     store = Store(settings.store_urls)
     box = CredentialBox(load_or_create_key(settings.key_file))
-    scheduling = SchedulingActivities(engine)
     doors = Doors.of(settings)  # where the notifications say products are served
-    transmit = TransmitActivities(engine, store, box, doors=doors)
     storage = StorageActivities(engine, store, box, settings.task_queue, doors=doors)
-    discovery = DiscoveryActivities(engine, box)
-    subscription = SubscriptionActivities(engine, box, settings.task_queue)
-    notification = NotificationActivities(engine, box, settings)
-    return Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=[
-            DestinationWorkflow,
-            TransferWorkflow,
-            RetrievalBatchWorkflow,
-            ReplicationWorkflow,
-            GarbageCollectionWorkflow,
-            WakeSweepWorkflow,
-            DiscoveryWorkflow,
-            SubscriptionWorkflow,
-            NotificationWorkflow,
-        ],
-        activities=[
-            scheduling.load_destination,
-            scheduling.record,
-            scheduling.apply_operation,
-            scheduling.next_transfers,
-            scheduling.clean_expired,
-            transmit.transmit,
-            storage.fetch_files,
-            storage.queue_transfers,
-            storage.wake_sweep,
-            storage.fail_retrievals,
-            storage.replicate,
-            storage.files_to_check,
-            storage.backup,
-            storage.collect_garbage,
-            discovery.start_run,
-            discovery.discover,
-            discovery.count_fetches,
-            discovery.finish_run,
-            subscription.subscribe,
-            notification.publish_notifications,
-        ],
-        max_concurrent_activities=max_concurrent_activities,
-        # Temporal answers a heartbeat with "cancel requested": an operator's interrupt is
-        # noticed within this (by default 80% of the heartbeat timeout, i.e. 12 s).
-        max_heartbeat_throttle_interval=timedelta(seconds=HEARTBEAT_EVERY),
-        max_concurrent_workflow_tasks=64,
-        max_concurrent_local_activities=64,
-        # Transfer workflows are short; a small cache keeps the worker's memory flat.
-        max_cached_workflows=100,
-    )
+    built = []
+    for role in dict.fromkeys(roles):  # each once, in the order given
+        workflows: list[type]
+        activities: list[Callable[..., Any]]
+        if role is Role.DISSEMINATION:
+            scheduling = SchedulingActivities(engine)
+            transmit = TransmitActivities(engine, store, box, doors=doors)
+            workflows = [DestinationWorkflow, TransferWorkflow]
+            activities = [
+                scheduling.load_destination,
+                scheduling.record,
+                scheduling.apply_operation,
+                scheduling.next_transfers,
+                scheduling.clean_expired,
+                transmit.transmit,
+            ]
+        elif role is Role.ACQUISITION:
+            discovery = DiscoveryActivities(engine, box)
+            subscription = SubscriptionActivities(engine, box, settings.task_queue)
+            workflows = [DiscoveryWorkflow, RetrievalBatchWorkflow, SubscriptionWorkflow]
+            activities = [
+                discovery.start_run,
+                discovery.discover,
+                discovery.count_fetches,
+                discovery.finish_run,
+                storage.fetch_files,
+                storage.queue_transfers,
+                storage.fail_retrievals,
+                # A fetched file is copied to the replicas and archives from its batch.
+                storage.replicate,
+                storage.backup,
+                subscription.subscribe,
+            ]
+        else:
+            notification = NotificationActivities(engine, box, settings)
+            workflows = [
+                ReplicationWorkflow,
+                GarbageCollectionWorkflow,
+                WakeSweepWorkflow,
+                NotificationWorkflow,
+            ]
+            activities = [
+                storage.wake_sweep,
+                storage.replicate,
+                storage.files_to_check,
+                storage.backup,
+                storage.collect_garbage,
+                notification.publish_notifications,
+            ]
+        built.append(
+            Worker(
+                client,
+                task_queue=role_queue(settings.task_queue, role),
+                workflows=workflows,
+                activities=activities,
+                max_concurrent_activities=max_concurrent_activities,
+                # Temporal answers a heartbeat with "cancel requested": an operator's
+                # interrupt is noticed within this (by default 80% of the heartbeat
+                # timeout, i.e. 12 s).
+                max_heartbeat_throttle_interval=timedelta(seconds=HEARTBEAT_EVERY),
+                max_concurrent_workflow_tasks=64,
+                max_concurrent_local_activities=64,
+                # Transfer workflows are short; a small cache keeps the worker's memory flat.
+                max_cached_workflows=100,
+                # As many pollers as the queue's backlog asks for, not a fixed count.
+                workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
+                activity_task_poller_behavior=PollerBehaviorAutoscaling(),
+            )
+        )
+    return Workers(built)
 
 
 def tune_memory() -> None:
@@ -183,8 +241,9 @@ async def warn_of_missing_search_attributes(client: Client, namespace: str) -> N
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run a worker until `stop` is set (or forever); running activities are cancelled
-    at once and resume from their partial files when a worker runs again."""
+    """Run a worker of `settings.worker_roles` until `stop` is set (or forever); running
+    activities are cancelled at once and resume from their partial files when a worker
+    runs again."""
     tune_memory()
     quiet_routine_failures()
     with serving_metrics(settings):
@@ -200,14 +259,18 @@ async def _serve(settings: Settings, stop: asyncio.Event | None) -> None:
         await sync_acquisition_schedules(client, catalog, settings.task_queue)
     finally:
         catalog.dispose()
-    worker = build_worker(client, settings)
+    roles = settings.worker_roles
+    worker = build_worker(client, settings, roles=roles)
     async with worker:
-        engine = open_catalog(settings.catalog_url)
-        try:
-            await ensure_subscriptions(client, engine, settings.task_queue)
-        finally:
-            engine.dispose()
-        await ensure_notifications(client, settings.task_queue)
+        log.info("worker polling %s", ", ".join(worker.task_queues))
+        if Role.ACQUISITION in roles:
+            engine = open_catalog(settings.catalog_url)
+            try:
+                await ensure_subscriptions(client, engine, settings.task_queue)
+            finally:
+                engine.dispose()
+        if Role.AUXILIARY in roles:
+            await ensure_notifications(client, settings.task_queue)
         # A push while the engine was down could not wake its destination: do it now.
         await sweep_now(client, settings.task_queue)
         await (stop or asyncio.Event()).wait()

@@ -26,7 +26,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.scheduling import HostRef
     from ecpds.activities.transmit import TransmitActivities, TransmitInput, TransmitOutput
-    from ecpds.core.engine import PRIORITY, TRANSFER_STATUS, TRANSFER_WORKFLOW
+    from ecpds.core.engine import HOST_BUSY, PRIORITY, TRANSFER_STATUS, TRANSFER_WORKFLOW
 
 # Files up to this size go in a local activity: no task-queue round trip, no heartbeats
 # needed. The workflow's own tasks still carry the transfer's priority.
@@ -38,6 +38,9 @@ PRIORITY_SIGNAL = "priority"  # an operator changed the priority of the running 
 # Patch ids: histories written before them replay as they ran.
 FAILS_PATCH = "transfer-cycle-fails"  # a failed cycle fails the workflow (was: completed)
 OUTCOME_WAIT = 2.0  # seconds a cancelled workflow waits for its outcome signal (sent first)
+# Pauses before asking a busy host again: short at first, then every 10 s, and after about
+# an hour of waiting the busy host counts as a failed attempt (the next host is tried).
+BUSY_PAUSES = (0.5, 1, 2, 5) + (10,) * 360
 
 
 def task_priority(priority: int, destination: str) -> Priority:
@@ -144,7 +147,19 @@ class TransferWorkflow:
         workflow.upsert_search_attributes([TRANSFER_STATUS.value_set(self.outcome or "STOP")])
 
     async def _transmit(self, request: TransferInput, host: HostRef) -> TransmitOutput:
-        """One host, tried by its retry count and frequency."""
+        """One host, tried by its retry count and frequency; while every connection the
+        host allows is in use (by any destination), waited for, not counted as a failure."""
+        for pause in BUSY_PAUSES:
+            try:
+                return await self._attempts(request, host)
+            except (ActivityError, ApplicationError) as exc:
+                cause = exc.cause if isinstance(exc, ActivityError) else exc
+                if not (isinstance(cause, ApplicationError) and cause.type == HOST_BUSY):
+                    raise
+            await workflow.sleep(pause)
+        return await self._attempts(request, host)
+
+    async def _attempts(self, request: TransferInput, host: HostRef) -> TransmitOutput:
         transmit = TransmitInput(request.transfer_id, host.id, request.start_count)
         retry = RetryPolicy(
             initial_interval=timedelta(seconds=max(1, host.retry_frequency)),

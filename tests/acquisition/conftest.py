@@ -26,7 +26,12 @@ from ecpds.activities.discovery import FinishRunOutput
 from ecpds.cli.main import app as cli_app
 from ecpds.core import acquisition
 from ecpds.core.devserver import free_port
-from ecpds.core.engine import DiscoveryInput, discovery_workflow_id
+from ecpds.core.engine import (
+    DISCOVERY_WORKFLOW,
+    DiscoveryInput,
+    discovery_workflow_id,
+    workflow_queue,
+)
 from ecpds.core.models import (
     AcquisitionRun,
     DataFile,
@@ -78,7 +83,7 @@ class Acquisition(CatalogEdits):
             DiscoveryWorkflow.run,
             DiscoveryInput(destination, host),
             id=f"{discovery_workflow_id(destination, host)}-{uuid.uuid4().hex[:6]}",
-            task_queue=self.settings.task_queue,
+            task_queue=workflow_queue(self.settings.task_queue, DISCOVERY_WORKFLOW),
         )
 
     def dry_run(self, host: str) -> acquisition.DryRun:

@@ -30,6 +30,7 @@ from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.engine import subscription_workflow_id
 from ecpds.core.models import DataFile, DataTransfer, HostCreate, HostKind
+from ecpds.core.roles import role_queues
 from ecpds.workers.subscriptions import ensure_subscriptions
 from ecpds.workers.worker import build_worker
 
@@ -79,7 +80,8 @@ async def acquisition_env(
     client = env.client
     yield env
     # The subscriptions would wait for a worker of this task queue for ever: end them.
-    query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+    queues = ", ".join(f"'{queue}'" for queue in role_queues(task_queue))
+    query = f"TaskQueue IN ({queues}) AND ExecutionStatus = 'Running'"
     async for execution in client.list_workflows(query):
         with contextlib.suppress(RPCError):
             await client.get_workflow_handle(execution.id).terminate("the test is over")

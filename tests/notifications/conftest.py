@@ -28,6 +28,7 @@ from temporalio.service import RPCError
 
 from ecpds.core.db import session_scope
 from ecpds.core.models import Notification, utcnow
+from ecpds.core.roles import role_queues
 from ecpds.workers.notifier import ensure_notifications
 from ecpds.workers.worker import build_worker
 
@@ -39,7 +40,8 @@ async def notify_env(
     env = await without_worker(temporal_server, task_queue, tmp_path, engine, catalog_url)
     yield env
     # The publisher would wait for a worker of this task queue for ever: end it.
-    query = f"TaskQueue = '{task_queue}' AND ExecutionStatus = 'Running'"
+    queues = ", ".join(f"'{queue}'" for queue in role_queues(task_queue))
+    query = f"TaskQueue IN ({queues}) AND ExecutionStatus = 'Running'"
     async for execution in env.client.list_workflows(query):
         with contextlib.suppress(RPCError):
             await env.client.get_workflow_handle(execution.id).terminate("the test is over")

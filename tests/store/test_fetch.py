@@ -16,7 +16,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from ecpds.core.devserver import free_port
-from ecpds.core.engine import RetrievalBatchInput
+from ecpds.core.engine import RETRIEVAL_BATCH_WORKFLOW, RetrievalBatchInput, workflow_queue
 from ecpds.core.models import DataTransfer, HostKind, TransferStatus
 from ecpds.core.push import PushOptions
 from ecpds.core.retrieval import SourceSpec, register_sources
@@ -44,7 +44,7 @@ def _fetch(system: System, ids: list[str], destination: str) -> RetrievalBatchOu
             RetrievalBatchWorkflow.run,
             RetrievalBatchInput(ids, destination),
             id=f"test-retrievals-{uuid.uuid4().hex}",
-            task_queue=system.settings.task_queue,
+            task_queue=workflow_queue(system.settings.task_queue, RETRIEVAL_BATCH_WORKFLOW),
         )
     )
 
@@ -199,7 +199,7 @@ def test_a_host_down_at_first_is_retried_after_a_backoff(system: System, sshd) -
             RetrievalBatchWorkflow.run,
             RetrievalBatchInput([data_file_id], "later"),
             id=f"test-retrievals-{uuid.uuid4().hex}",
-            task_queue=system.settings.task_queue,
+            task_queue=workflow_queue(system.settings.task_queue, RETRIEVAL_BATCH_WORKFLOW),
         )
     )
     system.until(lambda: system.loop.run(_backed_off(handle)), "the first attempt's backoff")
@@ -232,7 +232,7 @@ def test_a_read_cut_off_goes_on_where_it_stopped(system: System, sshd) -> None:
                 RetrievalBatchWorkflow.run,
                 RetrievalBatchInput([data_file_id], "cut"),
                 id=f"test-retrievals-{uuid.uuid4().hex}",
-                task_queue=system.settings.task_queue,
+                task_queue=workflow_queue(system.settings.task_queue, RETRIEVAL_BATCH_WORKFLOW),
             )
         )
         result = system.loop.run(handle.result())

@@ -10,7 +10,12 @@ from datetime import timedelta
 from sqlmodel import Session, select
 
 from ecpds.core.db import session_scope
-from ecpds.core.engine import ReplicationInput
+from ecpds.core.engine import (
+    GARBAGE_COLLECTION_WORKFLOW,
+    REPLICATION_WORKFLOW,
+    ReplicationInput,
+    workflow_queue,
+)
 from ecpds.core.ingest import ingest
 from ecpds.core.models import DataFile, DataTransfer, TransferStatus, utcnow
 from ecpds.core.push import PushOptions
@@ -42,7 +47,7 @@ def test_deleted_and_corrupted_replicas_are_repaired(system: System) -> None:
             ReplicationWorkflow.run,
             ReplicationInput(check=True),
             id=f"check-{system.settings.task_queue}",
-            task_queue=system.settings.task_queue,
+            task_queue=workflow_queue(system.settings.task_queue, REPLICATION_WORKFLOW),
         )
     )
     assert (output.files, output.repaired, output.lost) == (1, 2, 0)
@@ -99,7 +104,7 @@ def test_garbage_collection_removes_exactly_what_has_expired(system: System) -> 
             GarbageCollectionWorkflow.run,
             GarbageCollectionInput(limit=2),  # small batches: the workflow must loop over them
             id=f"gc-{system.settings.task_queue}",
-            task_queue=system.settings.task_queue,
+            task_queue=workflow_queue(system.settings.task_queue, GARBAGE_COLLECTION_WORKFLOW),
         )
     )
     assert (output.transfers, output.files, output.objects) == (2, 1, 1)
@@ -120,7 +125,7 @@ def test_garbage_collection_removes_exactly_what_has_expired(system: System) -> 
             GarbageCollectionWorkflow.run,
             GarbageCollectionInput(),
             id=f"gc2-{system.settings.task_queue}",
-            task_queue=system.settings.task_queue,
+            task_queue=workflow_queue(system.settings.task_queue, GARBAGE_COLLECTION_WORKFLOW),
         )
     )
     assert (again.transfers, again.files, again.objects) == (0, 0, 0)
