@@ -1,7 +1,7 @@
 """host slots: the connections held on each host, across destinations
 
-Revision ID: 0012_host_slots
-Revises: 0011_console
+Revision ID: 0013_host_slots
+Revises: 0012_transfer_hosts
 Create Date: 2026-12-07 12:40:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import ecpds.core.models
 
-revision: str = "0012_host_slots"
-down_revision: str | None = "0011_console"
+revision: str = "0013_host_slots"
+down_revision: str | None = "0012_transfer_hosts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
