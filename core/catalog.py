@@ -31,6 +31,7 @@ from ecpds.core.models import (
     DataUser,
     DataUserCreate,
     DataUserDestination,
+    DataUserPolicy,
     DataUserPublic,
     DataUserUpdate,
     Destination,
@@ -51,6 +52,7 @@ from ecpds.core.models import (
     OperationEvent,
     Policy,
     PolicyDestination,
+    PolicyPublic,
     TransferStatus,
 )
 from ecpds.core.notifications import PUBLISHER_USER
@@ -90,8 +92,43 @@ def get_host(session: Session, *, name: str) -> Host:
     return host
 
 
-def list_hosts(session: Session) -> Sequence[Host]:
-    return session.exec(select(Host).order_by(Host.name)).all()
+def list_hosts(
+    session: Session,
+    *,
+    destinations: Sequence[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Sequence[Host]:
+    """By name; `destinations` keeps the hosts in one of their host lists."""
+    query = select(Host)
+    if destinations is not None:
+        query = query.where(
+            col(Host.id).in_(
+                select(DestinationHost.host_id)
+                .join(Destination, col(Destination.id) == col(DestinationHost.destination_id))
+                .where(col(Destination.name).in_(destinations))
+            )
+        )
+    query = query.order_by(Host.name).offset(offset)
+    return session.exec(query if limit is None else query.limit(limit)).all()
+
+
+def host_destinations(
+    session: Session, *, hosts: Sequence[Host], destinations: Sequence[str] | None = None
+) -> dict[int, list[str]]:
+    """The destinations listing each of `hosts` (of `destinations` only, if given), by name."""
+    query = (
+        select(DestinationHost.host_id, Destination.name)
+        .join(Destination, col(Destination.id) == col(DestinationHost.destination_id))
+        .where(col(DestinationHost.host_id).in_([h.id for h in hosts]))
+        .order_by(Destination.name)
+    )
+    if destinations is not None:
+        query = query.where(col(Destination.name).in_(destinations))
+    found: dict[int, list[str]] = {h.id: [] for h in hosts if h.id is not None}
+    for host_id, name in session.exec(query):
+        found[host_id].append(name)
+    return found
 
 
 # Credentials an acquisition host may have besides its protocol's (the broker's password).
@@ -580,6 +617,17 @@ def list_users(session: Session) -> Sequence[DataUser]:
     return session.exec(select(DataUser).order_by(DataUser.name)).all()
 
 
+def user_policies(session: Session, *, user: DataUser) -> list[str]:
+    """The policies `user` is a member of, by name."""
+    rows = session.exec(
+        select(Policy.name)
+        .join(DataUserPolicy, col(DataUserPolicy.policy_id) == col(Policy.id))
+        .where(DataUserPolicy.user_id == user.id)
+        .order_by(Policy.name)
+    ).all()
+    return list(rows)
+
+
 def _linked_destinations(session: Session, user: DataUser) -> list[str]:
     """The destinations linked to `user` itself (the field it is edited by); the ones it
     reaches, policies included, are `ecpds.core.access.user_destinations`."""
@@ -705,6 +753,38 @@ def bootstrap_admin(engine: Engine, settings: Settings) -> str | None:
     return password
 
 
+# --- policies -----------------------------------------------------------------------------
+
+
+def get_policy(session: Session, *, name: str) -> Policy:
+    policy = session.exec(select(Policy).where(Policy.name == name)).first()
+    if policy is None:
+        raise NotFound(f"unknown policy {name!r}")
+    return policy
+
+
+def list_policies(session: Session) -> Sequence[Policy]:
+    return session.exec(select(Policy).order_by(Policy.name)).all()
+
+
+def policy_public(session: Session, policy: Policy) -> PolicyPublic:
+    destinations = session.exec(
+        select(Destination.name)
+        .join(PolicyDestination, col(PolicyDestination.destination_id) == Destination.id)
+        .where(PolicyDestination.policy_id == policy.id)
+        .order_by(Destination.name)
+    ).all()
+    users = session.exec(
+        select(DataUser.name)
+        .join(DataUserPolicy, col(DataUserPolicy.user_id) == DataUser.id)
+        .where(DataUserPolicy.policy_id == policy.id)
+        .order_by(DataUser.name)
+    ).all()
+    return PolicyPublic(
+        name=policy.name, comment=policy.comment, destinations=list(destinations), users=list(users)
+    )
+
+
 # --- data files and transfers -------------------------------------------------------------
 
 
@@ -720,25 +800,40 @@ def list_data_files(
     *,
     destinations: Sequence[str] | None = None,
     name: str | None = None,
+    contains: str | None = None,
     group: str | None = None,
     metadata: dict[str, str] | None = None,
+    arrived_since: datetime | None = None,
+    arrived_until: datetime | None = None,
     limit: int = 100,
+    offset: int = 0,
 ) -> list[DataFile]:
-    """Newest first; `destinations` keeps files with a transfer to one of them."""
+    """Newest first; `destinations` keeps files with a transfer to one of them, `contains`
+    those whose name contains it."""
     query = select(DataFile).where(col(DataFile.deleted).is_(False))
     if destinations is not None:
+        # EXISTS per file, walked in ix_datafile_created's order: the page ends at `limit`
+        # matches instead of first collecting every transfer of the destinations.
+        ids = session.exec(select(Destination.id).where(col(Destination.name).in_(destinations)))
         query = query.where(
-            col(DataFile.id).in_(
-                select(DataTransfer.data_file_id)
-                .join(Destination, col(Destination.id) == col(DataTransfer.destination_id))
-                .where(col(Destination.name).in_(destinations))
+            select(DataTransfer.id)
+            .where(
+                col(DataTransfer.data_file_id) == col(DataFile.id),
+                col(DataTransfer.destination_id).in_(list(ids.all())),
             )
+            .exists()
         )
     if name is not None:
         query = query.where(DataFile.name == name)
+    if contains:
+        query = query.where(col(DataFile.name).contains(contains, autoescape=True))
     if group is not None:
         query = query.where(DataFile.group == group)
-    query = query.order_by(col(DataFile.created).desc())
+    if arrived_since is not None:
+        query = query.where(col(DataFile.arrived) >= arrived_since)
+    if arrived_until is not None:
+        query = query.where(col(DataFile.arrived) < arrived_until)
+    query = query.order_by(col(DataFile.created).desc()).offset(offset)
     if not metadata:
         return list(session.exec(query.limit(limit)).all())
     # JSON operators differ between SQLite and PostgreSQL: filter metadata here.
@@ -780,6 +875,7 @@ def list_transfers(
     destinations: Sequence[str] | None = None,
     status: TransferStatus | None = None,
     data_file_id: str | None = None,
+    host_id: int | None = None,
     since: datetime | None = None,
     target: str | None = None,
     with_error: bool = False,
@@ -800,6 +896,8 @@ def list_transfers(
         query = query.where(DataTransfer.status == status)
     if data_file_id is not None:
         query = query.where(DataTransfer.data_file_id == data_file_id)
+    if host_id is not None:
+        query = query.where(DataTransfer.host_id == host_id)
     if since is not None:
         query = query.where(col(DataTransfer.queued) >= since)
     query = query.order_by(col(DataTransfer.id).desc()).offset(offset)

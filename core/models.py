@@ -357,6 +357,13 @@ class Policy(SQLModel, table=True):
     comment: str = ""
 
 
+class PolicyPublic(SQLModel):
+    name: str
+    comment: str
+    destinations: list[str]
+    users: list[str]
+
+
 class PolicyDestination(SQLModel, table=True):
     policy_id: int = Field(foreign_key="policy.id", primary_key=True, ondelete="CASCADE")
     destination_id: int = Field(foreign_key="destination.id", primary_key=True, ondelete="CASCADE")
@@ -638,7 +645,8 @@ class DataFileBase(SQLModel):
 class DataFile(DataFileBase, table=True):
     id: str = Field(default_factory=new_data_file_id, primary_key=True, max_length=32)
     arrived: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # Indexed for the console's list, newest first, a page at a time.
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     expires: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     locations: list[str] = Field(default_factory=list, sa_type=JSON)
     deleted: bool = False
@@ -697,6 +705,8 @@ class DataTransfer(DataTransferBase, table=True):
             "destination_name",
             "bytes_sent",
         ),
+        # A host's latest transfers (its console page), newest first.
+        Index("ix_datatransfer_host", "host_id", "id"),
         # Transfer ids name Temporal workflows and are never reused, even after a delete.
         {"sqlite_autoincrement": True},
     )

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
@@ -418,9 +417,3 @@ async def requeue(request: Request) -> Response:
     done = len(ids) - len(refused)
     message = f"requeue sent for {done} transfer{'s' if done != 1 else ''}"
     return _back("/transfers", "; ".join([message, *refused]))
-
-
-def include_console(app: FastAPI) -> None:
-    """Serve the console on `app`, outside the OpenAPI description."""
-    app.include_router(router)
-    app.mount("/console-static", StaticFiles(directory=HERE / "static"), name="console-static")
