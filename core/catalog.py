@@ -795,6 +795,14 @@ def get_data_file(session: Session, *, id: str) -> DataFile:
     return data_file
 
 
+# A data user's files: up to this many destinations, found from their transfers (cost in
+# their transfers: 8 ms for one of 1,000 destinations with a million transfers, 120 ms for
+# 20); past it, by walking the files newest first until a page has matched, each file one
+# probe of ix_datatransfer_file (1 to 11 ms there; but 160 ms per 10,000 files walked when
+# few match, as for a destination that has none).
+FEW_DESTINATIONS = 10
+
+
 def list_data_files(
     session: Session,
     *,
@@ -812,17 +820,14 @@ def list_data_files(
     those whose name contains it."""
     query = select(DataFile).where(col(DataFile.deleted).is_(False))
     if destinations is not None:
-        # EXISTS per file, walked in ix_datafile_created's order: the page ends at `limit`
-        # matches instead of first collecting every transfer of the destinations.
-        ids = session.exec(select(Destination.id).where(col(Destination.name).in_(destinations)))
-        query = query.where(
-            select(DataTransfer.id)
-            .where(
-                col(DataTransfer.data_file_id) == col(DataFile.id),
-                col(DataTransfer.destination_id).in_(list(ids.all())),
-            )
-            .exists()
+        ids = list(
+            session.exec(select(Destination.id).where(col(Destination.name).in_(destinations)))
         )
+        sent = select(DataTransfer.data_file_id).where(col(DataTransfer.destination_id).in_(ids))
+        if len(ids) <= FEW_DESTINATIONS:
+            query = query.where(col(DataFile.id).in_(sent))
+        else:
+            query = query.where(sent.where(DataTransfer.data_file_id == DataFile.id).exists())
     if name is not None:
         query = query.where(DataFile.name == name)
     if contains:

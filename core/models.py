@@ -705,13 +705,16 @@ class DataTransfer(DataTransferBase, table=True):
             "destination_name",
             "bytes_sent",
         ),
+        # A file's transfers, and whether it has one to some destinations from the index
+        # alone (a data user's list of files probes it once per file).
+        Index("ix_datatransfer_file", "data_file_id", "destination_id"),
         # A host's latest transfers (its console page), newest first.
         Index("ix_datatransfer_host", "host_id", "id"),
         # Transfer ids name Temporal workflows and are never reused, even after a delete.
         {"sqlite_autoincrement": True},
     )
     id: int | None = Field(default=None, primary_key=True)
-    data_file_id: str = Field(foreign_key="datafile.id", index=True, ondelete="CASCADE")
+    data_file_id: str = Field(foreign_key="datafile.id", ondelete="CASCADE")
     # None once the destination is deleted; the transfer keeps its history and the name.
     destination_id: int | None = Field(
         default=None, foreign_key="destination.id", index=True, ondelete="SET NULL"

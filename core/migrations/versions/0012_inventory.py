@@ -1,4 +1,8 @@
-"""inventory: indexes for the console's data files (newest first) and a host's transfers
+"""inventory: indexes for the console's data files (newest first, and of some destinations)
+and a host's transfers
+
+The index of a transfer's data file gains its destination, so that whether a file has a
+transfer to some destinations is read from the index alone.
 
 Revision ID: 0012_inventory
 Revises: 0011_console
@@ -18,8 +22,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_index("ix_datafile_created", "datafile", ["created"])
     op.create_index("ix_datatransfer_host", "datatransfer", ["host_id", "id"])
+    op.create_index("ix_datatransfer_file", "datatransfer", ["data_file_id", "destination_id"])
+    op.drop_index("ix_datatransfer_data_file_id", table_name="datatransfer")
 
 
 def downgrade() -> None:
+    op.create_index("ix_datatransfer_data_file_id", "datatransfer", ["data_file_id"])
+    op.drop_index("ix_datatransfer_file", table_name="datatransfer")
     op.drop_index("ix_datatransfer_host", table_name="datatransfer")
     op.drop_index("ix_datafile_created", table_name="datafile")
