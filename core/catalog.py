@@ -613,8 +613,11 @@ def get_user(session: Session, *, name: str) -> DataUser:
     return user
 
 
-def list_users(session: Session) -> Sequence[DataUser]:
-    return session.exec(select(DataUser).order_by(DataUser.name)).all()
+def list_users(
+    session: Session, *, limit: int | None = None, offset: int = 0
+) -> Sequence[DataUser]:
+    query = select(DataUser).order_by(DataUser.name).offset(offset)
+    return session.exec(query if limit is None else query.limit(limit)).all()
 
 
 def user_policies(session: Session, *, user: DataUser) -> list[str]:

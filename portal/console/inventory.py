@@ -184,15 +184,18 @@ def host_page(request: Request, name: str) -> HTMLResponse:
 
 
 @router.get("/users")
-def users_page(request: Request) -> HTMLResponse:
+def users_page(request: Request, page: Annotated[int, Query(ge=1)] = 1) -> HTMLResponse:
     def build(session: Session, caller: Caller) -> dict[str, Any]:
         _admins_only(caller, "data users")
-        users = catalog.list_users(session)
+        users = catalog.list_users(session, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
         return {
             "rows": [
                 (catalog.user_public(session, u), catalog.user_policies(session, user=u))
-                for u in users
-            ]
+                for u in users[:PAGE_SIZE]
+            ],
+            "more": len(users) > PAGE_SIZE,
+            "page": page,
+            "query": _query(),
         }
 
     return _page(request, "users.html", build)

@@ -154,3 +154,16 @@ def test_a_data_user_sees_only_its_destinations(browser: Any, site: Site) -> Non
     assert page.locator("a[href='/destinations/alpha']").count() == 0
     answer = page.goto(f"{site.base}/destinations/alpha")
     assert answer is not None and answer.status == 404
+
+
+def test_an_operator_follows_a_host_to_its_transfers_and_their_files(
+    browser: Any, site: Site
+) -> None:
+    page = log_in(browser, site, *site.login)
+    page.click("nav a[href='/hosts']")
+    page.click("a[href='/hosts/alpha-h']")
+    assert page.locator("h1").inner_text().startswith("alpha-h")
+    assert page.locator("a[href='/destinations/alpha']").count() >= 1
+    page.click("nav a[href='/datafiles']")
+    page.locator("table.datafiles a").first.click()
+    assert page.locator("table.transfers a[href^='/transfers/']").count() >= 1
