@@ -799,10 +799,10 @@ def get_data_file(session: Session, *, id: str) -> DataFile:
 
 
 # A data user's files: up to this many destinations, found from their transfers (cost in
-# their transfers: 8 ms for one of 1,000 destinations with a million transfers, 120 ms for
-# 20); past it, by walking the files newest first until a page has matched, each file one
-# probe of ix_datatransfer_file (1 to 11 ms there; but 160 ms per 10,000 files walked when
-# few match, as for a destination that has none).
+# their transfers: 7 ms for one of 1,000 destinations with a million transfers, 56 ms for
+# 10); past it, by walking the files newest first until a page has matched, each file one
+# probe of ix_datatransfer_file (5 to 11 ms there, but 160 ms per 10,000 files walked when
+# few match, as for a destination without transfers).
 FEW_DESTINATIONS = 10
 
 

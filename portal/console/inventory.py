@@ -35,12 +35,10 @@ def _admins_only(caller: Caller, what: str) -> None:
 def url_without_password(url: str) -> str:
     """A host URL as shown: any password in it dropped (they belong in the credentials)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, where = parts.netloc.rpartition("@")
+    if ":" not in userinfo:
         return url
-    user = f"{parts.username}@" if parts.username else ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}{host}{port}"))
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}{at}{where}"))
 
 
 def _time(field: str, value: str) -> datetime | None:
@@ -247,6 +245,10 @@ def runs_page(
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
     def build(session: Session, caller: Caller) -> dict[str, Any]:
+        if status and status not in acquisition.RUN_STATUSES:
+            raise Invalid(
+                f"unknown run status {status!r}: use {', '.join(acquisition.RUN_STATUSES)}"
+            )
         allowed = caller.visible
         if destination:
             allowed = [destination] if allowed is None or destination in allowed else []

@@ -75,6 +75,8 @@ def test_unknown_names_and_bad_times_answer_with_the_error_page(site: Site) -> N
         assert "did you mean &#39;alpha-h&#39;" in admin.get("/hosts/alpha-hh").text
         bad = admin.get("/datafiles?since=yesterday")
         assert bad.status_code == 422 and "is not a time" in bad.text
+        bad = admin.get("/acquisition?status=done")
+        assert bad.status_code == 422 and "unknown run status" in bad.text
 
 
 def test_a_data_user_sees_only_what_reaches_its_destinations(site: Site) -> None:
@@ -105,4 +107,5 @@ def test_a_data_user_sees_only_what_reaches_its_destinations(site: Site) -> None
 
 def test_a_password_in_a_host_url_is_not_shown() -> None:
     assert url_without_password("ftp://bob:pw@h.example:21/in") == "ftp://bob@h.example:21/in"
+    assert url_without_password("sftp://bob:@[::1]:22/in") == "sftp://bob@[::1]:22/in"
     assert url_without_password("sftp://bob@h.example/in") == "sftp://bob@h.example/in"
