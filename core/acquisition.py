@@ -756,6 +756,9 @@ def _failed_files(session: Session, run_id: int) -> Sequence[str | None]:
     ).all()
 
 
+RUN_STATUSES = ("running", "ok", "partial", "failed")
+
+
 class RunPublic(BaseModel):
     id: int
     host: str
@@ -861,9 +864,34 @@ def _delete_originals(engine: Engine, box: CredentialBox, run_id: int) -> str | 
 
 
 def list_runs(
-    session: Session, *, host: str | None = None, limit: int = 50
+    session: Session,
+    *,
+    host: str | None = None,
+    destinations: Sequence[str] | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
 ) -> list[AcquisitionRun]:
-    query = select(AcquisitionRun).order_by(col(AcquisitionRun.id).desc()).limit(limit)
+    """Newest first; `destinations` keeps the runs for one of them."""
+    query = select(AcquisitionRun)
     if host is not None:
         query = query.where(AcquisitionRun.host == host)
+    if destinations is not None:
+        query = query.where(col(AcquisitionRun.destination).in_(destinations))
+    if status is not None:
+        query = query.where(AcquisitionRun.status == status)
+    query = query.order_by(col(AcquisitionRun.id).desc()).offset(offset).limit(limit)
     return list(session.exec(query).all())
+
+
+def get_run(session: Session, *, id: int) -> AcquisitionRun:
+    run = session.get(AcquisitionRun, id)
+    if run is None:
+        raise NotFound(f"unknown acquisition run {id}")
+    return run
+
+
+def run_files(session: Session, *, run_id: int, limit: int = 100) -> list[AcquiredFile]:
+    """The files a run acquired, in the order it found them."""
+    query = select(AcquiredFile).where(AcquiredFile.run_id == run_id)
+    return list(session.exec(query.order_by(col(AcquiredFile.id)).limit(limit)).all())

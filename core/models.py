@@ -357,6 +357,13 @@ class Policy(SQLModel, table=True):
     comment: str = ""
 
 
+class PolicyPublic(SQLModel):
+    name: str
+    comment: str
+    destinations: list[str]
+    users: list[str]
+
+
 class PolicyDestination(SQLModel, table=True):
     policy_id: int = Field(foreign_key="policy.id", primary_key=True, ondelete="CASCADE")
     destination_id: int = Field(foreign_key="destination.id", primary_key=True, ondelete="CASCADE")
@@ -647,7 +654,8 @@ class DataFileBase(SQLModel):
 class DataFile(DataFileBase, table=True):
     id: str = Field(default_factory=new_data_file_id, primary_key=True, max_length=32)
     arrived: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # Indexed for the console's list, newest first, a page at a time.
+    created: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     expires: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     locations: list[str] = Field(default_factory=list, sa_type=JSON)
     deleted: bool = False
@@ -709,11 +717,16 @@ class DataTransfer(DataTransferBase, table=True):
         # Each host of a destination: its running, retrying and failed transfers and its
         # last delivery (the console's host states), one range or one seek per host.
         Index("ix_datatransfer_host", "destination_id", "host_id", "status", "finished"),
+        # A file's transfers, and whether it has one to some destinations from the index
+        # alone (a data user's list of files probes it once per file).
+        Index("ix_datatransfer_file", "data_file_id", "destination_id"),
+        # A host's latest transfers (its console page), newest first.
+        Index("ix_datatransfer_host_recent", "host_id", "id"),
         # Transfer ids name Temporal workflows and are never reused, even after a delete.
         {"sqlite_autoincrement": True},
     )
     id: int | None = Field(default=None, primary_key=True)
-    data_file_id: str = Field(foreign_key="datafile.id", index=True, ondelete="CASCADE")
+    data_file_id: str = Field(foreign_key="datafile.id", ondelete="CASCADE")
     # None once the destination is deleted; the transfer keeps its history and the name.
     destination_id: int | None = Field(
         default=None, foreign_key="destination.id", index=True, ondelete="SET NULL"

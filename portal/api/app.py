@@ -37,7 +37,7 @@ from ecpds.portal.api import users as users_router
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.api.errors import describe_errors, install_error_handlers
 from ecpds.portal.api.metrics import metrics_router
-from ecpds.portal.console.routes import include_console
+from ecpds.portal.console import include_console
 from ecpds.portal.web import data_router
 
 PREFIX = "/api/v1"

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
 from ecpds.core import catalog, errors
 from ecpds.core.models import (
     INPUT,
     NAME_PATTERN,
-    DataUser,
     DataUserPolicy,
-    Destination,
     NameRef,
     Policy,
     PolicyDestination,
+    PolicyPublic,
     UserRef,
 )
 from ecpds.portal.api.deps import AdminDep, SessionDep
@@ -37,38 +36,6 @@ class PolicyPatch(BaseModel):
     comment: str | None = None
     destinations: list[NameRef] | None = None
     users: list[UserRef] | None = None
-
-
-class PolicyPublic(BaseModel):
-    name: str
-    comment: str
-    destinations: list[str]
-    users: list[str]
-
-
-def _get(session: Session, name: str) -> Policy:
-    policy = session.exec(select(Policy).where(Policy.name == name)).first()
-    if policy is None:
-        raise errors.NotFound(f"unknown policy {name!r}")
-    return policy
-
-
-def _public(session: Session, policy: Policy) -> PolicyPublic:
-    destinations = session.exec(
-        select(Destination.name)
-        .join(PolicyDestination, col(PolicyDestination.destination_id) == Destination.id)
-        .where(PolicyDestination.policy_id == policy.id)
-        .order_by(Destination.name)
-    ).all()
-    users = session.exec(
-        select(DataUser.name)
-        .join(DataUserPolicy, col(DataUserPolicy.user_id) == DataUser.id)
-        .where(DataUserPolicy.policy_id == policy.id)
-        .order_by(DataUser.name)
-    ).all()
-    return PolicyPublic(
-        name=policy.name, comment=policy.comment, destinations=list(destinations), users=list(users)
-    )
 
 
 def _link(
@@ -108,7 +75,7 @@ def _link(
 
 @router.get("")
 def list_policies(session: SessionDep, _: AdminDep) -> list[PolicyPublic]:
-    return [_public(session, p) for p in session.exec(select(Policy).order_by(Policy.name)).all()]
+    return [catalog.policy_public(session, p) for p in catalog.list_policies(session)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=refusals(409))
@@ -120,27 +87,27 @@ def create_policy(data: PolicyIn, session: SessionDep, _: AdminDep) -> PolicyPub
     session.flush()
     _link(session, policy, data.destinations, data.users)
     session.commit()
-    return _public(session, policy)
+    return catalog.policy_public(session, policy)
 
 
 @router.get("/{name}", responses=refusals(404))
 def get_policy(name: str, session: SessionDep, _: AdminDep) -> PolicyPublic:
-    return _public(session, _get(session, name))
+    return catalog.policy_public(session, catalog.get_policy(session, name=name))
 
 
 @router.patch("/{name}", responses=refusals(404))
 def update_policy(name: str, data: PolicyPatch, session: SessionDep, _: AdminDep) -> PolicyPublic:
-    policy = _get(session, name)
+    policy = catalog.get_policy(session, name=name)
     if data.comment is not None:
         policy.comment = data.comment
         session.add(policy)
     _link(session, policy, data.destinations, data.users)
     session.commit()
-    return _public(session, policy)
+    return catalog.policy_public(session, policy)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=refusals(404))
 def delete_policy(name: str, session: SessionDep, _: AdminDep) -> Response:
-    session.delete(_get(session, name))
+    session.delete(catalog.get_policy(session, name=name))
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

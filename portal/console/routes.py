@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
@@ -503,9 +502,3 @@ def _whole(text: str) -> int | None:
     """A form field's whole number, None if it is not one (only ASCII digits: int() takes
     others that isdigit() lets through)."""
     return int(text) if text.isascii() and text.isdigit() else None
-
-
-def include_console(app: FastAPI) -> None:
-    """Serve the console on `app`, outside the OpenAPI description."""
-    app.include_router(router)
-    app.mount("/console-static", StaticFiles(directory=HERE / "static"), name="console-static")

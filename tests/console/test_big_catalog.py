@@ -34,12 +34,21 @@ TRANSFERS = 200_000
 # The other doors of the same app, and the login form (tested in test_pages.py).
 OTHER_DOORS = ("/api/", "/data/", "/ecpds/", "/console-static", "/metrics", "/login")
 # Pages a data user may not open at all: it gets 404, as for a page that does not exist.
-ADMIN_ONLY = {"/events"}
+ADMIN_ONLY = {"/events", "/users", "/users/{name}", "/policies", "/policies/{name}"}
 MINE = ["site-0001", "site-0002", "site-0003"]  # carol's
 THEIRS = "site-0500"
 # Values for the list pages' query parameters that are not an enum (every member is tried)
 # or `page` (2).
-FILTERS = {"name": "00", "destination": MINE[0], "user": "admin"}
+FILTERS = {
+    "name": "00",
+    "destination": MINE[0],
+    "user": "admin",
+    "group": "g",
+    "since": "2026-01-01T00:00:00",
+    "until": "2099-01-01T00:00:00",
+    "host": "source-h",
+    "status": "ok",  # an acquisition run's (the transfer and destination ones are enums)
+}
 
 
 @dataclass
@@ -92,15 +101,25 @@ def big(temporal_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 "destinations": Sample(MINE[0], THEIRS),
                 "transfers": Sample(transfers[MINE[0]], transfers[THEIRS]),
                 "files": Sample(files[MINE[0]], files[THEIRS]),
+                "datafiles": Sample(files[MINE[0]], files[THEIRS]),
                 "hosts": Sample("site-h", "source-h"),
                 "users": Sample("carol", "admin"),
                 "policies": Sample("europe", "polar"),
                 "expected": Sample("t2m-0001", "z500-0500"),
                 "runs": Sample(runs[MINE[0]], runs[THEIRS]),
+                "acquisition": Sample(runs[MINE[0]], runs[THEIRS]),
             }
             app = create_app(settings, engine=engine)
             yield BigSite(
-                Site(base, login, int(transfers[MINE[0]])),
+                Site(
+                    base,
+                    login,
+                    int(transfers[MINE[0]]),
+                    files[MINE[0]],
+                    files[THEIRS],
+                    int(runs[MINE[0]]),
+                    int(runs[THEIRS]),
+                ),
                 samples,
                 seeded_in,
                 [page for page in iter_route_contexts(app.routes) if _console_page(page)],

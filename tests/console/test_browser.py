@@ -262,3 +262,16 @@ def test_a_destination_shows_its_backup_carrying_the_traffic(browser: Any, site:
     assert page.locator(".traffic").inner_text() == "none yet"
     stopped = site.api.post(f"/transfers/{waiting['id']}/operations/stop")
     assert stopped.status_code == 202, stopped.text
+
+
+def test_an_operator_follows_a_host_to_its_transfers_and_their_files(
+    browser: Any, site: Site
+) -> None:
+    page = log_in(browser, site, *site.login)
+    page.click("nav a[href='/hosts']")
+    page.click("a[href='/hosts/alpha-h']")
+    assert page.locator("h1").inner_text().startswith("alpha-h")
+    assert page.locator("a[href='/destinations/alpha']").count() >= 1
+    page.click("nav a[href='/datafiles']")
+    page.locator("table.datafiles a").first.click()
+    assert page.locator("table.transfers a[href^='/transfers/']").count() >= 1

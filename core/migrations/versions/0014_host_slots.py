@@ -1,7 +1,7 @@
 """host slots: the connections held on each host, across destinations
 
-Revision ID: 0013_host_slots
-Revises: 0012_transfer_hosts
+Revision ID: 0014_host_slots
+Revises: 0013_inventory
 Create Date: 2026-12-07 12:40:00
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import ecpds.core.models
 
-revision: str = "0013_host_slots"
-down_revision: str | None = "0012_transfer_hosts"
+revision: str = "0014_host_slots"
+down_revision: str | None = "0013_inventory"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
