@@ -151,15 +151,17 @@ def by_kind(docs: list[Doc], kind: str) -> dict[str, Doc]:
 def test_every_built_in_kind_is_valid_kubernetes(build: str) -> None:
     """Strict: a misspelt or misplaced field is an error, not a field the cluster drops."""
     _, docs = built(build)
-    checked = 0
+    checked, errors = 0, []
     for doc in docs:
         if doc["apiVersion"].startswith("keda.sh/"):
             continue
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{build}: {doc['kind']} {doc['metadata']['name']}: {exc.message}")
+            where = ".".join(map(str, exc.absolute_path))
+            errors.append(f"{doc['kind']} {doc['metadata']['name']}: {where}: {exc.message}")
         checked += 1
+    assert not errors, f"{build}: {errors}"
     assert checked >= 10
 
 
@@ -268,7 +270,10 @@ def test_no_secret_value_is_in_the_manifests() -> None:
 @pytest.mark.parametrize("build", list(BUILDS))
 def test_the_python_render_is_what_kustomize_builds(build: str) -> None:
     """Where no kustomize binary exists the tests above use `render`: it must agree."""
-    key = lambda doc: (doc["kind"], doc["metadata"]["name"])  # noqa: E731
+
+    def key(doc: Doc) -> tuple[str, str]:
+        return doc["kind"], doc["metadata"]["name"]
+
     assert sorted(render(BUILDS[build]), key=key) == sorted(kustomize(BUILDS[build]), key=key)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -203,6 +204,10 @@ class _MetricsServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow scrape never holds the worker's exit
 
 
+class _MetricsServerV6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Probes and scrapes every few seconds would drown the worker's log."""
@@ -230,7 +235,7 @@ def metrics_app(registry: CollectorRegistry, running: threading.Event) -> Any:
 @contextlib.contextmanager
 def serving_metrics(settings: Settings) -> Iterator[threading.Event]:
     """The worker's own /metrics and /health on worker_metrics_port (0: none) while the
-    block runs; the block sets the event it is given while its workers poll."""
+    block runs; the caller sets the event it yields while its workers poll."""
     running = threading.Event()
     if not settings.worker_metrics_port:
         yield running
@@ -241,7 +246,7 @@ def serving_metrics(settings: Settings) -> Iterator[threading.Event]:
             settings.bind,
             settings.worker_metrics_port,
             app,
-            server_class=_MetricsServer,
+            server_class=_MetricsServerV6 if ":" in settings.bind else _MetricsServer,
             handler_class=_QuietHandler,
         )
     except OSError as exc:
