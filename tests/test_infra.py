@@ -348,11 +348,16 @@ def docker_compose() -> bool:
     " test_the_compose_file_matches_the_compose_spec checks the file against the schema",
 )
 def test_docker_compose_accepts_the_file(tmp_path: Path) -> None:
+    """On a copy, with the secret file and infra/.env an operator makes first."""
+    shutil.copytree(INFRA, tmp_path / "infra")
+    shutil.copy(ROOT / "Dockerfile", tmp_path / "Dockerfile")
+    (tmp_path / "infra" / "secrets").mkdir(exist_ok=True)
+    (tmp_path / "infra" / "secrets" / "ecpds-secret.key").write_text("not-a-real-key\n")
     example = (INFRA / "env.example").read_text()
-    env = tmp_path / "env"
-    env.write_text(re.sub(r"^([A-Z_]+)=$", r"\1=not-a-real-value", example, flags=re.M))
+    env = re.sub(r"^([A-Z_]+)=$", r"\1=not-a-real-value", example, flags=re.M)
+    (tmp_path / "infra" / ".env").write_text(env)
     done = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "--env-file", str(env), "config", "-q"],
+        ["docker", "compose", "-f", str(tmp_path / "infra" / "compose.yaml"), "config", "-q"],
         capture_output=True,
         text=True,
         timeout=120,
