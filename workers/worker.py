@@ -6,11 +6,15 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import PollerBehaviorAutoscaling, Worker
@@ -196,15 +200,54 @@ def sdk_runtime(settings: Settings) -> Runtime | None:
         return None
 
 
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow scrape never holds the worker's exit
+
+
+class _MetricsServerV6(_MetricsServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes and scrapes every few seconds would drown the worker's log."""
+
+
+def metrics_app(registry: CollectorRegistry, running: threading.Event) -> Any:
+    """/health (200 while the worker polls its task queues, 503 before and while it
+    stops: Kubernetes probes and compose health checks ask it) and /metrics."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != "/health":
+            return metrics(environ, start_response)
+        status, body = (
+            ("200 OK", b"ok\n")
+            if running.is_set()
+            else ("503 Service Unavailable", b"not polling\n")
+        )
+        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
 @contextlib.contextmanager
-def serving_metrics(settings: Settings) -> Iterator[None]:
-    """The worker's own /metrics on worker_metrics_port (0: none) while the block runs."""
+def serving_metrics(settings: Settings) -> Iterator[threading.Event]:
+    """The worker's own /metrics and /health on worker_metrics_port (0: none) while the
+    block runs; the caller sets the event it yields while its workers poll."""
+    running = threading.Event()
     if not settings.worker_metrics_port:
-        yield
+        yield running
         return
+    app = metrics_app(worker_registry(), running)
     try:
-        server, thread = start_http_server(
-            settings.worker_metrics_port, settings.bind, registry=worker_registry()
+        server = make_server(
+            settings.bind,
+            settings.worker_metrics_port,
+            app,
+            server_class=_MetricsServerV6 if ":" in settings.bind else _MetricsServer,
+            handler_class=_QuietHandler,
         )
     except OSError as exc:
         log.warning(
@@ -213,10 +256,12 @@ def serving_metrics(settings: Settings) -> Iterator[None]:
             settings.worker_metrics_port,
             exc,
         )
-        yield
+        yield running
         return
+    thread = threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True)
+    thread.start()
     try:
-        yield
+        yield running
     finally:
         server.shutdown()
         server.server_close()
@@ -246,11 +291,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     runs again."""
     tune_memory()
     quiet_routine_failures()
-    with serving_metrics(settings):
-        await _serve(settings, stop)
+    with serving_metrics(settings) as running:
+        await _serve(settings, stop, running)
 
 
-async def _serve(settings: Settings, stop: asyncio.Event | None) -> None:
+async def _serve(settings: Settings, stop: asyncio.Event | None, running: threading.Event) -> None:
     client = await connect(settings, sdk_runtime(settings))
     await warn_of_missing_search_attributes(client, settings.temporal_namespace)
     await ensure_schedules(client, settings)
@@ -273,4 +318,8 @@ async def _serve(settings: Settings, stop: asyncio.Event | None) -> None:
             await ensure_notifications(client, settings.task_queue)
         # A push while the engine was down could not wake its destination: do it now.
         await sweep_now(client, settings.task_queue)
-        await (stop or asyncio.Event()).wait()
+        running.set()
+        try:
+            await (stop or asyncio.Event()).wait()
+        finally:
+            running.clear()

@@ -1,8 +1,10 @@
-"""A worker's /metrics after it delivered a transfer, and the Temporal SDK's own metrics."""
+"""A worker's /metrics after it delivered a transfer, its /health, and the Temporal SDK's
+own metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 
@@ -13,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ecpds.core.devserver import free_port
 from ecpds.core.settings import WORKER_METRICS_PORT, Settings, with_worker_metrics
 from ecpds.core.temporal_setup import connect
-from ecpds.workers.worker import build_worker, sdk_runtime, serving_metrics
+from ecpds.workers.worker import build_worker, run_worker, sdk_runtime, serving_metrics
 
 from .conftest import Dissemination
 
@@ -94,3 +96,42 @@ def test_the_worker_command_turns_metrics_on_unless_set(
     settings = with_worker_metrics(Settings())
     assert settings.worker_metrics_port == WORKER_METRICS_PORT
     assert settings.worker_sdk_metrics_port == 0  # set to off in the environment: kept
+
+
+async def health(port: int) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.get(f"http://127.0.0.1:{port}/health")
+
+
+async def test_a_worker_is_healthy_while_it_polls(
+    dissemination_without_worker: Dissemination,
+) -> None:
+    """The probes of infra/k8s ask /health: 503 until the worker polls, 200 while it
+    does, and nothing once it stopped."""
+    settings = dissemination_without_worker.settings.model_copy(
+        update={"worker_metrics_port": free_port()}
+    )
+    port = settings.worker_metrics_port
+    with serving_metrics(settings) as running:
+        answer = await health(port)
+        assert (answer.status_code, answer.text) == (503, "not polling\n")
+        running.set()
+        assert (await health(port)).status_code == 200
+        await scrape(port)  # /metrics served beside it
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run_worker(settings, stop))
+    try:
+        statuses = []
+        while not worker.done() and 200 not in statuses:
+            with contextlib.suppress(httpx.ConnectError):
+                statuses.append((await health(port)).status_code)
+            await asyncio.sleep(0.1)
+        if worker.done():
+            worker.result()  # a worker that died says why
+        assert statuses[-1] == 200, statuses
+        assert set(statuses) <= {200, 503}, statuses
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 60)
+    with pytest.raises(httpx.ConnectError):
+        await health(port)
