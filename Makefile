@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/acquisition.py
 	$(BIN)/python bench/notify.py
 	$(BIN)/python bench/console.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
