@@ -4,6 +4,8 @@ A location is an fsspec URL (a local folder by default; S3, Azure or GCS as repl
 Writes go to a temporary name and are renamed into place only when complete, so a write
 that breaks off leaves nothing behind; MD5 and ADLER32 are computed on the way in.
 Reads fall back to the next location when one fails or its ADLER32 does not match.
+Names under a location's root that start with a dot (e.g. `.multipart/`) are reserved
+for other shared state kept beside the objects, never objects themselves.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import contextlib
 import posixpath
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -27,6 +29,9 @@ CHUNK = 1 << 20
 # stream, and a mismatch marks the copy so that the next read (the retry) skips it.
 VERIFY_FIRST_MAX = 16 << 20
 _SUSPECTS_MAX = 10_000
+# Object keys are `root/ab/abcdef...` (alphanumeric); a first component with this
+# prefix is reserved state, skipped by every walk over the objects.
+RESERVED_PREFIX = "."
 
 
 class StoreError(Exception):
@@ -100,6 +105,57 @@ class Location:
             self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         return self.fs.open(partial, "wb"), partial, final
 
+    def path(self, name: str) -> str:
+        """The full path of a reserved `name` (like `.multipart/ID/upload.json`)."""
+        parts = name.split("/")
+        if not parts[0].startswith(RESERVED_PREFIX) or any(p in ("", ".", "..") for p in parts):
+            raise StoreError(f"invalid reserved name {name!r}")
+        return f"{self.root}/{name}"
+
+    def put(self, folder: str, name: str | Callable[[Digest], str], chunks: Iterable[bytes]) -> str:
+        """Write a reserved `folder/name` atomically, as objects are written, and return its
+        full name; `name` may be chosen from the digest of what was written (its MD5)."""
+        base = self.path(folder)
+        partial = f"{base}/{name if isinstance(name, str) else 'new'}.part-{secrets.token_hex(4)}"
+        if self.local:
+            self.fs.makedirs(base, exist_ok=True)
+
+        def final(digest: Digest) -> str:
+            return self.path(f"{folder}/{name if isinstance(name, str) else name(digest)}")
+
+        out = self.fs.open(partial, "wb")
+        return _write_file(self, out, partial, final, chunks, 0)[1]
+
+    def get(self, name: str) -> Iterator[bytes]:
+        """The bytes of a reserved `name`, in chunks; FileNotFoundError if it is not there."""
+        path = self.path(name)
+        # Another process may have written or removed it since this one last looked.
+        self.fs.invalidate_cache(posixpath.dirname(path))
+        with self.fs.open(path, "rb") as src:
+            while chunk := src.read(CHUNK):
+                yield chunk
+
+    def names(self, folder: str) -> list[str]:
+        """The names directly in a reserved `folder` (empty if there is none)."""
+        path = self.path(folder)
+        self.fs.invalidate_cache(path)
+        try:
+            found = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found if p.rstrip("/") != path)
+
+    def modified(self, name: str) -> float:
+        """When a reserved `name` was last written (epoch seconds)."""
+        path = self.path(name)
+        self.fs.invalidate_cache(posixpath.dirname(path))
+        return float(self.fs.modified(path).timestamp())
+
+    def remove(self, folder: str) -> None:
+        """Remove a reserved `folder` and all in it; nothing happens if it is gone."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(folder), recursive=True)
+
     def discard(self, partial: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(partial)
@@ -131,6 +187,19 @@ def _write(
     extra: tuple[str, ...] = (),
 ) -> Digest:
     out, partial, final = location.open_new(object_id)
+    return _write_file(location, out, partial, lambda _: final, chunks, max_size, extra)[0]
+
+
+def _write_file(
+    location: Location,
+    out: IO[bytes],
+    partial: str,
+    final: Callable[[Digest], str],
+    chunks: Iterable[bytes],
+    max_size: int,
+    extra: tuple[str, ...] = (),
+) -> tuple[Digest, str]:
+    """Stream `chunks` into `partial`, then rename it to `final(digest)`; see the module."""
     digest = Digest(extra=extra)
     try:
         with out:
@@ -139,11 +208,12 @@ def _write(
                 if max_size and digest.size > max_size:
                     raise ObjectTooLarge(f"file is larger than the limit of {max_size} bytes")
                 out.write(chunk)
-        location.fs.mv(partial, final)
+        path = final(digest)
+        location.fs.mv(partial, path)
     except BaseException:
         location.discard(partial)
         raise
-    return digest
+    return digest, path
 
 
 class Store:
@@ -399,11 +469,19 @@ class Store:
             loc.delete(object_id)
 
     def partials(self, location: Location | None = None) -> list[str]:
-        """Temporary files left in a location (the primary by default); none at rest."""
+        """Temporary object files left in a location (the primary by default); none at rest.
+
+        Reserved names (RESERVED_PREFIX) are not objects: their own owners clean them up.
+        """
         loc = location or self.primary
         if not loc.fs.exists(loc.root):
             return []
-        return [p for p in loc.fs.find(loc.root) if ".part-" in p.rsplit("/", 1)[-1]]
+        reserved = f"{loc.root}/{RESERVED_PREFIX}"
+        return [
+            p
+            for p in loc.fs.find(loc.root)
+            if ".part-" in p.rsplit("/", 1)[-1] and not p.startswith(reserved)
+        ]
 
 
 def _no_good_copy(object_id: str, errors: list[str]) -> StoreError:
