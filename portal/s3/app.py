@@ -513,9 +513,13 @@ def _blocking_chunks(
     chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop
 ) -> Iterator[bytes]:
     """An async chunk stream read from a worker thread (the store's writes block)."""
+
+    async def following() -> bytes:
+        return await anext(chunks)
+
     while True:
         try:
-            yield asyncio.run_coroutine_threadsafe(anext(chunks), loop).result()
+            yield asyncio.run_coroutine_threadsafe(following(), loop).result()
         except StopAsyncIteration:
             return
 
