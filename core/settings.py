@@ -37,7 +37,17 @@ class Settings(BaseSettings):
     store_locations: list[str] = Field(
         default_factory=list, description="fsspec URLs of store locations; home/store if empty"
     )
+    store_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="non-secret fsspec options of store locations, keyed by location URL"
+        " (e.g. endpoint_url, client_kwargs); their keys go in store_credentials_file",
+    )
     secret_key_file: Path | None = Field(default=None, description="Fernet key for credentials")
+    store_credentials_file: Path | None = Field(
+        default=None,
+        description="store locations' keys, sealed with the secret key (`ecpds store"
+        " credentials`); home/store-credentials.json if empty",
+    )
 
     temporal_address: str = Field(default="", description="host:port of a running Temporal")
     temporal_namespace: str = "default"
@@ -121,6 +131,10 @@ class Settings(BaseSettings):
     @property
     def store_urls(self) -> list[str]:
         return self.store_locations or [str((self.home / "store").resolve())]
+
+    @property
+    def store_secrets_file(self) -> Path:
+        return self.store_credentials_file or self.home / "store-credentials.json"
 
     @property
     def key_file(self) -> Path:

@@ -22,6 +22,8 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from ecpds.core.checksums import Adler32, Digest
+from ecpds.core.secrets import CredentialBox, CredentialError, StoreCredentials, load_or_create_key
+from ecpds.core.settings import Settings
 
 CHUNK = 1 << 20
 # Objects up to this size are checked before their first byte is handed out, so a
@@ -80,7 +82,7 @@ class Location:
         self.url = url
         try:
             fs, root = url_to_fs(url, **options)
-        except (ImportError, ValueError) as exc:
+        except (ImportError, ValueError, TypeError) as exc:  # TypeError: an unknown option
             raise StoreError(f"store location {url!r} is unusable: {exc}") from None
         self.fs: fsspec.AbstractFileSystem = fs
         self.root = root.rstrip("/")
@@ -482,6 +484,31 @@ class Store:
             for p in loc.fs.find(loc.root)
             if ".part-" in p.rsplit("/", 1)[-1] and not p.startswith(reserved)
         ]
+
+
+def open_store(settings: Settings) -> Store:
+    """The store every process opens: each location with its options from settings
+    (`store_options`) and its sealed credentials (`store_credentials_file`)."""
+    box = CredentialBox(load_or_create_key(settings.key_file))
+    credentials = StoreCredentials(settings.store_secrets_file, box)
+    urls = settings.store_urls
+    unknown = sorted(set(settings.store_options) - set(urls))
+    if unknown:
+        raise StoreError(f"store_options names {unknown[0]!r}, which is not a store location")
+    locations = []
+    for url in urls:
+        try:
+            secret = credentials.of(url)
+        except CredentialError as exc:
+            raise StoreError(str(exc)) from None
+        try:
+            locations.append(Location(url, **(settings.store_options.get(url, {}) | secret)))
+        except StoreError as exc:
+            message = str(exc)
+            for value in secret.values():
+                message = message.replace(value, "***")
+            raise StoreError(message) from None
+    return Store(locations)
 
 
 def _no_good_copy(object_id: str, errors: list[str]) -> StoreError:
