@@ -80,6 +80,9 @@ class Location:
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
+        # No listings cache: other processes write and remove objects (and reserved
+        # state) all the time, and a cached listing would hide them from this one.
+        options.setdefault("use_listings_cache", False)
         try:
             fs, root = url_to_fs(url, **options)
         except (ImportError, ValueError, TypeError) as exc:  # TypeError: an unknown option
@@ -130,17 +133,13 @@ class Location:
 
     def get(self, name: str) -> Iterator[bytes]:
         """The bytes of a reserved `name`, in chunks; FileNotFoundError if it is not there."""
-        path = self.path(name)
-        # Another process may have written or removed it since this one last looked.
-        self.fs.invalidate_cache(posixpath.dirname(path))
-        with self.fs.open(path, "rb") as src:
+        with self.fs.open(self.path(name), "rb") as src:
             while chunk := src.read(CHUNK):
                 yield chunk
 
     def names(self, folder: str) -> list[str]:
         """The names directly in a reserved `folder` (empty if there is none)."""
         path = self.path(folder)
-        self.fs.invalidate_cache(path)
         try:
             found = self.fs.ls(path, detail=False)
         except FileNotFoundError:
@@ -149,9 +148,7 @@ class Location:
 
     def modified(self, name: str) -> float:
         """When a reserved `name` was last written (epoch seconds)."""
-        path = self.path(name)
-        self.fs.invalidate_cache(posixpath.dirname(path))
-        return float(self.fs.modified(path).timestamp())
+        return float(self.fs.modified(self.path(name)).timestamp())
 
     def remove(self, folder: str) -> None:
         """Remove a reserved `folder` and all in it; nothing happens if it is gone."""

@@ -100,3 +100,14 @@ def test_archive_is_written_once(two_folders: Store, tmp_path: Path) -> None:
     assert (archive / "x" / "y.grib").read_bytes() == b"first"
     with pytest.raises(Exception, match="invalid archive name"):
         two_folders.archive("aaaa01", str(archive), "../escape", obj.adler32)
+
+
+def test_an_object_written_by_another_process_is_seen_after_a_listing(s3_server) -> None:
+    """Each replica has its own S3 client: a listing kept by one must not hide new objects."""
+    bucket = s3_server.bucket()
+    one, two = Store([s3_location(s3_server, bucket)]), Store([s3_location(s3_server, bucket)])
+    one.write("ab0001", [b"first"])
+    assert one.partials() == []  # lists the location
+    stored = two.write("ab0002", [b"second"])
+    assert one.exists("ab0002")
+    assert b"".join(one.iter_bytes("ab0002", adler32=stored.adler32)) == b"second"
