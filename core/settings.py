@@ -166,7 +166,7 @@ class Settings(BaseSettings):
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
 
 
-@lru_cache
+@lru_cache  # the process's own configuration, fixed for its life (load_settings resets it)
 def get_settings() -> Settings:
     return Settings()
 

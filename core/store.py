@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ CHUNK = 1 << 20
 # stream, and a mismatch marks the copy so that the next read (the retry) skips it.
 VERIFY_FIRST_MAX = 16 << 20
 _SUSPECTS_MAX = 10_000
+# A copy found corrupted is tried last for this long only: another process (a repair
+# on another worker) may have replaced it meanwhile, and each read checks it again anyway.
+SUSPECT_SECONDS = 60.0
 # Object keys are `root/ab/abcdef...` (alphanumeric); a first component with this
 # prefix is reserved state, skipped by every walk over the objects.
 RESERVED_PREFIX = "."
@@ -222,8 +226,9 @@ class Store:
         if not locations:
             raise StoreError("the store needs at least one location")
         self.locations = [loc if isinstance(loc, Location) else Location(loc) for loc in locations]
-        # Copies found corrupted, tried last until repaired: (location url, object id).
-        self._suspects: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Copies found corrupted, tried last until repaired or SUSPECT_SECONDS have passed:
+        # (location url, object id) -> when (time.monotonic()).
+        self._suspects: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     @property
     def primary(self) -> Location:
@@ -261,11 +266,16 @@ class Store:
         if urls:
             known = [loc for loc in self.locations if loc.url in urls]
             chosen = known + [loc for loc in self.locations if loc not in known]
-        fine = [loc for loc in chosen if (loc.url, object_id) not in self._suspects]
+        fine = [loc for loc in chosen if not self._is_suspect(loc, object_id)]
         return fine + [loc for loc in chosen if loc not in fine]
 
+    def _is_suspect(self, location: Location, object_id: str) -> bool:
+        since = self._suspects.get((location.url, object_id))
+        return since is not None and time.monotonic() - since < SUSPECT_SECONDS
+
     def _suspect(self, location: Location, object_id: str) -> None:
-        self._suspects[(location.url, object_id)] = None
+        self._suspects.pop((location.url, object_id), None)
+        self._suspects[(location.url, object_id)] = time.monotonic()
         while len(self._suspects) > _SUSPECTS_MAX:
             self._suspects.popitem(last=False)
 
@@ -420,7 +430,7 @@ class Store:
             if check:
                 ok = loc.adler32(object_id) == adler32
             else:
-                ok = loc.exists(object_id) and (loc.url, object_id) not in self._suspects
+                ok = loc.exists(object_id) and not self._is_suspect(loc, object_id)
             (good if ok else bad).append(loc)
         report = Repair(good=[loc.url for loc in good])
         for loc in bad:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ecpds.core import store as store_module
 from ecpds.core.store import VERIFY_FIRST_MAX, IntegrityError, Location, Store
 
 
@@ -73,6 +74,27 @@ def test_large_corrupted_copy_fails_once_then_reads_from_the_replica(tmp_path: P
         b"".join(store.iter_bytes("cafe01", adler32=obj.adler32))
     # The retry skips the copy found bad.
     assert b"".join(store.iter_bytes("cafe01", adler32=obj.adler32)) == data
+
+
+def test_a_suspicion_lapses_once_another_process_may_have_repaired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store([str(tmp_path / "a"), str(tmp_path / "b")])
+    data = os.urandom(VERIFY_FIRST_MAX + 100)
+    obj = store.write("cafe02", [data])
+    store.repair("cafe02", obj.adler32)
+    corrupt(store.primary, "cafe02")
+    with pytest.raises(IntegrityError):
+        b"".join(store.iter_bytes("cafe02", adler32=obj.adler32))
+    # Another worker repairs the copy; this one still takes it for bad, for a while.
+    assert Store(store.urls).repair("cafe02", obj.adler32).repaired == [store.primary.url]
+    assert store.repair("cafe02", obj.adler32, check=False).good == [store.locations[1].url]
+    corrupt(store.primary, "cafe02")
+    with pytest.raises(IntegrityError):
+        b"".join(store.iter_bytes("cafe02", adler32=obj.adler32))
+    Store(store.urls).repair("cafe02", obj.adler32)
+    monkeypatch.setattr(store_module, "SUSPECT_SECONDS", 0)
+    assert store.repair("cafe02", obj.adler32, check=False).good == store.urls
 
 
 def test_repair_restores_deleted_and_corrupted_copies(two_folders: Store) -> None:
