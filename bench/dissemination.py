@@ -38,7 +38,7 @@ from ecpds.core.ingest import ingest
 from ecpds.core.models import DataTransfer, DestinationCreate, HostCreate, TransferStatus
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import Store, open_store
 
 MiB = 1 << 20
 BARE_QUEUE = "bench-bare"
@@ -257,7 +257,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             temporal_address=f"127.0.0.1:{port}",
         )
         engine = open_catalog(settings.catalog_url)
-        store = Store(settings.store_urls)
+        store = open_store(settings)
         box = CredentialBox(load_or_create_key(settings.key_file))
         user = getpass.getuser()
         with session_scope(engine) as session:

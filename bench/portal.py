@@ -32,7 +32,7 @@ from ecpds.core.ingest import ingest
 from ecpds.core.models import DataUserCreate, DestinationCreate
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import open_store
 from ecpds.portal.tls import ensure_certificate
 
 MiB = 1 << 20
@@ -79,7 +79,7 @@ async def _zeros(size: int) -> AsyncIterator[bytes]:
 def prepare(settings: Settings, size: int, public_key: str) -> tuple[str, str, Path]:
     """A bucket destination `bench` with one file, a user, an S3 key; the file's store path."""
     engine = open_catalog(settings.catalog_url)
-    store = Store(settings.store_urls)
+    store = open_store(settings)
     box = CredentialBox(load_or_create_key(settings.key_file))
     with session_scope(engine) as session:
         catalog.create_destination(session, data=DestinationCreate(name="bench"))

@@ -23,8 +23,10 @@ from ecpds.cli.client import ApiError, CliError, CliState, reports_errors, state
 from ecpds.cli.operations import scheduler_app, transfer_app
 from ecpds.cli.portal import key_app, policy_app
 from ecpds.cli.resources import RESOURCES, print_json, print_rows, resource_group
+from ecpds.cli.store import store_app
 from ecpds.cli.temporal import reaching_temporal, temporal_app
 from ecpds.core.roles import Role
+from ecpds.core.store import StoreError
 
 
 @contextlib.contextmanager
@@ -82,6 +84,7 @@ app.add_typer(
     help="Acquisition hosts: dry run, run now, pause, resume, and their runs.",
 )
 app.add_typer(policy_app, name="policy", help="Policies: destinations given to users as a group.")
+app.add_typer(store_app, name="store", help="Store locations: their credentials.")
 app.add_typer(
     temporal_app, name="temporal", help="Prepare the Temporal namespace: its search attributes."
 )
@@ -194,7 +197,10 @@ def worker(
         await run_worker(settings, stop)
 
     with reaching_temporal(settings):
-        asyncio.run(serve())
+        try:
+            asyncio.run(serve())
+        except StoreError as exc:
+            raise CliError(str(exc)) from None
 
 
 @app.command()
@@ -206,7 +212,7 @@ def portal(ctx: typer.Context) -> None:
 
     try:
         run(state_of(ctx).settings)
-    except PortalError as exc:
+    except (PortalError, StoreError) as exc:
         raise CliError(str(exc)) from None
 
 

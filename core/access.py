@@ -134,6 +134,9 @@ def _active_user(session: Session, name: str) -> DataUser | None:
 
 # argon2 is slow on purpose; a password already checked against the same hash is not
 # checked again, so clients that push many files or open a connection per file pay once.
+# It holds only immutable facts ("this password matches this hash"): the user, its
+# active flag and its hash are read from the catalog at every log-in, so a change made
+# on another replica counts at once.
 _verified: set[tuple[int, str, str]] = set()
 _VERIFIED_MAX = 4096
 

@@ -403,6 +403,8 @@ def _parsed(name: str, notification: dict[str, Any] | None) -> NotificationSetti
         return None
 
 
+# Keyed by the column's whole value, so it holds only immutable facts: a destination
+# changed on another replica reads a new value, hence a new key, never a stale entry.
 @lru_cache(maxsize=4096)
 def _parse(text: str) -> NotificationSettings:
     return settings_of(json.loads(text))
@@ -502,7 +504,7 @@ def announce_delivered(
 # --- WIS2 ---------------------------------------------------------------------------------
 
 
-@cache
+@cache  # the schema ships with the package: immutable
 def _wis2_validator() -> Draft202012Validator:
     text = resources.files("ecpds.core.schemas").joinpath(WIS2_SCHEMA).read_text("utf-8")
     schema = json.loads(text)

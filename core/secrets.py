@@ -1,4 +1,5 @@
-"""Secrets at rest: host credentials encrypted with a Fernet key, passwords and tokens hashed."""
+"""Secrets at rest: host and store credentials encrypted with a Fernet key, passwords and
+tokens hashed."""
 
 from __future__ import annotations
 
@@ -58,6 +59,51 @@ class CredentialBox:
             raise CredentialError(
                 "host credentials cannot be decrypted with this secret key"
             ) from exc
+
+
+class StoreCredentials:
+    """The keys of store locations, by location URL, sealed in one file (mode 0600).
+
+    A file beside the secret key rather than a catalog table: every process that opens
+    the store already holds that key, and the store is opened before the catalog is read.
+    """
+
+    def __init__(self, path: Path, box: CredentialBox) -> None:
+        self.path = path
+        self.box = box
+
+    def _sealed(self) -> dict[str, str]:
+        if not self.path.exists():
+            return {}
+        return dict(json.loads(self.path.read_text()))
+
+    def of(self, url: str) -> dict[str, str]:
+        """The fsspec options that are secrets for location `url` (empty if none)."""
+        try:
+            return self.box.open(self._sealed().get(url))
+        except CredentialError:
+            raise CredentialError(
+                f"the credentials of store location {url!r} in {self.path} cannot be"
+                " decrypted with this secret key"
+            ) from None
+
+    def urls(self) -> list[str]:
+        return sorted(self._sealed())
+
+    def set(self, url: str, credentials: dict[str, str]) -> None:
+        """Replace the credentials of `url`; none removes them. Written atomically."""
+        sealed = self._sealed()
+        box = self.box.seal(credentials)
+        if box is None:
+            sealed.pop(url, None)
+        else:
+            sealed[url] = box
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(f"{self.path.name}.{secrets.token_hex(4)}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(sealed, out, indent=1, sort_keys=True)
+        partial.replace(self.path)
 
 
 def hash_password(password: str) -> str:

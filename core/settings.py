@@ -37,7 +37,17 @@ class Settings(BaseSettings):
     store_locations: list[str] = Field(
         default_factory=list, description="fsspec URLs of store locations; home/store if empty"
     )
+    store_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="non-secret fsspec options of store locations, keyed by location URL"
+        " (e.g. endpoint_url, client_kwargs); their keys go in store_credentials_file",
+    )
     secret_key_file: Path | None = Field(default=None, description="Fernet key for credentials")
+    store_credentials_file: Path | None = Field(
+        default=None,
+        description="store locations' keys, sealed with the secret key (`ecpds store"
+        " credentials`); home/store-credentials.json if empty",
+    )
 
     temporal_address: str = Field(default="", description="host:port of a running Temporal")
     temporal_namespace: str = "default"
@@ -123,6 +133,10 @@ class Settings(BaseSettings):
         return self.store_locations or [str((self.home / "store").resolve())]
 
     @property
+    def store_secrets_file(self) -> Path:
+        return self.store_credentials_file or self.home / "store-credentials.json"
+
+    @property
     def key_file(self) -> Path:
         return self.secret_key_file or self.home / "secret.key"
 
@@ -152,7 +166,7 @@ class Settings(BaseSettings):
         return self.temporal_address or f"127.0.0.1:{self.temporal_port}"
 
 
-@lru_cache
+@lru_cache  # the process's own configuration, fixed for its life (load_settings resets it)
 def get_settings() -> Settings:
     return Settings()
 

@@ -4,6 +4,8 @@ A location is an fsspec URL (a local folder by default; S3, Azure or GCS as repl
 Writes go to a temporary name and are renamed into place only when complete, so a write
 that breaks off leaves nothing behind; MD5 and ADLER32 are computed on the way in.
 Reads fall back to the next location when one fails or its ADLER32 does not match.
+Names under a location's root that start with a dot (e.g. `.multipart/`) are reserved
+for other shared state kept beside the objects, never objects themselves.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import secrets
+import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -20,6 +23,8 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from ecpds.core.checksums import Adler32, Digest
+from ecpds.core.secrets import CredentialBox, CredentialError, StoreCredentials, load_or_create_key
+from ecpds.core.settings import Settings
 
 CHUNK = 1 << 20
 # Objects up to this size are checked before their first byte is handed out, so a
@@ -27,6 +32,12 @@ CHUNK = 1 << 20
 # stream, and a mismatch marks the copy so that the next read (the retry) skips it.
 VERIFY_FIRST_MAX = 16 << 20
 _SUSPECTS_MAX = 10_000
+# A copy found corrupted is tried last for this long only: another process (a repair
+# on another worker) may have replaced it meanwhile, and each read checks it again anyway.
+SUSPECT_SECONDS = 60.0
+# Object keys are `root/ab/abcdef...` (alphanumeric); a first component with this
+# prefix is reserved state, skipped by every walk over the objects.
+RESERVED_PREFIX = "."
 
 
 class StoreError(Exception):
@@ -73,9 +84,12 @@ class Location:
 
     def __init__(self, url: str, **options: Any) -> None:
         self.url = url
+        # No listings cache: other processes write and remove objects (and reserved
+        # state) all the time, and a cached listing would hide them from this one.
+        options.setdefault("use_listings_cache", False)
         try:
             fs, root = url_to_fs(url, **options)
-        except (ImportError, ValueError) as exc:
+        except (ImportError, ValueError, TypeError) as exc:  # TypeError: an unknown option
             raise StoreError(f"store location {url!r} is unusable: {exc}") from None
         self.fs: fsspec.AbstractFileSystem = fs
         self.root = root.rstrip("/")
@@ -99,6 +113,51 @@ class Location:
         if self.local:
             self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         return self.fs.open(partial, "wb"), partial, final
+
+    def path(self, name: str) -> str:
+        """The full path of a reserved `name` (like `.multipart/ID/upload.json`)."""
+        parts = name.split("/")
+        if not parts[0].startswith(RESERVED_PREFIX) or any(p in ("", ".", "..") for p in parts):
+            raise StoreError(f"invalid reserved name {name!r}")
+        return f"{self.root}/{name}"
+
+    def put(self, folder: str, name: str | Callable[[Digest], str], chunks: Iterable[bytes]) -> str:
+        """Write a reserved `folder/name` atomically, as objects are written, and return its
+        full name; `name` may be chosen from the digest of what was written (its MD5)."""
+        base = self.path(folder)
+        partial = f"{base}/{name if isinstance(name, str) else 'new'}.part-{secrets.token_hex(4)}"
+        if self.local:
+            self.fs.makedirs(base, exist_ok=True)
+
+        def final(digest: Digest) -> str:
+            return self.path(f"{folder}/{name if isinstance(name, str) else name(digest)}")
+
+        out = self.fs.open(partial, "wb")
+        return _write_file(self, out, partial, final, chunks, 0)[1]
+
+    def get(self, name: str) -> Iterator[bytes]:
+        """The bytes of a reserved `name`, in chunks; FileNotFoundError if it is not there."""
+        with self.fs.open(self.path(name), "rb") as src:
+            while chunk := src.read(CHUNK):
+                yield chunk
+
+    def names(self, folder: str) -> list[str]:
+        """The names directly in a reserved `folder` (empty if there is none)."""
+        path = self.path(folder)
+        try:
+            found = self.fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found if p.rstrip("/") != path)
+
+    def modified(self, name: str) -> float:
+        """When a reserved `name` was last written (epoch seconds)."""
+        return float(self.fs.modified(self.path(name)).timestamp())
+
+    def remove(self, folder: str) -> None:
+        """Remove a reserved `folder` and all in it; nothing happens if it is gone."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path(folder), recursive=True)
 
     def discard(self, partial: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -131,6 +190,19 @@ def _write(
     extra: tuple[str, ...] = (),
 ) -> Digest:
     out, partial, final = location.open_new(object_id)
+    return _write_file(location, out, partial, lambda _: final, chunks, max_size, extra)[0]
+
+
+def _write_file(
+    location: Location,
+    out: IO[bytes],
+    partial: str,
+    final: Callable[[Digest], str],
+    chunks: Iterable[bytes],
+    max_size: int,
+    extra: tuple[str, ...] = (),
+) -> tuple[Digest, str]:
+    """Stream `chunks` into `partial`, then rename it to `final(digest)`; see the module."""
     digest = Digest(extra=extra)
     try:
         with out:
@@ -139,11 +211,12 @@ def _write(
                 if max_size and digest.size > max_size:
                     raise ObjectTooLarge(f"file is larger than the limit of {max_size} bytes")
                 out.write(chunk)
-        location.fs.mv(partial, final)
+        path = final(digest)
+        location.fs.mv(partial, path)
     except BaseException:
         location.discard(partial)
         raise
-    return digest
+    return digest, path
 
 
 class Store:
@@ -153,8 +226,9 @@ class Store:
         if not locations:
             raise StoreError("the store needs at least one location")
         self.locations = [loc if isinstance(loc, Location) else Location(loc) for loc in locations]
-        # Copies found corrupted, tried last until repaired: (location url, object id).
-        self._suspects: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Copies found corrupted, tried last until repaired or SUSPECT_SECONDS have passed:
+        # (location url, object id) -> when (time.monotonic()).
+        self._suspects: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     @property
     def primary(self) -> Location:
@@ -192,11 +266,16 @@ class Store:
         if urls:
             known = [loc for loc in self.locations if loc.url in urls]
             chosen = known + [loc for loc in self.locations if loc not in known]
-        fine = [loc for loc in chosen if (loc.url, object_id) not in self._suspects]
+        fine = [loc for loc in chosen if not self._is_suspect(loc, object_id)]
         return fine + [loc for loc in chosen if loc not in fine]
 
+    def _is_suspect(self, location: Location, object_id: str) -> bool:
+        since = self._suspects.get((location.url, object_id))
+        return since is not None and time.monotonic() - since < SUSPECT_SECONDS
+
     def _suspect(self, location: Location, object_id: str) -> None:
-        self._suspects[(location.url, object_id)] = None
+        self._suspects.pop((location.url, object_id), None)
+        self._suspects[(location.url, object_id)] = time.monotonic()
         while len(self._suspects) > _SUSPECTS_MAX:
             self._suspects.popitem(last=False)
 
@@ -351,7 +430,7 @@ class Store:
             if check:
                 ok = loc.adler32(object_id) == adler32
             else:
-                ok = loc.exists(object_id) and (loc.url, object_id) not in self._suspects
+                ok = loc.exists(object_id) and not self._is_suspect(loc, object_id)
             (good if ok else bad).append(loc)
         report = Repair(good=[loc.url for loc in good])
         for loc in bad:
@@ -399,11 +478,44 @@ class Store:
             loc.delete(object_id)
 
     def partials(self, location: Location | None = None) -> list[str]:
-        """Temporary files left in a location (the primary by default); none at rest."""
+        """Temporary object files left in a location (the primary by default); none at rest.
+
+        Reserved names (RESERVED_PREFIX) are not objects: their own owners clean them up.
+        """
         loc = location or self.primary
         if not loc.fs.exists(loc.root):
             return []
-        return [p for p in loc.fs.find(loc.root) if ".part-" in p.rsplit("/", 1)[-1]]
+        reserved = f"{loc.root}/{RESERVED_PREFIX}"
+        return [
+            p
+            for p in loc.fs.find(loc.root)
+            if ".part-" in p.rsplit("/", 1)[-1] and not p.startswith(reserved)
+        ]
+
+
+def open_store(settings: Settings) -> Store:
+    """The store every process opens: each location with its options from settings
+    (`store_options`) and its sealed credentials (`store_credentials_file`)."""
+    box = CredentialBox(load_or_create_key(settings.key_file))
+    credentials = StoreCredentials(settings.store_secrets_file, box)
+    urls = settings.store_urls
+    unknown = sorted(set(settings.store_options) - set(urls))
+    if unknown:
+        raise StoreError(f"store_options names {unknown[0]!r}, which is not a store location")
+    locations = []
+    for url in urls:
+        try:
+            secret = credentials.of(url)
+        except CredentialError as exc:
+            raise StoreError(str(exc)) from None
+        try:
+            locations.append(Location(url, **(settings.store_options.get(url, {}) | secret)))
+        except StoreError as exc:
+            message = str(exc)
+            for value in secret.values():
+                message = message.replace(value, "***")
+            raise StoreError(message) from None
+    return Store(locations)
 
 
 def _no_good_copy(object_id: str, errors: list[str]) -> StoreError:

@@ -24,9 +24,7 @@ def portal_fs(portal: Portal) -> PortalFS:
 async def serve_s3(portal: Portal, stop: asyncio.Event) -> None:
     """The S3 API over TLS on settings.s3_port (path-style buckets)."""
     settings = portal.settings
-    gateway = S3Gateway(
-        portal_fs(portal), portal.box, settings.home / "s3-multipart", settings.public_host
-    )
+    gateway = S3Gateway(portal_fs(portal), portal.box, settings.public_host)
     await asyncio.to_thread(gateway.purge_stale_uploads)
     await serve_asgi("S3", gateway, settings.s3_port, settings, stop)
 

@@ -14,6 +14,7 @@ import os
 import ssl
 import stat as statmod
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import IO, Any
@@ -38,6 +39,9 @@ TRAFFIC = door_traffic("ftp")
 # ftp2fs maps a path that cannot be used to this name, which validpath() refuses.
 REFUSED = "\x00refused"
 PERMS = "elradfmwMT"
+# A session's last listing answers the stats that follow it (LIST stats every name) for
+# this long only: other sessions, on this portal or another, change files meanwhile.
+LISTING_SECONDS = 5.0
 
 
 class PortalAuthorizer:
@@ -323,6 +327,7 @@ class PortalFTPFS(AbstractedFS):
     def __init__(self, root: str, cmd_channel: Any) -> None:
         super().__init__("/", cmd_channel)
         self._listed: dict[str, Entry] = {}
+        self._listed_at = 0.0  # time.monotonic() of the listing in _listed
 
     @property
     def principal(self) -> Principal:
@@ -366,7 +371,7 @@ class PortalFTPFS(AbstractedFS):
 
     def _entry(self, path: str) -> Entry:
         cached = self._listed.get(path)
-        if cached is not None:
+        if cached is not None and time.monotonic() - self._listed_at < LISTING_SECONDS:
             return cached
         entry: Entry = self._call(self.portal_fs.stat, self._parts(path))
         return entry
@@ -381,6 +386,7 @@ class PortalFTPFS(AbstractedFS):
         entries: list[Entry] = self._call(self.portal_fs.listdir, parts)
         base = join_path(parts).rstrip("/")
         self._listed = {f"{base}/{e.name}": e for e in entries}
+        self._listed_at = time.monotonic()
         return [e.name for e in entries]
 
     def stat(self, path: str) -> os.stat_result:

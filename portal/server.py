@@ -14,7 +14,7 @@ from ecpds.core.db import open_catalog
 from ecpds.core.dispatch import TemporalDispatcher
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import open_store
 from ecpds.portal.api.app import create_app
 from ecpds.portal.base import Portal, PortalServer, serve_asgi
 from ecpds.portal.frontends import serve_ftp, serve_s3, serve_sftp
@@ -44,7 +44,7 @@ SERVERS: list[PortalServer] = [
 
 def open_portal(settings: Settings) -> Portal:
     engine = open_catalog(settings.catalog_url)
-    store = Store(settings.store_urls)
+    store = open_store(settings)
     box = CredentialBox(load_or_create_key(settings.key_file))
     password = bootstrap_admin(engine, settings)
     if password is not None:

@@ -31,7 +31,7 @@ from ecpds.core.notifications import Doors
 from ecpds.core.roles import Role, role_queue
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import open_store
 from ecpds.core.temporal_setup import (
     SearchAttributesError,
     connect,
@@ -96,7 +96,7 @@ def build_worker(
     """The workers of `roles`, with the catalog, store and credential key; each registers
     only its role's workflows and activities."""
     engine = open_catalog(settings.catalog_url)
-    store = Store(settings.store_urls)
+    store = open_store(settings)
     box = CredentialBox(load_or_create_key(settings.key_file))
     doors = Doors.of(settings)  # where the notifications say products are served
     storage = StorageActivities(engine, store, box, settings.task_queue, doors=doors)

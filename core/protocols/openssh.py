@@ -79,7 +79,7 @@ class SshGone(ConnectionError):
         self.reason = reason
 
 
-@cache
+@cache  # a fact of this machine, not of shared state
 def client() -> str | None:
     """Path of an OpenSSH client new enough for this module, None when there is none."""
     ssh = shutil.which("ssh")

@@ -310,7 +310,7 @@ class S3Remote(Remote):
         self.fs = None  # type: ignore[assignment]
 
 
-@functools.cache
+@functools.cache  # holds no state of ours: botocore's service models only
 def _session() -> AioSession:
     """One botocore session per process: each new one parses the S3 service model again,
     which costs more than sending a small file."""

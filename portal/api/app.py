@@ -12,7 +12,7 @@ from ecpds.core.db import open_catalog
 from ecpds.core.ingest import Dispatcher
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import Store, open_store
 from ecpds.portal.api import (
     acquisition,
     aliases,
@@ -82,7 +82,7 @@ def create_app(
     app.state.api = ApiState(
         settings=settings,
         engine=engine if engine is not None else open_catalog(settings.catalog_url),
-        store=store if store is not None else Store(settings.store_urls),
+        store=store if store is not None else open_store(settings),
         box=CredentialBox(load_or_create_key(settings.key_file)),
         dispatcher=dispatcher,
     )

@@ -3,7 +3,8 @@
 Path-style addressing (`/bucket/key`), and virtual-hosted style (`bucket.DOMAIN/key`)
 when given the portal's domain; a bucket is a destination of the signed-in
 user, an object the newest live transfer under that target name. Multipart parts
-wait in a spool folder until CompleteMultipartUpload pushes them through ingest.
+wait in the store (portal.s3.multipart), so any replica takes any part, until
+CompleteMultipartUpload streams them through ingest.
 """
 
 from __future__ import annotations
@@ -11,16 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
-import json
 import secrets
-import shutil
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from email.utils import format_datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 from xml.sax.saxutils import escape
@@ -35,11 +31,11 @@ from ecpds.core.errors import BadPath, EcpdsError, NotFound, Unauthenticated
 from ecpds.core.ingest import IngestError
 from ecpds.core.secrets import CredentialBox
 from ecpds.portal.access import login_access_key, split_path
+from ecpds.portal.s3.multipart import MultipartUploads
 from ecpds.portal.s3.sigv4 import SignatureError, SignedRequest, decode_body, read_claim, verify
 from ecpds.portal.vfs import Entry, PortalFS
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
-PART_CHUNK = 1 << 20
 STALE_UPLOAD_SECONDS = 7 * 86400
 
 
@@ -85,14 +81,12 @@ def _access_error(exc: EcpdsError, bucket: str, key: str) -> S3Error:
 
 
 class S3Gateway:
-    """ASGI application; `S3Gateway(fs, box, spool)` is served by uvicorn on the S3 port."""
+    """ASGI application; `S3Gateway(fs, box)` is served by uvicorn on the S3 port."""
 
-    def __init__(
-        self, fs: PortalFS, box: CredentialBox, spool: Path, domain: str | None = None
-    ) -> None:
+    def __init__(self, fs: PortalFS, box: CredentialBox, domain: str | None = None) -> None:
         self.fs = fs
         self.box = box
-        self.spool = spool
+        self.uploads = MultipartUploads(fs.store.primary)
         # With a domain, BUCKET.domain (virtual-hosted style) names the bucket too.
         self.domain = domain.lower().strip(".") if domain else None
 
@@ -105,13 +99,7 @@ class S3Gateway:
 
     def purge_stale_uploads(self, max_age: float = STALE_UPLOAD_SECONDS) -> list[str]:
         """Remove multipart uploads neither completed nor aborted within `max_age` seconds."""
-        if not self.spool.is_dir():
-            return []
-        cutoff = time.time() - max_age
-        stale = [d for d in self.spool.iterdir() if d.is_dir() and d.stat().st_mtime < cutoff]
-        for folder in stale:
-            shutil.rmtree(folder, ignore_errors=True)
-        return [d.name for d in stale]
+        return self.uploads.purge_stale(max_age)
 
     @property
     def engine(self) -> Engine:
@@ -202,12 +190,12 @@ class S3Gateway:
                 return await self._copy_object(request, principal, parts)
             return await self._put_object(request, principal, signed, parts)
         if method == "POST" and "uploads" in params:
-            return self._create_multipart(principal, bucket, key, parts)
+            return await self._create_multipart(principal, bucket, key, parts)
         if method == "POST" and "uploadId" in params:
             return await self._complete_multipart(request, principal, parts, params)
         if method == "DELETE" and "uploadId" in params:
-            self._upload_dir(principal, params["uploadId"], parts)
-            shutil.rmtree(self.spool / params["uploadId"], ignore_errors=True)
+            upload_id = await self._upload(principal, params["uploadId"], parts)
+            await asyncio.to_thread(self.uploads.remove, upload_id)
             return Response(status_code=204)
         if method == "DELETE":
             # S3 answers 204 whether or not the key existed.
@@ -424,30 +412,25 @@ class S3Gateway:
 
     # --- multipart --------------------------------------------------------------------------
 
-    def _create_multipart(
+    async def _create_multipart(
         self, principal: Principal, bucket: str, key: str, parts: tuple[str, ...]
     ) -> Response:
         self.fs.check_upload(principal, parts)
-        upload_id = secrets.token_hex(16)
-        folder = self.spool / upload_id
-        folder.mkdir(parents=True)
-        (folder / "upload.json").write_text(
-            json.dumps({"user": principal.name, "parts": list(parts)})
-        )
+        upload_id = await asyncio.to_thread(self.uploads.create, principal.name, parts)
         return _xml(
             f'<InitiateMultipartUploadResult xmlns="{NS}"><Bucket>{escape(bucket)}</Bucket>'
             f"<Key>{escape(key)}</Key><UploadId>{upload_id}</UploadId>"
             "</InitiateMultipartUploadResult>"
         )
 
-    def _upload_dir(self, principal: Principal, upload_id: str, parts: tuple[str, ...]) -> Path:
-        folder = self.spool / upload_id
-        if not upload_id.isalnum() or not (folder / "upload.json").is_file():
+    async def _upload(self, principal: Principal, upload_id: str, parts: tuple[str, ...]) -> str:
+        """`upload_id`, checked to be an upload of this user to this key."""
+        manifest = await asyncio.to_thread(self.uploads.manifest, upload_id)
+        if manifest is None:
             raise S3Error("NoSuchUpload", f"no multipart upload {upload_id!r}", 404)
-        manifest = json.loads((folder / "upload.json").read_text())
-        if manifest["user"] != principal.name or tuple(manifest["parts"]) != parts:
+        if manifest.user != principal.name or manifest.parts != parts:
             raise S3Error("NoSuchUpload", f"no multipart upload {upload_id!r} for this key", 404)
-        return folder
+        return upload_id
 
     async def _upload_part(
         self,
@@ -457,26 +440,16 @@ class S3Gateway:
         parts: tuple[str, ...],
         params: dict[str, str],
     ) -> Response:
-        folder = self._upload_dir(principal, params["uploadId"], parts)
+        upload_id = await self._upload(principal, params["uploadId"], parts)
         try:
             number = int(params.get("partNumber", ""))
         except ValueError as exc:
             raise S3Error("InvalidArgument", "partNumber must be a number", 400) from exc
         if not 1 <= number <= 10000:
             raise S3Error("InvalidArgument", "partNumber must be between 1 and 10000", 400)
-        final = folder / f"part-{number:05d}"
-        partial = folder / f".part-{number:05d}-{secrets.token_hex(4)}"
-        md5 = hashlib.md5()
-        try:
-            with partial.open("wb") as out:
-                async for chunk in self._body(request, signed):
-                    md5.update(chunk)
-                    out.write(chunk)
-            partial.rename(final)
-        finally:
-            partial.unlink(missing_ok=True)
-        (folder / f"part-{number:05d}.md5").write_text(md5.hexdigest())
-        return Response(status_code=200, headers={"ETag": f'"{md5.hexdigest()}"'})
+        chunks = _blocking_chunks(self._body(request, signed), asyncio.get_running_loop())
+        md5 = await asyncio.to_thread(self.uploads.put_part, upload_id, number, chunks)
+        return Response(status_code=200, headers={"ETag": f'"{md5}"'})
 
     async def _complete_multipart(
         self,
@@ -485,28 +458,31 @@ class S3Gateway:
         parts: tuple[str, ...],
         params: dict[str, str],
     ) -> Response:
-        folder = self._upload_dir(principal, params["uploadId"], parts)
+        upload_id = await self._upload(principal, params["uploadId"], parts)
         body = await request.body()
         try:
             root = ET.fromstring(body)
         except ET.ParseError as exc:
             raise S3Error("MalformedXML", "the part list is not valid XML", 400) from exc
-        files: list[Path] = []
+        received = {
+            (p.number, p.md5): p for p in await asyncio.to_thread(self.uploads.parts, upload_id)
+        }
+        chosen = []
         previous = 0
         for part in list(root.iter(f"{{{NS}}}Part")) + list(root.iter("Part")):
             number = int(part.findtext(f"{{{NS}}}PartNumber") or part.findtext("PartNumber") or 0)
             etag = (part.findtext(f"{{{NS}}}ETag") or part.findtext("ETag") or "").strip('"')
-            path = folder / f"part-{number:05d}"
             if number <= previous:
                 raise S3Error("InvalidPartOrder", "parts must be listed in ascending order", 400)
-            if not path.is_file() or (folder / f"{path.name}.md5").read_text() != etag:
+            if (number, etag) not in received:
                 raise S3Error("InvalidPart", f"part {number} was not uploaded as listed", 400)
-            files.append(path)
+            chosen.append(received[(number, etag)])
             previous = number
-        if not files:
+        if not chosen:
             raise S3Error("MalformedXML", "the part list is empty", 400)
-        result = await self.fs.upload(principal, parts, _async_chunks(_read_files(files)))
-        shutil.rmtree(folder, ignore_errors=True)
+        chunks = _async_chunks(self.uploads.read(upload_id, chosen))
+        result = await self.fs.upload(principal, parts, chunks)
+        await asyncio.to_thread(self.uploads.remove, upload_id)
         bucket, key = parts[0], "/".join(parts[1:])
         return _xml(
             f'<CompleteMultipartUploadResult xmlns="{NS}"><Bucket>{escape(bucket)}</Bucket>'
@@ -533,11 +509,19 @@ def _parse_range(header: str, size: int) -> tuple[int, int]:
     return start, end
 
 
-def _read_files(files: list[Path]) -> Iterator[bytes]:
-    for path in files:
-        with path.open("rb") as src:
-            while chunk := src.read(PART_CHUNK):
-                yield chunk
+def _blocking_chunks(
+    chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop
+) -> Iterator[bytes]:
+    """An async chunk stream read from a worker thread (the store's writes block)."""
+
+    async def following() -> bytes:
+        return await anext(chunks)
+
+    while True:
+        try:
+            yield asyncio.run_coroutine_threadsafe(following(), loop).result()
+        except StopAsyncIteration:
+            return
 
 
 async def _async_chunks(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:

@@ -40,7 +40,7 @@ from ecpds.core.models import (
 )
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import Store, open_store
 from ecpds.workers.worker import build_worker
 from ecpds.workflows.discovery import DiscoveryWorkflow
 
@@ -155,7 +155,7 @@ async def acq(
         settings=settings,
         client=client,
         engine=engine,
-        store=Store(settings.store_urls),
+        store=open_store(settings),
         box=CredentialBox(load_or_create_key(settings.key_file)),
         tmp=tmp_path,
     )

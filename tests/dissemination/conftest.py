@@ -28,7 +28,7 @@ from ecpds.core.notifications import Doors
 from ecpds.core.push import PushOptions
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import Store, open_store
 from ecpds.workers.worker import build_worker
 from ecpds.workflows.destination import DestinationWorkflow
 
@@ -146,7 +146,7 @@ async def without_worker(
         settings=settings,
         client=client,
         engine=engine,
-        store=Store(settings.store_urls),
+        store=open_store(settings),
         box=CredentialBox(load_or_create_key(settings.key_file)),
         dispatcher=TemporalDispatcher(client, task_queue, engine),
         tmp=tmp_path,

@@ -14,7 +14,7 @@ from ecpds.core.catalog import bootstrap_admin
 from ecpds.core.devserver import wait_for_port
 from ecpds.core.dispatch import TemporalDispatcher
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import open_store
 from ecpds.portal.api.app import create_app
 from ecpds.workers.worker import build_worker
 from peers.loop import LoopThread
@@ -36,7 +36,7 @@ def api_and_worker(
     api = create_app(
         settings,
         engine=engine,
-        store=Store(settings.store_urls),
+        store=open_store(settings),
         dispatcher=TemporalDispatcher(client, settings.task_queue, engine),
     )
     server = uvicorn.Server(

@@ -15,6 +15,7 @@ from sqlmodel import select
 
 from ecpds.core.db import session_scope
 from ecpds.core.models import DataFile, DataTransfer, TransferStatus
+from ecpds.portal import ftp as ftp_module
 
 from .conftest import ALICE_PASSWORD, BOB_PASSWORD, Portal
 
@@ -133,3 +134,21 @@ def test_broken_ftp_upload_leaves_nothing(ftp_port: int, portal: Portal) -> None
     with session_scope(portal.engine) as session:
         assert session.exec(select(DataFile)).all() == []
     assert portal.store.partials() == []
+
+
+def test_a_listing_does_not_hide_another_sessions_change_for_long(
+    ftp_port: int, portal: Portal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session (here or on another portal replica) replaces a listed file."""
+    reader = login(ftp_port, "alice", ALICE_PASSWORD)
+    writer = login(ftp_port, "alice", ALICE_PASSWORD)
+    try:
+        writer.storbinary("STOR /alpha/f.bin", io.BytesIO(b"short"))
+        assert reader.nlst("/alpha") == ["f.bin"]
+        writer.storbinary("STOR /alpha/f.bin", io.BytesIO(b"much longer now"))
+        monkeypatch.setattr(ftp_module, "LISTING_SECONDS", 0)
+        reader.voidcmd("TYPE I")
+        assert reader.size("/alpha/f.bin") == len(b"much longer now")
+    finally:
+        reader.quit()
+        writer.quit()

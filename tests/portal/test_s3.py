@@ -28,6 +28,7 @@ from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.models import DataFile, DataTransfer, TransferStatus
 from ecpds.portal.access import login_password
 from ecpds.portal.s3.app import S3Gateway
+from ecpds.portal.s3.multipart import FOLDER
 
 from .conftest import ALICE_PASSWORD, LoopThread, Portal
 
@@ -43,7 +44,7 @@ def catalog_url(tmp_path: Path) -> str:
 def s3_url(
     portal: Portal, loop_thread: LoopThread, certificate: tuple[Path, Path]
 ) -> Iterator[str]:
-    gateway = S3Gateway(portal.fs, portal.box, portal.home / "s3-multipart", "s3.test")
+    gateway = S3Gateway(portal.fs, portal.box, "s3.test")
     port = free_port()
     config = uvicorn.Config(
         gateway,
@@ -170,16 +171,16 @@ def test_boto3_multipart_upload(alice_s3: BaseClient, portal: Portal, tmp_path: 
     with session_scope(portal.engine) as session:
         data_file = session.exec(select(DataFile)).one()
         assert data_file.md5 == hashlib.md5(source.read_bytes()).hexdigest()
-    assert list((portal.home / "s3-multipart").iterdir()) == []
+    assert portal.store.primary.names(FOLDER) == []
 
     upload = alice_s3.create_multipart_upload(Bucket="alpha", Key="dropped.bin")
     alice_s3.upload_part(
         Bucket="alpha", Key="dropped.bin", UploadId=upload["UploadId"], PartNumber=1, Body=b"x"
     )
     alice_s3.abort_multipart_upload(Bucket="alpha", Key="dropped.bin", UploadId=upload["UploadId"])
-    assert list((portal.home / "s3-multipart").iterdir()) == []
+    assert portal.store.primary.names(FOLDER) == []
     left = alice_s3.create_multipart_upload(Bucket="alpha", Key="left.bin")["UploadId"]
-    gateway = S3Gateway(portal.fs, portal.box, portal.home / "s3-multipart")
+    gateway = S3Gateway(portal.fs, portal.box)
     assert gateway.purge_stale_uploads(max_age=3600) == []
     assert gateway.purge_stale_uploads(max_age=-1) == [left]
     with pytest.raises(ClientError) as gone:

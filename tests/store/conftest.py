@@ -24,9 +24,9 @@ from ecpds.core import catalog
 from ecpds.core.db import session_scope
 from ecpds.core.devserver import free_port
 from ecpds.core.models import DataFile, DestinationCreate, HostCreate
-from ecpds.core.secrets import CredentialBox, load_or_create_key
+from ecpds.core.secrets import CredentialBox, StoreCredentials, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import Store, open_store
 
 
 @dataclass
@@ -75,38 +75,55 @@ def system(
     engine: Engine,
     catalog_url: str,
     s3_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[System]:
     bucket = s3_server.bucket()
-    # S3 locations take their endpoint and keys from fsspec's configuration, as in
-    # production (FSSPEC_S3_* environment variables); here it is set in-process.
-    fsspec.config.conf["s3"] = {
-        "key": s3_server.access_key_id,
-        "secret": s3_server.secret_access_key,
-        "client_kwargs": {"endpoint_url": s3_server.endpoint, "region_name": s3_server.region},
-    }
+    s3_url = f"s3://{bucket}/store"
     port = free_port()
+    # The S3 location takes its endpoint from store_options and its keys from the sealed
+    # credentials file, as in production; nothing comes from fsspec's configuration.
+    without_fsspec_config(monkeypatch)
     settings = Settings(
         home=tmp_path / "var",
         database_url=catalog_url,
-        store_locations=[str(tmp_path / "a"), str(tmp_path / "b"), f"s3://{bucket}/store"],
+        store_locations=[str(tmp_path / "a"), str(tmp_path / "b"), s3_url],
+        store_options={s3_url: s3_options(s3_server)},
         task_queue=task_queue,
         temporal_address=temporal_server,
         api_url=f"http://127.0.0.1:{port}/api/v1",
     )
-    try:
-        with api_and_worker(settings, engine, port) as (client, loop, env):
-            yield System(
-                settings=settings,
-                env=env,
-                engine=engine,
-                store=Store(settings.store_urls),
-                box=CredentialBox(load_or_create_key(settings.key_file)),
-                client=client,
-                loop=loop,
-                tmp=tmp_path,
-            )
-    finally:
-        fsspec.config.conf.pop("s3", None)
+    box = CredentialBox(load_or_create_key(settings.key_file))
+    StoreCredentials(settings.store_secrets_file, box).set(s3_url, s3_keys(s3_server))
+    with api_and_worker(settings, engine, port) as (client, loop, env):
+        yield System(
+            settings=settings,
+            env=env,
+            engine=engine,
+            store=open_store(settings),
+            box=box,
+            client=client,
+            loop=loop,
+            tmp=tmp_path,
+        )
+
+
+def without_fsspec_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No store option from fsspec's configuration (FSSPEC_* variables or its conf)."""
+    for name in [n for n in os.environ if n.startswith("FSSPEC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(fsspec.config, "conf", {})
+
+
+def s3_options(s3_server: Any) -> dict[str, Any]:
+    """The non-secret fsspec options of a store location on `s3_server`."""
+    return {
+        "client_kwargs": {"endpoint_url": s3_server.endpoint, "region_name": s3_server.region},
+        "skip_instance_cache": True,
+    }
+
+
+def s3_keys(s3_server: Any) -> dict[str, str]:
+    return {"key": s3_server.access_key_id, "secret": s3_server.secret_access_key}
 
 
 def environ_with(env: dict[str, str]) -> dict[str, str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ecpds.core import store as store_module
 from ecpds.core.store import VERIFY_FIRST_MAX, IntegrityError, Location, Store
 
 
@@ -75,6 +76,27 @@ def test_large_corrupted_copy_fails_once_then_reads_from_the_replica(tmp_path: P
     assert b"".join(store.iter_bytes("cafe01", adler32=obj.adler32)) == data
 
 
+def test_a_suspicion_lapses_once_another_process_may_have_repaired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Store([str(tmp_path / "a"), str(tmp_path / "b")])
+    data = os.urandom(VERIFY_FIRST_MAX + 100)
+    obj = store.write("cafe02", [data])
+    store.repair("cafe02", obj.adler32)
+    corrupt(store.primary, "cafe02")
+    with pytest.raises(IntegrityError):
+        b"".join(store.iter_bytes("cafe02", adler32=obj.adler32))
+    # Another worker repairs the copy; this one still takes it for bad, for a while.
+    assert Store(store.urls).repair("cafe02", obj.adler32).repaired == [store.primary.url]
+    assert store.repair("cafe02", obj.adler32, check=False).good == [store.locations[1].url]
+    corrupt(store.primary, "cafe02")
+    with pytest.raises(IntegrityError):
+        b"".join(store.iter_bytes("cafe02", adler32=obj.adler32))
+    Store(store.urls).repair("cafe02", obj.adler32)
+    monkeypatch.setattr(store_module, "SUSPECT_SECONDS", 0)
+    assert store.repair("cafe02", obj.adler32, check=False).good == store.urls
+
+
 def test_repair_restores_deleted_and_corrupted_copies(two_folders: Store) -> None:
     store = two_folders
     obj = store.write("abcd01", [b"payload" * 100])
@@ -100,3 +122,14 @@ def test_archive_is_written_once(two_folders: Store, tmp_path: Path) -> None:
     assert (archive / "x" / "y.grib").read_bytes() == b"first"
     with pytest.raises(Exception, match="invalid archive name"):
         two_folders.archive("aaaa01", str(archive), "../escape", obj.adler32)
+
+
+def test_an_object_written_by_another_process_is_seen_after_a_listing(s3_server) -> None:
+    """Each replica has its own S3 client: a listing kept by one must not hide new objects."""
+    bucket = s3_server.bucket()
+    one, two = Store([s3_location(s3_server, bucket)]), Store([s3_location(s3_server, bucket)])
+    one.write("ab0001", [b"first"])
+    assert one.partials() == []  # lists the location
+    stored = two.write("ab0002", [b"second"])
+    assert one.exists("ab0002")
+    assert b"".join(one.iter_bytes("ab0002", adler32=stored.adler32)) == b"second"
