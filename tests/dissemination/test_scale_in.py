@@ -10,7 +10,10 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from ecpds.workers.worker import build_worker
 
@@ -18,6 +21,14 @@ from .conftest import Dissemination
 from .test_failover import transmit_results, worker_environment
 
 RATE = 1 << 20  # bytes/s the host takes
+
+
+@dataclass
+class StoppedSend:
+    destination: str
+    transfer_id: int
+    data: bytes
+    delivered: Path  # where the host puts the file
 
 
 def start_worker(env: Dissemination, grace: float) -> subprocess.Popen[bytes]:
@@ -35,94 +46,70 @@ def start_worker(env: Dissemination, grace: float) -> subprocess.Popen[bytes]:
     )
 
 
-async def stop_mid_send(worker: subprocess.Popen[bytes], folder: Path) -> str:
-    """SIGTERM `worker` once the upload in `folder` has begun; its stderr once it exits."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while not any(p.stat().st_size > 0 for p in folder.rglob("*") if p.is_file()):
-        assert loop.time() < deadline, "the upload never started"
-        assert worker.poll() is None, "the worker process died"
-        await asyncio.sleep(0.1)
-    worker.send_signal(signal.SIGTERM)
-    _, stderr = await asyncio.to_thread(worker.communicate, timeout=120)
-    assert worker.returncode == 0, stderr.decode()
-    return stderr.decode()
-
-
-async def test_a_stopping_worker_finishes_its_send_within_the_grace(
-    dissemination_without_worker: Dissemination,
-) -> None:
-    env = dissemination_without_worker
-    dest = env.name("grace")
+async def stop_mid_send(
+    env: Dissemination, label: str, size: int, rate: int, grace: float
+) -> StoppedSend:
+    """A file of `size` bytes sent at `rate` to a host that retries nothing (a send the
+    stop counted as a failed attempt would end the cycle), by a worker process that gets
+    SIGTERM once the upload has begun; returned once the worker has exited (code 0)."""
+    dest = env.name(label)
     out = env.tmp / "out"
-    env.add_host(f"{dest}-h", f"file://{out}", retry_count=0, options={"max_rate": RATE})
+    env.add_host(f"{dest}-h", f"file://{out}", retry_count=0, options={"max_rate": rate})
     env.add_destination(dest, [f"{dest}-h"])
-    data = os.urandom(3 * RATE)
-    worker = start_worker(env, grace=60)
+    data = os.urandom(size)
+    worker = start_worker(env, grace)
     try:
-        [tid] = await env.put(dest, "graced.bin", data)
-        await stop_mid_send(worker, out)
+        [tid] = await env.put(dest, f"{label}.bin", data)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while not any(p.stat().st_size > 0 for p in out.rglob("*") if p.is_file()):
+            assert loop.time() < deadline, "the upload never started"
+            assert worker.poll() is None, "the worker process died"
+            await asyncio.sleep(0.1)
+        worker.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.to_thread(worker.communicate, timeout=120)
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+    assert worker.returncode == 0, stderr.decode()
+    assert "panicked" not in stderr.decode(), stderr.decode()
+    return StoppedSend(dest, tid, data, out / f"{label}.bin")
+
+
+# (size, rate, grace): a send that ends within the grace; a small one, which goes in a
+# local activity inside a workflow task, and which the SDK lets the stopping worker
+# finish even past the grace (here 8 s against 1 s).
+FINISHED_SENDS = {"within-grace": (3 * RATE, RATE, 60.0), "local": (1 << 20, 128 << 10, 1.0)}
+
+
+@pytest.mark.parametrize("case", FINISHED_SENDS)
+async def test_the_stopping_worker_finishes_the_send(
+    dissemination_without_worker: Dissemination, case: str
+) -> None:
+    env = dissemination_without_worker
+    size, rate, grace = FINISHED_SENDS[case]
+    sent = await stop_mid_send(env, case, size, rate, grace)
     # No other worker ran: the stopping one delivered it before it exited.
-    [done] = await env.wait_for([tid], "DONE", timeout=30)
-    assert (out / "graced.bin").read_bytes() == data
-    assert done.size_sent == len(data)
+    [done] = await env.wait_for([sent.transfer_id], "DONE", timeout=30)
+    assert sent.delivered.read_bytes() == sent.data
+    assert done.last_error is None
 
 
 async def test_a_send_past_the_grace_is_handed_back_and_resumed(
     dissemination_without_worker: Dissemination,
 ) -> None:
     env = dissemination_without_worker
-    dest = env.name("handback")
-    out = env.tmp / "out"
-    # No retries: a send the stop counted as a failed attempt would end the cycle (RETR).
-    env.add_host(f"{dest}-h", f"file://{out}", retry_count=0, options={"max_rate": RATE})
-    env.add_destination(dest, [f"{dest}-h"])
-    data = os.urandom(8 * RATE)
-    worker = start_worker(env, grace=1)
-    try:
-        [tid] = await env.put(dest, "handed.bin", data)
-        stderr = await stop_mid_send(worker, out)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    assert "panicked" not in stderr, stderr
-    [stopped] = env.transfers([tid])
+    sent = await stop_mid_send(env, "handback", 8 * RATE, RATE, grace=1)
+    [stopped] = env.transfers([sent.transfer_id])
     assert stopped.status == "EXEC", stopped.last_error
-    assert not (out / "handed.bin").exists()
+    assert not sent.delivered.exists()
     async with build_worker(env.client, env.settings):
-        [done] = await env.wait_for([tid], "DONE", timeout=120)
-    assert hashlib.md5((out / "handed.bin").read_bytes()).digest() == hashlib.md5(data).digest()
-    [result] = await transmit_results(env, dest, tid)
-    assert result["resumed_from"] > 0
-
-
-async def test_a_small_send_is_finished_by_the_stopping_worker(
-    dissemination_without_worker: Dissemination,
-) -> None:
-    """A file up to LOCAL_SEND_LIMIT goes in a local activity, inside a workflow task: the
-    SDK lets the stopping worker finish it even past the grace (here 8 s against 1 s)."""
-    env = dissemination_without_worker
-    dest = env.name("local")
-    out = env.tmp / "out"
-    env.add_host(f"{dest}-h", f"file://{out}", retry_count=0, options={"max_rate": 128 << 10})
-    env.add_destination(dest, [f"{dest}-h"])
-    data = os.urandom(1 << 20)
-    worker = start_worker(env, grace=1)
-    try:
-        [tid] = await env.put(dest, "small.bin", data)
-        await stop_mid_send(worker, out)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    [done] = await env.wait_for([tid], "DONE", timeout=30)
-    assert (out / "small.bin").read_bytes() == data
+        [done] = await env.wait_for([sent.transfer_id], "DONE", timeout=120)
+    assert hashlib.md5(sent.delivered.read_bytes()).digest() == hashlib.md5(sent.data).digest()
     assert done.last_error is None
+    [result] = await transmit_results(env, sent.destination, sent.transfer_id)
+    assert result["resumed_from"] > 0
 
 
 async def test_a_worker_with_the_resource_based_tuner_sends(
