@@ -100,10 +100,12 @@ class WorkerPool:
         return sum(backlogs.values())
 
     async def _read(self) -> dict[str, int]:
+        """The backlogs of the queues the workers poll (all run the worker_roles setting's)."""
         if self.client is None:
             self.client = await connect(self.settings)
+        settings = self.settings
         return await role_backlogs(
-            self.client, self.settings.temporal_namespace, self.settings.task_queue
+            self.client, settings.temporal_namespace, settings.task_queue, settings.worker_roles
         )
 
     def scale(self, now: float) -> None:

@@ -8,7 +8,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
-from ecpds.core.roles import role_queues
+from ecpds.core.roles import Role, role_queue
 
 # Workflow tasks (a transfer's small sends run in them, as local activities) and
 # activity tasks both wait for a worker.
@@ -31,8 +31,9 @@ async def queue_backlog(client: Client, namespace: str, task_queue: str) -> int:
     return total
 
 
-async def role_backlogs(client: Client, namespace: str, task_queue: str) -> dict[str, int]:
-    """The backlog of every role's task queue, by queue name."""
-    return {
-        queue: await queue_backlog(client, namespace, queue) for queue in role_queues(task_queue)
-    }
+async def role_backlogs(
+    client: Client, namespace: str, task_queue: str, roles: list[Role]
+) -> dict[str, int]:
+    """The backlog of the task queues of `roles`, by queue name."""
+    queues = [role_queue(task_queue, role) for role in roles]
+    return {queue: await queue_backlog(client, namespace, queue) for queue in queues}
