@@ -469,7 +469,8 @@ class NotificationActivities:
 
     @activity.defn
     async def publish_notifications(self) -> NotificationOutput:
-        """Publish the outbox for a while (RUN_FOR), looking every POLL when idle."""
+        """Publish the outbox for a while (RUN_FOR), looking every POLL when idle, or
+        until its worker stops (the workflow's next run goes to another worker)."""
         output = NotificationOutput()
         publishers: dict[Login, Publisher] = {}
         # One thread: the paho clients and the catalog session are used from it alone.
@@ -477,7 +478,7 @@ class NotificationActivities:
         started = time.monotonic()
         last_prune = 0.0
         try:
-            while time.monotonic() - started < RUN_FOR:
+            while time.monotonic() - started < RUN_FOR and not activity.is_worker_shutdown():
                 activity.heartbeat(output)
                 if time.monotonic() - last_prune >= PRUNE_EVERY:
                     last_prune = time.monotonic()

@@ -435,6 +435,9 @@ class SubscriptionActivities:
                 if now - started >= SESSION:
                     output.reason = "session renewed"
                     return output
+                if activity.is_worker_shutdown():  # the next session on another worker
+                    output.reason = "its worker stops"
+                    return output
         finally:
             await asyncio.to_thread(session.close)
             await retrievals.close()

@@ -27,7 +27,7 @@ from temporalio.exceptions import ApplicationError
 
 from ecpds.core import host_slots
 from ecpds.core.db import session_scope
-from ecpds.core.engine import HOST_BUSY
+from ecpds.core.engine import HOST_BUSY, WORKER_STOPPED
 from ecpds.core.metrics import observe_delivery
 from ecpds.core.models import DataFile, DataTransfer, Destination, Host, TransferStatus
 from ecpds.core.naming import NamingError, target_path
@@ -176,6 +176,13 @@ class TransmitActivities:
             if writing is not None:
                 await asyncio.wait({writing})
             await self._write_progress(request, target, sent, None)
+            if activity.is_worker_shutdown():
+                # Not a cancellation, which the workflow takes for an operator's interrupt.
+                raise ApplicationError(
+                    f"the worker stopped after {sent} bytes: handed back",
+                    type=WORKER_STOPPED,
+                    non_retryable=True,  # the workflow sends it again, not this attempt's retry
+                ) from None
             raise
         except ProtocolError as exc:
             await self._run(self._failed, request, str(exc))

@@ -152,12 +152,23 @@ def token(
 
 @app.command()
 @reports_errors
-def up(ctx: typer.Context) -> None:
-    """Run everything: Temporal dev server (unless ECPDS_TEMPORAL_ADDRESS), a worker, the portal."""
+def up(
+    ctx: typer.Context,
+    workers: Annotated[
+        str,
+        typer.Option(
+            help="worker processes: a count, or MIN..MAX to follow the task queues' backlog"
+            " (one more per worker_scale_backlog waiting tasks)"
+        ),
+    ] = "1",
+) -> None:
+    """Run everything: Temporal dev server (unless ECPDS_TEMPORAL_ADDRESS), workers, the portal."""
     state = state_of(ctx)
     from ecpds.cli import supervisor  # heavy: `put` and the look-ups start faster without
+    from ecpds.cli.autoscale import WorkerRange
 
-    raise typer.Exit(supervisor.up(state.settings, state.config))
+    bounds = WorkerRange.parse(workers)
+    raise typer.Exit(supervisor.up(state.settings, state.config, bounds))
 
 
 @app.command()

@@ -3,7 +3,7 @@ processes, each in its own process group, watched until Ctrl-C, SIGTERM or `ecpd
 
 A child that dies once the system is up is started again after a growing pause, as a
 service manager would; one that keeps dying soon after each start stops everything, with
-its name and its log."""
+its name and its log. A worker retired on purpose (cli/autoscale.py) is not started again."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import httpx
 from rich.table import Table
@@ -33,8 +34,11 @@ from ecpds.core.devserver import DevServerError, dev_server_command
 from ecpds.core.roles import role_queue
 from ecpds.core.settings import Settings, with_worker_metrics
 
+if TYPE_CHECKING:
+    from ecpds.cli.autoscale import WorkerRange
+
 STARTUP_SECONDS = 180.0  # the first start migrates the catalog and hashes the admin password
-GRACE_SECONDS = 20.0  # after SIGTERM, before SIGKILL
+GRACE_SECONDS = 20.0  # after SIGTERM, before SIGKILL (and a worker's own grace)
 RESTART_PAUSES = (1.0, 2.0, 5.0, 10.0, 30.0)  # before each new start of a child that died
 STEADY_SECONDS = 60.0  # a child up this long starts its restart count afresh
 # (label, setting, URL scheme shown before host:port or "")
@@ -60,6 +64,7 @@ class Child:
     log: Path
     process: subprocess.Popen[bytes]
     command: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # over the supervisor's own
     started: float = field(default_factory=time.monotonic)
     failures: int = 0  # deaths soon after a start, in a row
     restart_at: float | None = None  # when it died: the time of its next start
@@ -115,6 +120,12 @@ def write_pids(path: Path, pids: dict[str, int]) -> None:
     partial.replace(path)
 
 
+def stop_grace(settings: Settings) -> float:
+    """How long a child may take to stop after SIGTERM: a worker lets its running
+    activities finish for worker_grace_seconds first."""
+    return GRACE_SECONDS + settings.worker_grace_seconds
+
+
 def signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -167,11 +178,14 @@ class Supervisor:
         self.home = settings.home.resolve()
         self.stop = stop
         self.children: list[Child] = []
+        self.retired: dict[str, tuple[Child, float]] = {}  # stopping on purpose: the deadline
         self.pids: dict[str, int] = {"up": os.getpid()}
         self.logs = self.home / "log"
 
-    def _spawn(self, log_path: Path, command: list[str]) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, ECPDS_HOME=str(self.home))
+    def _spawn(
+        self, log_path: Path, command: list[str], extra_env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, ECPDS_HOME=str(self.home), **extra_env)
         with log_path.open("ab") as log:
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
             log.flush()
@@ -184,13 +198,34 @@ class Supervisor:
                 start_new_session=True,  # own process group: Ctrl-C reaches only us
             )
 
-    def start(self, name: str, command: list[str]) -> Child:
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> Child:
         log_path = self.logs / f"{name}.log"
-        child = Child(name, log_path, self._spawn(log_path, command), command)
+        env = env or {}
+        child = Child(name, log_path, self._spawn(log_path, command, env), command, env)
         self.children.append(child)
         self.pids[name] = child.pid
         write_pids(pid_file(self.settings), self.pids)
         return child
+
+    def retire(self, child: Child) -> None:
+        """SIGTERM a child that is not to run any more; `reap_retired` sees it gone."""
+        self.children.remove(child)
+        signal_group(child.pid, signal.SIGTERM)
+        self.retired[child.name] = (child, time.monotonic() + stop_grace(self.settings))
+
+    def reap_retired(self) -> None:
+        """Forget the retired children that have stopped; SIGKILL those past their grace."""
+        for name, (child, deadline) in list(self.retired.items()):
+            if child.process.poll() is None:
+                if time.monotonic() < deadline:
+                    continue
+                console.print(f"{name} did not stop within its grace: killing it")
+                signal_group(child.pid, signal.SIGKILL)
+                child.process.wait()
+            signal_group(child.pid, signal.SIGKILL)  # what it left in its group
+            del self.retired[name]
+            self.pids.pop(name, None)
+            write_pids(pid_file(self.settings), self.pids)
 
     def _died(self, child: Child, code: int) -> str:
         tail = last_line(child.log)
@@ -222,7 +257,7 @@ class Supervisor:
                 child.restart_at = now + pause
                 console.print(f"{died}: starting it again in {pause:.0f} s")
             elif now >= child.restart_at:
-                child.process = self._spawn(child.log, child.command)
+                child.process = self._spawn(child.log, child.command, child.env)
                 child.started, child.restart_at = now, None
                 self.pids[child.name] = child.pid
                 write_pids(pid_file(self.settings), self.pids)
@@ -248,15 +283,23 @@ class Supervisor:
             time.sleep(0.2)
 
     def terminate(self) -> None:
-        """SIGTERM every child group, newest first; SIGKILL what is left after the grace."""
-        for child in reversed(self.children):
+        """SIGTERM every child group, newest first, the dev server last (the workers
+        finish their activities with it); SIGKILL what is left after the grace."""
+        everyone = [*reversed(self.children), *(child for child, _ in self.retired.values())]
+        last = [child for child in everyone if child.name == "temporal"]
+        for wave in ([child for child in everyone if child not in last], last):
+            self._stop(wave)
+
+    def _stop(self, children: list[Child]) -> None:
+        for child in children:
             signal_group(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_SECONDS
-        for child in reversed(self.children):
+        grace = stop_grace(self.settings)
+        deadline = time.monotonic() + grace
+        for child in children:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                console.print(f"{child.name} did not stop within {GRACE_SECONDS:.0f} s: killing it")
+                console.print(f"{child.name} did not stop within {grace:.0f} s: killing it")
                 signal_group(child.pid, signal.SIGKILL)
                 child.process.wait()
             # Sweep anything the child left behind in its group.
@@ -281,7 +324,9 @@ def _admin_note(settings: Settings, first_start: bool) -> str:
     return f"see {admin_file}"
 
 
-def service_table(settings: Settings, supervisor: Supervisor, first_start: bool) -> Table:
+def service_table(
+    settings: Settings, supervisor: Supervisor, workers: WorkerRange, first_start: bool
+) -> Table:
     table = Table(title=f"ecpds in {supervisor.home}")
     for column in ("service", "address", "notes"):
         table.add_column(column, overflow="fold")
@@ -296,7 +341,9 @@ def service_table(settings: Settings, supervisor: Supervisor, first_start: bool)
         table.add_row("Temporal UI", f"http://127.0.0.1:{settings.temporal_ui_port}", "Web UI")
     worker_pid = supervisor.pids["worker"]
     queues = ", ".join(role_queue(settings.task_queue, role) for role in settings.worker_roles)
-    table.add_row("Worker", "", f"task queues {queues}, pid {worker_pid}")
+    by_backlog = " by backlog" if workers.scales else ""
+    count = f"{workers} workers{by_backlog}, " if workers.high > 1 else ""
+    table.add_row("Worker", "", f"{count}task queues {queues}, pid {worker_pid}")
     worker = with_worker_metrics(settings)
     for label, attr in WORKER_METRICS:
         port = getattr(worker, attr)
@@ -357,8 +404,10 @@ def child_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ecpds.cli.main", *args]
 
 
-def up(settings: Settings, config: Path | None) -> int:
+def up(settings: Settings, config: Path | None, workers: WorkerRange) -> int:
     """Start everything, print the service table, and supervise until told to stop."""
+    from ecpds.cli.autoscale import WorkerPool  # it imports this module
+
     previous = read_pids(pid_file(settings))
     if previous.get("up") and alive(previous["up"]):
         raise CliError(
@@ -391,6 +440,7 @@ def up(settings: Settings, config: Path | None) -> int:
     stop = Stop()
     stop.install()
     supervisor = Supervisor(settings, stop)
+    pool = WorkerPool(supervisor, settings, workers)
     try:
         with console.status("starting", spinner="dots") as status:
             if embedded:
@@ -409,24 +459,27 @@ def up(settings: Settings, config: Path | None) -> int:
                 if stop:
                     return 0
             status.update("starting the worker and the portal")
-            supervisor.start("worker", child_command("worker"))
+            pool.start()
             portal = supervisor.start("portal", child_command("portal"))
             supervisor.wait_for(portal, settings.public_host, settings.https_port)
             if stop:
                 return 0
             supervisor.check_children()
-            table = service_table(settings, supervisor, first_start)
+            table = service_table(settings, supervisor, workers, first_start)
             running.record(settings, supervisor.pids["up"], state_notes(settings))
         console.print(table)
         console.print("ready: Ctrl-C or `ecpds down` stops everything")
         sys.stdout.flush()
         while not stop:
             supervisor.keep_children()
+            supervisor.reap_retired()
+            pool.scale(time.monotonic())
             sys.stdout.flush()
             time.sleep(0.5)
         console.print(f"{stop.signal_name}: stopping {', '.join(supervisor.pids)}")
         return 0
     finally:
+        pool.close()
         supervisor.terminate()
         stop.restore()
         sys.stdout.flush()
@@ -446,7 +499,7 @@ def down(settings: Settings) -> None:
         # `ecpds up` died without cleaning up: stop its children ourselves.
         for pid in pids.values():
             signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_SECONDS * 2
+    deadline = time.monotonic() + stop_grace(settings) * 2
     everyone = [supervisor_pid or 0, *pids.values()]
     while any(alive(pid) for pid in everyone if pid) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -55,6 +55,9 @@ def workflow_queue(task_queue: str, workflow_type: str) -> str:
 # The error type of a send that found every connection its host allows in use (by any
 # destination): the transfer waits for one, it has not failed (core/host_slots.py).
 HOST_BUSY = "HostBusy"
+# The error type of a send its worker stopped (scale-in, `ecpds down`) after the grace
+# period: handed back, sent again from where it stopped, not counted as a failed attempt.
+WORKER_STOPPED = "WorkerStopped"
 
 # The scheduler's signals; `start_workflow` takes a signal-with-start by name only.
 WAKE_SIGNAL = "wake"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -60,6 +60,32 @@ class Settings(BaseSettings):
     )
     worker_roles: list[Role] = Field(
         default_factory=lambda: list(Role), description="what `ecpds worker` runs (default all)"
+    )
+    worker_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="after SIGTERM, how long a worker lets running activities finish before"
+        " it hands the rest back to Temporal for another worker",
+    )
+    worker_tuner: Literal["fixed", "resource"] = Field(
+        default="fixed",
+        description="fixed: worker_slots activities, local activities and workflow tasks at"
+        " once; resource: as many as keep the host under 80% memory and 90% CPU",
+    )
+    worker_slots: int = Field(
+        default=64, gt=0, description="each kind of task a worker runs at once (fixed tuner)"
+    )
+    worker_scale_backlog: int = Field(
+        default=100,
+        gt=0,
+        description="`ecpds up --workers MIN..MAX`: one worker more for each this many tasks"
+        " waiting on the task queues",
+    )
+    worker_scale_in_after: float = Field(
+        default=30.0,
+        ge=0,
+        description="`ecpds up --workers MIN..MAX`: seconds the backlog stays small before"
+        " the workers it no longer needs are stopped",
     )
     sweep_every: int = Field(
         default=300,

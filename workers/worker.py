@@ -17,7 +17,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import PollerBehaviorAutoscaling, Worker
+from temporalio.worker import PollerBehaviorAutoscaling, Worker, WorkerTuner
 
 from ecpds.activities.discovery import DiscoveryActivities
 from ecpds.activities.notification import NotificationActivities
@@ -91,15 +91,17 @@ def build_worker(
     settings: Settings,
     *,
     roles: Iterable[Role] = ALL_ROLES,
-    max_concurrent_activities: int = 64,
+    max_concurrent_activities: int | None = None,
 ) -> Workers:
     """The workers of `roles`, with the catalog, store and credential key; each registers
-    only its role's workflows and activities."""
+    only its role's workflows and activities. Their slots are the worker_tuner setting's
+    (`max_concurrent_activities` narrows the fixed tuner's activity slots)."""
     engine = open_catalog(settings.catalog_url)
     store = open_store(settings)
     box = CredentialBox(load_or_create_key(settings.key_file))
     doors = Doors.of(settings)  # where the notifications say products are served
     storage = StorageActivities(engine, store, box, settings.task_queue, doors=doors)
+    slots = worker_slots(settings, max_concurrent_activities)
     built = []
     for role in dict.fromkeys(roles):  # each once, in the order given
         workflows: list[type]
@@ -155,21 +157,42 @@ def build_worker(
                 task_queue=role_queue(settings.task_queue, role),
                 workflows=workflows,
                 activities=activities,
-                max_concurrent_activities=max_concurrent_activities,
                 # Temporal answers a heartbeat with "cancel requested": an operator's
                 # interrupt is noticed within this (by default 80% of the heartbeat
                 # timeout, i.e. 12 s).
                 max_heartbeat_throttle_interval=timedelta(seconds=HEARTBEAT_EVERY),
-                max_concurrent_workflow_tasks=64,
-                max_concurrent_local_activities=64,
                 # Transfer workflows are short; a small cache keeps the worker's memory flat.
                 max_cached_workflows=100,
                 # As many pollers as the queue's backlog asks for, not a fixed count.
                 workflow_task_poller_behavior=PollerBehaviorAutoscaling(),
                 activity_task_poller_behavior=PollerBehaviorAutoscaling(),
+                # After SIGTERM: no new tasks, running ones may finish, then the rest are
+                # cancelled and handed back (see TransmitActivities.transmit).
+                graceful_shutdown_timeout=timedelta(seconds=settings.worker_grace_seconds),
+                **slots,
             )
         )
     return Workers(built)
+
+
+# The resource-based tuner's targets: room left for the store's buffers and the portal.
+TARGET_MEMORY_USAGE = 0.8
+TARGET_CPU_USAGE = 0.9
+
+
+def worker_slots(settings: Settings, max_concurrent_activities: int | None) -> dict[str, Any]:
+    """The Worker arguments that size its slots: a fixed count of each kind, or one
+    resource-based tuner shared by the process's workers (the SDK takes one or the other)."""
+    if settings.worker_tuner == "resource":
+        tuner = WorkerTuner.create_resource_based(
+            target_memory_usage=TARGET_MEMORY_USAGE, target_cpu_usage=TARGET_CPU_USAGE
+        )
+        return {"tuner": tuner}
+    return {
+        "max_concurrent_activities": max_concurrent_activities or settings.worker_slots,
+        "max_concurrent_workflow_tasks": settings.worker_slots,
+        "max_concurrent_local_activities": settings.worker_slots,
+    }
 
 
 def tune_memory() -> None:
@@ -287,8 +310,8 @@ async def warn_of_missing_search_attributes(client: Client, namespace: str) -> N
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run a worker of `settings.worker_roles` until `stop` is set (or forever); running
-    activities are cancelled at once and resume from their partial files when a worker
-    runs again."""
+    activities then have worker_grace_seconds to finish, and the rest are handed back to
+    Temporal, resumed from their partial files by another worker."""
     tune_memory()
     quiet_routine_failures()
     with serving_metrics(settings) as running:

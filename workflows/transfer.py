@@ -26,7 +26,13 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from ecpds.activities.scheduling import HostRef
     from ecpds.activities.transmit import TransmitActivities, TransmitInput, TransmitOutput
-    from ecpds.core.engine import HOST_BUSY, PRIORITY, TRANSFER_STATUS, TRANSFER_WORKFLOW
+    from ecpds.core.engine import (
+        HOST_BUSY,
+        PRIORITY,
+        TRANSFER_STATUS,
+        TRANSFER_WORKFLOW,
+        WORKER_STOPPED,
+    )
 
 # Files up to this size go in a local activity: no task-queue round trip, no heartbeats
 # needed. The workflow's own tasks still carry the transfer's priority.
@@ -61,6 +67,12 @@ def local_retries_budget(retry: RetryPolicy, attempt: timedelta) -> timedelta:
     attempts = max(1, retry.maximum_attempts)
     pause = retry.initial_interval or timedelta(seconds=1)
     return attempt * attempts + pause * (attempts - 1)
+
+
+def _error_type(exc: ActivityError | ApplicationError) -> str | None:
+    """The type of the application error an activity failed with (local ones unwrapped)."""
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
+    return cause.type if isinstance(cause, ApplicationError) else None
 
 
 @dataclass
@@ -151,13 +163,24 @@ class TransferWorkflow:
         host allows is in use (by any destination), waited for, not counted as a failure."""
         for pause in BUSY_PAUSES:
             try:
-                return await self._attempts(request, host)
+                return await self._handed_back_sent_again(request, host)
             except (ActivityError, ApplicationError) as exc:
-                cause = exc.cause if isinstance(exc, ActivityError) else exc
-                if not (isinstance(cause, ApplicationError) and cause.type == HOST_BUSY):
+                if _error_type(exc) != HOST_BUSY:
                     raise
             await workflow.sleep(pause)
-        return await self._attempts(request, host)
+        return await self._handed_back_sent_again(request, host)
+
+    async def _handed_back_sent_again(
+        self, request: TransferInput, host: HostRef
+    ) -> TransmitOutput:
+        """The attempts on one host; a send its stopping worker handed back is sent again
+        (by another worker, from where it stopped), not counted as a failed attempt."""
+        while True:
+            try:
+                return await self._attempts(request, host)
+            except (ActivityError, ApplicationError) as exc:
+                if _error_type(exc) != WORKER_STOPPED:
+                    raise
 
     async def _attempts(self, request: TransferInput, host: HostRef) -> TransmitOutput:
         transmit = TransmitInput(request.transfer_id, host.id, request.start_count)

@@ -103,9 +103,9 @@ class Running:
         return httpx.Client(base_url=self.api, auth=auth, verify=False, timeout=30)
 
 
-def start(folder: Path, env: dict[str, str]) -> Running:
+def start(folder: Path, env: dict[str, str], *options: str) -> Running:
     process = subprocess.Popen(
-        [str(ECPDS), "up"],
+        [str(ECPDS), "up", *options],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
@@ -535,4 +535,78 @@ def test_a_child_that_keeps_dying_stops_everything(
     log = settings.home / "log" / "worker.log"
     assert str(stopped.value) == (
         f"worker exited with code 3 (see {log}): bad setting: nope; it died 3 times in a row"
+    )
+
+
+def test_workers_follow_the_backlog(tmp_path: Path, temporal_server: str) -> None:
+    """`ecpds up --workers 1..3` with two slots a worker: a backlog of slow sends starts
+    two more workers, which are stopped once it is gone; every transfer is DONE."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECPDS_")}
+    env |= {f"ECPDS_{name.upper()}": str(free_port()) for name in PORTS}
+    env |= {
+        "ECPDS_HOME": str(tmp_path / "var"),
+        "ECPDS_TEMPORAL_ADDRESS": temporal_server,
+        "ECPDS_TASK_QUEUE": f"scale-{tmp_path.name}",  # no other test's backlog
+        "ECPDS_WORKER_SLOTS": "2",
+        "ECPDS_WORKER_SCALE_BACKLOG": "4",
+        "ECPDS_WORKER_SCALE_IN_AFTER": "3",
+    }
+    running = start(tmp_path, env, "--workers", "1..3")
+    started = time.monotonic()
+    timings = {}
+    try:
+        assert "1..3 workers by backlog" in running.output
+        remote = tmp_path / "remote"
+        with running.admin() as api:
+            host = {"name": "slow-h", "url": f"file://{remote}", "options": {"max_rate": 1 << 20}}
+            made = api.post("/hosts", json=host)
+            assert made.status_code == 201, made.text
+            made = api.post(
+                "/destinations", json={"name": "slow", "hosts": ["slow-h"], "max_connections": 50}
+            )
+            assert made.status_code == 201, made.text
+            data = b"d" * (3 << 19)  # 1.5 MiB: sent by a (not local) activity, in 1.5 s
+            transfers = []
+            for n in range(40):
+                sent = api.post(
+                    "/destinations/slow/files", params={"name": f"{n}.bin"}, content=data
+                )
+                assert sent.status_code == 201, sent.text
+                transfers += sent.json()["transfers"]
+            started = time.monotonic()
+            deadline = started + 120
+            while set(read_pids(running.home)) != running.services | {"worker-2", "worker-3"}:
+                assert time.monotonic() < deadline, read_pids(running.home)
+                time.sleep(0.2)
+            timings["to 3 workers"] = time.monotonic() - started
+            statuses: dict[int, str] = {}
+            while set(statuses.values()) != {"DONE"}:
+                assert time.monotonic() < deadline, statuses
+                shown = [api.get(f"/transfers/{t}").json() for t in transfers]
+                # A failed send leaves its error, even on a transfer queued (WAIT) again.
+                failed = [t for t in shown if t["last_error"] or t["status"] in ("FAIL", "RETR")]
+                assert not failed, failed
+                statuses = {t["id"]: t["status"] for t in shown}
+                time.sleep(0.5)
+            timings["all done"] = time.monotonic() - started
+            while set(read_pids(running.home)) != running.services:
+                assert time.monotonic() < deadline, read_pids(running.home)
+                time.sleep(0.2)
+            timings["back to 1 worker"] = time.monotonic() - started
+    finally:
+        rest = stop(running)
+    print(f"scaling times (s): {timings}")
+    assert "scaled to 3 workers: backlog " in rest
+    assert "scaled to 1 worker: backlog " in rest
+    assert "started again" not in rest  # the retired workers stayed stopped
+    assert sorted(p.name for p in remote.iterdir()) == sorted(f"{n}.bin" for n in range(40))
+
+
+def test_bad_worker_range_is_one_line_error(tmp_path: Path) -> None:
+    env = {"ECPDS_HOME": str(tmp_path / "var")}
+    result = runner.invoke(app, ["up", "--workers", "3..1"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: --workers '3..1' is not a count or MIN..MAX range (such as 1..4) of at least"
+        " one worker\n"
     )

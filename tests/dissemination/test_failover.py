@@ -145,44 +145,6 @@ def start_worker_process(env: Dissemination) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], env=worker_environment(env))
 
 
-async def test_worker_stopped_by_sigterm_mid_transfer_exits_cleanly(
-    dissemination_without_worker: Dissemination, sshd
-) -> None:
-    """`ecpds worker` under SIGTERM shuts its Temporal worker down: exit 0, no Rust panic."""
-    env = dissemination_without_worker
-    dest = env.name("term")
-    user, credentials = sftp_credentials(sshd)
-    folder = sshd.folder(dest)
-    env.add_host(
-        f"{dest}-h",
-        sshd.url(folder, user=user),
-        credentials=credentials,
-        options={"max_rate": 4 << 20},
-    )
-    env.add_destination(dest, [f"{dest}-h"])
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "ecpds.cli.main", "worker"],
-        env=worker_environment(env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        await env.put(dest, "large.bin", os.urandom(64 << 20))
-        deadline = asyncio.get_running_loop().time() + 60
-        while not any(p.stat().st_size > 0 for p in folder.iterdir()):
-            assert asyncio.get_running_loop().time() < deadline, "the upload never started"
-            assert worker.poll() is None, "the worker process died"
-            await asyncio.sleep(0.1)
-        worker.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.to_thread(worker.communicate, timeout=120)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-    assert worker.returncode == 0, stderr.decode()
-    assert "panicked" not in stderr.decode(), stderr.decode()
-
-
 @pytest.mark.one_catalog
 async def test_worker_killed_mid_transfer_resumes(
     dissemination_without_worker: Dissemination, sshd
