@@ -8,6 +8,10 @@ beside a bare one-activity workflow run by a worker with the same limits.
     worker_cpu_ms_per_small_transfer / worker_cpu_ms_per_bare_workflow
     catalog_queries_per_transfer    SQL statements per transfer: the worker's, and those of
                                     the registration (what a portal runs for an upload)
+    autoscale_up_s / autoscale_down_s
+                                    `ecpds up --workers 1..4` with 5,000 transfers waiting:
+                                    seconds from the first wake-up to 4 workers, and from
+                                    the last DONE back to 1
 
 Prints a table, or with --json one JSON object.
 """
@@ -19,6 +23,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -62,7 +67,22 @@ LABELS = {
     "worker_queries_per_transfer": "catalog statements per transfer (worker)",
     "register_queries_per_transfer": "catalog statements per transfer (registration)",
     "catalog_queries_per_transfer": "catalog statements per transfer (all)",
+    "autoscale_up_s": "1 to 4 workers under 5,000 waiting (s)",
+    "autoscale_down_s": "back to 1 worker once idle (s)",
 }
+UP_PORTS = (
+    "TEMPORAL_PORT",
+    "TEMPORAL_UI_PORT",
+    "HTTPS_PORT",
+    "FTP_PORT",
+    "SFTP_PORT",
+    "S3_PORT",
+    "MQTT_PORT",
+    "MQTTS_PORT",
+    "MQTT_WS_PORT",
+    "WORKER_METRICS_PORT",
+    "WORKER_SDK_METRICS_PORT",
+)
 
 
 class Statements:
@@ -227,16 +247,92 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
+async def autoscaling(count: int) -> dict[str, float]:
+    """`ecpds up --workers 1..4` on a catalog where `count` transfers wait (spread over 10
+    destinations to one host slowed to 16 KiB/s, 4 KiB each): when it has 4 workers, and
+    when it is back to 1 after the last DONE."""
+    from ecpds.cli.supervisor import read_pids
+
+    with tempfile.TemporaryDirectory(prefix="ecpds-autoscale-") as tmp_name:
+        tmp = Path(tmp_name)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ECPDS_")}
+        env |= {f"ECPDS_{name}": str(free_port()) for name in UP_PORTS}
+        env |= {
+            "ECPDS_HOME": str(tmp / "var"),
+            "ECPDS_WORKER_SLOTS": "16",
+            "ECPDS_WORKER_SCALE_BACKLOG": "50",
+            "ECPDS_WORKER_SCALE_IN_AFTER": "5",
+        }
+        settings = Settings(home=tmp / "var")
+        engine = open_catalog(settings.catalog_url)
+        store = Store(settings.store_urls)
+        box = CredentialBox(load_or_create_key(settings.key_file))
+        names = [f"d{i}" for i in range(10)]
+        with session_scope(engine) as session:
+            catalog.create_host(
+                session,
+                box=box,
+                data=HostCreate(
+                    name="slow", url=f"file://{tmp / 'out'}", options={"max_rate": 16 << 10}
+                ),
+            )
+            for name in names:
+                catalog.create_destination(
+                    session,
+                    data=DestinationCreate(name=name, hosts=["slow"], max_connections=32),
+                )
+        data = os.urandom(4096)
+
+        async def one(i: int) -> int:
+            async def body() -> Any:
+                yield data
+
+            result = await ingest(
+                engine=engine,
+                store=store,
+                destination=names[i % len(names)],
+                name=f"a{i:05d}",
+                chunks=body(),
+            )
+            return result.transfer_ids[0]
+
+        ids: list[int] = []
+        for start in range(0, count, 100):
+            ids += await asyncio.gather(*(one(i) for i in range(start, min(count, start + 100))))
+        log(f"autoscale: {count} transfers wait; ecpds up --workers 1..4")
+        pids = tmp / "var" / "run" / "ecpds.pids"
+        ecpds = str(Path(sys.executable).with_name("ecpds"))
+        with process([ecpds, "up", "--workers", "1..4"], tmp / "up.log", env=env) as up:
+            started = time.monotonic()  # the worker's start wakes every destination
+            while len([n for n in read_pids(pids) if n.startswith("worker")]) < 4:
+                if up.poll() is not None or time.monotonic() - started > 600:
+                    raise SystemExit(f"ecpds up never reached 4 workers: see {tmp / 'up.log'}")
+                await asyncio.sleep(0.2)
+            scaled_up = time.monotonic() - started
+            await wait_done(engine, ids)
+            idle = time.monotonic()
+            while len([n for n in read_pids(pids) if n.startswith("worker")]) > 1:
+                if time.monotonic() - idle > 600:
+                    raise SystemExit("ecpds up never went back to 1 worker")
+                await asyncio.sleep(0.2)
+            scaled_down = time.monotonic() - idle
+            subprocess.run([ecpds, "down"], env=env, capture_output=True, timeout=180)
+        return {"autoscale_up_s": scaled_up, "autoscale_down_s": scaled_down}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--count", type=int, default=500, help="small transfers (and bare runs)")
+    parser.add_argument("--backlog", type=int, default=5000, help="transfers for the autoscaler")
     parser.add_argument("--worker", choices=("ecpds", "bare"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         serve_counting_worker(args.worker)
         return
     results = asyncio.run(run(args))
+    if args.backlog:
+        results |= asyncio.run(autoscaling(args.backlog))
     if args.json:
         print(json.dumps({k: round(v, 3) for k, v in results.items()}))
         return
