@@ -178,7 +178,7 @@ def take(engine: Engine, previous: CatalogSnapshot | None = None) -> CatalogSnap
             for id_, n, size in connection.execute(ACQUIRED_FILES_SQL)
             if id_ in names
         }
-        backlog: dict[str, int] = dict(connection.execute(NOTIFICATION_BACKLOG_SQL).tuples().all())
+        backlog = {name: count for name, count in connection.execute(NOTIFICATION_BACKLOG_SQL)}
         if previous is not None and started - previous.store_taken < STORE_EVERY:
             store, store_taken = previous.store, previous.store_taken
         else:

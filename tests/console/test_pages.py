@@ -66,3 +66,37 @@ def test_a_data_user_sees_only_its_destinations(site: Site) -> None:
         assert csrf and "clean-expired" not in page.text  # no operation buttons
         refused = carol.post("/destinations/beta/operations/hold", data={"csrf": csrf[1]})
         assert refused.status_code == 403
+
+
+def test_the_dashboard_shows_the_days_traffic_runs_and_store(site: Site) -> None:
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        page = admin.get("/").text
+    assert re.search(r"Counts as of \d\d:\d\d:\d\d UTC", page)
+    # The one upload, to alpha, queued one transfer in the last 24 hours.
+    assert re.search(r"Transfers queued per hour, \d\d:00 to now \(UTC\):\s+1 in all", page)
+    assert page.count("<svg") == 3 and page.count('class="bar-queued"') == 24
+    assert "no acquisition runs" in page
+    store = re.search(r"<tr><td><code>([^<]+)</code></td><td>(\d+)</td>", page)
+    assert store and store[1].endswith("store") and store[2] == "1"  # the uploaded file
+    with contextlib.closing(logged_in(site, "carol", DATA_PASSWORD)) as carol:
+        mine = carol.get("/").text
+    # carol reaches beta only: none of alpha's traffic, and no store usage.
+    assert re.search(r"Transfers queued per hour, \d\d:00 to now \(UTC\):\s+0 in all", mine)
+    assert "Store usage" not in mine and "Store usage" in page
+
+
+def test_arrivals_charts_the_busiest_destinations_or_the_one_asked(site: Site) -> None:
+    queued = r"{}: transfers queued per hour, \d\d:00 to now \(UTC\):\s+{} in all"
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        busiest = admin.get("/arrivals").text
+        assert 'id="chart-alpha"' in busiest and 'id="chart-beta"' not in busiest
+        assert re.search(queued.format("alpha", 1), busiest)
+        beta = admin.get("/arrivals", params={"destination": "beta"}).text
+        assert 'id="chart-beta"' in beta and 'id="chart-alpha"' not in beta
+        assert re.search(queued.format("beta", 0), beta)
+        unknown = admin.get("/arrivals", params={"destination": "nowhere"})
+        assert unknown.status_code == 404 and "nowhere" in unknown.text
+        assert "Traceback" not in unknown.text
+    with contextlib.closing(logged_in(site, "carol", DATA_PASSWORD)) as carol:
+        assert 'id="chart-alpha"' not in carol.get("/arrivals").text
+        assert carol.get("/arrivals", params={"destination": "alpha"}).status_code == 404
