@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, text
 from sqlmodel import Session, col, select
@@ -76,15 +76,14 @@ DELIVERED_SQL = (
 )
 
 
-@dataclass(frozen=True)
-class Hour:
-    """One hour of a destination's traffic: transfers queued, delivered, bytes delivered."""
+class Hour(NamedTuple):
+    """One hour of traffic: transfers queued, transfers delivered, bytes delivered."""
 
     queued: int = 0
     done: int = 0
     bytes: int = 0
 
-    def __add__(self, other: Hour) -> Hour:
+    def plus(self, other: Hour) -> Hour:
         return Hour(self.queued + other.queued, self.done + other.done, self.bytes + other.bytes)
 
 
@@ -104,7 +103,10 @@ class CatalogSnapshot:
     store: dict[str, tuple[int, int]]  # files and bytes per store location
     store_taken: float  # time.monotonic() of the store's reading
     hours: list[datetime]  # the starts of the HOURS hours, oldest first
-    hourly: dict[tuple[str, datetime], Hour] = field(default_factory=dict)
+    # Per destination and hour: (queued, delivered, bytes), plain tuples of numbers, which
+    # the garbage collector stops tracking (some 25,000 of them, each of which would
+    # otherwise lengthen every full collection).
+    hourly: dict[tuple[str, datetime], tuple[int, int, int]] = field(default_factory=dict)
     expected: list[ExpectedProductStatus] = field(default_factory=list)
 
     def view(self, destinations: Sequence[str] | None) -> CatalogSnapshot:
@@ -144,14 +146,14 @@ class CatalogSnapshot:
         totals = {hour: Hour() for hour in self.hours}
         for (name, hour), counts in self.hourly.items():
             if (destination is None or name == destination) and hour in totals:
-                totals[hour] += counts
+                totals[hour] = totals[hour].plus(Hour(*counts))
         return list(totals.items())
 
     def busiest(self, count: int) -> list[str]:
         """The destinations with the most transfers queued in the window, most first."""
         queued: dict[str, int] = {}
         for (name, _), counts in self.hourly.items():
-            queued[name] = queued.get(name, 0) + counts.queued
+            queued[name] = queued.get(name, 0) + counts[0]
         return sorted(queued, key=lambda name: (-queued[name], name))[:count]
 
 
@@ -218,7 +220,7 @@ def _store_usage(rows: Iterable[Any]) -> dict[str, tuple[int, int]]:
 
 def _hourly(
     connection: Any, names: dict[int, str], since: datetime
-) -> dict[tuple[str, datetime], Hour]:
+) -> dict[tuple[str, datetime], tuple[int, int, int]]:
     hour_of = HOUR_SQL[connection.dialect.name]
     queued = text(QUEUED_SQL.format(hour=hour_of.format(column="queued")))
     delivered = text(DELIVERED_SQL.format(hour=hour_of.format(column="finished")))
@@ -240,7 +242,7 @@ def _hourly(
             counts = sums.setdefault((names[id_], at), [0, 0, 0])
             counts[1] += count
             counts[2] += int(size)
-    return {key: Hour(*counts) for key, counts in sums.items()}
+    return {key: (queued, done, size) for key, (queued, done, size) in sums.items()}
 
 
 def _hour(value: str | datetime) -> datetime:
