@@ -266,7 +266,7 @@ def events_page(request: Request, user: str = "") -> HTMLResponse:
 
 
 def _public(session: Session, transfers: Any) -> list[Any]:
-    return [catalog.transfer_public(session, t) for t in transfers]
+    return catalog.transfers_public(session, transfers)
 
 
 # --- destinations -----------------------------------------------------------------------
