@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -106,8 +106,8 @@ class CatalogSnapshot:
     # Per destination and hour: (queued, delivered, bytes), plain tuples of numbers, which
     # the garbage collector stops tracking (some 25,000 of them, each of which would
     # otherwise lengthen every full collection).
-    hourly: dict[tuple[str, datetime], tuple[int, int, int]] = field(default_factory=dict)
-    expected: list[ExpectedProductStatus] = field(default_factory=list)
+    hourly: dict[tuple[str, datetime], tuple[int, int, int]]
+    expected: list[ExpectedProductStatus]
 
     def view(self, destinations: Sequence[str] | None) -> CatalogSnapshot:
         """What a user reaching `destinations` (None: all) sees: its own counts only, and
