@@ -4,9 +4,10 @@ the CLI and the REST API asking the same, and how long a Prometheus scrape takes
 For each catalog (SQLite, and PostgreSQL when one answers: ECPDS_BENCH_DATABASE_URL, or
 the local server on 127.0.0.1:5432), seeds 1,000 destinations and 1,000,000 transfers
 (tests/peers/seed.py), starts `ecpds up` on it, then times ROUNDS requests of each page as the
-admin: the dashboard, one destination's page and a transfer search (one destination,
-FAIL), each page's p95; `ecpds transfers --json` for the same search (the whole command,
-interpreter start included) and the REST request it makes (p95);
+admin: the dashboard, one destination's page, a transfer search (one destination,
+FAIL) and the arrivals page (its charts of the busiest destinations), each page's p95;
+`ecpds transfers --json` for the same search (the whole command, interpreter start
+included) and the REST request it makes (p95);
 console_vs_cli = CLI time ÷ the search page's p95 (≥ 1.0: the page is no slower); and the
 portal's `/metrics` scrape p95. Targets: every page p95 under 300 ms. Prints a table, or
 with --json one object.
@@ -122,6 +123,7 @@ def measure(label: str, url: str, args: argparse.Namespace, tmp: Path) -> dict[s
             results[f"{label}_search_p95_ms"] = timed_get(
                 console, "/transfers", args.rounds, **search
             )
+            results[f"{label}_arrivals_p95_ms"] = timed_get(console, "/arrivals", args.rounds)
             results[f"{label}_metrics_p95_ms"] = timed_get(console, "/metrics", args.rounds)
         finally:
             console.close()

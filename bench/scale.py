@@ -43,7 +43,7 @@ from ecpds.core.ingest import ingest
 from ecpds.core.models import DestinationCreate, HostCreate
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
-from ecpds.core.store import Store
+from ecpds.core.store import open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dissemination import (  # noqa: E402
@@ -135,7 +135,7 @@ async def history_events(client: Client, workflow_id: str, *, every_run: bool = 
     return total
 
 
-async def register(engine: Engine, store: Store, count: int) -> list[int]:
+async def register(engine: Engine, store: Any, count: int) -> list[int]:
     data = os.urandom(16 * 1024)
 
     async def one(i: int) -> int:
@@ -165,7 +165,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             temporal_address=f"127.0.0.1:{port}",
         )
         engine = open_catalog(settings.catalog_url)
-        store = Store(settings.store_urls)
+        store = open_store(settings)
         box = CredentialBox(load_or_create_key(settings.key_file))
         with session_scope(engine) as session:
             catalog.create_host(
@@ -265,7 +265,7 @@ async def autoscaling(count: int) -> dict[str, float]:
         }
         settings = Settings(home=tmp / "var")
         engine = open_catalog(settings.catalog_url)
-        store = Store(settings.store_urls)
+        store = open_store(settings)
         box = CredentialBox(load_or_create_key(settings.key_file))
         names = [f"d{i}" for i in range(10)]
         with session_scope(engine) as session:

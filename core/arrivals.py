@@ -31,48 +31,63 @@ def due_at(expected: ExpectedProduct, now: datetime) -> datetime:
     return datetime.combine(now.date(), time(hour, minute), tzinfo=now.tzinfo)
 
 
-def _first_arrival(
-    session: Session, destination_id: int, pattern: str, since: datetime
-) -> tuple[str, datetime] | None:
+def _arrivals(
+    session: Session, expected: Sequence[ExpectedProduct], since: datetime
+) -> dict[str, list[tuple[str, datetime]]]:
+    """What reached the expected products' destinations after `since`, per destination
+    name in arrival order: one query however many products are expected."""
+    names = {one.destination for one in expected}
+    ids = dict(
+        session.exec(
+            select(Destination.id, Destination.name).where(col(Destination.name).in_(names))
+        ).all()
+    )
     rows = session.exec(
-        select(DataTransfer.target, DataFile.arrived)
+        select(DataTransfer.destination_id, DataTransfer.target, DataFile.arrived)
         .join(DataFile, col(DataFile.id) == DataTransfer.data_file_id)
-        .where(DataTransfer.destination_id == destination_id, col(DataFile.arrived) > since)
+        .where(col(DataTransfer.destination_id).in_(list(ids)), col(DataFile.arrived) > since)
         .order_by(col(DataFile.arrived))
     )
-    matcher = re.compile(pattern)
-    for target, arrived in rows:
-        if arrived is not None and matcher.search(target):
-            return target, arrived
-    return None
+    found: dict[str, list[tuple[str, datetime]]] = {}
+    for destination_id, target, arrived in rows:
+        if arrived is not None:
+            found.setdefault(ids[destination_id], []).append((target, arrived))
+    return found
+
+
+def _state(
+    expected: ExpectedProduct, arrived: list[tuple[str, datetime]], now: datetime
+) -> ExpectedProductStatus:
+    due = due_at(expected, now)
+    matcher = re.compile(expected.pattern)
+    target, first = next(
+        ((t, when) for t, when in arrived if when > due - WINDOW and matcher.search(t)),
+        (None, None),
+    )
+    if now < due:
+        state = "arrived" if first is not None else "waiting"
+    elif first is None:
+        state = "missing"
+    else:
+        state = "on time" if first <= due else "late"
+    return ExpectedProductStatus.model_validate(
+        expected.model_dump() | {"due_at": due, "state": state, "arrived": first, "target": target}
+    )
 
 
 def status(
     session: Session, expected: ExpectedProduct, now: datetime | None = None
 ) -> ExpectedProductStatus:
-    now = now or utcnow()
-    due = due_at(expected, now)
-    destination = session.exec(
-        select(Destination).where(Destination.name == expected.destination)
-    ).first()
-    found = None
-    if destination is not None and destination.id is not None:
-        found = _first_arrival(session, destination.id, expected.pattern, due - WINDOW)
-    target, arrived = found if found is not None else (None, None)
-    if now < due:
-        state = "arrived" if arrived is not None else "waiting"
-    elif arrived is None:
-        state = "missing"
-    else:
-        state = "on time" if arrived <= due else "late"
-    return ExpectedProductStatus.model_validate(
-        expected.model_dump()
-        | {"due_at": due, "state": state, "arrived": arrived, "target": target}
-    )
+    return statuses(session, [expected], now)[0]
 
 
 def statuses(
     session: Session, expected: Sequence[ExpectedProduct], now: datetime | None = None
 ) -> list[ExpectedProductStatus]:
+    """Each product's state against today's due time, from two queries in all."""
     now = now or utcnow()
-    return [status(session, one, now) for one in expected]
+    if not expected:
+        return []
+    since = min(due_at(one, now) for one in expected) - WINDOW
+    arrived = _arrivals(session, expected, since)
+    return [_state(one, arrived.get(one.destination, []), now) for one in expected]

@@ -1029,6 +1029,23 @@ def transfer_public(session: Session, transfer: DataTransfer) -> DataTransferPub
     )
 
 
+def transfers_public(
+    session: Session, transfers: Sequence[DataTransfer]
+) -> list[DataTransferPublic]:
+    """The public views of many transfers in three queries, not three per transfer: their
+    destinations, hosts and data files are loaded first, where `session.get` finds them."""
+    loaded: list[Any] = []  # held: the session keeps only weak references
+    for model, ids in (
+        (Destination, {t.destination_id for t in transfers}),
+        (Host, {t.host_id for t in transfers}),
+        (DataFile, {t.data_file_id for t in transfers}),
+    ):
+        ids.discard(None)
+        if ids:
+            loaded += session.exec(select(model).where(col(model.id).in_(ids))).all()  # type: ignore[attr-defined]
+    return [transfer_public(session, t) for t in transfers]
+
+
 def transfer_eta(transfer: DataTransfer, size: int) -> float | None:
     """Seconds left of a running transfer at its last rate (compressed: an estimate)."""
     if transfer.status is not TransferStatus.EXEC or not transfer.rate:

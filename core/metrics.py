@@ -1,22 +1,17 @@
-"""Prometheus metrics: what the catalog says (read at scrape time), what a worker measures
-as it delivers, and what the portal's doors serve."""
+"""Prometheus metrics: what the catalog says (its snapshot, a few seconds old at most),
+what a worker measures as it delivers, and what the portal's doors serve."""
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, text
-from sqlmodel import Session
 
-from ecpds.core import arrivals, catalog
-from ecpds.core.models import QUEUED_STATUSES, ExpectedProductStatus, TransferStatus
+from ecpds.core.models import QUEUED_STATUSES, ExpectedProductStatus, utcnow
+from ecpds.core.snapshot import CatalogSnapshot, CatalogSnapshots
 
 # A `_created` timestamp beside every counter and histogram doubles the series for
 # nothing Prometheus's rate() needs.
@@ -82,10 +77,10 @@ def worker_registry() -> CollectorRegistry:
     return registry
 
 
-def portal_registry(engine: Engine) -> CollectorRegistry:
+def portal_registry(snapshots: CatalogSnapshots) -> CollectorRegistry:
     """What the portal's /metrics shows: the catalog's numbers and its doors' traffic."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(CatalogCollector(engine))
+    registry.register(CatalogCollector(snapshots))
     registry.register(PORTAL_REQUESTS)
     registry.register(PORTAL_BYTES)
     return registry
@@ -98,84 +93,51 @@ def observe_delivery(protocol: str, seconds: float, bytes_sent: int) -> None:
         TRANSFER_RATE.labels(protocol).observe(bytes_sent / seconds)
 
 
-# --- read from the catalog at scrape time -------------------------------------------------
-
-# One scan of the transfers gives the counts per status, the waiting counts and the bytes
-# delivered. Bytes sent are summed from the catalog rather than counted by the workers:
-# transfers are only ever marked deleted, never removed, so the sum only grows, counts
-# each delivery once whichever worker made it, and survives worker restarts (a
-# worker's own counter would start again at 0 and miss what other workers sent).
-TRANSFERS_SQL = text(
-    "SELECT destination_id, destination_name, status, deleted, count(*),"
-    " coalesce(sum(CASE WHEN status = 'DONE' THEN bytes_sent ELSE 0 END), 0)"
-    " FROM datatransfer GROUP BY destination_id, status, deleted, destination_name"
-)
-# Grouped in the order of ix_datatransfer_counts, which holds every column read: a scan of
-# that index alone (no row lookups, no sort). Names come from the destinations, not a
-# join per transfer.
-DESTINATIONS_SQL = text("SELECT id, name FROM destination")
-ACQUISITION_RUNS_SQL = text(
-    "SELECT destination, status, count(*) FROM acquisitionrun GROUP BY destination, status"
-)
-ACQUIRED_FILES_SQL = text(
-    "SELECT d.name, a.count, a.bytes FROM (SELECT destination_id, count(*) AS count,"
-    " coalesce(sum(size), 0) AS bytes FROM acquiredfile GROUP BY destination_id) a"
-    " JOIN destination d ON d.id = a.destination_id"
-)
-# The partial-free index ix_notification_pending starts with `pending`.
-NOTIFICATION_BACKLOG_SQL = text("SELECT count(*) FROM notification WHERE pending")
-# `locations` is a JSON list; grouping by its text keeps JSON parsing out of the scan
-# (few distinct lists exist: one per combination of store locations). No index can cover
-# it (PostgreSQL's json has no btree order), so it is read at most every STORE_EVERY
-# seconds: store usage moves slowly, and a million files take most of a second to scan.
-STORE_SQL = text(
-    "SELECT CAST(locations AS TEXT), count(*), coalesce(sum(size), 0) FROM datafile"
-    " WHERE NOT deleted GROUP BY CAST(locations AS TEXT)"
-)
-STORE_EVERY = 60.0
+# --- read from the catalog's snapshot -----------------------------------------------------
 
 
 class CatalogCollector(Collector):
-    """Counts from the catalog, read at each scrape so they match it (store usage: at most
-    every STORE_EVERY seconds)."""
+    """Counts from the catalog's snapshot (core/snapshot.py): at most `snapshot_seconds`
+    old, shared with the console, so a scrape costs no catalog query of its own."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.stored: list[Any] = []
-        self.stored_at: float | None = None
+    def __init__(self, snapshots: CatalogSnapshots) -> None:
+        self.snapshots = snapshots
+        self.shown: tuple[CatalogSnapshot, list[Metric]] | None = None
 
     def describe(self) -> Iterable[Metric]:
         return []  # read only at scrape time: no catalog query when it is registered
 
     def collect(self) -> Iterator[Metric]:
-        started = time.monotonic()
-        with self.engine.connect() as connection:
-            names = {id_: name for id_, name in connection.execute(DESTINATIONS_SQL)}
-            transfers = [
-                (names.get(row[0], row[1] or ""), *row[2:])
-                for row in connection.execute(TRANSFERS_SQL)
-            ]
-            runs = connection.execute(ACQUISITION_RUNS_SQL).all()
-            acquired = connection.execute(ACQUIRED_FILES_SQL).all()
-            backlog = connection.execute(NOTIFICATION_BACKLOG_SQL).scalar_one()
-            if self.stored_at is None or started - self.stored_at >= STORE_EVERY:
-                self.stored, self.stored_at = list(connection.execute(STORE_SQL)), started
-        with Session(self.engine) as session:
-            expected = arrivals.statuses(session, catalog.list_expected(session))
-        yield from _transfer_metrics(transfers)
-        yield from _acquisition_metrics(runs, acquired)
-        notifications = GaugeMetricFamily(
-            "ecpds_notification_backlog", "Notifications in the outbox not yet published"
+        snapshot = self.snapshots.current()
+        # The families of a snapshot are built once: some 10,000 samples with a thousand
+        # destinations, which, built at every scrape, made the garbage collector walk the
+        # whole heap every few scrapes (+130 ms each time).
+        if self.shown is None or self.shown[0] is not snapshot:
+            self.shown = (snapshot, list(_catalog_metrics(snapshot)))
+        yield from self.shown[1]
+        age = GaugeMetricFamily(
+            "ecpds_catalog_snapshot_age_seconds", "How old the catalog counts shown are"
         )
-        notifications.add_metric([], backlog)
-        yield notifications
-        yield from _store_metrics(self.stored)
-        yield _expected_metric(expected)
-        scrape = GaugeMetricFamily(
-            "ecpds_catalog_scrape_seconds", "Time the catalog queries of this scrape took"
-        )
-        scrape.add_metric([], time.monotonic() - started)
-        yield scrape
+        age.add_metric([], (utcnow() - snapshot.taken).total_seconds())
+        yield age
+
+
+def _catalog_metrics(snapshot: CatalogSnapshot) -> Iterator[Metric]:
+    yield from _transfer_metrics(snapshot)
+    yield from _acquisition_metrics(snapshot)
+    notifications = GaugeMetricFamily(
+        "ecpds_notification_backlog", "Notifications in the outbox not yet published"
+    )
+    notifications.add_metric([], sum(snapshot.backlog.values()))
+    yield notifications
+    yield from _store_metrics(snapshot)
+    yield _expected_metric(snapshot.expected)
+    scrape = GaugeMetricFamily(
+        "ecpds_catalog_scrape_seconds",
+        "Time the catalog queries of the counts shown took (their snapshot's)",
+    )
+    scrape.add_metric([], snapshot.seconds)
+    yield scrape
 
 
 def _expected_metric(statuses: Iterable[ExpectedProductStatus]) -> Metric:
@@ -191,26 +153,19 @@ def _expected_metric(statuses: Iterable[ExpectedProductStatus]) -> Metric:
     return family
 
 
-def _transfer_metrics(rows: Iterable[Any]) -> Iterator[Metric]:
-    by_status: dict[tuple[str, str], int] = {}
+def _transfer_metrics(snapshot: CatalogSnapshot) -> Iterator[Metric]:
     waiting: dict[str, int] = {}
-    sent: dict[str, int] = {}
-    for destination, status, deleted, count, bytes_sent in rows:
-        # Deleted transfers still count what they delivered, not what they are now.
-        sent[destination] = sent.get(destination, 0) + int(bytes_sent)
-        if deleted:
-            continue
-        by_status[destination, status] = by_status.get((destination, status), 0) + count
-        waiting.setdefault(destination, 0)
-        if status in QUEUED_STATUSES:
-            waiting[destination] += count
+    for (destination, status), count in snapshot.transfers.items():
+        waiting[destination] = waiting.get(destination, 0) + (
+            count if status in QUEUED_STATUSES else 0
+        )
     transfers = GaugeMetricFamily(
         "ecpds_transfers",
         "Transfers in the catalog (not deleted) per destination and status",
         labels=["destination", "status"],
     )
-    for (destination, status), count in sorted(by_status.items()):
-        transfers.add_metric([destination, TransferStatus(status).value], count)
+    for (destination, status), count in sorted(snapshot.transfers.items()):
+        transfers.add_metric([destination, status.value], count)
     yield transfers
     queued = GaugeMetricFamily(
         "ecpds_transfers_waiting",
@@ -225,18 +180,18 @@ def _transfer_metrics(rows: Iterable[Any]) -> Iterator[Metric]:
         "Bytes delivered by DONE transfers per destination (deleted ones included)",
         labels=["destination"],
     )
-    for destination, count in sorted(sent.items()):
+    for destination, count in sorted(snapshot.bytes_sent.items()):
         delivered.add_metric([destination], count)
     yield delivered
 
 
-def _acquisition_metrics(runs: Iterable[Any], acquired: Iterable[Any]) -> Iterator[Metric]:
+def _acquisition_metrics(snapshot: CatalogSnapshot) -> Iterator[Metric]:
     family = GaugeMetricFamily(
         "ecpds_acquisition_runs",
         "Discovery runs per destination and outcome (running, ok, partial, failed)",
         labels=["destination", "status"],
     )
-    for destination, status, count in runs:
+    for (destination, status), count in sorted(snapshot.runs.items()):
         family.add_metric([destination, status], count)
     yield family
     files = GaugeMetricFamily(
@@ -247,28 +202,22 @@ def _acquisition_metrics(runs: Iterable[Any], acquired: Iterable[Any]) -> Iterat
         "Bytes of the files acquired per destination",
         labels=["destination"],
     )
-    for destination, count, bytes_ in acquired:
+    for destination, (count, bytes_) in sorted(snapshot.acquired.items()):
         files.add_metric([destination], count)
-        size.add_metric([destination], int(bytes_))
+        size.add_metric([destination], bytes_)
     yield files
     yield size
 
 
-def _store_metrics(rows: Iterable[Any]) -> Iterator[Metric]:
-    files: dict[str, int] = {}
-    size: dict[str, int] = {}
-    for locations, count, bytes_ in rows:
-        for location in json.loads(locations or "[]"):
-            files[location] = files.get(location, 0) + count
-            size[location] = size.get(location, 0) + int(bytes_)
+def _store_metrics(snapshot: CatalogSnapshot) -> Iterator[Metric]:
     stored_files = GaugeMetricFamily(
         "ecpds_store_files", "Data files (not deleted) held per store location", labels=["location"]
     )
     stored_bytes = GaugeMetricFamily(
         "ecpds_store_bytes", "Bytes of the data files held per store location", labels=["location"]
     )
-    for location in sorted(files):
-        stored_files.add_metric([location], files[location])
-        stored_bytes.add_metric([location], size[location])
+    for location, (count, bytes_) in snapshot.store.items():
+        stored_files.add_metric([location], count)
+        stored_bytes.add_metric([location], bytes_)
     yield stored_files
     yield stored_bytes

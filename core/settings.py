@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     notification_retention: int = Field(
         default=7, gt=0, description="days the published notifications stay to replay"
     )
+    snapshot_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="at most how old the catalog's counts on the console's dashboard and "
+        "/metrics may be: read again in the background when older; 0 reads them at every "
+        "request (exact, slow with a big catalog)",
+    )
     metrics_public: bool = Field(
         default=True, description="the portal's /metrics without a login (else admins only)"
     )

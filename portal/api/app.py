@@ -12,6 +12,7 @@ from ecpds.core.db import open_catalog
 from ecpds.core.ingest import Dispatcher
 from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
+from ecpds.core.snapshot import CatalogSnapshots
 from ecpds.core.store import Store, open_store
 from ecpds.portal.api import (
     acquisition,
@@ -79,11 +80,13 @@ def create_app(
         docs_url=None,  # served from the package by `docs.router`, not from a CDN
         redoc_url=None,
     )
+    engine = engine if engine is not None else open_catalog(settings.catalog_url)
     app.state.api = ApiState(
         settings=settings,
-        engine=engine if engine is not None else open_catalog(settings.catalog_url),
+        engine=engine,
         store=store if store is not None else open_store(settings),
         box=CredentialBox(load_or_create_key(settings.key_file)),
+        snapshots=CatalogSnapshots(engine, settings.snapshot_seconds),
         dispatcher=dispatcher,
     )
     api = APIRouter(prefix=PREFIX)
@@ -93,7 +96,7 @@ def create_app(
     app.include_router(ecpds_compat.router, prefix=ecpds_compat.PREFIX)
     data = data_router(lambda: app.state.api)
     app.include_router(data)
-    app.include_router(metrics_router(app.state.api.engine, public=settings.metrics_public))
+    app.include_router(metrics_router(app.state.api.snapshots, public=settings.metrics_public))
     include_console(app)
     install_error_handlers(app)
     app.add_middleware(events.OperationLog, engine=app.state.api.engine)

@@ -23,6 +23,7 @@ from ecpds.core.models import DataUser
 from ecpds.core.notifications import Doors
 from ecpds.core.secrets import CredentialBox
 from ecpds.core.settings import Settings
+from ecpds.core.snapshot import CatalogSnapshots
 from ecpds.core.store import Store
 
 
@@ -34,6 +35,7 @@ class ApiState:
     engine: Engine
     store: Store
     box: CredentialBox
+    snapshots: CatalogSnapshots  # the catalog's counts, for the dashboard and /metrics
     dispatcher: Dispatcher | None = None
 
     @property

@@ -27,6 +27,7 @@ from ecpds.core.engine import Operation, transfer_workflow_id
 from ecpds.core.errors import EcpdsError, NotFound, Unauthenticated
 from ecpds.core.models import (
     FINAL_STATUSES,
+    QUEUED_STATUSES,
     DataTransferPublic,
     DataUser,
     Destination,
@@ -48,6 +49,8 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 RECENT = 20
 HOST_HISTORY = timedelta(hours=6)  # how far back a host's failed transfers count
+RECENT_RUNS = 5  # acquisition runs listed on the dashboard
+BUSIEST = 5  # destinations charted on /arrivals unless one is chosen
 DESTINATION_BUTTONS = (Operation.HOLD, Operation.RESTART, Operation.CLEAN_EXPIRED)
 # The buttons under /transfers, for a selection; priority takes the value field (0..99).
 BULK_OPERATIONS = (
@@ -212,29 +215,33 @@ async def logout(request: Request) -> Response:
 
 @router.get("/")
 def dashboard(request: Request) -> HTMLResponse:
+    snapshots = _state(request).snapshots
+
     def build(session: Session, caller: Caller) -> dict[str, Any]:
-        counts = catalog.transfer_counts(session, destinations=caller.visible)
+        # The counts come from the catalog's snapshot (a few seconds old at most, shared
+        # by every user and /metrics); only the recent failures are read for this page.
+        counts = snapshots.current().view(caller.visible)
+        transfers = counts.by_status()
+        runs: dict[str, int] = {}
+        for (_, status), count in counts.runs.items():
+            runs[status] = runs.get(status, 0) + count
         return {
-            "destinations": catalog.destination_counts(session, names=caller.visible),
-            "transfers": counts,
-            "waiting": sum(
-                counts.get(s, 0)
-                for s in (TransferStatus.WAIT, TransferStatus.SCHE, TransferStatus.RETR)
-            ),
+            "counts": counts,
+            "destinations": counts.destinations_by_status(),
+            "transfers": transfers,
+            "waiting": sum(transfers.get(s, 0) for s in QUEUED_STATUSES),
             "failures": _public(
                 session,
                 catalog.list_transfers(
                     session, destinations=caller.visible, status=TransferStatus.FAIL, limit=RECENT
                 ),
             ),
-            "backlog": catalog.notification_backlog(session, destinations=caller.visible),
-            "overdue": [
-                s
-                for s in arrivals.statuses(
-                    session, catalog.list_expected(session, destinations=caller.visible)
-                )
-                if s.state in ("late", "missing")
-            ],
+            "backlog": sum(counts.backlog.values()),
+            "overdue": [s for s in counts.expected if s.state in ("late", "missing")],
+            "hours": counts.per_hour(),
+            "runs": runs,
+            "recent_runs": counts.recent_runs[:RECENT_RUNS],
+            "store": counts.store,
         }
 
     return _page(request, "dashboard.html", build)
@@ -244,10 +251,24 @@ def dashboard(request: Request) -> HTMLResponse:
 
 
 @router.get("/arrivals")
-def arrivals_page(request: Request) -> HTMLResponse:
+def arrivals_page(request: Request, destination: str = "") -> HTMLResponse:
+    snapshots = _state(request).snapshots
+
     def build(session: Session, caller: Caller) -> dict[str, Any]:
         expected = catalog.list_expected(session, destinations=caller.visible)
-        return {"rows": arrivals.statuses(session, expected)}
+        counts = snapshots.current().view(caller.visible)
+        if destination:
+            caller.principal.check_destination(destination)
+            catalog.get_destination(session, name=destination)  # NotFound: a clear line
+            charted = [destination]
+        else:
+            charted = counts.busiest(BUSIEST)
+        return {
+            "rows": arrivals.statuses(session, expected),
+            "counts": counts,
+            "destination": destination,
+            "charts": [(name, counts.per_hour(name)) for name in charted],
+        }
 
     return _page(request, "arrivals.html", build)
 
@@ -264,7 +285,7 @@ def events_page(request: Request, user: str = "") -> HTMLResponse:
 
 
 def _public(session: Session, transfers: Any) -> list[Any]:
-    return [catalog.transfer_public(session, t) for t in transfers]
+    return catalog.transfers_public(session, transfers)
 
 
 # --- destinations -----------------------------------------------------------------------

@@ -185,3 +185,39 @@ def test_sizes_rates_and_durations_read_in_human_units() -> None:
         "1 d 1 h",
     ]
     assert units.size(None) == units.rate(None) == units.duration(None) == ""
+
+
+def test_the_dashboard_shows_the_days_traffic_runs_and_store(site: Site) -> None:
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        page = admin.get("/").text
+    assert re.search(r"Counts as of \d\d:\d\d:\d\d UTC", page)
+    # The two uploads, to alpha and beta, queued a transfer each in the last 24 hours.
+    assert re.search(r"Transfers queued per hour, \d\d:00 to now \(UTC\):\s+2 in all", page)
+    assert page.count("<svg") == 3 and page.count('class="bar-queued"') == 24
+    assert "no acquisition runs" not in page and "alpha-acq" in page  # the fixture's runs
+    store = re.search(r"<tr><td><code>([^<]+)</code></td><td>(\d+)</td>", page)
+    assert store and store[1].endswith("store") and store[2] == "2"  # the uploaded files
+    with contextlib.closing(logged_in(site, "carol", DATA_PASSWORD)) as carol:
+        mine = carol.get("/").text
+    # carol reaches beta only: none of alpha's traffic or runs, and no store usage.
+    assert re.search(r"Transfers queued per hour, \d\d:00 to now \(UTC\):\s+1 in all", mine)
+    assert "alpha-acq" not in mine
+    assert "Store usage" not in mine and "Store usage" in page
+
+
+def test_arrivals_charts_the_busiest_destinations_or_the_one_asked(site: Site) -> None:
+    queued = r"{}: transfers queued per hour, \d\d:00 to now \(UTC\):\s+{} in all"
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        busiest = admin.get("/arrivals").text
+        assert 'id="chart-alpha"' in busiest and 'id="chart-beta"' in busiest
+        assert re.search(queued.format("alpha", 1), busiest)
+        beta = admin.get("/arrivals", params={"destination": "beta"}).text
+        assert 'id="chart-beta"' in beta and 'id="chart-alpha"' not in beta
+        assert re.search(queued.format("beta", 1), beta)
+        unknown = admin.get("/arrivals", params={"destination": "nowhere"})
+        assert unknown.status_code == 404 and "nowhere" in unknown.text
+        assert "Traceback" not in unknown.text
+    with contextlib.closing(logged_in(site, "carol", DATA_PASSWORD)) as carol:
+        mine = carol.get("/arrivals").text
+        assert 'id="chart-alpha"' not in mine and 'id="chart-beta"' in mine
+        assert carol.get("/arrivals", params={"destination": "alpha"}).status_code == 404

@@ -157,10 +157,12 @@ def as_samples(counts: Counter[Any]) -> dict[tuple[str, ...], float]:
 def portal(tmp_path: Path, catalog_url: str) -> Iterator[Portal]:
     """A seeded portal on each catalog (SQLite, and PostgreSQL when configured).
 
-    No Temporal behind it: the uploads' transfers wait in the catalog, as they stay."""
+    No Temporal behind it: the uploads' transfers wait in the catalog, as they stay. Its
+    counts are read at every scrape (snapshot_seconds 0), so they are the catalog's."""
     home = tmp_path / "var"
+    address = f"127.0.0.1:{free_port()}"
     with (
-        served_portal(home, f"127.0.0.1:{free_port()}", database_url=catalog_url) as (
+        served_portal(home, address, database_url=catalog_url, snapshot_seconds=0) as (
             settings,
             login,
         ),
