@@ -948,12 +948,14 @@ def list_transfers(
     data_file_id: str | None = None,
     host_id: int | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     target: str | None = None,
     with_error: bool = False,
     limit: int = 100,
     offset: int = 0,
 ) -> Sequence[DataTransfer]:
-    """Newest first; `target` keeps those whose target name contains it."""
+    """Newest first; `target` keeps those whose target name contains it, `since` and
+    `until` those queued in that time."""
     query = select(DataTransfer).where(col(DataTransfer.deleted).is_(False))
     if target:
         query = query.where(col(DataTransfer.target).contains(target, autoescape=True))
@@ -971,6 +973,8 @@ def list_transfers(
         query = query.where(DataTransfer.host_id == host_id)
     if since is not None:
         query = query.where(col(DataTransfer.queued) >= since)
+    if until is not None:
+        query = query.where(col(DataTransfer.queued) < until)
     query = query.order_by(col(DataTransfer.id).desc()).offset(offset)
     return session.exec(query.limit(limit)).all()
 

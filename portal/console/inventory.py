@@ -6,7 +6,6 @@ reaches their destinations, and users and policies not at all) and ends with a L
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -17,7 +16,15 @@ from sqlmodel import Session
 from ecpds.core import access, acquisition, catalog
 from ecpds.core.errors import Invalid, NotFound
 from ecpds.core.models import Host, HostKind, HostPublic
-from ecpds.portal.console.routes import PAGE_SIZE, RECENT, Caller, _page, _public, _state
+from ecpds.portal.console.routes import (
+    PAGE_SIZE,
+    RECENT,
+    Caller,
+    _page,
+    _public,
+    _state,
+    form_time,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -41,16 +48,6 @@ def url_without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}{at}{where}"))
 
 
-def _time(field: str, value: str) -> datetime | None:
-    """A time from a search form (UTC when it names no zone); "" means no bound."""
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise Invalid(f"{field}: {value!r} is not a time: use e.g. 2030-01-01T06:00") from None
-
-
 # --- data files -------------------------------------------------------------------------
 
 
@@ -70,8 +67,8 @@ def data_files_page(
             destinations=caller.visible,
             contains=name or None,
             group=group or None,
-            arrived_since=_time("since", since),
-            arrived_until=_time("until", until),
+            arrived_since=form_time("since", since),
+            arrived_until=form_time("until", until),
             limit=PAGE_SIZE + 1,
             offset=(page - 1) * PAGE_SIZE,
         )

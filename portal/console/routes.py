@@ -24,7 +24,7 @@ from sqlmodel import Session
 from ecpds.core import access, arrivals, catalog
 from ecpds.core.dispatch import OperationError, check_transfer_operation
 from ecpds.core.engine import Operation, transfer_workflow_id
-from ecpds.core.errors import EcpdsError, NotFound, Unauthenticated
+from ecpds.core.errors import EcpdsError, Invalid, NotFound, Unauthenticated
 from ecpds.core.models import (
     FINAL_STATUSES,
     QUEUED_STATUSES,
@@ -109,7 +109,7 @@ def _caller(request: Request, session: Session) -> Caller:
 def _render(
     request: Request, template: str, caller: Caller | None, code: int = 200, **context: Any
 ) -> HTMLResponse:
-    context |= {"caller": caller, "message": request.query_params.get("message")}
+    context |= {"caller": caller, "code": code, "message": request.query_params.get("message")}
     return templates.TemplateResponse(request, template, context, status_code=code)
 
 
@@ -147,6 +147,16 @@ async def _posting_caller(request: Request, *, admin: bool) -> tuple[Caller, Any
     if admin and not caller.user.admin:
         raise HTTPException(403, f"user {caller.user.name!r} is not an admin")
     return caller, form
+
+
+def form_time(field: str, value: str) -> datetime | None:
+    """A time from a search form (UTC when it names no zone); "" means no bound."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise Invalid(f"{field}: {value!r} is not a time: use e.g. 2030-01-01T06:00") from None
 
 
 def _back(path: str, message: str) -> RedirectResponse:
@@ -388,6 +398,9 @@ def transfers_page(
     destination: str = "",
     status: TransferStatus | None = None,
     name: str = "",
+    file: str = "",
+    since: str = "",
+    until: str = "",
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
     def build(session: Session, caller: Caller) -> dict[str, Any]:
@@ -400,6 +413,9 @@ def transfers_page(
             destinations=allowed,
             status=status,
             target=name or None,
+            data_file_id=file or None,
+            since=form_time("since", since),
+            until=form_time("until", until),
             limit=PAGE_SIZE + 1,
             offset=(page - 1) * PAGE_SIZE,
         )
@@ -410,6 +426,9 @@ def transfers_page(
             "destination": destination,
             "status": status,
             "name": name,
+            "file": file,
+            "since": since,
+            "until": until,
             "statuses": list(TransferStatus),
             "buttons": BULK_OPERATIONS,
             "query": lambda p: urlencode(
@@ -419,6 +438,9 @@ def transfers_page(
                         "destination": destination,
                         "status": status,
                         "name": name,
+                        "file": file,
+                        "since": since,
+                        "until": until,
                         "page": p,
                     }.items()
                     if v

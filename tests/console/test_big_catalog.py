@@ -44,6 +44,7 @@ FILTERS = {
     "destination": MINE[0],
     "user": "admin",
     "group": "g",
+    "file": "no-such-file",
     "since": "2026-01-01T00:00:00",
     "until": "2099-01-01T00:00:00",
     "host": "source-h",

@@ -221,3 +221,19 @@ def test_arrivals_charts_the_busiest_destinations_or_the_one_asked(site: Site) -
         mine = carol.get("/arrivals").text
         assert 'id="chart-alpha"' not in mine and 'id="chart-beta"' in mine
         assert carol.get("/arrivals", params={"destination": "alpha"}).status_code == 404
+
+
+def test_transfers_are_found_by_data_file_and_queue_time(site: Site) -> None:
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        by_file = admin.get("/transfers", params={"file": site.data_file}).text
+        assert "t2m.grib" in by_file and "z500.grib" not in by_file
+        today = admin.get("/transfers", params={"since": "2000-01-01T00:00"}).text
+        assert "t2m.grib" in today and "z500.grib" in today
+        later = admin.get("/transfers", params={"since": "2099-01-01T00:00"}).text
+        assert "t2m.grib" not in later and '<td colspan="8">none</td>' in later
+        before = admin.get("/transfers", params={"until": "2000-01-01T00:00"}).text
+        assert "t2m.grib" not in before
+        bad = admin.get("/transfers", params={"since": "yesterday"})
+        assert bad.status_code == 422 and "is not a time: use e.g. 2030-01-01T06:00" in bad.text
+        assert "<title>Refused" in bad.text
+        assert "Traceback" not in bad.text
