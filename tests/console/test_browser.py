@@ -88,10 +88,12 @@ def site(temporal_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
             worker.close()
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 60) -> None:
+def wait_for(
+    check: Callable[[], Any], timeout: float = 60, shown: Callable[[], str] = lambda: ""
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out: {shown()}"
         time.sleep(0.3)
 
 
@@ -163,24 +165,31 @@ def test_running_progress_refreshes_and_a_selection_gets_a_priority(
     browser: Any, site: Site, tmp_path: Path
 ) -> None:
     # A host held to 64 KiB/s: a 4 MiB upload runs for about a minute, unless stopped.
+    # Destination names are global on the session's Temporal server, whose earlier tests
+    # may have left a scheduler of the same name running (test_up.py has a "slow").
+    slow = f"slow-{uuid.uuid4().hex[:8]}"
     options = {"max_rate": 64 << 10, "chunk_size": 64 << 10}
     url = f"file://{tmp_path / 'slow-sites'}"
     made = site.api.post("/hosts", json={"name": "slow-h", "url": url, "options": options})
     assert made.status_code == 201, made.text
-    made = site.api.post("/destinations", json={"name": "slow", "hosts": ["slow-h"]})
+    made = site.api.post("/destinations", json={"name": slow, "hosts": ["slow-h"]})
     assert made.status_code == 201, made.text
     up = site.api.post(
-        "/destinations/slow/files", params={"name": "s.grib"}, content=b"s" * (4 << 20)
+        f"/destinations/{slow}/files", params={"name": "s.grib"}, content=b"s" * (4 << 20)
     )
     assert up.status_code == 201, up.text
-    [running] = site.api.get("/transfers", params={"destination": "slow"}).json()
+    [running] = site.api.get("/transfers", params={"destination": slow}).json()
     tid = running["id"]
     # A bound, not a timing check: the module's worker may still be busy with earlier work.
-    wait_for(lambda: site.api.get(f"/transfers/{tid}").json()["bytes_sent"] > 0, timeout=180)
+    wait_for(
+        lambda: site.api.get(f"/transfers/{tid}").json()["bytes_sent"] > 0,
+        timeout=180,
+        shown=lambda: site.api.get(f"/transfers/{tid}").text,
+    )
 
     page = log_in(browser, site, *site.login)
-    page.goto(f"{site.base}/destinations/slow")
-    live = page.locator("[data-live='/destinations/slow/running']")
+    page.goto(f"{site.base}/destinations/{slow}")
+    live = page.locator(f"[data-live='/destinations/{slow}/running']")
     assert "/ 4.0 MiB at " in live.locator("td.progress").inner_text()
     assert page.locator(".traffic").inner_text() == "primary in use"
     assert page.locator("table.hosts tr.in-use td").nth(1).inner_text() == "slow-h"
@@ -197,7 +206,7 @@ def test_running_progress_refreshes_and_a_selection_gets_a_priority(
     page.goto(f"{site.base}/transfers/{tid}")
     assert "of 4.0 MiB" in page.locator("tbody[data-live] td.progress").inner_text()
 
-    page.goto(f"{site.base}/transfers?destination=slow")
+    page.goto(f"{site.base}/transfers?destination={slow}")
     page.check(f"input[name=id][value='{tid}']")
     page.click("button[value=stop]")
     assert "stop sent for 1 transfer" in page.locator(".message").inner_text()
@@ -215,6 +224,7 @@ def test_running_progress_refreshes_and_a_selection_gets_a_priority(
 
 
 def test_a_destination_shows_its_backup_carrying_the_traffic(browser: Any, site: Site) -> None:
+    down = f"down-{uuid.uuid4().hex[:8]}"  # unique on the shared Temporal server
     # Nothing can be written below /proc, even as root: the primary fails every cycle.
     common = {"retry_count": 0, "retry_frequency": 1}
     for name, url in (("down-p", "file:///proc/ecpds-down"), ("down-b", site.sites)):
@@ -223,21 +233,21 @@ def test_a_destination_shows_its_backup_carrying_the_traffic(browser: Any, site:
     made = site.api.post(
         "/destinations",
         json={
-            "name": "down",
+            "name": down,
             "hosts": ["down-p", "down-b"],
             "on_host_failure": "next_and_stay",
             "retry_frequency": 1,
         },
     )
     assert made.status_code == 201, made.text
-    up = site.api.post("/destinations/down/files", params={"name": "d.grib"}, content=b"d" * 100)
+    up = site.api.post(f"/destinations/{down}/files", params={"name": "d.grib"}, content=b"d" * 100)
     assert up.status_code == 201, up.text
-    [sent] = site.api.get("/transfers", params={"destination": "down"}).json()
+    [sent] = site.api.get("/transfers", params={"destination": down}).json()
     wait_for(lambda: site.api.get(f"/transfers/{sent['id']}").json()["status"] == "DONE")
     assert site.api.get(f"/transfers/{sent['id']}").json()["host"] == "down-b"
 
     page = log_in(browser, site, *site.login)
-    page.goto(f"{site.base}/destinations/down")
+    page.goto(f"{site.base}/destinations/{down}")
     assert page.locator(".traffic").inner_text() == "backup down-b in use"
     rows = page.locator("table.hosts tbody tr")
     assert rows.nth(0).locator("td").nth(1).inner_text() == "down-p"
