@@ -26,6 +26,9 @@ from portal.conftest import served_portal
 from ecpds.workers.worker import run_worker
 
 CAROL_PASSWORD = "carol-password-1"
+# Destination names are global on the session's Temporal server, where an earlier test may
+# have left a scheduler of the same name running: these are unique.
+ALPHA, BETA = (f"{name}-{uuid.uuid4().hex[:8]}" for name in ("alpha", "beta"))
 
 
 def chromium() -> str:
@@ -47,7 +50,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(temporal_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    """A portal and a worker on one task queue; `alpha` has three delivered transfers."""
+    """A portal and a worker on one task queue; ALPHA has three delivered transfers."""
     home = tmp_path_factory.mktemp("browser") / "var"
     queue = f"test-{uuid.uuid4().hex[:12]}"
     with (
@@ -65,20 +68,22 @@ def site(temporal_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         try:
             url = f"file://{home.parent / 'sites'}"
             assert api.post("/hosts", json={"name": "alpha-h", "url": url}).status_code == 201
-            for name in ("alpha", "beta"):
+            for name in (ALPHA, BETA):
                 made = api.post("/destinations", json={"name": name, "hosts": ["alpha-h"]})
                 assert made.status_code == 201, made.text
-            user = {"name": "carol", "password": CAROL_PASSWORD, "destinations": ["beta"]}
+            user = {"name": "carol", "password": CAROL_PASSWORD, "destinations": [BETA]}
             assert api.post("/users", json=user).status_code == 201
             for n in range(3):
                 up = api.post(
-                    "/destinations/alpha/files", params={"name": f"t{n}.grib"}, content=b"g" * 500
+                    f"/destinations/{ALPHA}/files",
+                    params={"name": f"t{n}.grib"},
+                    content=b"g" * 500,
                 )
                 assert up.status_code == 201, up.text
             wait_for(
                 lambda: all(
                     t["status"] == "DONE"
-                    for t in api.get("/transfers", params={"destination": "alpha"}).json()
+                    for t in api.get("/transfers", params={"destination": ALPHA}).json()
                 )
             )
             yield Site(f"https://127.0.0.1:{settings.https_port}", login, api, url)
@@ -125,18 +130,18 @@ def test_an_operator_holds_restarts_and_requeues(browser: Any, site: Site, tmp_p
     page.screenshot(path=str(tmp_path / "dashboard.png"))
 
     page.goto(f"{site.base}/destinations")
-    page.click("a[href='/destinations/alpha']")
-    page.click("form[action='/destinations/alpha/operations/hold'] button")
-    assert "hold sent to alpha" in page.locator(".message").inner_text()
-    wait_for(lambda: site.api.get("/destinations/alpha").json()["on_hold"])
-    page.click("form[action='/destinations/alpha/operations/restart'] button")
-    wait_for(lambda: not site.api.get("/destinations/alpha").json()["on_hold"])
+    page.click(f"a[href='/destinations/{ALPHA}']")
+    page.click(f"form[action='/destinations/{ALPHA}/operations/hold'] button")
+    assert f"hold sent to {ALPHA}" in page.locator(".message").inner_text()
+    wait_for(lambda: site.api.get(f"/destinations/{ALPHA}").json()["on_hold"])
+    page.click(f"form[action='/destinations/{ALPHA}/operations/restart'] button")
+    wait_for(lambda: not site.api.get(f"/destinations/{ALPHA}").json()["on_hold"])
     page.reload()  # the catalog now says so; the page shows it
     assert page.locator(".held").count() == 0
     page.screenshot(path=str(tmp_path / "destination.png"))
 
-    page.goto(f"{site.base}/transfers?destination=alpha")
-    ids = [t["id"] for t in site.api.get("/transfers", params={"destination": "alpha"}).json()]
+    page.goto(f"{site.base}/transfers?destination={ALPHA}")
+    ids = [t["id"] for t in site.api.get("/transfers", params={"destination": ALPHA}).json()]
     for tid in ids[:2]:
         page.check(f"input[name=id][value='{tid}']")
     page.click("button[value=requeue]")
@@ -148,16 +153,16 @@ def test_an_operator_holds_restarts_and_requeues(browser: Any, site: Site, tmp_p
 
     page.click(f"a[href='/transfers/{ids[0]}']")
     assert page.locator("h1").inner_text().startswith(f"Transfer {ids[0]}")
-    assert page.locator(f"a:has-text('transfer-alpha-{ids[0]}')").count() == 1
+    assert page.locator(f"a:has-text('transfer-{ALPHA}-{ids[0]}')").count() == 1
     page.screenshot(path=str(tmp_path / "transfer.png"))
 
 
 def test_a_data_user_sees_only_its_destinations(browser: Any, site: Site) -> None:
     page = log_in(browser, site, "carol", CAROL_PASSWORD)
     page.goto(f"{site.base}/destinations")
-    assert page.locator("a[href='/destinations/beta']").count() == 1
-    assert page.locator("a[href='/destinations/alpha']").count() == 0
-    answer = page.goto(f"{site.base}/destinations/alpha")
+    assert page.locator(f"a[href='/destinations/{BETA}']").count() == 1
+    assert page.locator(f"a[href='/destinations/{ALPHA}']").count() == 0
+    answer = page.goto(f"{site.base}/destinations/{ALPHA}")
     assert answer is not None and answer.status == 404
 
 
@@ -165,9 +170,7 @@ def test_running_progress_refreshes_and_a_selection_gets_a_priority(
     browser: Any, site: Site, tmp_path: Path
 ) -> None:
     # A host held to 64 KiB/s: a 4 MiB upload runs for about a minute, unless stopped.
-    # Destination names are global on the session's Temporal server, whose earlier tests
-    # may have left a scheduler of the same name running (test_up.py has a "slow").
-    slow = f"slow-{uuid.uuid4().hex[:8]}"
+    slow = f"slow-{uuid.uuid4().hex[:8]}"  # unique, as ALPHA is
     options = {"max_rate": 64 << 10, "chunk_size": 64 << 10}
     url = f"file://{tmp_path / 'slow-sites'}"
     made = site.api.post("/hosts", json={"name": "slow-h", "url": url, "options": options})
@@ -212,8 +215,8 @@ def test_running_progress_refreshes_and_a_selection_gets_a_priority(
     assert "stop sent for 1 transfer" in page.locator(".message").inner_text()
     wait_for(lambda: site.api.get(f"/transfers/{tid}").json()["status"] == "STOP")
 
-    ids = [t["id"] for t in site.api.get("/transfers", params={"destination": "alpha"}).json()]
-    page.goto(f"{site.base}/transfers?destination=alpha")
+    ids = [t["id"] for t in site.api.get("/transfers", params={"destination": ALPHA}).json()]
+    page.goto(f"{site.base}/transfers?destination={ALPHA}")
     for chosen in ids[:2]:
         page.check(f"input[name=id][value='{chosen}']")
     page.fill("input[name=value]", "5")
@@ -282,7 +285,7 @@ def test_an_operator_follows_a_host_to_its_transfers_and_their_files(
     page.click("nav a[href='/hosts']")
     page.click("a[href='/hosts/alpha-h']")
     assert page.locator("h1").inner_text().startswith("alpha-h")
-    assert page.locator("a[href='/destinations/alpha']").count() >= 1
+    assert page.locator(f"a[href='/destinations/{ALPHA}']").count() >= 1
     page.click("nav a[href='/datafiles']")
     page.locator("table.datafiles a").first.click()
     assert page.locator("table.transfers a[href^='/transfers/']").count() >= 1
