@@ -41,6 +41,7 @@ from mqtt_acquisition import mqtt_figures
 from submit import (
     MiB,
     ecpds,
+    figures_parser,
     log,
     process,
     report,
@@ -213,8 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = figures_parser(__doc__)
     parser.add_argument("--files", type=int, default=1000, help="small files (64 KiB each)")
     parser.add_argument("--large-mib", type=int, default=1024, help="size of the large file")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each, best kept")

@@ -32,6 +32,7 @@ import httpx
 import sqlalchemy
 from submit import (
     ecpds,
+    figures_parser,
     log,
     percentile,
     process,
@@ -141,8 +142,7 @@ def measure(label: str, url: str, args: argparse.Namespace, tmp: Path) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = figures_parser(__doc__)
     parser.add_argument("--destinations", type=int, default=1_000)
     parser.add_argument("--transfers", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=40, help="requests per page")

@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
+from submit import figures_parser, log, report
 from temporalio.client import Client
 
 from ecpds.core import catalog
@@ -42,10 +43,6 @@ from ecpds.core.store import Store, open_store
 
 MiB = 1 << 20
 BARE_QUEUE = "bench-bare"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- peers --------------------------------------------------------------------------------
@@ -185,9 +182,9 @@ async def put(engine: Engine, store: Store, destination: str, name: str, size: i
     return result.transfer_ids[0]
 
 
-async def small_transfers(
-    engine: Engine, store: Store, dispatcher: TemporalDispatcher, count: int
-) -> float:
+async def register_small(engine: Engine, store: Store, count: int) -> list[int]:
+    """`count` transfers of 16 KiB files to the destination "small", registered 50 at once."""
+
     async def one(i: int) -> int:
         async def body() -> AsyncIterator[bytes]:
             yield data
@@ -201,6 +198,13 @@ async def small_transfers(
     ids: list[int] = []
     for start in range(0, count, 50):
         ids += await asyncio.gather(*(one(i) for i in range(start, min(count, start + 50))))
+    return ids
+
+
+async def small_transfers(
+    engine: Engine, store: Store, dispatcher: TemporalDispatcher, count: int
+) -> float:
+    ids = await register_small(engine, store, count)
     log(f"small: {count} files registered; dispatching")
     started = time.monotonic()
     await dispatcher.queue(ids)
@@ -421,8 +425,7 @@ LABELS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = figures_parser(__doc__)
     parser.add_argument("--small", type=int, default=2000, help="number of 16 KiB transfers")
     parser.add_argument("--large-mib", type=int, default=1024, help="size of the large file")
     parser.add_argument("--huge-mib", type=int, default=4096, help="file sent for peak RSS")
@@ -435,13 +438,7 @@ def main() -> None:
         asyncio.run(serve_worker(args.worker))
         return
     results = asyncio.run(run(args))
-    if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-        return
-    width = max(len(label) for label in LABELS.values())
-    for key, label in LABELS.items():
-        if key in results:
-            print(f"{label:<{width}}  {results[key]:10.2f}")
+    report(results, as_json=args.json, labels=LABELS)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ mqtt_registered_per_s: how fast the subscription registers the files it is told 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -36,7 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import col, select
-from submit import log, process
+from submit import figures_parser, log, process, report
 from temporalio.client import Client
 
 from ecpds.core import catalog
@@ -292,19 +291,13 @@ def mqtt_figures(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = figures_parser(__doc__)
     parser.add_argument("--files", type=int, default=1000, help="notifications published")
     parser.add_argument("--size-kib", type=int, default=64, help="size of each file")
     parser.add_argument("--source", choices=["https", "sftp"], default="https")
     args = parser.parse_args()
     results = mqtt_figures(args.files, args.size_kib * KiB, args.source)
-    if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-        return
-    width = max(map(len, results))
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:10.2f}")
+    report(results, as_json=args.json)
 
 
 if __name__ == "__main__":

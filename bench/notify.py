@@ -36,6 +36,7 @@ from mqtt_acquisition import mosquitto
 from paho.mqtt.enums import CallbackAPIVersion
 from submit import (
     ecpds,
+    figures_parser,
     log,
     percentile,
     process,
@@ -236,8 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = figures_parser(__doc__)
     parser.add_argument("--files", type=int, default=300, help="products per store round")
     parser.add_argument("--threads", type=int, default=8, help="concurrent REST uploads")
     parser.add_argument("--rounds", type=int, default=3, help="store rounds, best kept")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -49,12 +48,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dissemination import (  # noqa: E402
     BARE_QUEUE,
     bare_workflows,
-    log,
     process,
+    register_small,
     serve_worker,
     wait_done,
     worker_environment,
 )
+from submit import UP_PORTS, figures_parser, log, report  # noqa: E402
 
 QUERIES_FILE = "ECPDS_BENCH_QUERIES_FILE"  # where a counting worker writes its statements
 LABELS = {
@@ -70,19 +70,8 @@ LABELS = {
     "autoscale_up_s": "1 to 4 workers under 5,000 waiting (s)",
     "autoscale_down_s": "back to 1 worker once idle (s)",
 }
-UP_PORTS = (
-    "TEMPORAL_PORT",
-    "TEMPORAL_UI_PORT",
-    "HTTPS_PORT",
-    "FTP_PORT",
-    "SFTP_PORT",
-    "S3_PORT",
-    "MQTT_PORT",
-    "MQTTS_PORT",
-    "MQTT_WS_PORT",
-    "WORKER_METRICS_PORT",
-    "WORKER_SDK_METRICS_PORT",
-)
+# Up to 4 workers: each needs its metrics ports free too.
+WORKER_PORTS = ("WORKER_METRICS_PORT", "WORKER_SDK_METRICS_PORT")
 
 
 class Statements:
@@ -133,24 +122,6 @@ async def history_events(client: Client, workflow_id: str, *, every_run: bool = 
         handle = client.get_workflow_handle(workflow_id, run_id=execution.run_id)
         total += len((await handle.fetch_history()).events)
     return total
-
-
-async def register(engine: Engine, store: Any, count: int) -> list[int]:
-    data = os.urandom(16 * 1024)
-
-    async def one(i: int) -> int:
-        async def body() -> Any:
-            yield data
-
-        result = await ingest(
-            engine=engine, store=store, destination="small", name=f"s{i:05d}", chunks=body()
-        )
-        return result.transfer_ids[0]
-
-    ids: list[int] = []
-    for start in range(0, count, 50):
-        ids += await asyncio.gather(*(one(i) for i in range(start, min(count, start + 50))))
-    return ids
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
@@ -211,7 +182,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
                 log(f"small: registering {args.count} transfers")
                 statements = Statements()
-                ids = await register(engine, store, args.count)
+                ids = await register_small(engine, store, args.count)
                 registered = statements.count
                 worker_before = worker_statements(counted)
                 cpu_before = cpu_seconds(worker.pid)
@@ -256,7 +227,7 @@ async def autoscaling(count: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="ecpds-autoscale-") as tmp_name:
         tmp = Path(tmp_name)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECPDS_")}
-        env |= {f"ECPDS_{name}": str(free_port()) for name in UP_PORTS}
+        env |= {f"ECPDS_{name}": str(free_port()) for name in (*UP_PORTS, *WORKER_PORTS)}
         env |= {
             "ECPDS_HOME": str(tmp / "var"),
             "ECPDS_WORKER_SLOTS": "16",
@@ -321,8 +292,7 @@ async def autoscaling(count: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = figures_parser(__doc__)
     parser.add_argument("--count", type=int, default=500, help="small transfers (and bare runs)")
     parser.add_argument("--backlog", type=int, default=5000, help="transfers for the autoscaler")
     parser.add_argument("--worker", choices=("ecpds", "bare"), help=argparse.SUPPRESS)
@@ -333,13 +303,7 @@ def main() -> None:
     results = asyncio.run(run(args))
     if args.backlog:
         results |= asyncio.run(autoscaling(args.backlog))
-    if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in results.items()}))
-        return
-    width = max(len(label) for label in LABELS.values())
-    for key, label in LABELS.items():
-        if key in results:
-            print(f"{label:<{width}}  {results[key]:10.2f}")
+    report(results, as_json=args.json, labels=LABELS)
 
 
 if __name__ == "__main__":

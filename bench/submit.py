@@ -30,6 +30,18 @@ import httpx
 from ecpds.core.devserver import free_port, wait_for_port
 
 MiB = 1 << 20
+# The ports `ecpds up` listens on, as settings (ECPDS_<name>): a bench gives each a free one.
+UP_PORTS = (
+    "HTTPS_PORT",
+    "FTP_PORT",
+    "SFTP_PORT",
+    "S3_PORT",
+    "MQTT_PORT",
+    "MQTTS_PORT",
+    "MQTT_WS_PORT",
+    "TEMPORAL_PORT",
+    "TEMPORAL_UI_PORT",
+)
 
 
 def log(message: str) -> None:
@@ -59,17 +71,7 @@ def process(
 
 def system_environment(home: Path) -> dict[str, str]:
     env = dict(os.environ, ECPDS_HOME=str(home))
-    for name in (
-        "HTTPS_PORT",
-        "FTP_PORT",
-        "SFTP_PORT",
-        "S3_PORT",
-        "MQTT_PORT",
-        "MQTTS_PORT",
-        "MQTT_WS_PORT",
-        "TEMPORAL_PORT",
-        "TEMPORAL_UI_PORT",
-    ):
+    for name in UP_PORTS:
         env[f"ECPDS_{name}"] = str(free_port())
     return env
 
@@ -202,19 +204,31 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def report(results: dict[str, float], *, as_json: bool) -> None:
-    """A table of the figures, or one JSON object."""
+def figures_parser(doc: str) -> argparse.ArgumentParser:
+    """A bench's options: the first line of its docstring as help, and --json."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def report(
+    results: dict[str, float], *, as_json: bool, labels: dict[str, str] | None = None
+) -> None:
+    """A table of the figures, or one JSON object. With `labels`, the table shows the
+    figures they name, in their order, each under its label; else every figure by key."""
     if as_json:
         print(json.dumps({k: round(v, 3) for k, v in results.items()}))
         return
-    width = max(map(len, results))
-    for key, value in results.items():
-        print(f"{key:<{width}}  {value:10.2f}")
+    if labels is None:
+        labels = {key: key for key in results}
+    width = max(map(len, labels.values()))
+    for key, label in labels.items():
+        if key in results:
+            print(f"{label:<{width}}  {results[key]:10.2f}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = figures_parser(__doc__)
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the pushed file")
     parser.add_argument("--files", type=int, default=1000, help="files in the async group")
     parser.add_argument("--rounds", type=int, default=2, help="put and curl runs, best kept")

@@ -6,8 +6,9 @@ reaches their destinations, and users and policies not at all) and ends with a L
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
@@ -16,22 +17,18 @@ from sqlmodel import Session
 from ecpds.core import access, acquisition, catalog
 from ecpds.core.errors import Invalid, NotFound
 from ecpds.core.models import Host, HostKind, HostPublic
-from ecpds.portal.console.routes import (
+from ecpds.portal.console.pages import (
     PAGE_SIZE,
     RECENT,
     Caller,
-    _page,
-    _public,
-    _state,
+    api_state,
     form_time,
+    one_page,
+    page_query,
+    show_page,
 )
 
 router = APIRouter(include_in_schema=False)
-
-
-def _query(**values: Any) -> Any:
-    """The link to page `p` of a list with these filters (empty ones left out)."""
-    return lambda p: urlencode({k: v for k, v in (values | {"page": p}).items() if v})
 
 
 def _admins_only(caller: Caller, what: str) -> None:
@@ -61,29 +58,30 @@ def data_files_page(
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
     def build(session: Session, caller: Caller) -> dict[str, Any]:
-        # One row more than a page says whether there is a next one, without a count.
-        rows = catalog.list_data_files(
-            session,
-            destinations=caller.visible,
-            contains=name or None,
-            group=group or None,
-            arrived_since=form_time("since", since),
-            arrived_until=form_time("until", until),
-            limit=PAGE_SIZE + 1,
-            offset=(page - 1) * PAGE_SIZE,
+        rows, more = one_page(
+            partial(
+                catalog.list_data_files,
+                session,
+                destinations=caller.visible,
+                contains=name or None,
+                group=group or None,
+                arrived_since=form_time("since", since),
+                arrived_until=form_time("until", until),
+            ),
+            page,
         )
         return {
-            "rows": rows[:PAGE_SIZE],
-            "more": len(rows) > PAGE_SIZE,
+            "rows": rows,
+            "more": more,
             "page": page,
             "name": name,
             "group": group,
             "since": since,
             "until": until,
-            "query": _query(name=name, group=group, since=since, until=until),
+            "query": page_query(name=name, group=group, since=since, until=until),
         }
 
-    return _page(request, "datafiles.html", build)
+    return show_page(request, "datafiles.html", build)
 
 
 @router.get("/datafiles/{id}")
@@ -95,9 +93,9 @@ def data_file_page(request: Request, id: str) -> HTMLResponse:
         )
         if caller.visible is not None and not transfers:
             raise NotFound(f"unknown data file {id!r}")
-        return {"file": data_file, "transfers": _public(session, transfers)}
+        return {"file": data_file, "transfers": catalog.transfers_public(session, transfers)}
 
-    return _page(request, "datafile.html", build)
+    return show_page(request, "datafile.html", build)
 
 
 # --- hosts ------------------------------------------------------------------------------
@@ -125,32 +123,28 @@ def _shown(host: HostPublic) -> HostPublic:
 
 @router.get("/hosts")
 def hosts_page(request: Request, page: Annotated[int, Query(ge=1)] = 1) -> HTMLResponse:
-    box = _state(request).box
+    box = api_state(request).box
 
     def build(session: Session, caller: Caller) -> dict[str, Any]:
-        hosts = catalog.list_hosts(
-            session,
-            destinations=caller.visible,
-            limit=PAGE_SIZE + 1,
-            offset=(page - 1) * PAGE_SIZE,
+        shown, more = one_page(
+            partial(catalog.list_hosts, session, destinations=caller.visible), page
         )
-        shown = hosts[:PAGE_SIZE]
         users = catalog.host_destinations(session, hosts=shown, destinations=caller.visible)
         return {
             "rows": [
                 (_shown(catalog.host_public(session, h, box=box)), users[h.id or 0]) for h in shown
             ],
-            "more": len(hosts) > PAGE_SIZE,
+            "more": more,
             "page": page,
-            "query": _query(),
+            "query": page_query(),
         }
 
-    return _page(request, "hosts.html", build)
+    return show_page(request, "hosts.html", build)
 
 
 @router.get("/hosts/{name}")
 def host_page(request: Request, name: str) -> HTMLResponse:
-    box = _state(request).box
+    box = api_state(request).box
 
     def build(session: Session, caller: Caller) -> dict[str, Any]:
         host, destinations = _visible_host(session, caller, name)
@@ -167,12 +161,12 @@ def host_page(request: Request, name: str) -> HTMLResponse:
         return {
             "host": _shown(catalog.host_public(session, host, box=box)),
             "destinations": destinations,
-            "transfers": _public(session, transfers),
+            "transfers": catalog.transfers_public(session, transfers),
             "runs": runs,
             "acquisition": host.kind == HostKind.ACQUISITION,
         }
 
-    return _page(request, "host.html", build)
+    return show_page(request, "host.html", build)
 
 
 # --- data users and policies (admins only) ----------------------------------------------
@@ -182,18 +176,18 @@ def host_page(request: Request, name: str) -> HTMLResponse:
 def users_page(request: Request, page: Annotated[int, Query(ge=1)] = 1) -> HTMLResponse:
     def build(session: Session, caller: Caller) -> dict[str, Any]:
         _admins_only(caller, "data users")
-        users = catalog.list_users(session, limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE)
+        users, more = one_page(partial(catalog.list_users, session), page)
         return {
             "rows": [
                 (catalog.user_public(session, u), catalog.user_policies(session, user=u))
-                for u in users[:PAGE_SIZE]
+                for u in users
             ],
-            "more": len(users) > PAGE_SIZE,
+            "more": more,
             "page": page,
-            "query": _query(),
+            "query": page_query(),
         }
 
-    return _page(request, "users.html", build)
+    return show_page(request, "users.html", build)
 
 
 @router.get("/users/{name}")
@@ -209,7 +203,7 @@ def user_page(request: Request, name: str) -> HTMLResponse:
             else ", ".join(access.user_destinations(session, user=user)) or "none",
         }
 
-    return _page(request, "user.html", build)
+    return show_page(request, "user.html", build)
 
 
 @router.get("/policies")
@@ -218,7 +212,7 @@ def policies_page(request: Request) -> HTMLResponse:
         _admins_only(caller, "policies")
         return {"rows": [catalog.policy_public(session, p) for p in catalog.list_policies(session)]}
 
-    return _page(request, "policies.html", build)
+    return show_page(request, "policies.html", build)
 
 
 @router.get("/policies/{name}")
@@ -227,7 +221,7 @@ def policy_page(request: Request, name: str) -> HTMLResponse:
         _admins_only(caller, "policies")
         return {"policy": catalog.policy_public(session, catalog.get_policy(session, name=name))}
 
-    return _page(request, "policy.html", build)
+    return show_page(request, "policy.html", build)
 
 
 # --- acquisition runs -------------------------------------------------------------------
@@ -246,29 +240,28 @@ def runs_page(
             raise Invalid(
                 f"unknown run status {status!r}: use {', '.join(acquisition.RUN_STATUSES)}"
             )
-        allowed = caller.visible
-        if destination:
-            allowed = [destination] if allowed is None or destination in allowed else []
-        rows = acquisition.list_runs(
-            session,
-            host=host or None,
-            destinations=allowed,
-            status=status or None,
-            limit=PAGE_SIZE + 1,
-            offset=(page - 1) * PAGE_SIZE,
+        rows, more = one_page(
+            partial(
+                acquisition.list_runs,
+                session,
+                host=host or None,
+                destinations=caller.reaching(destination),
+                status=status or None,
+            ),
+            page,
         )
         return {
-            "rows": rows[:PAGE_SIZE],
-            "more": len(rows) > PAGE_SIZE,
+            "rows": rows,
+            "more": more,
             "page": page,
             "destination": destination,
             "host": host,
             "status": status,
             "statuses": acquisition.RUN_STATUSES,
-            "query": _query(destination=destination, host=host, status=status),
+            "query": page_query(destination=destination, host=host, status=status),
         }
 
-    return _page(request, "runs.html", build)
+    return show_page(request, "runs.html", build)
 
 
 @router.get("/acquisition/{id}")
@@ -280,4 +273,4 @@ def run_page(request: Request, id: int) -> HTMLResponse:
         files = acquisition.run_files(session, run_id=id, limit=PAGE_SIZE + 1)
         return {"run": run, "files": files[:PAGE_SIZE], "more": len(files) > PAGE_SIZE}
 
-    return _page(request, "run.html", build)
+    return show_page(request, "run.html", build)

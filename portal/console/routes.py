@@ -9,45 +9,51 @@ CSRF token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 from sqlmodel import Session
 
 from ecpds.core import access, arrivals, catalog
 from ecpds.core.dispatch import OperationError, check_transfer_operation
 from ecpds.core.engine import Operation, transfer_workflow_id
-from ecpds.core.errors import EcpdsError, Invalid, NotFound, Unauthenticated
+from ecpds.core.errors import NotFound, Unauthenticated
 from ecpds.core.models import (
     FINAL_STATUSES,
     QUEUED_STATUSES,
     DataTransferPublic,
-    DataUser,
     Destination,
     DestinationStatus,
     TransferStatus,
 )
-from ecpds.portal.api.deps import ApiState
 from ecpds.portal.api.operations import engine_dispatcher
 from ecpds.portal.console import units
+from ecpds.portal.console.pages import (
+    PAGE_SIZE,
+    RECENT,
+    Caller,
+    LoginNeeded,
+    api_state,
+    form_time,
+    one_page,
+    page_query,
+    render,
+    session_caller,
+    show_page,
+    signer,
+)
 from ecpds.portal.console.session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
     SESSION_SECONDS,
-    Signer,
     same_token,
 )
 
-HERE = Path(__file__).parent
-PAGE_SIZE = 50
-RECENT = 20
 HOST_HISTORY = timedelta(hours=6)  # how far back a host's failed transfers count
 RECENT_RUNS = 5  # acquisition runs listed on the dashboard
 BUSIEST = 5  # destinations charted on /arrivals unless one is chosen
@@ -61,69 +67,13 @@ BULK_OPERATIONS = (
     Operation.PRIORITY,
 )
 
-templates = Jinja2Templates(directory=HERE / "templates")
-templates.env.filters.update(units.FILTERS)
 router = APIRouter(include_in_schema=False)
-
-
-@dataclass
-class Caller:
-    """Who is looking at a page: the user, what it reaches, and its session's CSRF token."""
-
-    user: DataUser
-    principal: access.Principal
-    csrf: str
-
-    @property
-    def visible(self) -> list[str] | None:
-        return self.principal.visible
-
-
-def _state(request: Request) -> ApiState:
-    state: ApiState = request.app.state.api
-    return state
-
-
-def _signer(request: Request) -> Signer:
-    return Signer(_state(request).box)
 
 
 def _cookie(response: Response, name: str, value: str, max_age: int) -> None:
     response.set_cookie(
         name, value, max_age=max_age, httponly=True, secure=True, samesite="lax", path="/"
     )
-
-
-class LoginNeeded(Exception):
-    """No valid session: the page answers with a redirect to the login form."""
-
-
-def _caller(request: Request, session: Session) -> Caller:
-    login = _signer(request).session(request.cookies.get(SESSION_COOKIE))
-    user = session.get(DataUser, login.user_id) if login is not None else None
-    if login is None or user is None or not user.active:
-        raise LoginNeeded
-    return Caller(user, access.principal_for(session, user), login.csrf)
-
-
-def _render(
-    request: Request, template: str, caller: Caller | None, code: int = 200, **context: Any
-) -> HTMLResponse:
-    context |= {"caller": caller, "code": code, "message": request.query_params.get("message")}
-    return templates.TemplateResponse(request, template, context, status_code=code)
-
-
-def _page(request: Request, template: str, build: Any) -> HTMLResponse:
-    """A page for the logged-in caller: `build(session, caller)` gives its context."""
-    with Session(_state(request).engine) as session:
-        try:
-            caller = _caller(request, session)
-        except LoginNeeded:
-            return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", 303)  # type: ignore[return-value]
-        try:
-            return _render(request, template, caller, **build(session, caller))
-        except EcpdsError as exc:
-            return _render(request, "error.html", caller, exc.status, error=str(exc))
 
 
 def _check_post(request: Request, caller: Caller, form: Any) -> None:
@@ -136,8 +86,8 @@ async def _posting_caller(request: Request, *, admin: bool) -> tuple[Caller, Any
     form = await request.form()
 
     def load() -> Caller:
-        with Session(_state(request).engine) as session:
-            return _caller(request, session)
+        with Session(api_state(request).engine) as session:
+            return session_caller(request, session)
 
     try:
         caller = await run_in_threadpool(load)
@@ -149,16 +99,6 @@ async def _posting_caller(request: Request, *, admin: bool) -> tuple[Caller, Any
     return caller, form
 
 
-def form_time(field: str, value: str) -> datetime | None:
-    """A time from a search form (UTC when it names no zone); "" means no bound."""
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise Invalid(f"{field}: {value!r} is not a time: use e.g. 2030-01-01T06:00") from None
-
-
 def _back(path: str, message: str) -> RedirectResponse:
     return RedirectResponse(f"{path}?{urlencode({'message': message})}", 303)
 
@@ -167,11 +107,9 @@ def _back(path: str, message: str) -> RedirectResponse:
 
 
 def _login_form(request: Request, status: int = 200, error: str | None = None) -> HTMLResponse:
-    cookie, token = _signer(request).new_login_token()
+    cookie, token = signer(request).new_login_token()
     target = request.query_params.get("next", "/")
-    page = _render(
-        request, "login.html", None, status, csrf=token, error=error, next=_local(target)
-    )
+    page = render(request, "login.html", None, status, csrf=token, error=error, next=_local(target))
     _cookie(page, LOGIN_COOKIE, cookie, 3600)
     return page
 
@@ -190,13 +128,13 @@ def login_page(request: Request) -> HTMLResponse:
 async def login(request: Request) -> Response:
     form = await request.form()
     if not same_token(
-        form.get("csrf"), _signer(request).login_token(request.cookies.get(LOGIN_COOKIE))
+        form.get("csrf"), signer(request).login_token(request.cookies.get(LOGIN_COOKIE))
     ):
         raise HTTPException(403, "missing or wrong CSRF token: reload the login page")
     name, password = str(form.get("username", "")), str(form.get("password", ""))
 
     def check() -> int:
-        with Session(_state(request).engine) as session:
+        with Session(api_state(request).engine) as session:
             user = access.password_user(session, name=name, password=password)
             assert user.id is not None
             return user.id
@@ -205,7 +143,7 @@ async def login(request: Request) -> Response:
         user_id = await run_in_threadpool(check)  # argon2: off the event loop
     except Unauthenticated as exc:
         return _login_form(request, 401, str(exc))
-    cookie, _ = _signer(request).new_session(user_id)
+    cookie, _ = signer(request).new_session(user_id)
     answer = RedirectResponse(_local(str(form.get("next", "/"))), 303)
     _cookie(answer, SESSION_COOKIE, cookie, SESSION_SECONDS)
     answer.delete_cookie(LOGIN_COOKIE, path="/")
@@ -225,7 +163,7 @@ async def logout(request: Request) -> Response:
 
 @router.get("/")
 def dashboard(request: Request) -> HTMLResponse:
-    snapshots = _state(request).snapshots
+    snapshots = api_state(request).snapshots
 
     def build(session: Session, caller: Caller) -> dict[str, Any]:
         # The counts come from the catalog's snapshot (a few seconds old at most, shared
@@ -240,7 +178,7 @@ def dashboard(request: Request) -> HTMLResponse:
             "destinations": counts.destinations_by_status(),
             "transfers": transfers,
             "waiting": sum(transfers.get(s, 0) for s in QUEUED_STATUSES),
-            "failures": _public(
+            "failures": catalog.transfers_public(
                 session,
                 catalog.list_transfers(
                     session, destinations=caller.visible, status=TransferStatus.FAIL, limit=RECENT
@@ -254,7 +192,7 @@ def dashboard(request: Request) -> HTMLResponse:
             "store": counts.store,
         }
 
-    return _page(request, "dashboard.html", build)
+    return show_page(request, "dashboard.html", build)
 
 
 # --- arrivals and the event log -------------------------------------------------------
@@ -262,7 +200,7 @@ def dashboard(request: Request) -> HTMLResponse:
 
 @router.get("/arrivals")
 def arrivals_page(request: Request, destination: str = "") -> HTMLResponse:
-    snapshots = _state(request).snapshots
+    snapshots = api_state(request).snapshots
 
     def build(session: Session, caller: Caller) -> dict[str, Any]:
         expected = catalog.list_expected(session, destinations=caller.visible)
@@ -280,7 +218,7 @@ def arrivals_page(request: Request, destination: str = "") -> HTMLResponse:
             "charts": [(name, counts.per_hour(name)) for name in charted],
         }
 
-    return _page(request, "arrivals.html", build)
+    return show_page(request, "arrivals.html", build)
 
 
 @router.get("/events")
@@ -291,11 +229,7 @@ def events_page(request: Request, user: str = "") -> HTMLResponse:
         rows = catalog.list_events(session, user=user or None, limit=RECENT * 10)
         return {"rows": rows, "user": user}
 
-    return _page(request, "events.html", build)
-
-
-def _public(session: Session, transfers: Any) -> list[Any]:
-    return catalog.transfers_public(session, transfers)
+    return show_page(request, "events.html", build)
 
 
 # --- destinations -----------------------------------------------------------------------
@@ -322,12 +256,10 @@ def destinations_page(
             "name": name,
             "status": status,
             "statuses": list(DestinationStatus),
-            "query": lambda p: urlencode(
-                {k: v for k, v in {"name": name, "status": status, "page": p}.items() if v}
-            ),
+            "query": page_query(name=name, status=status),
         }
 
-    return _page(request, "destinations.html", build)
+    return show_page(request, "destinations.html", build)
 
 
 @router.get("/destinations/{name}")
@@ -344,14 +276,14 @@ def destination_page(request: Request, name: str) -> HTMLResponse:
             "traffic": catalog.traffic_host(hosts),
             "waiting": catalog.waiting_transfers(session, destination=destination),
             "rows": _running(session, destination),
-            "errors": _public(
+            "errors": catalog.transfers_public(
                 session,
                 catalog.list_transfers(session, destinations=[name], with_error=True, limit=RECENT),
             ),
             "buttons": DESTINATION_BUTTONS,
         }
 
-    return _page(request, "destination.html", build)
+    return show_page(request, "destination.html", build)
 
 
 @router.get("/destinations/{name}/running")
@@ -362,7 +294,7 @@ def destination_running(request: Request, name: str) -> HTMLResponse:
         destination = _visible_destination(session, caller, name)
         return {"rows": _running(session, destination), "select": False}
 
-    return _page(request, "_transfers.html", build)
+    return show_page(request, "_transfers.html", build)
 
 
 def _visible_destination(session: Session, caller: Caller, name: str) -> Destination:
@@ -374,7 +306,7 @@ def _running(session: Session, destination: Destination) -> list[Any]:
     running = catalog.list_transfers(
         session, destinations=[destination.name], status=TransferStatus.EXEC, limit=PAGE_SIZE
     )
-    return _public(session, running)
+    return catalog.transfers_public(session, running)
 
 
 @router.post("/destinations/{name}/operations/{operation}")
@@ -383,7 +315,7 @@ async def destination_operation(request: Request, name: str, operation: Operatio
     if operation not in DESTINATION_BUTTONS:
         raise HTTPException(422, f"{operation} applies to a transfer, not to a destination")
     try:
-        await engine_dispatcher(_state(request)).operate_destination(name, operation)
+        await engine_dispatcher(api_state(request)).operate_destination(name, operation)
     except OperationError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     return _back(f"/destinations/{name}", f"{operation} sent to {name}")
@@ -404,24 +336,22 @@ def transfers_page(
     page: Annotated[int, Query(ge=1)] = 1,
 ) -> HTMLResponse:
     def build(session: Session, caller: Caller) -> dict[str, Any]:
-        allowed = caller.visible
-        if destination:
-            allowed = [destination] if allowed is None or destination in allowed else []
-        # One row more than a page says whether there is a next one, without a count.
-        rows = catalog.list_transfers(
-            session,
-            destinations=allowed,
-            status=status,
-            target=name or None,
-            data_file_id=file or None,
-            since=form_time("since", since),
-            until=form_time("until", until),
-            limit=PAGE_SIZE + 1,
-            offset=(page - 1) * PAGE_SIZE,
+        rows, more = one_page(
+            partial(
+                catalog.list_transfers,
+                session,
+                destinations=caller.reaching(destination),
+                status=status,
+                target=name or None,
+                data_file_id=file or None,
+                since=form_time("since", since),
+                until=form_time("until", until),
+            ),
+            page,
         )
         return {
-            "rows": _public(session, rows[:PAGE_SIZE]),
-            "more": len(rows) > PAGE_SIZE,
+            "rows": catalog.transfers_public(session, rows),
+            "more": more,
             "page": page,
             "destination": destination,
             "status": status,
@@ -431,29 +361,22 @@ def transfers_page(
             "until": until,
             "statuses": list(TransferStatus),
             "buttons": BULK_OPERATIONS,
-            "query": lambda p: urlencode(
-                {
-                    k: v
-                    for k, v in {
-                        "destination": destination,
-                        "status": status,
-                        "name": name,
-                        "file": file,
-                        "since": since,
-                        "until": until,
-                        "page": p,
-                    }.items()
-                    if v
-                }
+            "query": page_query(
+                destination=destination,
+                status=status,
+                name=name,
+                file=file,
+                since=since,
+                until=until,
             ),
         }
 
-    return _page(request, "transfers.html", build)
+    return show_page(request, "transfers.html", build)
 
 
 @router.get("/transfers/{id}")
 def transfer_page(request: Request, id: int) -> HTMLResponse:
-    settings = _state(request).settings
+    settings = api_state(request).settings
 
     def build(session: Session, caller: Caller) -> dict[str, Any]:
         transfer = _visible_transfer(session, caller, id)
@@ -486,7 +409,7 @@ def transfer_page(request: Request, id: int) -> HTMLResponse:
             "final": transfer.status in FINAL_STATUSES,
         }
 
-    return _page(request, "transfer.html", build)
+    return show_page(request, "transfer.html", build)
 
 
 def _visible_transfer(session: Session, caller: Caller, id: int) -> DataTransferPublic:
@@ -503,7 +426,7 @@ def transfer_progress(request: Request, id: int) -> HTMLResponse:
     def build(session: Session, caller: Caller) -> dict[str, Any]:
         return {"transfer": _visible_transfer(session, caller, id)}
 
-    return _page(request, "_progress.html", build)
+    return show_page(request, "_progress.html", build)
 
 
 @router.post("/transfers/operations")
@@ -528,7 +451,7 @@ async def transfers_operation(request: Request) -> Response:
     ids = [i for i in (_whole(str(v)) for v in form.getlist("id")) if i is not None]
     if not ids:
         return _back("/transfers", "no transfer selected")
-    dispatcher = engine_dispatcher(_state(request))
+    dispatcher = engine_dispatcher(api_state(request))
     refused = []
     for transfer_id in ids:
         try:
