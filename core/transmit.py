@@ -178,7 +178,12 @@ def send(
         # they are read: its MD5 from ingest is theirs, and computing it again would cost a
         # third of the CPU of a send (MD5 runs at about 600 MB/s on one core).
         digest = Digest(extra=extra_sums, known_md5=None if codec else request.md5, adler=False)
-        stream = read_ahead(_digested(stream, digest), depth=READ_AHEAD)
+        stream = _digested(stream, digest)
+        if codec or request.size > opts.chunk_size:
+            # A file of one chunk is read (and its ADLER32 checked) before its first byte
+            # goes out: a helper thread would have nothing to overlap, and cost a thread
+            # start and a hand-off per small file.
+            stream = read_ahead(stream, depth=READ_AHEAD)
         if offset:
             stream = _skip(stream, offset)
         throttle = Throttle(opts.max_rate, opts.min_rate, opts.min_rate_grace, opts.max_duration)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import time
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -201,3 +203,39 @@ def test_ftps_tls13_can_be_turned_off(ftps_server: FtpServer) -> None:
         with open_remote("h1", url, {"ca_file": ftps_server.ca_file, **options}, creds) as remote:
             seen.append(remote.ftp.sock.version())
     assert seen == ["TLSv1.3", "TLSv1.2"]
+
+
+def test_ftp_folder_removed_between_uploads_is_made_again(
+    store: Store, ftp_server: FtpServer
+) -> None:
+    """A session makes a folder once; when someone removes it, the next upload remakes it."""
+    object_id, adler = _stored(store, b"again")
+    url, creds = ftp_server.url("remade"), {"password": ftp_server.password}
+    request = _request(object_id, 5, adler, url, target="x/one.bin", options={"timeout": 12})
+    send(store, request, creds, progress=lambda n: None)
+    with REMOTES.remote("h1", url, {"timeout": 12}, creds) as remote:
+        assert "/remade/x" in remote.folders  # type: ignore[attr-defined]
+    shutil.rmtree(ftp_server.root / "remade")
+    send(store, replace(request, target="x/two.bin"), creds, progress=lambda n: None)
+    with REMOTES.remote("h1", url, {"timeout": 12}, creds) as again:
+        assert again is remote  # the same session sent both
+    assert (ftp_server.root / "remade/x/two.bin").read_bytes() == b"again"
+
+
+def test_ftp_session_the_server_closed_is_not_reused(store: Store, ftp_server: FtpServer) -> None:
+    """Right after a transfer, alive() sends no NOOP, yet sees a session the server ended."""
+    object_id, adler = _stored(store, b"closed")
+    (ftp_server.root / "ended").mkdir()
+    url, creds = ftp_server.url("ended"), {"password": ftp_server.password}
+    request = _request(object_id, 6, adler, url, target="one.bin", options={"timeout": 13})
+    send(store, request, creds, progress=lambda n: None)
+    with REMOTES.remote("h1", url, {"timeout": 13}, creds) as remote:
+        assert remote.alive()
+        # Behind ftplib's back: the server answers 221 and closes the connection.
+        remote.ftp.sock.sendall(b"QUIT\r\n")  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 5
+        while remote.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not remote.alive()
+    send(store, replace(request, target="two.bin"), creds, progress=lambda n: None)
+    assert sorted(p.name for p in (ftp_server.root / "ended").iterdir()) == ["one.bin", "two.bin"]
