@@ -178,7 +178,11 @@ def send(
         # they are read: its MD5 from ingest is theirs, and computing it again would cost a
         # third of the CPU of a send (MD5 runs at about 600 MB/s on one core).
         digest = Digest(extra=extra_sums, known_md5=None if codec else request.md5, adler=False)
-        stream = read_ahead(_digested(stream, digest), depth=READ_AHEAD)
+        stream = _digested(stream, digest)
+        if codec or request.size > opts.chunk_size:
+            # A file of one chunk has nothing to overlap: a helper thread would only add
+            # its start and two hand-overs to every small file.
+            stream = read_ahead(stream, depth=READ_AHEAD)
         if offset:
             stream = _skip(stream, offset)
         throttle = Throttle(opts.max_rate, opts.min_rate, opts.min_rate_grace, opts.max_duration)
@@ -190,7 +194,12 @@ def send(
             on_progress=progress,
             size=None if codec else request.size - offset,
         )
-        remote_size = remote.remote_size(target) if remote.checks_size else digest.size
+        if remote.proven_size is not None:
+            remote_size = remote.proven_size
+        elif remote.checks_size:
+            remote_size = remote.remote_size(target)
+        else:
+            remote_size = digest.size
         if remote_size != digest.size:
             raise SizeMismatch(
                 remote.message(
