@@ -195,7 +195,12 @@ def send(
             on_progress=progress,
             size=None if codec else request.size - offset,
         )
-        remote_size = remote.remote_size(target) if remote.checks_size else digest.size
+        if remote.proven_size is not None:
+            remote_size = remote.proven_size
+        elif remote.checks_size:
+            remote_size = remote.remote_size(target)
+        else:
+            remote_size = digest.size
         if remote_size != digest.size:
             raise SizeMismatch(
                 remote.message(

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -158,7 +159,11 @@ class AzureRemote(Remote):
         else:
             head = reader.read(opts.single_put_limit + 1)
             if len(head) <= opts.single_put_limit:
-                self._call(blob, "upload_blob", head, overwrite=True)
+                answer = self._call(blob, "upload_blob", head, overwrite=True)
+                # Put Blob answers with the MD5 the service computed of the blob it stored.
+                stored_md5 = answer.get("content_md5")
+                if stored_md5 and bytes(stored_md5) == hashlib.md5(head).digest():
+                    self.proven_size = len(head)
                 return len(head)
             reader.unread(head)
             del head

@@ -51,6 +51,9 @@ class Remote:
         self.url = url
         self.options = options
         self.upload_size: int | None = None  # bytes in the upload under way, when known
+        # Size of the file just uploaded, when the host's answer to the upload itself proves
+        # it (an object store's checksum of the body it stored): no size request is needed.
+        self.proven_size: int | None = None
 
     # --- naming ---------------------------------------------------------------------------
 
@@ -89,6 +92,7 @@ class Remote:
         `size`, when known, is how many bytes `chunks` holds (HTTP announces it).
         """
         self.upload_size = size
+        self.proven_size = None
         final = self.path(target)
         staging = self.staging_path(target)
         if offset and not self.resumable:

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import concurrent.futures
 import functools
+import hashlib
 from collections.abc import Coroutine, Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,6 +86,16 @@ def crc32(data: bytes) -> str:
     return base64.b64encode(zlib_ng.crc32(data).to_bytes(4, "big")).decode()
 
 
+def _proves(answer: dict[str, Any], body: bytes, checksum: str) -> bool:
+    """Whether PutObject's answer shows the store holds exactly `body`: the CRC32 it
+    computed of what it stored, or else an ETag that is the body's MD5 (as it is without
+    SSE-KMS or SSE-C). Anything else leaves the size to be asked for."""
+    if "ChecksumCRC32" in answer:
+        return bool(answer["ChecksumCRC32"] == checksum)
+    etag = str(answer.get("ETag", "")).strip('"')
+    return len(etag) == 32 and etag == hashlib.md5(body).hexdigest()
+
+
 def part_size(first: int, number: int) -> int:
     """Size of part `number`: `first`, doubled every 1,000 parts, so the 10,000 parts S3
     allows reach far beyond `first` x 10,000 bytes while small files keep small parts."""
@@ -131,7 +142,12 @@ class S3Remote(Remote):
         else:
             head = reader.read(opts.multipart_threshold + 1)
             if len(head) <= opts.multipart_threshold:
-                self._call("put_object", Key=key, Body=head, ChecksumCRC32=crc32(head), **extra)
+                checksum = crc32(head)
+                answer = self._call(
+                    "put_object", Key=key, Body=head, ChecksumCRC32=checksum, **extra
+                )
+                if _proves(answer, head, checksum):
+                    self.proven_size = len(head)
                 return len(head)
             reader.unread(head)
             del head

@@ -193,3 +193,43 @@ def test_s3_crc32_is_the_one_botocore_would_send() -> None:
         reference = Crc32Checksum()
         reference.update(data)
         assert crc32(data) == reference.b64digest()
+
+
+def test_s3_put_answer_proves_only_the_same_bytes() -> None:
+    """The size request after a put is skipped only when the answer names the body's own
+    CRC32 (AWS) or MD5 ETag (without SSE-KMS); any other answer leaves it to be asked."""
+    from ecpds.core.protocols.s3 import _proves, crc32
+
+    body = os.urandom(1000)
+    md5 = hashlib.md5(body).hexdigest()
+    assert _proves({"ChecksumCRC32": crc32(body), "ETag": '"kms-etag"'}, body, crc32(body))
+    assert not _proves({"ChecksumCRC32": crc32(b"other"), "ETag": f'"{md5}"'}, body, crc32(body))
+    assert _proves({"ETag": f'"{md5}"'}, body, crc32(body))
+    assert not _proves({"ETag": f'"{hashlib.md5(b"other").hexdigest()}"'}, body, crc32(body))
+    assert not _proves({"ETag": '"0123456789abcdef0123456789abcdef-1"'}, body, crc32(body))
+    assert not _proves({}, body, crc32(body))
+
+
+@pytest.mark.parametrize("peer", ["s3_server", "azure_server"])
+def test_small_cloud_put_is_proven_by_its_answer(peer: str, request: pytest.FixtureRequest) -> None:
+    """A single put's answer proves what the store holds; a block upload is asked after."""
+    from ecpds.core.protocols import open_remote
+
+    server = request.getfixturevalue(peer)
+    scheme, folder = (
+        ("s3", server.bucket()) if peer == "s3_server" else ("azure", server.container())
+    )
+    small_limit = "multipart_threshold" if scheme == "s3" else "single_put_limit"
+    options = {**server.options(), small_limit: 5 * MiB}
+    if scheme == "s3":
+        options["part_size"] = 5 * MiB
+    else:
+        options["block_size"] = MiB
+    with open_remote("cloud", f"{scheme}://{folder}/in", options, server.credentials) as remote:
+        small = os.urandom(64 * 1024)
+        assert remote.upload("small.bin", [small]) == len(small)
+        assert remote.proven_size == len(small) == remote.remote_size("small.bin")
+        big = os.urandom(5 * MiB + 1)
+        assert remote.upload("big.bin", [big]) == len(big)
+        assert remote.proven_size is None
+        assert remote.remote_size("big.bin") == len(big)
