@@ -390,11 +390,15 @@ def child(job_file: str) -> None:
     Path(job_file).unlink()
     store = Store([job["store"]])
     peak = [0.0]
+    phase = ["start"]  # what is being sent: the peak RSS of each phase is kept apart
+    phase_peaks: dict[str, float] = {}
     sending = threading.Event()
 
     def sample() -> None:
         while not sending.wait(0.05):
-            peak[0] = max(peak[0], tree_rss_mib())
+            rss = tree_rss_mib()
+            peak[0] = max(peak[0], rss)
+            phase_peaks[phase[0]] = max(phase_peaks.get(phase[0], 0.0), rss)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -417,11 +421,14 @@ def child(job_file: str) -> None:
         # A running worker has its protocol modules imported and its clients built: one
         # small send first, so the timings below are of transfers, not of a process starting.
         warm_id, warm_adler, warm_md5 = job["small"][0]
+        phase[0] = f"{len(legs)}-warm"
         one(host, warm_id, job["small_size"], warm_adler, warm_md5, host["big_url"], "warm-up.bin")
+        phase[0] = f"{len(legs)}-big"
         cpu, started = tree_cpu_s(), time.perf_counter()
         big_id, big_adler, big_md5 = job["big"]
         one(host, big_id, job["big_size"], big_adler, big_md5, host["big_url"], host["big_name"])
         big_seconds, big_cpu = time.perf_counter() - started, tree_cpu_s() - cpu
+        phase[0] = f"{len(legs)}-small"
         cpu, started = tree_cpu_s(), time.perf_counter()
         size, url = job["small_size"], host["small_url"]
         with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
@@ -443,6 +450,11 @@ def child(job_file: str) -> None:
                 "small_cpu": small_cpu,
                 "rss_after": tree_rss_mib(),
                 "peak_so_far": max(peak[0], tree_rss_mib()),
+                "phase_peaks": {
+                    name.split("-")[1]: round(rss, 1)
+                    for name, rss in phase_peaks.items()
+                    if name.startswith(f"{len(legs)}-")
+                },
             }
         )
     sending.set()
@@ -617,6 +629,9 @@ def all_protocols(
         },
         "all_protocols_peak_by_mib": {
             p: round(r["peak_so_far"], 1) for p, r in zip(reached, out["legs"], strict=True)
+        },
+        "all_protocols_phase_peaks_mib": {
+            p: r["phase_peaks"] for p, r in zip(reached, out["legs"], strict=True)
         },
     }
 
