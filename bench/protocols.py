@@ -346,10 +346,10 @@ def _tree_pids() -> list[str]:
     return pids
 
 
-def tree_rss_mib() -> float:
-    """RSS of this process plus its children."""
+def tree_rss_mib(children: bool = True) -> float:
+    """RSS of this process plus (by default) its children."""
     total = 0
-    for pid in _tree_pids():
+    for pid in _tree_pids() if children else [str(os.getpid())]:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -449,6 +449,7 @@ def child(job_file: str) -> None:
                 "big_cpu": big_cpu,
                 "small_cpu": small_cpu,
                 "rss_after": tree_rss_mib(),
+                "children_rss_after": tree_rss_mib() - tree_rss_mib(children=False),
                 "peak_so_far": max(peak[0], tree_rss_mib()),
                 "phase_peaks": {
                     name.split("-")[1]: round(rss, 1)
@@ -626,6 +627,9 @@ def all_protocols(
         "all_protocols_sent": reached,
         "all_protocols_rss_after_mib": {
             p: round(r["rss_after"], 1) for p, r in zip(reached, out["legs"], strict=True)
+        },
+        "all_protocols_children_rss_after_mib": {
+            p: round(r["children_rss_after"], 1) for p, r in zip(reached, out["legs"], strict=True)
         },
         "all_protocols_peak_by_mib": {
             p: round(r["peak_so_far"], 1) for p, r in zip(reached, out["legs"], strict=True)
