@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 PROTOCOLS = ["ftp", "ftps", "sftp", "http", "s3", "azure", "gcs"]
 MiB = 1 << 20
+GiB = 1 << 30
 PARALLEL = 4  # small files in flight, for ecpds as for rclone's default --transfers
 
 
@@ -335,14 +337,19 @@ def make_data(base: Path, big_size: int, small_count: int, small_size: int) -> D
 # --- the ecpds side (child process) -------------------------------------------------------
 
 
-def tree_rss_mib() -> float:
-    """RSS of this process plus its children (the ssh clients of the OpenSSH engine)."""
-    total = 0
+def _tree_pids() -> list[str]:
+    """This process and its children (the ssh clients of the OpenSSH engine)."""
     pids = [str(os.getpid())]
     children = Path(f"/proc/self/task/{os.getpid()}/children")
     if children.exists():
         pids += children.read_text().split()
-    for pid in pids:
+    return pids
+
+
+def tree_rss_mib(children: bool = True) -> float:
+    """RSS of this process plus (by default) its children."""
+    total = 0
+    for pid in _tree_pids() if children else [str(os.getpid())]:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -350,10 +357,32 @@ def tree_rss_mib() -> float:
     return total / 1024
 
 
-def child(job_file: str) -> None:
-    """Send the big file, then the small ones; print seconds and the peak RSS of the sender."""
-    import threading
+def tree_cpu_s() -> float:
+    """User+system CPU seconds of this process and its children, live or reaped.
 
+    A child alive at one reading and reaped at the next is counted by /proc at the first
+    and by RUSAGE_CHILDREN (its whole life) at the second: the difference is right.
+    """
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in _tree_pids()[1:]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def child(job_file: str) -> None:
+    """Per leg (a host): the big file, then the small ones; seconds, CPU and peak RSS.
+
+    One leg is the per-protocol run; several are one worker that sends to every
+    protocol in turn, as a deployed worker with all of them loaded does.
+    """
+    from ecpds.core.protocols import open_remote
     from ecpds.core.store import Store
     from ecpds.core.transmit import SendRequest, send
 
@@ -361,65 +390,100 @@ def child(job_file: str) -> None:
     Path(job_file).unlink()
     store = Store([job["store"]])
     peak = [0.0]
+    phase = ["start"]  # what is being sent: the peak RSS of each phase is kept apart
+    phase_peaks: dict[str, float] = {}
     sending = threading.Event()
 
     def sample() -> None:
         while not sending.wait(0.05):
-            peak[0] = max(peak[0], tree_rss_mib())
+            rss = tree_rss_mib()
+            peak[0] = max(peak[0], rss)
+            phase_peaks[phase[0]] = max(phase_peaks.get(phase[0], 0.0), rss)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
 
-    def one(object_id: str, size: int, adler32: str, md5: str, url: str, target: str) -> None:
+    def one(host: dict, oid: str, size: int, adler32: str, md5: str, url: str, target: str) -> None:
         request = SendRequest(
-            data_file_id=object_id,
+            data_file_id=oid,
             size=size,
             adler32=adler32,
             host_name="bench",
             host_url=url,
-            host_options=job["options"],
+            host_options=host["options"],
             target=target,
             md5=md5,
         )
-        send(store, request, job["credentials"], progress=lambda n: None)
+        send(store, request, host["credentials"], progress=lambda n: None)
 
-    # A running worker has its protocol modules imported and its clients built: one small
-    # send first, so the timings below are of transfers, not of a process starting.
-    warm_id, warm_adler, warm_md5 = job["small"][0]
-    one(warm_id, job["small_size"], warm_adler, warm_md5, job["big_url"], "warm-up.bin")
-    started = time.perf_counter()
-    big_id, big_adler, big_md5 = job["big"]
-    one(big_id, job["big_size"], big_adler, big_md5, job["big_url"], job["big_name"])
-    big_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
-        futures = [
-            pool.submit(one, oid, job["small_size"], adler, md5, job["small_url"], f"{oid}.bin")
-            for oid, adler, md5 in job["small"]
-        ]
-        for future in futures:
-            future.result()
-    small_seconds = time.perf_counter() - started
+    legs = []
+    for host in job["legs"]:
+        # A running worker has its protocol modules imported and its clients built: one
+        # small send first, so the timings below are of transfers, not of a process starting.
+        warm_id, warm_adler, warm_md5 = job["small"][0]
+        phase[0] = f"{len(legs)}-warm"
+        one(host, warm_id, job["small_size"], warm_adler, warm_md5, host["big_url"], "warm-up.bin")
+        phase[0] = f"{len(legs)}-big"
+        cpu, started = tree_cpu_s(), time.perf_counter()
+        big_id, big_adler, big_md5 = job["big"]
+        one(host, big_id, job["big_size"], big_adler, big_md5, host["big_url"], host["big_name"])
+        big_seconds, big_cpu = time.perf_counter() - started, tree_cpu_s() - cpu
+        phase[0] = f"{len(legs)}-small"
+        cpu, started = tree_cpu_s(), time.perf_counter()
+        size, url = job["small_size"], host["small_url"]
+        with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+            futures = [
+                pool.submit(one, host, oid, size, adler, md5, url, f"{oid}.bin")
+                for oid, adler, md5 in host["small"]
+            ]
+            for future in futures:
+                future.result()
+        small_seconds, small_cpu = time.perf_counter() - started, tree_cpu_s() - cpu
+        if host.get("delete_big"):  # the servers' memory stays flat across the legs
+            with open_remote("bench", host["big_url"], host["options"], host["credentials"]) as r:
+                r.delete(host["big_name"])
+        legs.append(
+            {
+                "big": big_seconds,
+                "small": small_seconds,
+                "big_cpu": big_cpu,
+                "small_cpu": small_cpu,
+                "rss_after": tree_rss_mib(),
+                "children_rss_after": tree_rss_mib() - tree_rss_mib(children=False),
+                "peak_so_far": max(peak[0], tree_rss_mib()),
+                "phase_peaks": {
+                    name.split("-")[1]: round(rss, 1)
+                    for name, rss in phase_peaks.items()
+                    if name.startswith(f"{len(legs)}-")
+                },
+            }
+        )
     sending.set()
     sampler.join()
     rss = max(peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    print(json.dumps({"big": big_seconds, "small": small_seconds, "rss": rss}))
+    print(json.dumps({"legs": legs, "rss": rss}))
 
 
-def run_ecpds(
-    server: Server, data: Data, small_size: int, work: Path, rep: int, variant: str = ""
-) -> dict:
-    job = {
-        "store": str(data.store),
+def leg(server: Server, data: Data, rep: int, variant: str = "", label: str = "") -> dict:
+    """What the child sends to one server."""
+    return {
         "options": server.also[variant] if variant else server.options,
         "credentials": server.credentials,
-        "big": data.big,
-        "big_size": data.big_size,
-        "big_url": server.url("ecpds-big"),
+        "big_url": server.url(f"ecpds-big{label}"),
         "big_name": f"big-{rep}.bin",
         "small": data.small[:1] if variant else data.small,
+        "small_url": server.url(f"ecpds-small-{label}{variant}{rep}"),
+    }
+
+
+def run_child(legs: list[dict], data: Data, small_size: int, work: Path) -> dict:
+    job = {
+        "store": str(data.store),
+        "big": data.big,
+        "big_size": data.big_size,
+        "small": data.small[:1],
         "small_size": small_size,
-        "small_url": server.url(f"ecpds-small-{variant}{rep}"),
+        "legs": legs,
     }
     job_file = work / f"job-{uuid.uuid4().hex}.json"
     job_file.touch(mode=0o600)
@@ -436,40 +500,65 @@ def run_ecpds(
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_ecpds(
+    server: Server, data: Data, small_size: int, work: Path, rep: int, variant: str = ""
+) -> dict:
+    out = run_child([leg(server, data, rep, variant)], data, small_size, work)
+    return out["legs"][0] | {"rss": out["rss"]}
+
+
 # --- the rclone side ----------------------------------------------------------------------
 
 
-def run_rclone(
-    server: Server, data: Data, work: Path, rep: int
-) -> tuple[float | None, float | None, str]:
-    """Seconds for the big file and for the small ones; None where rclone failed.
+def run_measured(
+    args: list[str], env: dict[str, str], work: Path, timeout: float = 3600
+) -> tuple[int, str, float, float]:
+    """Exit code, stderr, seconds and CPU seconds (user+sys, from wait4) of one command."""
+    with tempfile.TemporaryFile(dir=work) as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    return proc.returncode, stderr, seconds, usage.ru_utime + usage.ru_stime
+
+
+def run_rclone(server: Server, data: Data, work: Path, rep: int) -> dict[str, Any]:
+    """Seconds and CPU seconds for the big file and for the small ones; None where it failed.
 
     Each repetition writes new names: rclone skips files the destination already has.
     """
     if server.rclone_env is None or not shutil.which("rclone"):
-        return None, None, "rclone not available"
+        return {"big": None, "small": None, "big_cpu": None, "small_cpu": None,
+                "failed": "rclone not available"}  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     # rclone's S3 client refuses a custom CA bundle with its own transport
     env |= {f"RCLONE_CONFIG_DST_{k}": v for k, v in server.rclone_env.items()}
     config = work / "rclone.conf"
     config.touch()
     base = ["rclone", "--config", str(config), "--retries", "1", "--low-level-retries", "2"]
-    seconds: list[float | None] = []
+    run: dict[str, Any] = {}
     failures = []
     big_target = server.rclone_path("rclone-big") + f"/big-{rep}.bin"
-    for args in (
-        ["copyto", str(data.source / "big.bin"), big_target],
-        ["copy", str(data.source / "small"), server.rclone_path(f"rclone-small-{rep}")],
+    for phase, args in (
+        ("big", ["copyto", str(data.source / "big.bin"), big_target]),
+        ("small", ["copy", str(data.source / "small"), server.rclone_path(f"rclone-small-{rep}")]),
     ):
-        started = time.perf_counter()
-        done = subprocess.run(base + args, env=env, capture_output=True, text=True, timeout=3600)
-        if done.returncode == 0:
-            seconds.append(time.perf_counter() - started)
-        else:
-            seconds.append(None)
-            lines = done.stderr.strip().splitlines() or ["no output"]
+        code, stderr, seconds, cpu = run_measured(base + args, env, work)
+        ok = code == 0
+        run[phase], run[f"{phase}_cpu"] = (seconds, cpu) if ok else (None, None)
+        if not ok:
+            lines = stderr.strip().splitlines() or ["no output"]
             failures.append(f"rclone {args[0]}: {lines[-1].split(' : ')[-1][:120]}")
-    return seconds[0], seconds[1], "; ".join(failures)
+    run["failed"] = "; ".join(failures)
+    return run
 
 
 def remove_big(server: Server, rep: int) -> None:
@@ -504,6 +593,53 @@ def work_folder(big_size: int) -> str | None:
     return None
 
 
+def per_gib(cpu: float | None, size: int) -> float | None:
+    return round(cpu / (size / GiB), 2) if cpu is not None else None
+
+
+def all_protocols(
+    protocols: list[str], data: Data, small_size: int, work: Path, notes: dict[str, str]
+) -> dict[str, Any]:
+    """One child sends to every protocol in turn: the RSS of a worker with all loaded."""
+    folders = Folders(work)
+    legs, reached = [], []
+    try:
+        with contextlib.ExitStack() as stack:
+            for protocol in protocols:
+                try:
+                    server = stack.enter_context(SERVERS[protocol](folders))
+                except Exception as exc:
+                    notes[f"all_{protocol}"] = f"not started: {' '.join(str(exc).split())[:200]}"
+                    continue
+                except BaseException as exc:
+                    if type(exc).__name__ != "Skipped":
+                        raise
+                    notes[f"all_{protocol}"] = f"not started: {exc}"
+                    continue
+                legs.append(leg(server, data, 0, label="-all") | {"delete_big": True})
+                reached.append(protocol)
+            out = run_child(legs, data, small_size, work)
+    finally:
+        for path in folders.made:
+            shutil.rmtree(path, ignore_errors=True)
+    return {
+        "all_protocols_worker_rss_mib": round(out["rss"], 1),
+        "all_protocols_sent": reached,
+        "all_protocols_rss_after_mib": {
+            p: round(r["rss_after"], 1) for p, r in zip(reached, out["legs"], strict=True)
+        },
+        "all_protocols_children_rss_after_mib": {
+            p: round(r["children_rss_after"], 1) for p, r in zip(reached, out["legs"], strict=True)
+        },
+        "all_protocols_peak_by_mib": {
+            p: round(r["peak_so_far"], 1) for p, r in zip(reached, out["legs"], strict=True)
+        },
+        "all_protocols_phase_peaks_mib": {
+            p: r["phase_peaks"] for p, r in zip(reached, out["legs"], strict=True)
+        },
+    }
+
+
 def bench(
     protocols: list[str], big_size: int, count: int, small_size: int, repeat: int
 ) -> dict[str, Any]:
@@ -515,10 +651,11 @@ def bench(
     with tempfile.TemporaryDirectory(prefix="ecpds-bench-", dir=base) as tmp:
         work = Path(tmp)
         data = make_data(work / "data", big_size, count, small_size)
+        small_bytes = count * small_size
         for protocol in protocols:
             folders = Folders(work, repeat=repeat)
             ecpds_runs: list[dict] = []
-            rclone_runs: list[tuple[float | None, float | None, str]] = []
+            rclone_runs: list[dict[str, Any]] = []
             also_runs: dict[str, list[float]] = {}
             try:
                 with SERVERS[protocol](folders) as server:
@@ -547,21 +684,45 @@ def bench(
             mb = big_size / 1e6
             big_s = best([r["big"] for r in ecpds_runs])
             small_s = best([r["small"] for r in ecpds_runs])
-            rclone_big = best([r[0] for r in rclone_runs])
-            rclone_small = best([r[1] for r in rclone_runs])
-            results[f"{protocol}_mb_s"] = round(mb / big_s, 1) if big_s else None
-            results[f"{protocol}_files_per_s"] = round(count / small_s, 1) if small_s else None
+            rclone_big = best([r["big"] for r in rclone_runs])
+            rclone_small = best([r["small"] for r in rclone_runs])
+            mb_s = round(mb / big_s, 1) if big_s else None
+            files_s = round(count / small_s, 1) if small_s else None
             rclone_mb_s = round(mb / rclone_big, 1) if rclone_big else None
+            rclone_files_s = round(count / rclone_small, 1) if rclone_small else None
+            results[f"{protocol}_mb_s"] = mb_s
+            results[f"{protocol}_files_per_s"] = files_s
             results[f"{protocol}_rclone_mb_s"] = rclone_mb_s
-            results[f"{protocol}_rclone_files_per_s"] = (
-                round(count / rclone_small, 1) if rclone_small else None
-            )
+            results[f"{protocol}_rclone_files_per_s"] = rclone_files_s
             results[f"{protocol}_vs_rclone"] = (
-                round(results[f"{protocol}_mb_s"] / rclone_mb_s, 2) if rclone_mb_s else None
+                round(mb_s / rclone_mb_s, 2) if mb_s and rclone_mb_s else None
+            )
+            results[f"{protocol}_files_vs_rclone"] = (
+                round(files_s / rclone_files_s, 2) if files_s and rclone_files_s else None
+            )
+            # CPU (user+sys, ecpds with its ssh children) per GiB moved: the least of the
+            # runs. Beside the rate it says whether a client is bound by its own CPU.
+            results[f"{protocol}_cpu_s_per_gib"] = per_gib(
+                best([r["big_cpu"] for r in ecpds_runs]), big_size
+            )
+            results[f"{protocol}_rclone_cpu_s_per_gib"] = per_gib(
+                best([r["big_cpu"] for r in rclone_runs]), big_size
+            )
+            results[f"{protocol}_files_cpu_s_per_gib"] = per_gib(
+                best([r["small_cpu"] for r in ecpds_runs]), small_bytes
+            )
+            results[f"{protocol}_rclone_files_cpu_s_per_gib"] = per_gib(
+                best([r["small_cpu"] for r in rclone_runs]), small_bytes
             )
             results[f"{protocol}_runs_mb_s"] = {
                 "ecpds": [round(mb / r["big"], 1) for r in ecpds_runs],
-                "rclone": [round(mb / r[0], 1) if r[0] else None for r in rclone_runs],
+                "rclone": [round(mb / r["big"], 1) if r["big"] else None for r in rclone_runs],
+            }
+            results[f"{protocol}_runs_files_per_s"] = {
+                "ecpds": [round(count / r["small"], 1) for r in ecpds_runs],
+                "rclone": [
+                    round(count / r["small"], 1) if r["small"] else None for r in rclone_runs
+                ],
             }
             for variant, seconds in also_runs.items():
                 results[f"{protocol}_{variant}_mb_s"] = round(mb / min(seconds), 1)
@@ -569,10 +730,17 @@ def bench(
             rss = max(r["rss"] for r in ecpds_runs)
             results[f"{protocol}_peak_rss_mib"] = round(rss, 1)
             peaks.append(rss)
-            failed = "; ".join(sorted({r[2] for r in rclone_runs if r[2]}))
+            failed = "; ".join(sorted({r["failed"] for r in rclone_runs if r["failed"]}))
             if failed:
                 notes[protocol] = failed
             print(f"{protocol}: done", file=sys.stderr)
+        results["all_protocols_worker_rss_mib"] = None
+        if len(protocols) > 1:
+            try:
+                results |= all_protocols(protocols, data, small_size, work, notes)
+            except Exception as exc:
+                notes["all_protocols"] = f"not measured: {' '.join(str(exc).split())[:200]}"
+            print("all protocols in one worker: done", file=sys.stderr)
     results["peak_worker_rss_mib"] = round(max(peaks), 1) if peaks else None
     results["big_file_mib"] = big_size / MiB
     results["small_files"] = count
@@ -585,22 +753,26 @@ def bench(
 
 
 def table(results: dict[str, Any], protocols: list[str]) -> str:
-    header = [
-        "protocol",
-        "MB/s",
-        "rclone MB/s",
-        "vs rclone",
-        "files/s",
-        "rclone files/s",
-        "RSS MiB",
+    columns = [
+        ("MB/s", "mb_s"),
+        ("rclone MB/s", "rclone_mb_s"),
+        ("vs rclone", "vs_rclone"),
+        ("CPU s/GiB", "cpu_s_per_gib"),
+        ("rclone CPU s/GiB", "rclone_cpu_s_per_gib"),
+        ("files/s", "files_per_s"),
+        ("rclone files/s", "rclone_files_per_s"),
+        ("files vs rclone", "files_vs_rclone"),
+        ("files CPU s/GiB", "files_cpu_s_per_gib"),
+        ("rclone files CPU s/GiB", "rclone_files_cpu_s_per_gib"),
+        ("RSS MiB", "peak_rss_mib"),
     ]
+    header = ["protocol"] + [title for title, _ in columns]
     rows = [header]
     for p in protocols:
         if f"{p}_mb_s" not in results:
-            rows.append([p, "-", "-", "-", "-", "-", "-"])
+            rows.append([p] + ["-"] * len(columns))
             continue
-        keys = ["mb_s", "rclone_mb_s", "vs_rclone", "files_per_s", "rclone_files_per_s"]
-        cells = [results[f"{p}_{k}"] for k in keys] + [results[f"{p}_peak_rss_mib"]]
+        cells = [results[f"{p}_{key}"] for _, key in columns]
         rows.append([p] + ["n/a" if c is None else str(c) for c in cells])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = []
@@ -614,12 +786,22 @@ def table(results: dict[str, Any], protocols: list[str]) -> str:
         f"big file {results['big_file_mib']:.0f} MiB, {results['small_files']} small files of"
         f" {results['small_file_kib']:.0f} KiB, {PARALLEL} in flight; best of"
         f" {results['repeat']} alternating runs in {results['work_folder']};"
-        f" peak worker RSS {results['peak_worker_rss_mib']} MiB"
+        f" peak worker RSS {results['peak_worker_rss_mib']} MiB (one protocol per process);"
+        " CPU is user+system, ecpds with its ssh children, the least of the runs"
     )
+    if results.get("all_protocols_worker_rss_mib") is not None:
+        lines.append(
+            f"one worker sending to {', '.join(results['all_protocols_sent'])} in turn: peak"
+            f" RSS {results['all_protocols_worker_rss_mib']} MiB; after each:"
+            f" {results['all_protocols_rss_after_mib']}"
+        )
     for p in protocols:
         runs = results.get(f"{p}_runs_mb_s")
         if runs:
             lines.append(f"{p} MB/s by run: ecpds {runs['ecpds']}, rclone {runs['rclone']}")
+        runs = results.get(f"{p}_runs_files_per_s")
+        if runs:
+            lines.append(f"{p} files/s by run: ecpds {runs['ecpds']}, rclone {runs['rclone']}")
     lines += [f"{key}: {results[key]} (ecpds, best run)" for key in results.get("also", [])]
     lines += [f"{p}: {note}" for p, note in results["notes"].items()]
     return "\n".join(lines)
