@@ -309,13 +309,18 @@ def main() -> int:
     results["sftp_vs_openssh"] = round(
         float(results["sftp_mb_s"]) / float(results["openssh_sftp_mb_s"]), 2
     )
+    # Downloads only (the bench makes no upload): the portal's server CPU per GiB over
+    # nginx's, both taken around the same transfer in the same rounds.
+    results["https_cpu_vs_nginx"] = round(
+        float(results["https_cpu_s_per_gib"]) / float(results["nginx_cpu_s_per_gib"]), 2
+    )
     if args.json:
         print(json.dumps(results))
     else:
         print(f"data portal, one {args.size_mib} MiB download, best of {args.runs} (MB/s)")
         print(
             f"  HTTPS  {results['https_mb_s']:>8}   nginx TLS      {results['nginx_mb_s']:>8}"
-            f"   ratio {results['https_vs_nginx']}"
+            f"   ratio {results['https_vs_nginx']}   CPU ratio {results['https_cpu_vs_nginx']}"
         )
         print(
             f"  SFTP   {results['sftp_mb_s']:>8}   OpenSSH sftp   {results['openssh_sftp_mb_s']:>8}"

@@ -155,3 +155,25 @@ def test_broken_sftp_upload_leaves_nothing(sftp_port: int, portal: Portal) -> No
     with session_scope(portal.engine) as session:
         assert session.exec(select(DataFile)).all() == []
     assert portal.store.partials() == []
+
+
+def test_the_keyed_umac_signs_as_asyncssh_does() -> None:
+    """The portal's UMAC (keyed once per direction) gives asyncssh's own tags, packet by
+    packet, whatever the order of the sequence numbers."""
+    import asyncssh.mac
+
+    import ecpds.portal.sftp as portal_sftp
+
+    umacs = [alg for alg in asyncssh.mac.get_mac_algs() if alg.startswith(b"umac")]
+    assert umacs
+    for alg in umacs:
+        handler, size, args = asyncssh.mac._mac_handler[alg]
+        assert handler is portal_sftp._KeyedUMAC
+        key = os.urandom(16)
+        ours, theirs = asyncssh.mac.get_mac(alg, key), asyncssh.mac._UMAC(key, size, *args)
+        for seq in [0, 1, 2, 7, 3, 0xFFFFFFFF, 5, 5]:
+            packet = os.urandom(seq % 40_000 + 1)
+            tag = theirs.sign(seq, packet)
+            assert ours.sign(seq, packet) == tag
+            assert ours.verify(seq, packet, tag)
+            assert not ours.verify(seq + 1, packet, tag)
