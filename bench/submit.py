@@ -29,19 +29,10 @@ import httpx
 
 from ecpds.core.devserver import free_port, wait_for_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from peers.ports import UP_PORTS  # noqa: E402
+
 MiB = 1 << 20
-# The ports `ecpds up` listens on, as settings (ECPDS_<name>): a bench gives each a free one.
-UP_PORTS = (
-    "HTTPS_PORT",
-    "FTP_PORT",
-    "SFTP_PORT",
-    "S3_PORT",
-    "MQTT_PORT",
-    "MQTTS_PORT",
-    "MQTT_WS_PORT",
-    "TEMPORAL_PORT",
-    "TEMPORAL_UI_PORT",
-)
 
 
 def log(message: str) -> None:

@@ -25,6 +25,7 @@ import pytest
 from notifications.conftest import subscribed
 from peers.catalog import PG_URL, fresh_pg_schema
 from peers.mqtt import MqttBroker
+from peers.ports import PORTAL_PORTS
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
@@ -46,15 +47,6 @@ pytestmark = [
 ADMIN_PASSWORD = "admin-password-many-1"
 BOB_PASSWORD = "bob-password-many-1"
 ECPDS = str(Path(sys.executable).with_name("ecpds"))
-PORT_SETTINGS = (
-    "HTTPS_PORT",
-    "FTP_PORT",
-    "SFTP_PORT",
-    "S3_PORT",
-    "MQTT_PORT",
-    "MQTTS_PORT",
-    "MQTT_WS_PORT",
-)
 
 
 @dataclass
@@ -94,7 +86,7 @@ class Cluster:
         return process
 
     def portal(self, name: str) -> tuple[Process, str, int]:
-        ports = {key: free_port() for key in PORT_SETTINGS}
+        ports = {key: free_port() for key in PORTAL_PORTS}
         process = self.start(name, "portal", **ports)
         wait_for_port("127.0.0.1", ports["HTTPS_PORT"], timeout=60, proc=process.proc)
         return process, f"https://127.0.0.1:{ports['HTTPS_PORT']}/api/v1", ports["MQTT_PORT"]
