@@ -33,7 +33,7 @@ from temporalio.client import Client
 
 from ecpds.core import catalog
 from ecpds.core.db import open_catalog, session_scope
-from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
+from ecpds.core.devserver import dev_server_command, free_port, wait_for_port, wait_for_temporal
 from ecpds.core.dispatch import TemporalDispatcher
 from ecpds.core.ingest import ingest
 from ecpds.core.models import DataTransfer, DestinationCreate, HostCreate, TransferStatus
@@ -292,7 +292,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             process(server_cmd, tmp / "temporal.log") as server,
             process(sshd_cmd, tmp / "sshd.log") as sshd,
         ):
-            wait_for_port("127.0.0.1", port, 90, server)
+            wait_for_temporal(port, 90, server)
             wait_for_port("127.0.0.1", sshd_port, 20, sshd)
             environment = worker_environment(settings)
             with (

@@ -40,7 +40,7 @@ from temporalio.client import Client
 
 from ecpds.core import catalog
 from ecpds.core.db import open_catalog, session_scope
-from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
+from ecpds.core.devserver import dev_server_command, free_port, wait_for_port, wait_for_temporal
 from ecpds.core.engine import subscription_workflow_id
 from ecpds.core.models import DataFile, DestinationCreate, HostCreate, HostKind
 from ecpds.core.secrets import CredentialBox, load_or_create_key
@@ -217,7 +217,7 @@ async def measure(files: int, size: int, source: str, tmp: Path) -> dict[str, fl
         mosquitto(tmp) as mqtt_port,
         file_server(tmp, source) as (folder, folder_url, credentials, options),
     ):
-        wait_for_port("127.0.0.1", temporal_port, 90, server)
+        wait_for_temporal(temporal_port, 90, server)
         blobs = {f"obs-{i:04d}.bufr": os.urandom(size) for i in range(files)}
         for name, data in blobs.items():
             (folder / name).write_bytes(data)

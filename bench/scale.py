@@ -35,7 +35,7 @@ from temporalio.client import Client
 
 from ecpds.core import catalog
 from ecpds.core.db import open_catalog, session_scope
-from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
+from ecpds.core.devserver import dev_server_command, free_port, wait_for_temporal
 from ecpds.core.dispatch import TemporalDispatcher
 from ecpds.core.engine import destination_workflow_id, transfer_workflow_id
 from ecpds.core.ingest import ingest
@@ -151,7 +151,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         environment = worker_environment(settings) | {QUERIES_FILE: str(counted)}
         server_cmd = dev_server_command(tmp / "temporal.db", port, free_port(), ui=False)
         with process(server_cmd, tmp / "temporal.log") as server:
-            wait_for_port("127.0.0.1", port, 90, server)
+            wait_for_temporal(port, 90, server)
             with (
                 process(
                     [sys.executable, str(here), "--worker", "ecpds"],

@@ -30,7 +30,7 @@ from ecpds.cli.client import CliError
 from ecpds.cli.resources import console
 from ecpds.cli.running import alive
 from ecpds.cli.temporal import setup_search_attributes
-from ecpds.core.devserver import DevServerError, dev_server_command
+from ecpds.core.devserver import DevServerError, dev_server_command, wait_for_temporal
 from ecpds.core.roles import role_queue
 from ecpds.core.settings import Settings, with_worker_metrics
 
@@ -456,6 +456,10 @@ def up(settings: Settings, config: Path | None, workers: WorkerRange) -> int:
                 status.update("starting Temporal's dev server")
                 temporal = supervisor.start("temporal", temporal_cmd)
                 supervisor.wait_for(temporal, "127.0.0.1", settings.temporal_port)
+                try:
+                    wait_for_temporal(settings.temporal_port, STARTUP_SECONDS)
+                except DevServerError as exc:
+                    raise CliError(f"{exc} (see {temporal.log})") from None
                 if stop:
                     return 0
             status.update("starting the worker and the portal")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+from temporalio.client import Client
 
 from ecpds.core.engine import SEARCH_ATTRIBUTES
 from ecpds.core.temporal_setup import type_name
@@ -83,6 +87,40 @@ def wait_for_port(
         except OSError:
             time.sleep(0.1)
     raise DevServerError(f"nothing answers on {host}:{port} after {timeout:.0f} s")
+
+
+def wait_for_temporal(
+    port: int, timeout: float = 90.0, proc: subprocess.Popen | None = None
+) -> None:
+    """Wait until the dev server on 127.0.0.1:`port` takes clients: its port opens a
+    little before its frontend is healthy, and a client that connects in between fails."""
+    deadline = time.monotonic() + timeout
+    wait_for_port("127.0.0.1", port, timeout, proc)
+    while (refusal := _refusal(port)) is not None:
+        if proc is not None and proc.poll() is not None:
+            raise DevServerError(f"Temporal exited with code {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise DevServerError(
+                f"Temporal on port {port} is not healthy after {timeout:.0f} s: {refusal}"
+            )
+        time.sleep(0.2)
+
+
+def _refusal(port: int) -> str | None:
+    """Why a client cannot connect to 127.0.0.1:`port` now, or None if it can. The client
+    runs on a thread of its own, so a caller inside an event loop may ask too."""
+    refusals: list[str] = []
+
+    def connect() -> None:
+        try:
+            asyncio.run(Client.connect(f"127.0.0.1:{port}"))
+        except RuntimeError as exc:
+            refusals.append(str(exc))
+
+    thread = threading.Thread(target=connect, name="temporal-health")
+    thread.start()
+    thread.join()
+    return refusals[0] if refusals else None
 
 
 _handed_out: set[int] = set()

@@ -25,7 +25,7 @@ from sqlmodel import select
 from temporalio.client import Client
 
 from ecpds.core.db import open_catalog, session_scope
-from ecpds.core.devserver import dev_server_command, free_port, wait_for_port
+from ecpds.core.devserver import dev_server_command, free_port, wait_for_port, wait_for_temporal
 from ecpds.core.engine import wake_sweep_schedule_id
 from ecpds.core.models import DataTransfer
 from ecpds.core.settings import Settings
@@ -56,7 +56,7 @@ class RestartableTemporal:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_for_port("127.0.0.1", self.port, timeout=90, proc=self.proc)
+        wait_for_temporal(self.port, timeout=90, proc=self.proc)
 
     def kill(self) -> None:
         if self.proc is not None:

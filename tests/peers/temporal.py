@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from ecpds.core.devserver import wait_for_port
+from ecpds.core.devserver import wait_for_temporal
 
 
 @contextlib.contextmanager
@@ -17,7 +17,7 @@ def running_dev_server(folder: Path, command: list[str], port: int) -> Iterator[
     log = (folder / "server.log").open("wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for_port("127.0.0.1", port, timeout=90, proc=proc)
+        wait_for_temporal(port, timeout=90, proc=proc)
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
