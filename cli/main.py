@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -212,6 +215,18 @@ def worker(
             asyncio.run(serve())
         except StoreError as exc:
             raise CliError(str(exc)) from None
+    exit_without_finalizing()
+
+
+def exit_without_finalizing() -> None:
+    """End a worker that has shut down cleanly without the interpreter's finalization: the
+    SDK's and gRPC's native threads may still be winding down then, and one that touches
+    the GIL while Python finalizes aborts the process (SIGABRT, seen in CI) after a clean
+    stop. Logs and standard streams are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @app.command()
