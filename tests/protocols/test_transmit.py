@@ -39,6 +39,19 @@ def _request(object_id: str, size: int, adler: str, url: str, **kw) -> SendReque
     )
 
 
+def _sent_once(
+    store: Store, ftp_server: FtpServer, folder: str, data: bytes, target: str, timeout: int
+) -> tuple[SendRequest, dict[str, str], str]:
+    """`data` sent once as `target` under `folder` of the FTP server, with its own
+    `timeout` (so the session pool keys it apart); the request, credentials and URL."""
+    object_id, adler = _stored(store, data)
+    url, creds = ftp_server.url(folder), {"password": ftp_server.password}
+    options = {"timeout": timeout}
+    request = _request(object_id, len(data), adler, url, target=target, options=options)
+    send(store, request, creds, progress=lambda n: None)
+    return request, creds, url
+
+
 def test_send_to_file_host(store: Store, tmp_path: Path) -> None:
     data = os.urandom(3 * 1024 * 1024 + 17)
     object_id, adler = _stored(store, data)
@@ -174,11 +187,8 @@ def test_ftps_certificate_check(store: Store, ftps_server: FtpServer) -> None:
 
 
 def test_connections_are_reused_and_dead_ones_replaced(store: Store, ftp_server: FtpServer) -> None:
-    object_id, adler = _stored(store, b"pooled")
     (ftp_server.root / "pool").mkdir()
-    url, creds = ftp_server.url("pool"), {"password": ftp_server.password}
-    request = _request(object_id, 6, adler, url, target="one.bin", options={"timeout": 11})
-    send(store, request, creds, progress=lambda n: None)
+    request, creds, url = _sent_once(store, ftp_server, "pool", b"pooled", "one.bin", 11)
     with REMOTES.remote("h1", url, {"timeout": 11}, creds) as first:
         pass
     send(store, replace(request, target="two.bin"), creds, progress=lambda n: None)
@@ -209,10 +219,7 @@ def test_ftp_folder_removed_between_uploads_is_made_again(
     store: Store, ftp_server: FtpServer
 ) -> None:
     """A session makes a folder once; when someone removes it, the next upload remakes it."""
-    object_id, adler = _stored(store, b"again")
-    url, creds = ftp_server.url("remade"), {"password": ftp_server.password}
-    request = _request(object_id, 5, adler, url, target="x/one.bin", options={"timeout": 12})
-    send(store, request, creds, progress=lambda n: None)
+    request, creds, url = _sent_once(store, ftp_server, "remade", b"again", "x/one.bin", 12)
     with REMOTES.remote("h1", url, {"timeout": 12}, creds) as remote:
         assert "/remade/x" in remote.folders  # type: ignore[attr-defined]
     shutil.rmtree(ftp_server.root / "remade")
@@ -224,11 +231,8 @@ def test_ftp_folder_removed_between_uploads_is_made_again(
 
 def test_ftp_session_the_server_closed_is_not_reused(store: Store, ftp_server: FtpServer) -> None:
     """Right after a transfer, alive() sends no NOOP, yet sees a session the server ended."""
-    object_id, adler = _stored(store, b"closed")
     (ftp_server.root / "ended").mkdir()
-    url, creds = ftp_server.url("ended"), {"password": ftp_server.password}
-    request = _request(object_id, 6, adler, url, target="one.bin", options={"timeout": 13})
-    send(store, request, creds, progress=lambda n: None)
+    request, creds, url = _sent_once(store, ftp_server, "ended", b"closed", "one.bin", 13)
     with REMOTES.remote("h1", url, {"timeout": 13}, creds) as remote:
         assert remote.alive()
         # Behind ftplib's back: the server answers 221 and closes the connection.
