@@ -287,6 +287,8 @@ class TemporalDispatcher:
         self, transfer_id: int, operation: Operation, *, value: int | None = None
     ) -> None:
         check_transfer_operation(operation, value)
+        if not 0 < transfer_id < 2**63:  # beyond any id the catalog gives (a 64-bit key)
+            raise OperationError(f"transfer {transfer_id} does not exist", 404)
         with session_scope(self.engine) as session:
             row = session.exec(
                 select(DataTransfer, Destination.name)

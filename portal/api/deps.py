@@ -1,4 +1,10 @@
-"""Dependencies of the REST API routes, as `Annotated` aliases: state, session, caller."""
+"""Dependencies of the REST API routes, as `Annotated` aliases: state, session, caller.
+
+A caller logs in with a bearer token, HTTP Basic, or the console's session cookie. With
+the cookie, a request that changes something must carry the session's CSRF token: the
+`X-CSRF-Token` header, or the `csrf` field of a console form (kept for the route in
+`request.state.console_form`, which the operation routes answer with a 303 to its page).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.datastructures import FormData
 from fastapi.security import (
     HTTPAuthorizationCredentials,
     HTTPBasic,
@@ -25,6 +32,7 @@ from ecpds.core.secrets import CredentialBox
 from ecpds.core.settings import Settings
 from ecpds.core.snapshot import CatalogSnapshots
 from ecpds.core.store import Store
+from ecpds.portal.session import SESSION_COOKIE, Signer, same_token
 
 
 @dataclass
@@ -70,26 +78,71 @@ def _unauthorized(message: str) -> HTTPException:
     )
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+async def sent_csrf(request: Request) -> str | None:
+    """The CSRF token sent with a request that logs in with the console's cookie: the
+    header, or a console form's `csrf` field (the form is kept in request.state)."""
+    if "authorization" in request.headers or SESSION_COOKIE not in request.cookies:
+        return None
+    token: object = request.headers.get("x-csrf-token")
+    if token is None and request.headers.get("content-type", "").startswith(FORM_TYPE):
+        form = await request.form()
+        request.state.console_form = form
+        token = form.get("csrf")
+    return token if isinstance(token, str) else None
+
+
+def console_form(request: Request) -> FormData | None:
+    """The console form a request posted, None for an API client's request."""
+    form: FormData | None = getattr(request.state, "console_form", None)
+    return form
+
+
+def _cookie_user(request: Request, session: Session, csrf: str | None) -> DataUser | None:
+    """The user of the console's session cookie, None without one; refused when the
+    session has ended, or when a change comes without the session's CSRF token."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is None:
+        return None
+    login = Signer(get_state(request).box).session(cookie)
+    user = session.get(DataUser, login.user_id) if login is not None else None
+    if login is None or user is None or not user.active:
+        raise _unauthorized("the console session has ended: log in again")
+    if request.method not in SAFE_METHODS and not same_token(csrf, login.csrf):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token: reload the page and try again"
+        )
+    return user
+
+
 def current_user(
     request: Request,
     session: SessionDep,
     basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    csrf: Annotated[str | None, Depends(sent_csrf)],
 ) -> DataUser:
-    """The caller, logged in by the access layer with a bearer token or HTTP Basic (and
-    named in `request.state.caller` for the event log)."""
+    """The caller, logged in by the access layer with a bearer token, HTTP Basic or the
+    console's cookie (and named in `request.state.caller` for the event log)."""
     try:
         user = None
         if bearer is not None:
             user = access.token_user(session, token=bearer.credentials)
         elif basic is not None:
             user = access.password_user(session, name=basic.username, password=basic.password)
+        else:
+            user = _cookie_user(request, session, csrf)
         if user is not None:
             request.state.caller = user.name
             return user
     except Unauthenticated as exc:
         raise _unauthorized(str(exc)) from exc
-    raise _unauthorized("credentials needed: HTTP Basic (user, password) or a bearer token")
+    raise _unauthorized(
+        "credentials needed: HTTP Basic (user, password), a bearer token or a console login"
+    )
 
 
 UserDep = Annotated[DataUser, Depends(current_user)]

@@ -20,7 +20,7 @@ from ecpds.core.errors import EcpdsError, Invalid
 from ecpds.core.models import DataUser
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.console import units
-from ecpds.portal.console.session import SESSION_COOKIE, Signer
+from ecpds.portal.session import SESSION_COOKIE, Signer
 
 PAGE_SIZE = 50
 RECENT = 20

@@ -2,9 +2,10 @@
 
 Logins are the REST API's (a data user's password, checked by the access layer), kept in
 a signed session cookie. Every query goes through `ecpds.core.access` (admins see every
-destination, a data user its own) and `ecpds.core.catalog`; the operation buttons call
-the dispatcher functions the REST API's operations call. Each POST carries the session's
-CSRF token.
+destination, a data user its own) and `ecpds.core.catalog`. The operation buttons are
+forms that post to the REST API's own operation routes (`/api/v1/.../operations/...`),
+which take the session cookie with the form's CSRF token and answer a form with a 303
+back to its page.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Annotated, Any
-from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -20,7 +20,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlmodel import Session
 
 from ecpds.core import access, arrivals, catalog
-from ecpds.core.dispatch import OperationError, check_transfer_operation
 from ecpds.core.engine import Operation, transfer_workflow_id
 from ecpds.core.errors import NotFound, Unauthenticated
 from ecpds.core.models import (
@@ -31,7 +30,6 @@ from ecpds.core.models import (
     DestinationStatus,
     TransferStatus,
 )
-from ecpds.portal.api.operations import engine_dispatcher
 from ecpds.portal.console import units
 from ecpds.portal.console.pages import (
     PAGE_SIZE,
@@ -47,10 +45,11 @@ from ecpds.portal.console.pages import (
     show_page,
     signer,
 )
-from ecpds.portal.console.session import (
+from ecpds.portal.session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
     SESSION_SECONDS,
+    local_path,
     same_token,
 )
 
@@ -81,8 +80,8 @@ def _check_post(request: Request, caller: Caller, form: Any) -> None:
         raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
 
 
-async def _posting_caller(request: Request, *, admin: bool) -> tuple[Caller, Any]:
-    """The caller of a POST and its form, after the CSRF check; admins only if `admin`."""
+async def _posting_caller(request: Request) -> tuple[Caller, Any]:
+    """The caller of a POST and its form, after the CSRF check."""
     form = await request.form()
 
     def load() -> Caller:
@@ -94,13 +93,7 @@ async def _posting_caller(request: Request, *, admin: bool) -> tuple[Caller, Any
     except LoginNeeded:
         raise HTTPException(401, "log in first: the session has expired") from None
     _check_post(request, caller, form)
-    if admin and not caller.user.admin:
-        raise HTTPException(403, f"user {caller.user.name!r} is not an admin")
     return caller, form
-
-
-def _back(path: str, message: str) -> RedirectResponse:
-    return RedirectResponse(f"{path}?{urlencode({'message': message})}", 303)
 
 
 # --- login ------------------------------------------------------------------------------
@@ -109,14 +102,11 @@ def _back(path: str, message: str) -> RedirectResponse:
 def _login_form(request: Request, status: int = 200, error: str | None = None) -> HTMLResponse:
     cookie, token = signer(request).new_login_token()
     target = request.query_params.get("next", "/")
-    page = render(request, "login.html", None, status, csrf=token, error=error, next=_local(target))
+    page = render(
+        request, "login.html", None, status, csrf=token, error=error, next=local_path(target)
+    )
     _cookie(page, LOGIN_COOKIE, cookie, 3600)
     return page
-
-
-def _local(target: str) -> str:
-    """Only a path of this site is followed after the login (no open redirect)."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
 
 
 @router.get("/login")
@@ -144,7 +134,7 @@ async def login(request: Request) -> Response:
     except Unauthenticated as exc:
         return _login_form(request, 401, str(exc))
     cookie, _ = signer(request).new_session(user_id)
-    answer = RedirectResponse(_local(str(form.get("next", "/"))), 303)
+    answer = RedirectResponse(local_path(str(form.get("next", "/"))), 303)
     _cookie(answer, SESSION_COOKIE, cookie, SESSION_SECONDS)
     answer.delete_cookie(LOGIN_COOKIE, path="/")
     return answer
@@ -152,7 +142,7 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    await _posting_caller(request, admin=False)
+    await _posting_caller(request)
     answer = RedirectResponse("/login", 303)
     answer.delete_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
     return answer
@@ -309,18 +299,6 @@ def _running(session: Session, destination: Destination) -> list[Any]:
     return catalog.transfers_public(session, running)
 
 
-@router.post("/destinations/{name}/operations/{operation}")
-async def destination_operation(request: Request, name: str, operation: Operation) -> Response:
-    await _posting_caller(request, admin=True)
-    if operation not in DESTINATION_BUTTONS:
-        raise HTTPException(422, f"{operation} applies to a transfer, not to a destination")
-    try:
-        await engine_dispatcher(api_state(request)).operate_destination(name, operation)
-    except OperationError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
-    return _back(f"/destinations/{name}", f"{operation} sent to {name}")
-
-
 # --- transfers --------------------------------------------------------------------------
 
 
@@ -427,44 +405,3 @@ def transfer_progress(request: Request, id: int) -> HTMLResponse:
         return {"transfer": _visible_transfer(session, caller, id)}
 
     return show_page(request, "_progress.html", build)
-
-
-@router.post("/transfers/operations")
-async def transfers_operation(request: Request) -> Response:
-    """One operation (the button pressed) on the transfers selected under /transfers."""
-    _, form = await _posting_caller(request, admin=True)
-    pressed = str(form.get("operation", ""))
-    operation = next((op for op in BULK_OPERATIONS if op.value == pressed), None)
-    if operation is None:
-        names = ", ".join(op.value for op in BULK_OPERATIONS)
-        return _back("/transfers", f"unknown operation {pressed!r}: use one of {names}")
-    value = None
-    if operation is Operation.PRIORITY:
-        typed = str(form.get("value", "")).strip()
-        value = _whole(typed)
-        if value is None:
-            return _back("/transfers", f"priority {typed!r} is not a number from 0 (urgent) to 99")
-    try:
-        check_transfer_operation(operation, value)
-    except OperationError as exc:
-        return _back("/transfers", str(exc))
-    ids = [i for i in (_whole(str(v)) for v in form.getlist("id")) if i is not None]
-    if not ids:
-        return _back("/transfers", "no transfer selected")
-    dispatcher = engine_dispatcher(api_state(request))
-    refused = []
-    for transfer_id in ids:
-        try:
-            await dispatcher.operate_transfer(transfer_id, operation, value=value)
-        except OperationError as exc:
-            refused.append(str(exc))
-    done = len(ids) - len(refused)
-    what = f"{operation} {value}" if value is not None else str(operation)
-    message = f"{what} sent for {done} transfer{'s' if done != 1 else ''}"
-    return _back("/transfers", "; ".join([message, *refused]))
-
-
-def _whole(text: str) -> int | None:
-    """A form field's whole number, None if it is not one (only ASCII digits: int() takes
-    others that isdigit() lets through)."""
-    return int(text) if text.isascii() and text.isdigit() else None

@@ -131,10 +131,10 @@ def test_an_operator_holds_restarts_and_requeues(browser: Any, site: Site, tmp_p
 
     page.goto(f"{site.base}/destinations")
     page.click(f"a[href='/destinations/{ALPHA}']")
-    page.click(f"form[action='/destinations/{ALPHA}/operations/hold'] button")
+    page.click(f"form[action='/api/v1/destinations/{ALPHA}/operations/hold'] button")
     assert f"hold sent to {ALPHA}" in page.locator(".message").inner_text()
     wait_for(lambda: site.api.get(f"/destinations/{ALPHA}").json()["on_hold"])
-    page.click(f"form[action='/destinations/{ALPHA}/operations/restart'] button")
+    page.click(f"form[action='/api/v1/destinations/{ALPHA}/operations/restart'] button")
     wait_for(lambda: not site.api.get(f"/destinations/{ALPHA}").json()["on_hold"])
     page.reload()  # the catalog now says so; the page shows it
     assert page.locator(".held").count() == 0

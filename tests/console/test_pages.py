@@ -44,21 +44,66 @@ def test_every_page_answers_for_an_admin(site: Site) -> None:
 
 
 def test_a_post_without_the_csrf_token_is_refused(site: Site) -> None:
+    bulk = "/api/v1/transfers/operations"
     with contextlib.closing(logged_in(site, *site.login)) as admin:
-        refused = admin.post("/destinations/alpha/operations/hold", data={})
+        refused = admin.post("/api/v1/destinations/alpha/operations/hold", data={})
         assert refused.status_code == 403
+        assert refused.json()["detail"].startswith("missing or wrong CSRF token")
         for operation in ("requeue", "stop", "priority"):
             wrong = admin.post(
-                "/transfers/operations",
-                data={"csrf": "forged", "id": site.transfer, "operation": operation, "value": 5},
+                f"{bulk}/{operation}", data={"csrf": "forged", "id": site.transfer, "value": 5}
             )
             assert wrong.status_code == 403, operation
-        missing = admin.post(
-            "/transfers/operations", data={"id": site.transfer, "operation": "stop"}
-        )
-        assert missing.status_code == 403
+        assert admin.post(f"{bulk}/stop", data={"id": site.transfer}).status_code == 403
+        # Without a form, the session's token comes in the X-CSRF-Token header.
+        assert admin.post(f"{bulk}/stop", params={"id": site.transfer}).status_code == 403
+        forged = admin.post(f"{bulk}/stop", headers={"X-CSRF-Token": "forged"})
+        assert forged.status_code == 403
+        # A read needs no token: the console's cookie logs in to the REST API too.
+        assert admin.get("/api/v1/destinations/alpha").json()["name"] == "alpha"
     anonymous = httpx.post(f"{site.base}/login", data={"username": "x"}, verify=False)
     assert anonymous.status_code == 403
+    forged_cookie = httpx.get(
+        f"{site.base}/api/v1/destinations", cookies={"ecpds_console": "x.y"}, verify=False
+    )
+    assert forged_cookie.status_code == 401
+    assert forged_cookie.json()["detail"] == "the console session has ended: log in again"
+
+
+def test_a_console_operation_is_the_rest_apis_and_lands_in_the_event_log(site: Site) -> None:
+    with contextlib.closing(logged_in(site, *site.login)) as admin:
+        csrf = _csrf(admin, "/destinations/alpha")
+        page = admin.get("/destinations/alpha").text
+        assert 'action="/api/v1/destinations/alpha/operations/clean-expired"' in page
+        form = {"csrf": csrf, "next": "/destinations/alpha"}
+        answer = admin.post("/api/v1/destinations/alpha/operations/clean-expired", data=form)
+        assert answer.status_code == 303, answer.text
+        assert answer.headers["location"] == (
+            "/destinations/alpha?message=clean-expired+sent+to+alpha"
+        )
+        # The same route, called as an API client: JSON, not a redirect.
+        api = admin.post(
+            "/api/v1/transfers/operations/schedule-now",
+            params={"id": [site.transfer, 999999]},
+            headers={"X-CSRF-Token": csrf},
+        )
+        assert api.status_code == 202, api.text
+        assert api.json() == {
+            "operation": "schedule-now",
+            "value": None,
+            "sent": [site.transfer],
+            "refused": [
+                {"transfer": 999999, "status": 404, "detail": "transfer 999999 does not exist"}
+            ],
+        }
+        # A form's `next` elsewhere than this site goes back to the console's root.
+        away = admin.post(
+            "/api/v1/destinations/alpha/operations/clean-expired",
+            data={"csrf": csrf, "next": "//elsewhere.example/"},
+        )
+        assert away.headers["location"].startswith("/?message=")
+        events = admin.get("/events?user=admin").text
+        assert "POST /api/v1/destinations/alpha/operations/clean-expired" in html.unescape(events)
 
 
 def test_a_data_user_sees_only_its_destinations(site: Site) -> None:
@@ -75,10 +120,13 @@ def test_a_data_user_sees_only_its_destinations(site: Site) -> None:
         page = carol.get("/destinations/beta")
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
         assert csrf and "clean-expired" not in page.text  # no operation buttons
-        refused = carol.post("/destinations/beta/operations/hold", data={"csrf": csrf[1]})
+        hold = "/api/v1/destinations/beta/operations/hold"
+        refused = carol.post(hold, data={"csrf": csrf[1]})
         assert refused.status_code == 403
-        bulk = {"csrf": csrf[1], "id": site.transfer, "operation": "priority", "value": 1}
-        assert carol.post("/transfers/operations", data=bulk).status_code == 403
+        assert refused.json()["detail"] == "user 'carol' is not an admin"
+        bulk = {"csrf": csrf[1], "id": site.transfer, "value": 1}
+        priority = "/api/v1/transfers/operations/priority"
+        assert carol.post(priority, data=bulk).status_code == 403
         assert carol.get("/destinations/alpha/running").status_code == 404
         assert carol.get(f"/transfers/{site.transfer}/progress").status_code == 404
         assert carol.get("/destinations/beta/running").status_code == 200
@@ -98,9 +146,13 @@ def test_a_selection_gets_one_operation_and_a_bad_one_a_message(site: Site) -> N
             assert label in page
         csrf = _csrf(admin, "/transfers")
 
-        def bulk(**fields: object) -> str:
-            answer = admin.post("/transfers/operations", data={"csrf": csrf, **fields})
+        def bulk(operation: str, **fields: object) -> str:
+            answer = admin.post(
+                f"/api/v1/transfers/operations/{operation}",
+                data={"csrf": csrf, "next": "/transfers?destination=alpha", **fields},
+            )
             assert answer.status_code == 303, answer.text
+            assert answer.headers["location"].startswith("/transfers?destination=alpha&message=")
             shown = admin.get(answer.headers["location"])
             assert shown.status_code == 200
             found = re.search(r'<p class="message">([^<]*)</p>', shown.text)
@@ -119,7 +171,10 @@ def test_a_selection_gets_one_operation_and_a_bad_one_a_message(site: Site) -> N
         assert bulk(operation="priority", value="²", **one) == (
             "priority '²' is not a number from 0 (urgent) to 99"
         )
-        assert bulk(operation="hold", **one).startswith("unknown operation 'hold': use one of")
+        assert bulk(operation="hold", **one) == "hold is not a transfer operation"
+        assert bulk(operation="extend", value="soon", **one) == (
+            "extend 'soon' is not a number of seconds"
+        )
         assert bulk(operation="priority", **one) == (
             "priority '' is not a number from 0 (urgent) to 99"
         )

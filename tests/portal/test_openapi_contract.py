@@ -230,6 +230,11 @@ LEGITIMATE: dict[tuple[str, str], tuple[list[int], str]] = {
         [422],
         "priority takes a value from 0 to 99, extend a positive number of seconds",
     ),
+    ("POST", "/api/v1/transfers/operations/{operation}"): (
+        [422],
+        "at least one id (not required by the schema: a console form sends its ids in its"
+        " body); as for one transfer's operation",
+    ),
     **{
         (method, "/data/{path}"): (
             [400],

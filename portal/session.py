@@ -1,4 +1,8 @@
-"""The console's login session: a signed cookie naming the user, with its CSRF token.
+"""The browser's login session: a signed cookie naming the user, with its CSRF token.
+
+The console's pages read it, and so does the REST API (`ecpds.portal.api.deps`): the
+console's forms post to the same API routes the CLI calls, the cookie standing in for
+HTTP Basic and the form's token guarding against cross-site requests.
 
 The signing key is derived from the secret key (`CredentialBox.internal_password`), so it
 is never stored and every portal process holding the key reads the same cookies.
@@ -13,6 +17,9 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from fastapi.responses import RedirectResponse
 
 from ecpds.core.secrets import CredentialBox
 
@@ -81,3 +88,16 @@ class Signer:
 
 def same_token(sent: object, expected: str | None) -> bool:
     return isinstance(sent, str) and expected is not None and hmac.compare_digest(sent, expected)
+
+
+def local_path(target: str) -> str:
+    """Only a path of this site is followed after a login or a form (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") else "/"
+
+
+def back_to(target: str, message: str) -> RedirectResponse:
+    """A 303 to the console page `target` (a local path, with its query), showing `message`."""
+    parts = urlsplit(local_path(target))
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "message"]
+    query.append(("message", message))
+    return RedirectResponse(urlunsplit(parts._replace(query=urlencode(query))), 303)
