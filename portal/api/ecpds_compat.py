@@ -22,13 +22,17 @@ class DestinationName(BaseModel):
 
 
 class DestinationList(BaseModel):
-    """OpenECPDS's answer, field names as Aviso reads them."""
+    """OpenECPDS's answer, field names as Aviso reads them. An unknown user is a 200 with
+    no destinations, `success: "no"` and the `error`: Aviso's Python server refuses on
+    that `success` and shows the error, its Rust server reads only the (empty) list, and
+    neither takes it for an ECPDS server down, as it would a 404."""
 
     destinationList: list[DestinationName]
-    success: Literal["yes"] = "yes"
+    success: Literal["yes", "no"] = "yes"
+    error: str | None = None
 
 
-@router.get("/list", responses=refusals(403, 404))
+@router.get("/list", responses=refusals(403), response_model_exclude_none=True)
 def destination_list(
     session: SessionDep,
     caller: UserDep,
@@ -38,7 +42,9 @@ def destination_list(
     user only about itself."""
     if not caller.admin and id != caller.name:
         raise Denied(f"user {caller.name!r} may list only its own destinations, not {id!r}'s")
-    user = catalog.get_user(session, name=id)
+    user = catalog.find_user(session, name=id)
+    if user is None:
+        return DestinationList(destinationList=[], success="no", error=f"unknown user {id!r}")
     # A deactivated user reaches nothing, though its links to destinations are kept.
     names = access.user_destinations(session, user=user) if user.active else []
     return DestinationList(destinationList=[DestinationName(name=name) for name in names])

@@ -98,6 +98,14 @@ def test_a_wrong_password_is_refused(portal: Portal) -> None:
     one_line(httpx.get(portal.url, params={"id": "dana"}, verify=False, timeout=30), 401)
 
 
-def test_an_unknown_user_is_not_found_and_a_missing_id_is_one_line(portal: Portal) -> None:
-    assert "ghost" in one_line(ask(portal, portal.admin, id="ghost"), 404)
+def test_an_unknown_user_has_no_destinations_and_a_missing_id_is_one_line(
+    portal: Portal,
+) -> None:
+    unknown = ask(portal, portal.admin, id="ghost")
+    assert unknown.status_code == 200
+    assert unknown.json() == {
+        "destinationList": [],
+        "success": "no",
+        "error": "unknown user 'ghost'",
+    }
     assert "id" in one_line(ask(portal, portal.admin), 422)
