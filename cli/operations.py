@@ -34,6 +34,7 @@ TRANSFER_COLUMNS = (
 
 Destination = Annotated[str, typer.Argument(help="destination name")]
 TransferId = Annotated[int, typer.Argument(help="transfer id")]
+TransferIds = Annotated[list[int], typer.Argument(help="transfer ids (one or more)")]
 
 
 def _destination_op(ctx: typer.Context, name: str, operation: str, **params: object) -> None:
@@ -44,6 +45,21 @@ def _destination_op(ctx: typer.Context, name: str, operation: str, **params: obj
 def _transfer_op(ctx: typer.Context, id: int, operation: str, value: int | None = None) -> None:
     state_of(ctx).client().post(f"/transfers/{id}/operations/{operation}", params={"value": value})
     typer.echo(f"{operation}: sent for transfer {id}")
+
+
+def _transfers_op(ctx: typer.Context, ids: list[int], operation: str) -> None:
+    """One transfer as `_transfer_op`; several in one call of the selection's route, each
+    refusal told on stderr (exit code 1 if any)."""
+    if len(ids) == 1:
+        _transfer_op(ctx, ids[0], operation)
+        return
+    answer = state_of(ctx).client().post(f"/transfers/operations/{operation}", params={"id": ids})
+    sent, refused = answer["sent"], answer["refused"]
+    typer.echo(f"{operation}: sent for {len(sent)} of {len(sent) + len(refused)} transfers")
+    for refusal in refused:
+        typer.echo(f"error: {refusal['detail']}", err=True)
+    if refused:
+        raise typer.Exit(1)
 
 
 @scheduler_app.command()
@@ -131,30 +147,30 @@ def progress_text(record: dict[str, Any]) -> str:
 
 @transfer_app.command()
 @reports_errors
-def requeue(ctx: typer.Context, id: TransferId) -> None:
-    """Queue a transfer again (a finished one is sent again)."""
-    _transfer_op(ctx, id, "requeue")
+def requeue(ctx: typer.Context, ids: TransferIds) -> None:
+    """Queue transfers again (finished ones are sent again)."""
+    _transfers_op(ctx, ids, "requeue")
 
 
 @transfer_app.command()
 @reports_errors
-def stop(ctx: typer.Context, id: TransferId) -> None:
-    """Stop a transfer for good (STOP)."""
-    _transfer_op(ctx, id, "stop")
+def stop(ctx: typer.Context, ids: TransferIds) -> None:
+    """Stop transfers for good (STOP)."""
+    _transfers_op(ctx, ids, "stop")
 
 
 @transfer_app.command()
 @reports_errors
-def interrupt(ctx: typer.Context, id: TransferId) -> None:
-    """Interrupt a transfer (INTR); `requeue` sends it again."""
-    _transfer_op(ctx, id, "interrupt")
+def interrupt(ctx: typer.Context, ids: TransferIds) -> None:
+    """Interrupt transfers (INTR); `requeue` sends them again."""
+    _transfers_op(ctx, ids, "interrupt")
 
 
 @transfer_app.command("schedule-now")
 @reports_errors
-def schedule_now(ctx: typer.Context, id: TransferId) -> None:
-    """Start a scheduled transfer now instead of at its time."""
-    _transfer_op(ctx, id, "schedule-now")
+def schedule_now(ctx: typer.Context, ids: TransferIds) -> None:
+    """Start scheduled transfers now instead of at their time."""
+    _transfers_op(ctx, ids, "schedule-now")
 
 
 @transfer_app.command()
@@ -181,6 +197,6 @@ def extend(
 
 @transfer_app.command()
 @reports_errors
-def delete(ctx: typer.Context, id: TransferId) -> None:
-    """Delete a transfer (running ones are interrupted first)."""
-    _transfer_op(ctx, id, "delete")
+def delete(ctx: typer.Context, ids: TransferIds) -> None:
+    """Delete transfers (running ones are interrupted first)."""
+    _transfers_op(ctx, ids, "delete")

@@ -112,3 +112,10 @@ async def test_operations_over_rest_and_cli(dissemination: Dissemination, portal
     assert code == 0 and '"status": "DONE"' in output
     code, output = await asyncio.to_thread(portal.cli, "transfer", "stop", "999999")
     assert code == 1 and "transfer 999999 does not exist" in output
+    # Several ids go in one call of the selection's route; each refusal is told.
+    code, output = await asyncio.to_thread(
+        portal.cli, "transfer", "stop", str(slow), "999999", "999999"
+    )
+    assert code == 1, output
+    assert "stop: sent for 1 of 2 transfers" in output
+    assert output.count("transfer 999999 does not exist") == 1
