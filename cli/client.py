@@ -124,6 +124,13 @@ def api_login(settings: Settings) -> tuple[str, str, str] | None:
     on first start; None when neither has them (a token may still do for the REST API)."""
     if settings.api_password:
         return settings.api_user, settings.api_password, f"the credentials of '{settings.api_user}'"
+    if settings.admin_password_file is not None:
+        try:
+            password = settings.admin_password()
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        assert password is not None
+        return "admin", password, f"the password of 'admin' in {settings.admin_password_file}"
     admin_file = settings.admin_file
     if admin_file.is_file():
         try:

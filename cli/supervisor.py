@@ -316,6 +316,8 @@ def _openapi_answers(schema_url: str) -> bool:
 
 
 def _admin_note(settings: Settings, first_start: bool) -> str:
+    if settings.admin_password_file is not None:
+        return f"the password in {settings.admin_password_file}"
     admin_file = settings.admin_file.resolve()
     if first_start and admin_file.is_file():
         with contextlib.suppress(OSError, tomllib.TOMLDecodeError, KeyError):

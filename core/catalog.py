@@ -800,15 +800,19 @@ def create_token(session: Session, *, user: DataUser, label: str = "") -> str:
 
 
 def bootstrap_admin(engine: Engine, settings: Settings) -> str | None:
-    """On first start, create user "admin" with a random password kept in var/admin.toml."""
+    """On first start, create user "admin": with the password of admin_password_file, or
+    a random one kept in var/admin.toml. The password when admin is made, else None."""
+    given = settings.admin_password()
     with session_scope(engine) as session:
         if find_user(session, name="admin") is not None:
             return None
-        password = new_password()
+        password = given or new_password()
         create_user(
             session,
             data=DataUserCreate(name="admin", admin=True, password=password),
         )
+        if given is not None:
+            return password
         path = settings.admin_file
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".part")

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,6 +22,17 @@ CONFIG_ENV = "ECPDS_CONFIG"
 # worker started in code (tests, embedding) serves no metrics unless asked.
 WORKER_METRICS_PORT = 9464
 WORKER_SDK_METRICS_PORT = 9465
+
+
+def passive_range(text: str) -> range:
+    """The ports of "FIRST-LAST" (both included, 1024 to 65535)."""
+    first, dash, last = text.strip().partition("-")
+    if not (dash and first.isdecimal() and last.isdecimal()):
+        raise ValueError(f"{text!r} is not a port range FIRST-LAST, such as 4100-4119")
+    low, high = int(first), int(last)
+    if not 1024 <= low <= high <= 65535:
+        raise ValueError(f"{text!r}: the ports must go up, within 1024 to 65535")
+    return range(low, high + 1)
 
 
 class Settings(BaseSettings):
@@ -43,6 +54,12 @@ class Settings(BaseSettings):
         " (e.g. endpoint_url, client_kwargs); their keys go in store_credentials_file",
     )
     secret_key_file: Path | None = Field(default=None, description="Fernet key for credentials")
+    admin_password_file: Path | None = Field(
+        default=None,
+        description="the password of user admin, from a file (a mounted Secret): given to"
+        " admin on first start instead of a random one written to admin.toml, and used by"
+        " the CLI",
+    )
     store_credentials_file: Path | None = Field(
         default=None,
         description="store locations' keys, sealed with the secret key (`ecpds store"
@@ -97,6 +114,11 @@ class Settings(BaseSettings):
     public_host: str = "127.0.0.1"
     https_port: int = 4443
     ftp_port: int = 4021
+    ftp_passive_ports: str = Field(
+        default="",
+        description="FIRST-LAST: the ports passive FTP offers for data channels, to publish"
+        " beside ftp_port from a container or behind a firewall; empty: any free port",
+    )
     sftp_port: int = 4022
     s3_port: int = 4080
     mqtt_port: int = 4883
@@ -156,6 +178,17 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
 
+    @field_validator("ftp_passive_ports")
+    @classmethod
+    def _passive_ports(cls, value: str) -> str:
+        if value.strip():
+            passive_range(value)
+        return value.strip()
+
+    @property
+    def ftp_passive_range(self) -> range | None:
+        return passive_range(self.ftp_passive_ports) if self.ftp_passive_ports else None
+
     # Derived locations: one place decides where state lives.
     @property
     def catalog_url(self) -> str:
@@ -180,6 +213,20 @@ class Settings(BaseSettings):
     @property
     def cert_key_file(self) -> Path:
         return self.tls_key or self.home / "tls" / "key.pem"
+
+    def admin_password(self) -> str | None:
+        """The password in admin_password_file (None without one); ValueError, one line,
+        if it cannot be read or is too short."""
+        path = self.admin_password_file
+        if path is None:
+            return None
+        try:
+            password = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"admin_password_file {path}: {exc.strerror}") from None
+        if len(password) < 8:
+            raise ValueError(f"admin_password_file {path}: the password needs 8 characters")
+        return password
 
     @property
     def admin_file(self) -> Path:

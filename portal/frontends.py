@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from ecpds.portal.base import Portal, cannot_listen, serve_asgi
-from ecpds.portal.ftp import serve_ftp_until
+from ecpds.portal.ftp import passive_address, serve_ftp_until
 from ecpds.portal.s3.app import S3Gateway
 from ecpds.portal.sftp import serve_sftp_until
 from ecpds.portal.tls import ensure_certificate
@@ -49,10 +49,16 @@ async def serve_ftp(portal: Portal, stop: asyncio.Event) -> None:
     """FTP with explicit FTPS (AUTH TLS) on settings.ftp_port."""
     settings = portal.settings
     certificate = await asyncio.to_thread(ensure_certificate, settings)
-    masquerade = settings.public_host if settings.public_host != settings.bind else None
+    masquerade = await asyncio.to_thread(passive_address, settings.public_host, settings.bind)
     try:
         await serve_ftp_until(
-            portal_fs(portal), settings.bind, settings.ftp_port, certificate, stop, masquerade
+            portal_fs(portal),
+            settings.bind,
+            settings.ftp_port,
+            certificate,
+            stop,
+            masquerade,
+            settings.ftp_passive_range,
         )
     except OSError as exc:
         raise cannot_listen("FTP", settings.bind, settings.ftp_port, exc) from None

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
+import socket
 import ssl
 import stat as statmod
 import threading
@@ -495,6 +497,27 @@ def data_channel_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
     return context
 
 
+def passive_address(public_host: str, bind: str) -> str | None:
+    """The IPv4 address PASV replies name when clients reach the portal by another address
+    than it binds (a container, NAT): public_host's, resolved if it is a name, since a PASV
+    reply carries numbers only. None keeps the bound address, as does a name that does not
+    resolve (said in the log; EPSV, which names no address, still works)."""
+    if public_host == bind:
+        return None
+    try:
+        return str(ipaddress.IPv4Address(public_host))
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(public_host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        log.warning(
+            "FTP: public_host %r has no IPv4 address for PASV replies: %s", public_host, exc
+        )
+        return None
+    return str(found[0][4][0])
+
+
 def build_server(
     fs: PortalFS,
     loop: asyncio.AbstractEventLoop,
@@ -503,8 +526,10 @@ def build_server(
     *,
     certificate: tuple[Path, Path] | None = None,
     masquerade: str | None = None,
+    passive_ports: range | None = None,
 ) -> ThreadedFTPServer:
-    """An FTP server (with AUTH TLS when given a certificate) not yet serving."""
+    """An FTP server (with AUTH TLS when given a certificate) not yet serving; passive
+    data channels on `passive_ports` (any free port if None)."""
     filesystem = type("BoundPortalFTPFS", (PortalFTPFS,), {"portal_fs": fs, "loop": loop})
     base = TLS_FTPHandler if certificate else FTPHandler
     attributes: dict[str, Any] = {
@@ -514,6 +539,7 @@ def build_server(
         "dtp_handler": PortalDTPHandler,
         "banner": "ecpds data portal",
         "masquerade_address": masquerade,
+        "passive_ports": list(passive_ports) if passive_ports else None,
         "principal": None,
         "ftp_MLSD": _ftp_mlsd,
     }
@@ -553,10 +579,19 @@ async def serve_ftp_until(
     certificate: tuple[Path, Path],
     stop: asyncio.Event,
     masquerade: str | None = None,
+    passive_ports: range | None = None,
 ) -> None:
     """Serve FTP/FTPS until `stop` is set."""
     loop = asyncio.get_running_loop()
-    server = build_server(fs, loop, host, port, certificate=certificate, masquerade=masquerade)
+    server = build_server(
+        fs,
+        loop,
+        host,
+        port,
+        certificate=certificate,
+        masquerade=masquerade,
+        passive_ports=passive_ports,
+    )
     halt = threading.Event()
     thread = run_in_thread(server, halt)
     try:

@@ -16,7 +16,7 @@ from ecpds.core.secrets import CredentialBox, load_or_create_key
 from ecpds.core.settings import Settings
 from ecpds.core.store import open_store
 from ecpds.portal.api.app import create_app
-from ecpds.portal.base import Portal, PortalServer, serve_asgi
+from ecpds.portal.base import Portal, PortalError, PortalServer, serve_asgi
 from ecpds.portal.frontends import serve_ftp, serve_s3, serve_sftp
 from ecpds.portal.mqtt import serve_mqtt
 
@@ -46,9 +46,13 @@ def open_portal(settings: Settings) -> Portal:
     engine = open_catalog(settings.catalog_url)
     store = open_store(settings)
     box = CredentialBox(load_or_create_key(settings.key_file))
-    password = bootstrap_admin(engine, settings)
+    try:
+        password = bootstrap_admin(engine, settings)
+    except ValueError as exc:
+        raise PortalError(" ".join(str(exc).split())) from None
     if password is not None:
-        log.warning("created user admin; its password is in %s", settings.admin_file)
+        where = settings.admin_password_file or settings.admin_file
+        log.warning("created user admin; its password is in %s", where)
     app = create_app(settings, engine=engine, store=store)
     return Portal(settings=settings, engine=engine, store=store, box=box, app=app)
 

@@ -124,10 +124,15 @@ def render(folder: Path) -> list[Doc]:
     return docs
 
 
-def containers(docs: list[Doc]) -> Iterator[Doc]:
+def pods(docs: list[Doc]) -> Iterator[Doc]:
     for doc in docs:
         if doc["kind"] in ("Deployment", "Job"):
-            yield from doc["spec"]["template"]["spec"]["containers"]
+            yield doc["spec"]["template"]["spec"]
+
+
+def containers(docs: list[Doc]) -> Iterator[Doc]:
+    for pod in pods(docs):
+        yield from pod["containers"]
 
 
 @cache
@@ -232,10 +237,17 @@ def test_each_role_has_a_worker_scaled_on_its_task_queue(build: str) -> None:
             "port": "https",
             "scheme": "HTTPS",
         }
+    passive = Settings(ftp_passive_ports=settings["ECPDS_FTP_PASSIVE_PORTS"]).ftp_passive_range
+    assert passive is not None
     assert {p["containerPort"] for p in portal["ports"]} == {
         getattr(Settings(), f"{door}_port")
         for door in ("https", "s3", "ftp", "sftp", "mqtt", "mqtts", "mqtt_ws")
-    }
+    } | set(passive)
+    # The doors' LoadBalancer publishes every door but HTTPS (the Ingress's), passive
+    # FTP's data ports included.
+    doors = by_kind(docs, "Service")["ecpds-portal-doors"]["spec"]["ports"]
+    published = {p["containerPort"] for p in portal["ports"] if p["name"] != "https"}
+    assert {door["port"] for door in doors} == published
 
 
 def test_production_scales_up_and_keeps_pods_available() -> None:
@@ -260,10 +272,25 @@ def test_no_secret_value_is_in_the_manifests() -> None:
     for build in BUILDS:
         _, docs = built(build)
         assert not by_kind(docs, "Secret")
-        for container in containers(docs):
-            for variable in container.get("env", []):
-                if re.search(r"PASSWORD|SECRET_ACCESS|DATABASE_URL", variable["name"]):
-                    assert "secretKeyRef" in variable.get("valueFrom", {}), variable
+        for pod in pods(docs):
+            secrets = {
+                mount["mountPath"]
+                for container in pod["containers"]
+                for mount in container.get("volumeMounts", [])
+                if any(
+                    volume["name"] == mount["name"] and "secret" in volume
+                    for volume in pod.get("volumes", [])
+                )
+            }
+            for container in pod["containers"]:
+                for variable in container.get("env", []):
+                    name = variable["name"]
+                    if not re.search(r"PASSWORD|SECRET_ACCESS|DATABASE_URL", name):
+                        continue
+                    if name.endswith("_FILE"):  # a path: into a mounted Secret
+                        assert any(variable["value"].startswith(f"{m}/") for m in secrets)
+                    else:
+                        assert "secretKeyRef" in variable.get("valueFrom", {}), variable
 
 
 @pytest.mark.skipif(kustomize_command() is None, reason="no kustomize or kubectl binary")

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
+from ecpds.cli.client import api_login
 from ecpds.core import access, catalog, errors
 from ecpds.core.db import session_scope
 from ecpds.core.errors import Unauthenticated
@@ -133,6 +134,28 @@ def test_bootstrap_admin_once(engine: Engine, tmp_path: Path) -> None:
     assert catalog.bootstrap_admin(engine, settings) is None
     with Session(engine) as session:
         assert access.password_user(session, name="admin", password=password).admin
+
+
+def test_bootstrap_admin_takes_a_mounted_password(engine: Engine, tmp_path: Path) -> None:
+    """Kubernetes mounts the first admin's password from a Secret: admin gets it, no
+    admin.toml is written, and the CLI logs in with it."""
+    secret = tmp_path / "admin-password"
+    settings = Settings(home=tmp_path / "var", admin_password_file=secret)
+    with pytest.raises(ValueError, match="admin-password: No such file"):
+        catalog.bootstrap_admin(engine, settings)
+    secret.write_text("short\n")
+    with pytest.raises(ValueError, match="needs 8 characters"):
+        catalog.bootstrap_admin(engine, settings)
+    secret.write_text("a mounted secret\n")
+    assert catalog.bootstrap_admin(engine, settings) == "a mounted secret"
+    assert not settings.admin_file.exists()
+    with Session(engine) as session:
+        assert access.password_user(session, name="admin", password="a mounted secret").admin
+    assert api_login(settings) == (
+        "admin",
+        "a mounted secret",
+        f"the password of 'admin' in {secret}",
+    )
 
 
 def test_ingest_limits_leave_nothing_behind(engine: Engine, store: Store) -> None:

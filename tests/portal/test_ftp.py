@@ -7,17 +7,21 @@ import io
 import os
 import socket
 import ssl
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from sqlmodel import select
 
 from ecpds.core.db import session_scope
+from ecpds.core.devserver import free_port, wait_for_port
 from ecpds.core.models import DataFile, DataTransfer, TransferStatus
+from ecpds.core.settings import Settings
 from ecpds.portal import ftp as ftp_module
 
-from .conftest import ALICE_PASSWORD, BOB_PASSWORD, Portal
+from .conftest import ALICE_PASSWORD, BOB_PASSWORD, LoopThread, Portal
 
 
 @pytest.fixture
@@ -152,3 +156,55 @@ def test_a_listing_does_not_hide_another_sessions_change_for_long(
     finally:
         reader.quit()
         writer.quit()
+
+
+def test_passive_data_channels_use_the_configured_ports(
+    portal: Portal, loop_thread: LoopThread, certificate: tuple[Path, Path]
+) -> None:
+    """A container publishes ftp_port and the passive range only: every data channel,
+    plain and TLS, must be on one of those ports."""
+    passive = free_port()
+    wanted = Settings(ftp_passive_ports=f" {passive}-{passive} ").ftp_passive_range
+    assert wanted == range(passive, passive + 1)
+    port = free_port()
+    server = ftp_module.build_server(
+        portal.fs,
+        loop_thread.loop,
+        "127.0.0.1",
+        port,
+        certificate=certificate,
+        passive_ports=wanted,
+    )
+    stop = threading.Event()
+    thread = ftp_module.run_in_thread(server, stop)
+    try:
+        wait_for_port("127.0.0.1", port, timeout=20)
+        for tls in (False, True):
+            ftp = login(port, "alice", ALICE_PASSWORD, tls)
+            try:
+                assert ftp.makepasv()[1] == passive
+                ftp.storbinary("STOR alpha/passive.bin", io.BytesIO(b"p" * 1000))
+                assert ftp.size("alpha/passive.bin") == 1000
+                assert ftp.nlst("alpha") == ["passive.bin"]
+                ftp.delete("alpha/passive.bin")
+            finally:
+                ftp.quit()
+    finally:
+        stop.set()
+        thread.join(15)
+
+
+@pytest.mark.parametrize("text", ["4100", "4100-", "x-4101", "4101-4100", "80-90", "4100-70000"])
+def test_a_bad_passive_range_is_one_line(text: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(ftp_passive_ports=text)
+    message = refused.value.errors()[0]["msg"]
+    assert repr(text) in message and "\n" not in message
+
+
+def test_pasv_replies_name_the_public_host_by_its_address() -> None:
+    """A PASV reply carries an IPv4 address in numbers: a public_host that is a name (as
+    in the compose and Kubernetes settings) is resolved, not sent as is."""
+    assert ftp_module.passive_address("127.0.0.1", "127.0.0.1") is None  # nothing to mask
+    assert ftp_module.passive_address("192.0.2.7", "0.0.0.0") == "192.0.2.7"
+    assert ftp_module.passive_address("localhost", "0.0.0.0") == "127.0.0.1"
