@@ -363,7 +363,10 @@ def service_table(
         port = getattr(settings, attr)
         if answers(settings.public_host, port):
             address = f"{scheme}{settings.public_host}:{port}"
-            table.add_row(label, address, f"ECPDS_{attr.upper()}")
+            note = f"ECPDS_{attr.upper()}"
+            if attr == "ftp_port" and settings.ftp_passive_ports:
+                note += f"; passive data ports {settings.ftp_passive_ports}"
+            table.add_row(label, address, note)
     catalog = make_url(settings.catalog_url).render_as_string(hide_password=True)
     table.add_row("Catalog", catalog, "")
     table.add_row("Store", ", ".join(settings.store_urls), "")
