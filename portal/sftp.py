@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import asyncssh
+import asyncssh.connection
 import asyncssh.mac
 from asyncssh import SFTPAttrs, SFTPName
-from asyncssh.constants import FXP_WRITE
-from asyncssh.packet import SSHPacket, UInt64
+from asyncssh.constants import FXP_WRITE, MSG_IGNORE
+from asyncssh.packet import SSHPacket, String, UInt64
 from asyncssh.sftp import SFTPServerHandler
 
 from ecpds.core.access import Principal
@@ -134,6 +135,29 @@ class _KeyedUMAC(asyncssh.mac.MAC):
 for _alg, (_handler, _size, _args) in list(asyncssh.mac._mac_handler.items()):
     if _handler is asyncssh.mac._UMAC:
         asyncssh.mac._mac_handler[_alg] = (_KeyedUMAC, _size, _args)
+
+
+# Before every packet after the key exchange, asyncssh sends an empty SSH_MSG_IGNORE: a
+# guard for CBC ciphers (their next IV is the last block sent), which the door does not
+# offer (CIPHERS: GCM and CTR only), and OpenSSH sends none. Each one costs an encryption,
+# a MAC and a socket write per 32 KiB data packet; the door's server connections skip it.
+# Ignore packets with a payload still go out.
+_EMPTY = String(b"")
+_send_packet = asyncssh.connection.SSHServerConnection.send_packet
+
+
+def _send_packet_without_empty_ignore(
+    self: asyncssh.connection.SSHServerConnection,
+    pkttype: int,
+    *args: bytes,
+    handler: Any = None,
+) -> None:
+    if pkttype == MSG_IGNORE and args == (_EMPTY,) and handler is None:
+        return
+    _send_packet(self, pkttype, *args, handler=handler)
+
+
+asyncssh.connection.SSHServerConnection.send_packet = _send_packet_without_empty_ignore  # type: ignore[method-assign,assignment]
 
 
 def load_host_key(path: Path) -> asyncssh.SSHKey:
