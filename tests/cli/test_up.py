@@ -555,19 +555,21 @@ def scaling_env(tmp_path: Path, temporal_server: str) -> dict[str, str]:
     }
 
 
-def queue_slow_sends(api: httpx.Client, remote: Path, count: int) -> list[int]:
-    """`count` files of 1.5 MiB to a host at 1 MiB/s: each a (not local) activity of 1.5 s."""
+def queue_slow_sends(api: httpx.Client, remote: Path, name: str, count: int) -> list[int]:
+    """`count` files of 1.5 MiB to destination `name` on a host at 1 MiB/s: each a (not
+    local) activity of 1.5 s. Each test names its own destination: a destination's
+    scheduler workflow is named after it, and Temporal is the same for every test."""
     host = {"name": "slow-h", "url": f"file://{remote}", "options": {"max_rate": 1 << 20}}
     made = api.post("/hosts", json=host)
     assert made.status_code == 201, made.text
     made = api.post(
-        "/destinations", json={"name": "slow", "hosts": ["slow-h"], "max_connections": 50}
+        "/destinations", json={"name": name, "hosts": ["slow-h"], "max_connections": 50}
     )
     assert made.status_code == 201, made.text
     data = b"d" * (3 << 19)
     transfers = []
     for n in range(count):
-        sent = api.post("/destinations/slow/files", params={"name": f"{n}.bin"}, content=data)
+        sent = api.post(f"/destinations/{name}/files", params={"name": f"{n}.bin"}, content=data)
         assert sent.status_code == 201, sent.text
         transfers += sent.json()["transfers"]
     return transfers
@@ -596,7 +598,7 @@ def test_workers_follow_the_backlog(tmp_path: Path, temporal_server: str) -> Non
         assert "1..3 workers by backlog" in running.output
         remote = tmp_path / "remote"
         with running.admin() as api:
-            transfers = queue_slow_sends(api, remote, 40)
+            transfers = queue_slow_sends(api, remote, "slow", 40)
             started = time.monotonic()
             deadline = started + 120
             while set(read_pids(running.home)) != running.services | {"worker-2", "worker-3"}:
@@ -641,11 +643,11 @@ def test_each_role_follows_its_own_backlog(tmp_path: Path, temporal_server: str)
         remote = tmp_path / "remote"
         grown = running.services | {"worker-dissemination-2", "worker-dissemination-3"}
         with running.admin() as api:
-            transfers = queue_slow_sends(api, remote, 24)
+            transfers = queue_slow_sends(api, remote, "slow-by-role", 24)
             started = time.monotonic()
             deadline = started + 120
             while not grown <= seen:
-                assert time.monotonic() < deadline, read_pids(running.home)
+                assert time.monotonic() < deadline, sorted(seen)
                 seen |= set(read_pids(running.home))
                 time.sleep(0.2)
             timings["to 3 dissemination workers"] = time.monotonic() - started
@@ -658,6 +660,7 @@ def test_each_role_follows_its_own_backlog(tmp_path: Path, temporal_server: str)
             timings["back to 1 dissemination worker"] = time.monotonic() - started
     finally:
         rest = stop(running)
+        print(rest)
     print(f"scaling times (s): {timings}")
     assert seen == grown  # no second acquisition (or auxiliary) worker, ever
     assert "scaled to 3 dissemination workers: backlog " in rest
