@@ -148,7 +148,7 @@ class WorkerPool:
         pid = self.workers[0].pid
         if self.per_role:
             return f"Worker {self.roles[0]}", f"{count}task queue {queues}, pid {pid}"
-        count = count if self.bounds.high > 1 else ""
+        count = count if self.bounds.high > 1 else ""  # the plain `ecpds up`: one worker
         return "Worker", f"{count}task queues {queues}, pid {pid}"
 
 
