@@ -158,20 +158,26 @@ def token(
 def up(
     ctx: typer.Context,
     workers: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="worker processes: a count, or MIN..MAX to follow the task queues' backlog"
-            " (one more per worker_scale_backlog waiting tasks)"
+            " (one more per worker_scale_backlog waiting tasks), each running every role;"
+            " or a count or range by role, such as dissemination=1..4,acquisition=1..2"
+            " (default: the workers setting, 1)",
+            show_default=False,
         ),
-    ] = "1",
+    ] = None,
 ) -> None:
     """Run everything: Temporal dev server (unless ECPDS_TEMPORAL_ADDRESS), workers, the portal."""
     state = state_of(ctx)
     from ecpds.cli import supervisor  # heavy: `put` and the look-ups start faster without
-    from ecpds.cli.autoscale import WorkerRange
+    from ecpds.cli.autoscale import parse_workers
 
-    bounds = WorkerRange.parse(workers)
-    raise typer.Exit(supervisor.up(state.settings, state.config, bounds))
+    if workers is None:
+        plan = parse_workers(state.settings.workers, "ECPDS_WORKERS")
+    else:
+        plan = parse_workers(workers)
+    raise typer.Exit(supervisor.up(state.settings, state.config, plan))
 
 
 @app.command()

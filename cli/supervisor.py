@@ -31,11 +31,10 @@ from ecpds.cli.resources import console
 from ecpds.cli.running import alive
 from ecpds.cli.temporal import setup_search_attributes
 from ecpds.core.devserver import DevServerError, dev_server_command, wait_for_temporal
-from ecpds.core.roles import role_queue
 from ecpds.core.settings import Settings, with_worker_metrics
 
 if TYPE_CHECKING:
-    from ecpds.cli.autoscale import WorkerRange
+    from ecpds.cli.autoscale import WorkerPlan, WorkerPools
 
 STARTUP_SECONDS = 180.0  # the first start migrates the catalog and hashes the admin password
 GRACE_SECONDS = 20.0  # after SIGTERM, before SIGKILL (and a worker's own grace)
@@ -327,7 +326,7 @@ def _admin_note(settings: Settings, first_start: bool) -> str:
 
 
 def service_table(
-    settings: Settings, supervisor: Supervisor, workers: WorkerRange, first_start: bool
+    settings: Settings, supervisor: Supervisor, workers: WorkerPools, first_start: bool
 ) -> Table:
     table = Table(title=f"ecpds in {supervisor.home}")
     for column in ("service", "address", "notes"):
@@ -341,11 +340,9 @@ def service_table(
             f"dev server, SQLite {supervisor.home / 'temporal.db'}",
         )
         table.add_row("Temporal UI", f"http://127.0.0.1:{settings.temporal_ui_port}", "Web UI")
-    worker_pid = supervisor.pids["worker"]
-    queues = ", ".join(role_queue(settings.task_queue, role) for role in settings.worker_roles)
-    by_backlog = " by backlog" if workers.scales else ""
-    count = f"{workers} workers{by_backlog}, " if workers.high > 1 else ""
-    table.add_row("Worker", "", f"{count}task queues {queues}, pid {worker_pid}")
+    for pool in workers.pools:
+        service, notes = pool.description()
+        table.add_row(service, "", notes)
     worker = with_worker_metrics(settings)
     for label, attr in WORKER_METRICS:
         port = getattr(worker, attr)
@@ -409,9 +406,9 @@ def child_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ecpds.cli.main", *args]
 
 
-def up(settings: Settings, config: Path | None, workers: WorkerRange) -> int:
+def up(settings: Settings, config: Path | None, workers: WorkerPlan) -> int:
     """Start everything, print the service table, and supervise until told to stop."""
-    from ecpds.cli.autoscale import WorkerPool  # it imports this module
+    from ecpds.cli.autoscale import WorkerPools  # it imports this module
 
     previous = read_pids(pid_file(settings))
     if previous.get("up") and alive(previous["up"]):
@@ -445,7 +442,7 @@ def up(settings: Settings, config: Path | None, workers: WorkerRange) -> int:
     stop = Stop()
     stop.install()
     supervisor = Supervisor(settings, stop)
-    pool = WorkerPool(supervisor, settings, workers)
+    pools = WorkerPools.planned(supervisor, settings, workers)
     try:
         with console.status("starting", spinner="dots") as status:
             if embedded:
@@ -468,13 +465,13 @@ def up(settings: Settings, config: Path | None, workers: WorkerRange) -> int:
                 if stop:
                     return 0
             status.update("starting the worker and the portal")
-            pool.start()
+            pools.start()
             portal = supervisor.start("portal", child_command("portal"))
             supervisor.wait_for(portal, settings.public_host, settings.https_port)
             if stop:
                 return 0
             supervisor.check_children()
-            table = service_table(settings, supervisor, workers, first_start)
+            table = service_table(settings, supervisor, pools, first_start)
             running.record(settings, supervisor.pids["up"], state_notes(settings))
         console.print(table)
         console.print("ready: Ctrl-C or `ecpds down` stops everything")
@@ -482,13 +479,13 @@ def up(settings: Settings, config: Path | None, workers: WorkerRange) -> int:
         while not stop:
             supervisor.keep_children()
             supervisor.reap_retired()
-            pool.scale(time.monotonic())
+            pools.scale(time.monotonic())
             sys.stdout.flush()
             time.sleep(0.5)
         console.print(f"{stop.signal_name}: stopping {', '.join(supervisor.pids)}")
         return 0
     finally:
-        pool.close()
+        pools.close()
         supervisor.terminate()
         stop.restore()
         sys.stdout.flush()

@@ -33,7 +33,8 @@ async def queue_backlog(client: Client, namespace: str, task_queue: str) -> int:
 
 async def role_backlogs(
     client: Client, namespace: str, task_queue: str, roles: list[Role]
-) -> dict[str, int]:
-    """The backlog of the task queues of `roles`, by queue name."""
-    queues = [role_queue(task_queue, role) for role in roles]
-    return {queue: await queue_backlog(client, namespace, queue) for queue in queues}
+) -> dict[Role, int]:
+    """The backlog of the task queue of each of `roles`."""
+    return {
+        role: await queue_backlog(client, namespace, role_queue(task_queue, role)) for role in roles
+    }

@@ -92,11 +92,18 @@ class Settings(BaseSettings):
     worker_slots: int = Field(
         default=64, gt=0, description="each kind of task a worker runs at once (fixed tuner)"
     )
+    workers: str = Field(
+        default="1",
+        coerce_numbers_to_str=True,  # `workers = 2` in the settings file
+        description="`ecpds up`'s workers unless --workers is given: a count or MIN..MAX of"
+        " workers running every role, or ROLE=RANGE,... (dissemination=1..4,acquisition=1..2)"
+        " for a pool of each role",
+    )
     worker_scale_backlog: int = Field(
         default=100,
         gt=0,
         description="`ecpds up --workers MIN..MAX`: one worker more for each this many tasks"
-        " waiting on the task queues",
+        " waiting on the task queues (of its role, with ranges by role)",
     )
     worker_scale_in_after: float = Field(
         default=30.0,

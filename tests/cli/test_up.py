@@ -31,6 +31,7 @@ from ecpds.cli import supervisor as supervisor_module
 from ecpds.cli.client import CliError
 from ecpds.cli.main import app
 from ecpds.core.devserver import free_port
+from ecpds.core.roles import Role
 from ecpds.core.settings import Settings
 
 ECPDS = Path(sys.executable).parent / "ecpds"
@@ -81,6 +82,7 @@ class Running:
     env: dict[str, str]
     process: subprocess.Popen[str]
     output: str
+    workers: frozenset[str] = frozenset({"worker"})  # the names of the first workers
 
     def port(self, name: str) -> int:
         return int(self.env[f"ECPDS_{name.upper()}"])
@@ -88,7 +90,7 @@ class Running:
     @property
     def services(self) -> set[str]:
         embedded = "ECPDS_TEMPORAL_ADDRESS" not in self.env
-        return {"up", "worker", "portal"} | ({"temporal"} if embedded else set())
+        return {"up", "portal", *self.workers} | ({"temporal"} if embedded else set())
 
     @property
     def api(self) -> str:
@@ -538,56 +540,72 @@ def test_a_child_that_keeps_dying_stops_everything(
     )
 
 
-def test_workers_follow_the_backlog(tmp_path: Path, temporal_server: str) -> None:
-    """`ecpds up --workers 1..3` with two slots a worker: a backlog of slow sends starts
-    two more workers, which are stopped once it is gone; every transfer is DONE."""
+def scaling_env(tmp_path: Path, temporal_server: str) -> dict[str, str]:
+    """`ecpds up` on its own task queues (no other test's backlog) with two slots a
+    worker, one worker more per 4 waiting tasks and a 3 s scale-in wait."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECPDS_")}
     env |= {f"ECPDS_{name.upper()}": str(free_port()) for name in PORTS}
-    env |= {
+    return env | {
         "ECPDS_HOME": str(tmp_path / "var"),
         "ECPDS_TEMPORAL_ADDRESS": temporal_server,
-        "ECPDS_TASK_QUEUE": f"scale-{tmp_path.name}",  # no other test's backlog
+        "ECPDS_TASK_QUEUE": f"scale-{tmp_path.name}",
         "ECPDS_WORKER_SLOTS": "2",
         "ECPDS_WORKER_SCALE_BACKLOG": "4",
         "ECPDS_WORKER_SCALE_IN_AFTER": "3",
     }
-    running = start(tmp_path, env, "--workers", "1..3")
+
+
+def queue_slow_sends(api: httpx.Client, remote: Path, name: str, count: int) -> list[int]:
+    """`count` files of 1.5 MiB to destination `name` on a host at 1 MiB/s: each a (not
+    local) activity of 1.5 s. Each test names its own destination: a destination's
+    scheduler workflow is named after it, and Temporal is the same for every test."""
+    host = {"name": "slow-h", "url": f"file://{remote}", "options": {"max_rate": 1 << 20}}
+    made = api.post("/hosts", json=host)
+    assert made.status_code == 201, made.text
+    made = api.post(
+        "/destinations", json={"name": name, "hosts": ["slow-h"], "max_connections": 50}
+    )
+    assert made.status_code == 201, made.text
+    data = b"d" * (3 << 19)
+    transfers = []
+    for n in range(count):
+        sent = api.post(f"/destinations/{name}/files", params={"name": f"{n}.bin"}, content=data)
+        assert sent.status_code == 201, sent.text
+        transfers += sent.json()["transfers"]
+    return transfers
+
+
+def wait_until_done(api: httpx.Client, transfers: list[int], deadline: float) -> None:
+    """Every transfer DONE, none failing on the way."""
+    statuses: dict[int, str] = {}
+    while set(statuses.values()) != {"DONE"}:
+        assert time.monotonic() < deadline, statuses
+        shown = [api.get(f"/transfers/{t}").json() for t in transfers]
+        # A failed send leaves its error, even on a transfer queued (WAIT) again.
+        failed = [t for t in shown if t["last_error"] or t["status"] in ("FAIL", "RETR")]
+        assert not failed, failed
+        statuses = {t["id"]: t["status"] for t in shown}
+        time.sleep(0.5)
+
+
+def test_workers_follow_the_backlog(tmp_path: Path, temporal_server: str) -> None:
+    """`ecpds up --workers 1..3` with two slots a worker: a backlog of slow sends starts
+    two more workers, which are stopped once it is gone; every transfer is DONE."""
+    running = start(tmp_path, scaling_env(tmp_path, temporal_server), "--workers", "1..3")
     started = time.monotonic()
     timings = {}
     try:
         assert "1..3 workers by backlog" in running.output
         remote = tmp_path / "remote"
         with running.admin() as api:
-            host = {"name": "slow-h", "url": f"file://{remote}", "options": {"max_rate": 1 << 20}}
-            made = api.post("/hosts", json=host)
-            assert made.status_code == 201, made.text
-            made = api.post(
-                "/destinations", json={"name": "slow", "hosts": ["slow-h"], "max_connections": 50}
-            )
-            assert made.status_code == 201, made.text
-            data = b"d" * (3 << 19)  # 1.5 MiB: sent by a (not local) activity, in 1.5 s
-            transfers = []
-            for n in range(40):
-                sent = api.post(
-                    "/destinations/slow/files", params={"name": f"{n}.bin"}, content=data
-                )
-                assert sent.status_code == 201, sent.text
-                transfers += sent.json()["transfers"]
+            transfers = queue_slow_sends(api, remote, "slow", 40)
             started = time.monotonic()
             deadline = started + 120
             while set(read_pids(running.home)) != running.services | {"worker-2", "worker-3"}:
                 assert time.monotonic() < deadline, read_pids(running.home)
                 time.sleep(0.2)
             timings["to 3 workers"] = time.monotonic() - started
-            statuses: dict[int, str] = {}
-            while set(statuses.values()) != {"DONE"}:
-                assert time.monotonic() < deadline, statuses
-                shown = [api.get(f"/transfers/{t}").json() for t in transfers]
-                # A failed send leaves its error, even on a transfer queued (WAIT) again.
-                failed = [t for t in shown if t["last_error"] or t["status"] in ("FAIL", "RETR")]
-                assert not failed, failed
-                statuses = {t["id"]: t["status"] for t in shown}
-                time.sleep(0.5)
+            wait_until_done(api, transfers, deadline)
             timings["all done"] = time.monotonic() - started
             while set(read_pids(running.home)) != running.services:
                 assert time.monotonic() < deadline, read_pids(running.home)
@@ -602,6 +620,56 @@ def test_workers_follow_the_backlog(tmp_path: Path, temporal_server: str) -> Non
     assert sorted(p.name for p in remote.iterdir()) == sorted(f"{n}.bin" for n in range(40))
 
 
+def test_each_role_follows_its_own_backlog(tmp_path: Path, temporal_server: str) -> None:
+    """`--workers dissemination=1..3,acquisition=1..2,auxiliary=1`: a pool of
+    `ecpds worker --role R` per role. A backlog of slow sends on the dissemination queue
+    grows its pool to 3 and back to 1, while the acquisition pool, which could grow, keeps
+    its one worker; every transfer is DONE."""
+    env = scaling_env(tmp_path, temporal_server)
+    plan = "dissemination=1..3,acquisition=1..2,auxiliary=1"
+    running = start(tmp_path, env, "--workers", plan)
+    running.workers = frozenset(f"worker-{role}" for role in Role)
+    queue = env["ECPDS_TASK_QUEUE"]
+    started = time.monotonic()
+    timings = {}
+    seen: set[str] = set()  # every name the pids file listed
+    try:
+        assert f"1..3 workers by backlog, task queue {queue}," in running.output
+        assert f"1..2 workers by backlog, task queue {queue}-acquisition," in running.output
+        assert f"1 worker, task queue {queue}-auxiliary," in running.output
+        for role in Role:
+            command = (running.home / "log" / f"worker-{role}.log").read_text().splitlines()[0]
+            assert command.endswith(f"ecpds.cli.main worker --role {role}"), command
+        remote = tmp_path / "remote"
+        grown = running.services | {"worker-dissemination-2", "worker-dissemination-3"}
+        with running.admin() as api:
+            transfers = queue_slow_sends(api, remote, "slow-by-role", 24)
+            started = time.monotonic()
+            deadline = started + 120
+            while not grown <= seen:
+                assert time.monotonic() < deadline, sorted(seen)
+                seen |= set(read_pids(running.home))
+                time.sleep(0.2)
+            timings["to 3 dissemination workers"] = time.monotonic() - started
+            wait_until_done(api, transfers, deadline)
+            timings["all done"] = time.monotonic() - started
+            while (names := set(read_pids(running.home))) != running.services:
+                assert time.monotonic() < deadline, names
+                seen |= names
+                time.sleep(0.2)
+            timings["back to 1 dissemination worker"] = time.monotonic() - started
+    finally:
+        rest = stop(running)
+        print(rest)
+    print(f"scaling times (s): {timings}")
+    assert seen == grown  # no second acquisition (or auxiliary) worker, ever
+    assert "scaled to 3 dissemination workers: backlog " in rest
+    assert "scaled to 1 dissemination worker: backlog " in rest
+    assert "acquisition worker" not in rest
+    assert "started again" not in rest
+    assert sorted(p.name for p in remote.iterdir()) == sorted(f"{n}.bin" for n in range(24))
+
+
 def test_bad_worker_range_is_one_line_error(tmp_path: Path) -> None:
     env = {"ECPDS_HOME": str(tmp_path / "var")}
     result = runner.invoke(app, ["up", "--workers", "3..1"], env=env)
@@ -610,3 +678,31 @@ def test_bad_worker_range_is_one_line_error(tmp_path: Path) -> None:
         "error: --workers '3..1' is not a count or MIN..MAX range (such as 1..4) of at least"
         " one worker\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("workers", "error"),
+    [
+        (
+            "dissemination=1..4,archive=1",
+            "'archive' is not a role (the roles: dissemination, acquisition, auxiliary)",
+        ),
+        ("dissemination=1..4,dissemination=2", "dissemination is given twice"),
+        (
+            "dissemination=4..1",
+            "'4..1' is not a count or MIN..MAX range (such as 1..4) of at least one worker",
+        ),
+        ("1..4,acquisition=2", "'1..4' is not ROLE=RANGE (such as dissemination=1..4)"),
+    ],
+)
+def test_bad_worker_ranges_by_role_are_one_line_errors(
+    tmp_path: Path, workers: str, error: str
+) -> None:
+    env = {"ECPDS_HOME": str(tmp_path / "var")}
+    result = runner.invoke(app, ["up", "--workers", workers], env=env)
+    assert result.exit_code == 1
+    assert result.stderr == f"error: --workers {workers!r}: {error}\n"
+    # The same from the setting, when --workers is not given.
+    result = runner.invoke(app, ["up"], env=env | {"ECPDS_WORKERS": workers})
+    assert result.exit_code == 1
+    assert result.stderr == f"error: ECPDS_WORKERS {workers!r}: {error}\n"
