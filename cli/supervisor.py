@@ -459,7 +459,12 @@ def up(settings: Settings, config: Path | None, workers: WorkerPlan) -> int:
                 temporal = supervisor.start("temporal", temporal_cmd)
                 supervisor.wait_for(temporal, "127.0.0.1", settings.temporal_port)
                 try:
-                    wait_for_temporal(settings.temporal_port, STARTUP_SECONDS)
+                    wait_for_temporal(
+                        settings.temporal_port,
+                        STARTUP_SECONDS,
+                        temporal.process,
+                        cancelled=lambda: bool(stop),
+                    )
                 except DevServerError as exc:
                     raise CliError(f"{exc} (see {temporal.log})") from None
                 if stop:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from temporalio.client import Client
@@ -90,13 +91,19 @@ def wait_for_port(
 
 
 def wait_for_temporal(
-    port: int, timeout: float = 90.0, proc: subprocess.Popen | None = None
+    port: int,
+    timeout: float = 90.0,
+    proc: subprocess.Popen | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> None:
     """Wait until the dev server on 127.0.0.1:`port` takes clients: its port opens a
-    little before its frontend is healthy, and a client that connects in between fails."""
+    little before its frontend is healthy, and a client that connects in between fails.
+    Returns early once `cancelled()` is true (Ctrl-C in `ecpds up`)."""
     deadline = time.monotonic() + timeout
     wait_for_port("127.0.0.1", port, timeout, proc)
     while (refusal := _refusal(port)) is not None:
+        if cancelled():
+            return
         if proc is not None and proc.poll() is not None:
             raise DevServerError(f"Temporal exited with code {proc.returncode}")
         if time.monotonic() > deadline:
