@@ -170,7 +170,7 @@ class AzureRemote(Remote):
             ids = []
         staged: dict[int, str] = {}
         written = send_parts(
-            reader,
+            reader.read,
             part_size=lambda number: opts.block_size,
             concurrency=opts.concurrency,
             first_number=len(ids) + 1,
