@@ -107,6 +107,9 @@ class S3Remote(Remote):
     """Objects under one bucket; keys are the URL's prefix plus the target name."""
 
     renames = False  # an object only appears, whole, when its upload completes
+    # Parts (several in flight) already hold the data ahead of the socket: one chunk read
+    # ahead keeps the store busy, more only adds their size to the worker's memory.
+    read_ahead = 1
 
     def __init__(self, host_name: str, url: HostUrl, options: Options, fs: S3FileSystem) -> None:
         super().__init__(host_name, url, options)
