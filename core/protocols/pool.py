@@ -5,6 +5,8 @@ upload; one that failed is closed. The last connection returned for a host is cl
 after `idle` seconds unused; the others, left over from parallel transfers, after
 `spare_idle`: each holds a login at the remote site, and for SFTP an ssh process
 (8 MiB resident, measured by bench/protocols.py's `all_protocols_children_rss_after_mib`).
+Parallel transfers to a host take a returned connection within milliseconds while its
+queue has work, so one unused for seconds is left over from a burst that has ended.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _key(
 
 
 class RemotePool:
-    def __init__(self, *, idle: float = 30.0, spare_idle: float = 5.0, per_host: int = 16) -> None:
+    def __init__(self, *, idle: float = 30.0, spare_idle: float = 2.0, per_host: int = 16) -> None:
         self.idle = idle
         self.spare_idle = min(spare_idle, idle)
         self.per_host = per_host
