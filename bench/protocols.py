@@ -657,7 +657,7 @@ def bench(
         work = Path(tmp)
         data = make_data(work / "data", big_size, count, small_size)
         small_bytes = count * small_size
-        for protocol in protocols if only != "rss" else []:
+        for protocol in [] if only == "rss" else protocols:
             folders = Folders(work, repeat=repeat)
             ecpds_runs: list[dict] = []
             rclone_runs: list[dict[str, Any]] = []
