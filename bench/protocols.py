@@ -641,7 +641,12 @@ def all_protocols(
 
 
 def bench(
-    protocols: list[str], big_size: int, count: int, small_size: int, repeat: int
+    protocols: list[str],
+    big_size: int,
+    count: int,
+    small_size: int,
+    repeat: int,
+    only: str | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     notes: dict[str, str] = {}
@@ -652,7 +657,7 @@ def bench(
         work = Path(tmp)
         data = make_data(work / "data", big_size, count, small_size)
         small_bytes = count * small_size
-        for protocol in protocols:
+        for protocol in [] if only == "rss" else protocols:
             folders = Folders(work, repeat=repeat)
             ecpds_runs: list[dict] = []
             rclone_runs: list[dict[str, Any]] = []
@@ -735,7 +740,7 @@ def bench(
                 notes[protocol] = failed
             print(f"{protocol}: done", file=sys.stderr)
         results["all_protocols_worker_rss_mib"] = None
-        if len(protocols) > 1:
+        if len(protocols) > 1 or only == "rss":
             try:
                 results |= all_protocols(protocols, data, small_size, work, notes)
             except Exception as exc:
@@ -815,6 +820,11 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=5, help="runs of each tool, alternating; the best counts"
     )
+    parser.add_argument(
+        "--only",
+        choices=["rss"],
+        help="rss: only the one worker sending to every protocol (all_protocols_* keys)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -825,7 +835,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown protocol {unknown[0]!r}: use some of {', '.join(PROTOCOLS)}")
     big_size, count = (64 * MiB, 100) if args.quick else (1024 * MiB, 1000)
-    results = bench(protocols, big_size, count, 64 * 1024, max(1, args.repeat))
+    results = bench(protocols, big_size, count, 64 * 1024, max(1, args.repeat), args.only)
     print(json.dumps(results, indent=2) if args.json else table(results, protocols))
 
 

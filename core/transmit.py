@@ -55,7 +55,6 @@ class SendResult:
     extra: dict[str, str] = field(default_factory=dict)  # compression, sha256, sha512
 
 
-READ_AHEAD = 3  # chunks prepared ahead of the one being sent
 MMAP_THRESHOLD = 1 << 20  # malloc blocks this big or bigger: mapped, and unmapped when freed
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
@@ -208,7 +207,7 @@ def send(
             # A file of one chunk is read (and its ADLER32 checked) before its first byte
             # goes out: a helper thread would have nothing to overlap, and cost a thread
             # start and a hand-off per small file.
-            stream = read_ahead(stream, depth=READ_AHEAD)
+            stream = read_ahead(stream, depth=remote.read_ahead)
         if offset:
             stream = _skip(stream, offset)
         throttle = Throttle(opts.max_rate, opts.min_rate, opts.min_rate_grace, opts.max_duration)

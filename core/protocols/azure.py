@@ -111,6 +111,9 @@ class AzureRemote(Remote):
     """Blobs in one container; names are the URL's prefix plus the target name."""
 
     renames = False  # a blob only appears, whole, when its block list is committed
+    # Parts (several in flight) already hold the data ahead of the socket: one chunk read
+    # ahead keeps the store busy, more only adds their size to the worker's memory.
+    read_ahead = 1
 
     def __init__(
         self, host_name: str, url: HostUrl, options: Options, fs: AzureBlobFileSystem
@@ -170,7 +173,7 @@ class AzureRemote(Remote):
             ids = []
         staged: dict[int, str] = {}
         written = send_parts(
-            reader,
+            reader.read,
             part_size=lambda number: opts.block_size,
             concurrency=opts.concurrency,
             first_number=len(ids) + 1,

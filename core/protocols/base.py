@@ -45,6 +45,9 @@ class Remote:
     resumable = True  # whether an interrupted upload can continue from its partial size
     renames = True  # whether the protocol can rename (else the final name is written)
     checks_size = True  # whether remote_size works after an upload (a POST endpoint may not)
+    # Chunks read (and checked, or compressed) ahead of the one being sent, so that the
+    # store and the network work at once.
+    read_ahead = 3
 
     def __init__(self, host_name: str, url: HostUrl, options: CommonOptions) -> None:
         self.host_name = host_name

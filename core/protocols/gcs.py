@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import BytesPayload
 from fsspec.asyn import sync
 from gcsfs.core import GCSFileSystem
 from gcsfs.retry import HttpError, retry_request
@@ -25,6 +27,7 @@ CREDENTIALS = frozenset({"token"})
 GCS_ENDPOINT = "https://storage.googleapis.com"
 CHUNK_UNIT = 256 * 1024  # resumable upload chunks are multiples of this
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
+SLICE = 1 * MiB  # of a large request body, written to the socket at a time
 
 
 @options_dataclass(config={"extra": "forbid"})
@@ -53,11 +56,41 @@ def check(url: HostUrl, options: Options, credentials: dict[str, str]) -> None:
         )
 
 
+class _SlicedPayload(BytesPayload):
+    """A body handed to the socket a slice at a time, each once the last has drained.
+
+    gcsfs posts each upload chunk (`block_size`, 16 MiB) as one buffer; Python 3.11's
+    asyncio copies whatever of one write the socket does not take at once, so the
+    chunk would exist twice while it is sent.
+    """
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        with memoryview(self._value) as whole:
+            view = whole.cast("B")[:content_length]
+            for start in range(0, len(view), SLICE):
+                await writer.write(view[start : start + SLICE])
+
+
+async def _sliced_request(fs: GCSFileSystem, *args: Any, data: Any = None, **kwargs: Any) -> Any:
+    if isinstance(data, bytes | bytearray | memoryview) and len(data) > SLICE:
+        data = _SlicedPayload(data)  # made anew for each try: a payload is written once
+    return await _gcsfs_request(fs, *args, data=data, **kwargs)
+
+
+_gcsfs_request = GCSFileSystem._request.__wrapped__
+
+
 class _GCSFileSystem(GCSFileSystem):
     """gcsfs with two retries per request instead of six: gcsfs's own back-off would hold
-    a failing host for half a minute, where the destination's retry rules should act."""
+    a failing host for half a minute, where the destination's retry rules should act;
+    and upload chunks sent a slice at a time (`_SlicedPayload`)."""
 
-    _request = retry_request(retries=2)(GCSFileSystem._request.__wrapped__)
+    _request = retry_request(retries=2)(_sliced_request)
 
 
 class GcsRemote(FsspecRemote):
@@ -66,6 +99,9 @@ class GcsRemote(FsspecRemote):
     fs: Any
     renames = False  # an object only appears, whole, when its upload is finalised
     resumable = False  # the resumable-upload session does not outlive the connection
+    # gcsfs holds `block_size` (16 MiB) ahead of the socket: one chunk read ahead keeps the
+    # store busy, more only adds their size to the worker's memory.
+    read_ahead = 1
 
     def __init__(self, host_name: str, url: HostUrl, options: Options, fs: Any) -> None:
         super().__init__(host_name, url, options, fs)

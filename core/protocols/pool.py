@@ -1,7 +1,12 @@
 """Connections kept open between transfers to the same host, as rclone keeps them.
 
 A `Remote` is checked out by one thread at a time and returned only after a clean
-upload; one that failed is closed. Idle connections are closed after `idle` seconds.
+upload; one that failed is closed. The last connection returned for a host is closed
+after `idle` seconds unused; the others, left over from parallel transfers, after
+`spare_idle`: each holds a login at the remote site, and for SFTP an ssh process
+(8 MiB resident, measured by bench/protocols.py's `all_protocols_children_rss_after_mib`).
+Parallel transfers to a host take a returned connection within milliseconds while its
+queue has work, so one unused for seconds is left over from a burst that has ended.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ def _key(
 
 
 class RemotePool:
-    def __init__(self, *, idle: float = 30.0, per_host: int = 16) -> None:
+    def __init__(self, *, idle: float = 30.0, spare_idle: float = 2.0, per_host: int = 16) -> None:
         self.idle = idle
+        self.spare_idle = min(spare_idle, idle)
         self.per_host = per_host
         self._lock = threading.Lock()
         self._free: dict[str, list[tuple[Remote, float]]] = {}
@@ -85,7 +91,7 @@ class RemotePool:
     def _sweep(self) -> None:
         """Close idle connections in the background, so none lingers at a remote site."""
         while True:
-            time.sleep(self.idle / 2)
+            time.sleep(self.spare_idle / 2)
             self._expire()
             with self._lock:
                 if not self._free:
@@ -97,8 +103,13 @@ class RemotePool:
         stale: list[Remote] = []
         with self._lock:
             for key, free in list(self._free.items()):
-                keep = [(r, t) for r, t in free if now - t < self.idle]
-                stale += [r for r, t in free if now - t >= self.idle]
+                # `free` is in the order of return; the last is the one taken next
+                keep = []
+                for n, (remote, t) in enumerate(free, 1):
+                    if now - t < (self.idle if n == len(free) else self.spare_idle):
+                        keep.append((remote, t))
+                    else:
+                        stale.append(remote)
                 if keep:
                     self._free[key] = keep
                 else:

@@ -203,6 +203,25 @@ def test_connections_are_reused_and_dead_ones_replaced(store: Store, ftp_server:
     ]
 
 
+def test_pool_closes_spare_idle_connections_first(ftp_server: FtpServer) -> None:
+    """After a parallel burst, the last connection returned stays for the next transfer;
+    the others are closed once `spare_idle` has passed (here at once)."""
+    from ecpds.core.protocols.pool import RemotePool
+
+    pool = RemotePool(idle=3600, spare_idle=0)
+    url, creds = ftp_server.url(""), {"password": ftp_server.password}
+    with (
+        pool.remote("h1", url, {}, creds) as last,
+        pool.remote("h1", url, {}, creds) as spare,  # returned first
+    ):
+        assert spare is not last
+    pool._expire()
+    assert not spare.alive()
+    with pool.remote("h1", url, {}, creds) as again:
+        assert again is last and again.alive()
+    pool.close()
+
+
 def test_ftps_tls13_can_be_turned_off(ftps_server: FtpServer) -> None:
     """For servers whose TLS 1.3 is broken (rclone has the same switch)."""
     from ecpds.core.protocols import open_remote
