@@ -158,6 +158,43 @@ def test_s3_errors_name_no_secret(s3_server: S3Server, tmp_path) -> None:
     assert secret not in str(info.value) and s3_server.access_key_id not in str(info.value)
 
 
+def test_s3_plain_put_words_refusals_as_botocore(s3_server: S3Server) -> None:
+    """A small file to a path-style endpoint skips botocore's pipeline (`PlainPut`); a
+    refused put (wrong secret, missing bucket) still reads as botocore's answer reads."""
+    from ecpds.core.protocols import open_remote
+
+    bucket = s3_server.bucket()
+    wrong = {**s3_server.credentials, "secret_access_key": "not-the-secret"}
+    cases = [(f"s3://{bucket}/in", wrong), ("s3://ecpds-missing-bucket/in", s3_server.credentials)]
+    for url, credentials in cases:
+        messages = []
+        for path_style in (True, False):  # False: botocore's put (moto's IP endpoint: path)
+            options = {**s3_server.options(), "path_style": path_style}
+            with open_remote("cloud", url, options, credentials) as remote:
+                with pytest.raises(ProtocolError) as info:
+                    remote.upload("x.bin", [b"payload"])
+                assert (remote.plain is not None) is path_style
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
+        assert "\n" not in messages[0] and "not-the-secret" not in messages[0]
+
+
+def test_s3_plain_put_keeps_key_and_storage_class(s3_server: S3Server) -> None:
+    """The hand-built URL quotes the key as botocore does; the storage class goes along."""
+    from ecpds.core.protocols import open_remote
+
+    bucket = s3_server.bucket()
+    options = {**s3_server.options(), "storage_class": "REDUCED_REDUNDANCY"}
+    body = os.urandom(64 * 1024)
+    target = "a b/c+d~é%20.bin"
+    with open_remote("cloud", f"s3://{bucket}/in", options, s3_server.credentials) as remote:
+        assert remote.upload(target, [body]) == len(body)
+        assert remote.plain is not None and remote.proven_size == len(body)
+    stored = s3_server.client().get_object(Bucket=bucket, Key=f"in/{target}")
+    assert stored["Body"].read() == body
+    assert stored["StorageClass"] == "REDUCED_REDUNDANCY"
+
+
 def test_gcs_token_forms(tmp_path) -> None:
     """A service-account JSON or an access token is accepted; a broken one is one line."""
     from cryptography.hazmat.primitives import serialization
