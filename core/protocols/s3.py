@@ -132,7 +132,8 @@ class PlainPut:
     ) -> None:
         parts = urlsplit(endpoint)
         self.https = parts.scheme == "https"
-        self.netloc = parts.netloc
+        # Signed and sent alike: botocore would sign the URL's host, http.client send its own.
+        self.host_header = parts.netloc.rpartition("@")[2]
         self.host, self.port = parts.hostname or "", parts.port
         self.base = f"{parts.scheme}://{parts.netloc}"
         self.prefix = f"{parts.path.rstrip('/')}/{quote(bucket, safe='~')}/"
@@ -175,7 +176,11 @@ class PlainPut:
     def put(self, key: str, body: bytes, checksum: str, storage_class: str | None) -> dict | None:
         """PutObject's answer (ETag, ChecksumCRC32) as botocore parses it; None: ask botocore."""
         path = self.prefix + quote(key, safe="/~")
-        headers = {"Content-Length": str(len(body)), "x-amz-checksum-crc32": checksum}
+        headers = {
+            "Host": self.host_header,
+            "Content-Length": str(len(body)),
+            "x-amz-checksum-crc32": checksum,
+        }
         if storage_class:
             headers["x-amz-storage-class"] = storage_class
         request = AWSRequest("PUT", self.base + path, headers=headers, data=body)

@@ -195,6 +195,36 @@ def test_s3_plain_put_keeps_key_and_storage_class(s3_server: S3Server) -> None:
     assert stored["StorageClass"] == "REDUCED_REDUNDANCY"
 
 
+def test_s3_plain_put_checks_tls_as_botocore(s3_tls_server: S3Server, monkeypatch) -> None:
+    """Over https the plain put trusts what botocore trusts: anything without
+    `verify_tls`, a self-signed certificate only once AWS_CA_BUNDLE names it. Refused,
+    it leaves the put to botocore, so the message is botocore's own."""
+    from ecpds.core.protocols import open_remote
+
+    server = s3_tls_server
+    bucket = server.bucket()
+    body = os.urandom(64 * 1024)
+    options = {**server.options(), "verify_tls": False}
+    with open_remote("cloud", f"s3://{bucket}/in", options, server.credentials) as remote:
+        assert remote.upload("unchecked.bin", [body]) == len(body)
+        assert remote.plain is not None and remote.proven_size == len(body)
+    messages = []
+    for path_style in (True, False):  # False: botocore's put (moto's IP endpoint: path)
+        options = {**server.options(), "path_style": path_style}
+        remote = open_remote("cloud", f"s3://{bucket}/in", options, server.credentials)
+        with remote, pytest.raises(ProtocolError) as info:
+            remote.upload("checked.bin", [body])
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "\n" not in messages[0]
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(server.ca_file))
+    options = {**server.options(), "timeout": 30.0}  # a client of its own, not a cached one
+    with open_remote("cloud", f"s3://{bucket}/in", options, server.credentials) as remote:
+        assert remote.upload("trusted.bin", [body]) == len(body)
+        assert remote.plain is not None and remote.proven_size == len(body)
+    stored = server.client().get_object(Bucket=bucket, Key="in/trusted.bin")
+    assert stored["Body"].read() == body
+
+
 def test_gcs_token_forms(tmp_path) -> None:
     """A service-account JSON or an access token is accepted; a broken one is one line."""
     from cryptography.hazmat.primitives import serialization
