@@ -50,6 +50,17 @@ CREDENTIALS = frozenset({"access_key_id", "secret_access_key", "session_token"})
 MIN_PART = 5 * MiB  # S3's smallest part but the last
 
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken"}
+# 4xx answers botocore retries, or follows to the bucket's region, rather than raising.
+_RETRIED = {
+    "AuthorizationHeaderMalformed",
+    "PriorRequestNotComplete",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+}
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -123,9 +134,10 @@ class PlainPut:
     file, as much as the store spends answering it. Path-style addressing only: the URL
     is the endpoint's, then the bucket, then the key, as botocore builds it.
 
-    An answer with an S3 error code (4xx) is raised as botocore's ClientError, so
-    `S3Remote.explain` words it as before; anything else (a connection problem, a 5xx)
-    is None, for the caller to send the same request through botocore, which retries."""
+    A 4xx answer is raised as botocore's ClientError, so `S3Remote.explain` words it as
+    before; anything botocore would retry or follow (a connection problem, a refused
+    certificate, a redirect, a 5xx, throttling) is None, for the caller to send the same
+    request through botocore."""
 
     def __init__(
         self, endpoint: str, bucket: str, region: str, credentials: dict[str, str], opts: Options
@@ -200,9 +212,12 @@ class PlainPut:
             answer = {"ETag": response.getheader("ETag", "")}
             crc = response.getheader("x-amz-checksum-crc32")
             return answer | {"ChecksumCRC32": crc} if crc else answer
-        if response.status >= 500:
+        if not 400 <= response.status < 500 or response.status == 429:
+            return None  # a redirect, a busy or failing store
+        error = _error(response.status, response.reason, data)
+        if error["Error"]["Code"] in _RETRIED:
             return None
-        raise ClientError(_error(response.status, response.reason, data), "PutObject")
+        raise ClientError(error, "PutObject")
 
     def close(self) -> None:
         if self.connection is not None:

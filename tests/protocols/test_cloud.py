@@ -225,6 +225,66 @@ def test_s3_plain_put_checks_tls_as_botocore(s3_tls_server: S3Server, monkeypatc
     assert stored["Body"].read() == body
 
 
+def test_s3_plain_put_leaves_a_busy_store_to_botocore(s3_server: S3Server) -> None:
+    """A 503 to the plain put is not an error yet: botocore sends the file again (and
+    retries, as it did before). A front on moto answers the first PUT so."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    from ecpds.core.protocols import open_remote
+
+    moto = urlsplit(s3_server.endpoint)
+    puts: list[str] = []
+
+    class Front(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # for botocore's Expect: 100-continue
+
+        def do_PUT(self) -> None:
+            self.close_connection = True
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            puts.append(self.headers.get("User-Agent", ""))
+            if len(puts) == 1:
+                answer = b"<Error><Code>ServiceUnavailable</Code><Message>busy</Message></Error>"
+                self.send_response(503)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+                return
+            upstream = http.client.HTTPConnection(moto.hostname, moto.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+            upstream.request("PUT", self.path, body=body, headers=headers)
+            reply = upstream.getresponse()
+            data = reply.read()
+            self.send_response(reply.status)
+            for name, value in reply.getheaders():
+                if name.lower() not in ("content-length", "connection", "date", "server"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            upstream.close()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        bucket = s3_server.bucket()
+        options = {**s3_server.options(), "endpoint": f"http://127.0.0.1:{front.server_port}"}
+        body = os.urandom(64 * 1024)
+        with open_remote("cloud", f"s3://{bucket}/in", options, s3_server.credentials) as remote:
+            assert remote.upload("busy.bin", [body]) == len(body)
+    finally:
+        front.shutdown()
+        front.server_close()
+    assert len(puts) == 2 and "Botocore" not in puts[0] and "Botocore" in puts[1]
+    stored = s3_server.client().get_object(Bucket=bucket, Key="in/busy.bin")
+    assert stored["Body"].read() == body
+
+
 def test_gcs_token_forms(tmp_path) -> None:
     """A service-account JSON or an access token is accepted; a broken one is one line."""
     from cryptography.hazmat.primitives import serialization
