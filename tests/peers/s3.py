@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import uuid
@@ -35,6 +36,7 @@ class S3Server:
     region: str
     access_key_id: str
     secret_access_key: str
+    ca_file: str | None = None  # the self-signed certificate of an https:// endpoint
 
     @property
     def credentials(self) -> dict[str, str]:
@@ -49,6 +51,7 @@ class S3Server:
             region_name=self.region,
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
+            verify=self.ca_file,
         )
 
     def bucket(self) -> str:
@@ -69,7 +72,7 @@ def moto_server_command(port: int) -> list[str] | None:
     return [found, "-H", "127.0.0.1", "-p", str(port)] if found else None
 
 
-def _iam_user(endpoint: str) -> tuple[str, str]:
+def _iam_user(endpoint: str, ca_file: str | None) -> tuple[str, str]:
     """An access key with every permission, made while moto still accepts anything."""
     import boto3
 
@@ -79,6 +82,7 @@ def _iam_user(endpoint: str) -> tuple[str, str]:
         region_name=REGION,
         aws_access_key_id="bootstrap",
         aws_secret_access_key="bootstrap",
+        verify=ca_file,
     )
     iam.create_user(UserName="ecpds")
     iam.put_user_policy(UserName="ecpds", PolicyName="all", PolicyDocument=ALLOW_ALL)
@@ -87,20 +91,31 @@ def _iam_user(endpoint: str) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def serve(folder: Path) -> Iterator[S3Server]:
-    """moto_server on 127.0.0.1:<free port>, authentication on, one IAM user."""
+def serve(folder: Path, tls: bool = False) -> Iterator[S3Server]:
+    """moto_server on 127.0.0.1:<free port>, authentication on, one IAM user; over
+    https with a self-signed certificate when `tls`."""
     port = free_port()
     command = moto_server_command(port)
     if command is None:
         raise PeerMissing("moto_server not installed (pip install 'moto[server]')")
+    ca_file = None
+    if tls:
+        from peers.tls import self_signed
+
+        cert, key = self_signed(folder)
+        command += ["-c", str(cert), "-k", str(key)]
+        ca_file = str(cert)
     log = (folder / "moto.log").open("wb")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         wait_for_port("127.0.0.1", port, timeout=60, proc=proc)
-        endpoint = f"http://127.0.0.1:{port}"
-        key_id, secret = _iam_user(endpoint)
-        httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()
-        yield S3Server(endpoint, REGION, key_id, secret)
+        endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        key_id, secret = _iam_user(endpoint, ca_file)
+        verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        httpx.post(
+            f"{endpoint}/moto-api/reset-auth", content=b"0", verify=verify
+        ).raise_for_status()
+        yield S3Server(endpoint, REGION, key_id, secret, ca_file)
     finally:
         stop(proc)
         log.close()
@@ -110,6 +125,16 @@ def serve(folder: Path) -> Iterator[S3Server]:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     try:
         with serve(tmp_path_factory.mktemp("moto")) as server:
+            yield server
+    except PeerMissing as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def s3_tls_server(tmp_path: Path) -> Iterator[S3Server]:
+    """moto_server over https with a certificate nobody trusts until told (`ca_file`)."""
+    try:
+        with serve(tmp_path, tls=True) as server:
             yield server
     except PeerMissing as exc:
         pytest.skip(str(exc))

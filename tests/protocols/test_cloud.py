@@ -158,6 +158,133 @@ def test_s3_errors_name_no_secret(s3_server: S3Server, tmp_path) -> None:
     assert secret not in str(info.value) and s3_server.access_key_id not in str(info.value)
 
 
+def test_s3_plain_put_words_refusals_as_botocore(s3_server: S3Server) -> None:
+    """A small file to a path-style endpoint skips botocore's pipeline (`PlainPut`); a
+    refused put (wrong secret, missing bucket) still reads as botocore's answer reads."""
+    from ecpds.core.protocols import open_remote
+
+    bucket = s3_server.bucket()
+    wrong = {**s3_server.credentials, "secret_access_key": "not-the-secret"}
+    cases = [(f"s3://{bucket}/in", wrong), ("s3://ecpds-missing-bucket/in", s3_server.credentials)]
+    for url, credentials in cases:
+        messages = []
+        for path_style in (True, False):  # False: botocore's put (moto's IP endpoint: path)
+            options = {**s3_server.options(), "path_style": path_style}
+            with open_remote("cloud", url, options, credentials) as remote:
+                with pytest.raises(ProtocolError) as info:
+                    remote.upload("x.bin", [b"payload"])
+                assert (remote.plain is not None) is path_style
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
+        assert "\n" not in messages[0] and "not-the-secret" not in messages[0]
+
+
+def test_s3_plain_put_keeps_key_and_storage_class(s3_server: S3Server) -> None:
+    """The hand-built URL quotes the key as botocore does; the storage class goes along."""
+    from ecpds.core.protocols import open_remote
+
+    bucket = s3_server.bucket()
+    options = {**s3_server.options(), "storage_class": "REDUCED_REDUNDANCY"}
+    body = os.urandom(64 * 1024)
+    target = "a b/c+d~é%20.bin"
+    with open_remote("cloud", f"s3://{bucket}/in", options, s3_server.credentials) as remote:
+        assert remote.upload(target, [body]) == len(body)
+        assert remote.plain is not None and remote.proven_size == len(body)
+    stored = s3_server.client().get_object(Bucket=bucket, Key=f"in/{target}")
+    assert stored["Body"].read() == body
+    assert stored["StorageClass"] == "REDUCED_REDUNDANCY"
+
+
+def test_s3_plain_put_checks_tls_as_botocore(s3_tls_server: S3Server, monkeypatch) -> None:
+    """Over https the plain put trusts what botocore trusts: anything without
+    `verify_tls`, a self-signed certificate only once AWS_CA_BUNDLE names it. Refused,
+    it leaves the put to botocore, so the message is botocore's own."""
+    from ecpds.core.protocols import open_remote
+
+    server = s3_tls_server
+    bucket = server.bucket()
+    body = os.urandom(64 * 1024)
+    options = {**server.options(), "verify_tls": False}
+    with open_remote("cloud", f"s3://{bucket}/in", options, server.credentials) as remote:
+        assert remote.upload("unchecked.bin", [body]) == len(body)
+        assert remote.plain is not None and remote.proven_size == len(body)
+    messages = []
+    for path_style in (True, False):  # False: botocore's put (moto's IP endpoint: path)
+        options = {**server.options(), "path_style": path_style}
+        remote = open_remote("cloud", f"s3://{bucket}/in", options, server.credentials)
+        with remote, pytest.raises(ProtocolError) as info:
+            remote.upload("checked.bin", [body])
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and "\n" not in messages[0]
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(server.ca_file))
+    options = {**server.options(), "timeout": 30.0}  # a client of its own, not a cached one
+    with open_remote("cloud", f"s3://{bucket}/in", options, server.credentials) as remote:
+        assert remote.upload("trusted.bin", [body]) == len(body)
+        assert remote.plain is not None and remote.proven_size == len(body)
+    stored = server.client().get_object(Bucket=bucket, Key="in/trusted.bin")
+    assert stored["Body"].read() == body
+
+
+def test_s3_plain_put_leaves_a_busy_store_to_botocore(s3_server: S3Server) -> None:
+    """A 503 to the plain put is not an error yet: botocore sends the file again (and
+    retries, as it did before). A front on moto answers the first PUT so."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    from ecpds.core.protocols import open_remote
+
+    moto = urlsplit(s3_server.endpoint)
+    puts: list[str] = []
+
+    class Front(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # for botocore's Expect: 100-continue
+
+        def do_PUT(self) -> None:
+            self.close_connection = True
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            puts.append(self.headers.get("User-Agent", ""))
+            if len(puts) == 1:
+                answer = b"<Error><Code>ServiceUnavailable</Code><Message>busy</Message></Error>"
+                self.send_response(503)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+                return
+            upstream = http.client.HTTPConnection(moto.hostname, moto.port, timeout=30)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+            upstream.request("PUT", self.path, body=body, headers=headers)
+            reply = upstream.getresponse()
+            data = reply.read()
+            self.send_response(reply.status)
+            for name, value in reply.getheaders():
+                if name.lower() not in ("content-length", "connection", "date", "server"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            upstream.close()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=front.serve_forever, daemon=True).start()
+    try:
+        bucket = s3_server.bucket()
+        options = {**s3_server.options(), "endpoint": f"http://127.0.0.1:{front.server_port}"}
+        body = os.urandom(64 * 1024)
+        with open_remote("cloud", f"s3://{bucket}/in", options, s3_server.credentials) as remote:
+            assert remote.upload("busy.bin", [body]) == len(body)
+    finally:
+        front.shutdown()
+        front.server_close()
+    assert len(puts) == 2 and "Botocore" not in puts[0] and "Botocore" in puts[1]
+    stored = s3_server.client().get_object(Bucket=bucket, Key="in/busy.bin")
+    assert stored["Body"].read() == body
+
+
 def test_gcs_token_forms(tmp_path) -> None:
     """A service-account JSON or an access token is accepted; a broken one is one line."""
     from cryptography.hazmat.primitives import serialization
