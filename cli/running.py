@@ -69,6 +69,23 @@ def alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot, field 22 of /proc/PID/stat), or
+    None if no process has that pid. A pid and its start name one process; a pid alone may
+    since have gone to another (pids wrap around quickly on a busy machine)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def same_process(pid: int, start: str | None) -> bool:
+    """Whether `pid` is still the process that started at `start` (None: not recorded)."""
+    return alive(pid) and (start is None or process_start(pid) == start)
+
+
 def _toml(value: Any) -> str:
     # JSON's strings, integers and booleans are valid TOML values.
     return json.dumps(value)
@@ -81,6 +98,7 @@ def record(settings: Settings, pid: int, notes: dict[str, str]) -> Path:
         f"# Written by `ecpds up` (pid {pid}); removed when it stops. Holds no secrets.",
         f"home = {_toml(str(home))}",
         f"pid = {pid}",
+        f"pid_start = {_toml(process_start(pid) or '')}",
         f"started = {_toml(datetime.now(UTC).isoformat(timespec='seconds'))}",
         f"api_url = {_toml(settings.portal_url)}",
         f"admin_file = {_toml(str(settings.admin_file.resolve()))}",
@@ -117,9 +135,10 @@ def read(home: Path) -> RunningSystem | None:
             api_url=str(saved["api_url"]),
             addresses=dict(saved["addresses"]),
         )
+        start = str(saved.get("pid_start", "")) or None
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
         return None
-    return system if alive(system.pid) else None
+    return system if same_process(system.pid, start) else None
 
 
 def registered() -> list[RunningSystem]:

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from ecpds.cli import running
 from ecpds.cli.client import CliError
 from ecpds.cli.resources import console
-from ecpds.cli.running import alive
+from ecpds.cli.running import alive, same_process
 from ecpds.cli.temporal import setup_search_attributes
 from ecpds.core.devserver import DevServerError, dev_server_command, wait_for_temporal
 from ecpds.core.settings import Settings, with_worker_metrics
@@ -104,18 +104,26 @@ def pid_file(settings: Settings) -> Path:
 
 
 def read_pids(path: Path) -> dict[str, int]:
+    """The pids written by `write_pids`, less those now given to another process: each
+    line names a child, its pid and when it started, so a stale file (an `ecpds up`
+    killed outright) never makes `ecpds down` signal a stranger that has the pid since."""
     pids: dict[str, int] = {}
     with contextlib.suppress(FileNotFoundError):
         for line in path.read_text().splitlines():
-            name, _, pid = line.partition(" ")
-            if pid.strip().isdigit():
+            name, pid, start = ([*line.split(), "", ""])[:3]
+            if not pid.isdigit():
+                continue
+            if not alive(int(pid)) or same_process(int(pid), start or None):
                 pids[name] = int(pid)
     return pids
 
 
 def write_pids(path: Path, pids: dict[str, int]) -> None:
     partial = path.with_suffix(".part")
-    partial.write_text("".join(f"{name} {pid}\n" for name, pid in pids.items()))
+    lines = [
+        f"{name} {pid} {running.process_start(pid) or ''}".rstrip() for name, pid in pids.items()
+    ]
+    partial.write_text("".join(f"{line}\n" for line in lines))
     partial.replace(path)
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from ecpds.cli.running import process_start, same_process
+from ecpds.cli.supervisor import read_pids, write_pids
 from ecpds.core.devserver import free_port
 
 from .test_up import ECPDS, PORTS, Running, leftovers, start
@@ -108,3 +110,19 @@ def test_cli_in_another_folder_finds_the_running_system(
         f"error: no `ecpds up` runs in {elsewhere / 'var'} or elsewhere for this user: "
         "start one, or set ECPDS_HOME to its var/ folder"
     )
+
+
+def test_a_pid_given_to_another_process_since_is_not_ours(tmp_path: Path) -> None:
+    """pids wrap around fast on a busy machine: a stale pid file (an `ecpds up` killed
+    outright) must not make `ecpds down` signal whoever has one of its pids now."""
+    me = os.getpid()
+    start = process_start(me)
+    assert start is not None and start.isdigit()
+    child = subprocess.Popen(["true"])
+    child.wait()  # a pid no process has now
+    pids = tmp_path / "ecpds.pids"
+    pids.write_text(f"worker {me} {start}\nportal {me} 1\ngone {child.pid} 5\nold {me}\n")
+    assert read_pids(pids) == {"worker": me, "gone": child.pid, "old": me}
+    write_pids(pids, {"up": me})
+    assert pids.read_text() == f"up {me} {start}\n"
+    assert same_process(me, start) and not same_process(me, "1")
