@@ -127,8 +127,7 @@ def start(folder: Path, env: dict[str, str], *options: str) -> Running:
 
 
 def read_pids(home: Path) -> dict[str, int]:
-    lines = (home / "run" / "ecpds.pids").read_text().splitlines()
-    return {name: int(pid) for name, pid in (line.split() for line in lines)}
+    return supervisor_module.read_pids(home / "run" / "ecpds.pids")
 
 
 def stop(running: Running, *, ctrl_c: bool = False, killed: bool = False) -> str:
