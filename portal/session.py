@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fastapi.responses import RedirectResponse
+from sqlmodel import Session
 
+from ecpds.core.models import DataUser
 from ecpds.core.secrets import CredentialBox
 
 SESSION_COOKIE = "ecpds_console"
@@ -84,6 +86,18 @@ class Signer:
     def login_token(self, cookie: str | None) -> str | None:
         value = self.load(cookie)
         return str(value["csrf"]) if value is not None and "csrf" in value else None
+
+
+def session_user(
+    box: CredentialBox, session: Session, cookie: str | None
+) -> tuple[DataUser, ConsoleSession] | None:
+    """The active user a session cookie names, with its session; None when the cookie is
+    absent, forged or expired, or its user is gone or deactivated."""
+    login = Signer(box).session(cookie)
+    user = session.get(DataUser, login.user_id) if login is not None else None
+    if login is None or user is None or not user.active:
+        return None
+    return user, login
 
 
 def same_token(sent: object, expected: str | None) -> bool:

@@ -32,7 +32,7 @@ from ecpds.core.secrets import CredentialBox
 from ecpds.core.settings import Settings
 from ecpds.core.snapshot import CatalogSnapshots
 from ecpds.core.store import Store
-from ecpds.portal.session import SESSION_COOKIE, Signer, same_token
+from ecpds.portal.session import SESSION_COOKIE, same_token, session_user
 
 
 @dataclass
@@ -107,10 +107,10 @@ def _cookie_user(request: Request, session: Session, csrf: str | None) -> DataUs
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie is None:
         return None
-    login = Signer(get_state(request).box).session(cookie)
-    user = session.get(DataUser, login.user_id) if login is not None else None
-    if login is None or user is None or not user.active:
+    found = session_user(get_state(request).box, session, cookie)
+    if found is None:
         raise _unauthorized("the console session has ended: log in again")
+    user, login = found
     if request.method not in SAFE_METHODS and not same_token(csrf, login.csrf):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, "missing or wrong CSRF token: reload the page and try again"

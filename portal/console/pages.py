@@ -20,7 +20,7 @@ from ecpds.core.errors import EcpdsError, Invalid
 from ecpds.core.models import DataUser
 from ecpds.portal.api.deps import ApiState
 from ecpds.portal.console import units
-from ecpds.portal.session import SESSION_COOKIE, Signer
+from ecpds.portal.session import SESSION_COOKIE, Signer, session_user
 
 PAGE_SIZE = 50
 RECENT = 20
@@ -66,10 +66,10 @@ def signer(request: Request) -> Signer:
 
 def session_caller(request: Request, session: Session) -> Caller:
     """The caller of the request's session cookie; LoginNeeded without a valid one."""
-    login = signer(request).session(request.cookies.get(SESSION_COOKIE))
-    user = session.get(DataUser, login.user_id) if login is not None else None
-    if login is None or user is None or not user.active:
+    found = session_user(api_state(request).box, session, request.cookies.get(SESSION_COOKIE))
+    if found is None:
         raise LoginNeeded
+    user, login = found
     return Caller(user, access.principal_for(session, user), login.csrf)
 
 
